@@ -1,0 +1,25 @@
+"""lightning_ldam: Langevin Dynamics Activation Maximization (LDAM, arXiv 1812.04604) for PyTorch.
+
+``ldam.sample`` samples the inputs that maximally activate chosen neurons with Langevin MCMC,
+optionally kept natural-looking by a GAN-style discriminator trained against real data.
+
+Example::
+
+    >>> import torch, lightning_ldam as ldam
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+    ...                           torch.nn.Linear(4 * 26 * 26, 10))
+    >>> res = ldam.sample(net, "3:0-2", input_shape=(1, 28, 28), chains=4, steps=10)
+    >>> tuple(res.images.shape)
+    (3, 4, 1, 28, 28)
+"""
+from lightning_ldam.discriminator import Discriminator, DiscriminatorTrainer
+from lightning_ldam.result import SampleResult
+from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT, LangevinConfig, sample
+from lightning_ldam.targets import LayerInfo, list_targets, parse_neurons, resolve_neurons
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sample", "list_targets", "SampleResult", "LangevinConfig", "Discriminator", "DiscriminatorTrainer",
+    "LayerInfo", "parse_neurons", "resolve_neurons", "DEFAULT_DISC_WEIGHT", "__version__",
+]

@@ -1,0 +1,82 @@
+"""Argument checks shared by the sampler, the callback and the CLI.
+
+Every message names the argument, what is accepted and the value received, so a user can fix the
+call without reading the source.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+def check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def check_input_shape(input_shape) -> Tuple[int, ...]:
+    if isinstance(input_shape, torch.Size):
+        input_shape = tuple(input_shape)
+    if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or not input_shape
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)):
+        raise ValueError(f"input_shape: expected a per-sample shape of positive ints such as (3, 32, 32), "
+                         f"got {input_shape!r}")
+    return tuple(int(s) for s in input_shape)
+
+
+def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
+    kind = "int" if integer else "number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, Real)
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}: expected a finite {kind} {bound}, got {value!r}")
+    return value
+
+
+def check_value_range(value_range) -> Tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range: expected (lo, hi) with lo < hi, got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"value_range: expected (lo, hi) with lo < hi, got {value_range!r}")
+    return lo, hi
+
+
+def check_choice(name: str, value, choices: Sequence):
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_normalize(normalize, channels: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """Return ``(mean, std)`` as ``[1, C, 1, ...]``-broadcastable float tensors, or ``None``."""
+    if normalize is None:
+        return None
+    try:
+        mean, std = normalize
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+    except (TypeError, ValueError):
+        raise ValueError(f"normalize: expected (mean, std), each a float or one value per channel, "
+                         f"got {normalize!r}") from None
+    for name, t in (("mean", mean), ("std", std)):
+        if t.numel() not in (1, channels):
+            raise ValueError(f"normalize: {name} must have 1 or {channels} (channels) values, got {t.tolist()}")
+    if not torch.all(std > 0):
+        raise ValueError(f"normalize: std must be > 0, got {std.tolist()}")
+    return mean, std
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a stateless model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

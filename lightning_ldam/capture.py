@@ -1,0 +1,130 @@
+"""Read neuron activations with hooks on the target modules only, stopping the forward early.
+
+Modelled on captum.optim's output hook: hooks are attached to the target modules alone, the
+forward is aborted as soon as every target has produced its output (layers after the deepest
+target never run), and hooks are always removed in ``finally``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Sequence
+
+import torch
+from torch import nn
+
+from lightning_ldam.targets import Neuron, find_module
+
+__all__ = ["ActivationReader", "capture_outputs"]
+
+
+class _TargetsCaptured(Exception):
+    """Raised inside a hook to stop the forward pass once every target is captured."""
+
+
+def _as_tensor(path: str, output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"neurons: layer {path!r} returns {type(output).__name__}, not a tensor; "
+                    f"choose a layer whose output is a tensor of shape [batch, channels, ...]")
+
+
+@contextmanager
+def capture_outputs(model: nn.Module, paths: Sequence[str]) -> Iterator[Dict[str, torch.Tensor]]:
+    """Context that hooks ``paths``; inside it, ``run(x)`` style calls fill the yielded dict.
+
+    Use :func:`run_to_targets` to run a forward that stops at the deepest target.
+    """
+    outputs: Dict[str, torch.Tensor] = {}
+    wanted = set(paths)
+    handles = []
+
+    def make_hook(path: str):
+        def hook(module, args, output):
+            if path not in outputs:
+                outputs[path] = _as_tensor(path, output)
+                if wanted.issubset(outputs):
+                    raise _TargetsCaptured
+        return hook
+
+    try:
+        for path in paths:
+            handles.append(find_module(model, path).register_forward_hook(make_hook(path)))
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_to_targets(model: nn.Module, x: torch.Tensor, outputs: Dict[str, torch.Tensor],
+                   paths: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """Run ``model(x)`` inside :func:`capture_outputs` and return the captured outputs."""
+    outputs.clear()
+    try:
+        model(x)
+    except _TargetsCaptured:
+        pass
+    missing = [p for p in paths if p not in outputs]
+    if missing:
+        raise ValueError(f"neurons: layers {missing} were not called in the model's forward; "
+                         f"choose modules that run in forward (see lightning_ldam.list_targets)")
+    return dict(outputs)
+
+
+class ActivationReader:
+    """Per-chain activation of each chain's own neuron, for a neuron-major batch.
+
+    The batch holds ``chains`` consecutive rows per neuron, neurons in ``neurons`` order; one forward
+    evaluates every chain and each row reads its own neuron (layers may be mixed).
+
+    Args:
+        model: the frozen network (eval mode).
+        neurons: resolved ``(layer_path, index)`` pairs.
+        chains: chains per neuron.
+        spatial: ``"mean"`` (mean over all positions of a conv channel) or ``"center"`` (centre unit).
+        device: where index tensors live.
+    """
+
+    def __init__(self, model: nn.Module, neurons: Sequence[Neuron], chains: int, spatial: str = "mean",
+                 device=None):
+        self.model = model
+        self.spatial = spatial
+        self.layers: List[str] = list(dict.fromkeys(layer for layer, _ in neurons))
+        rows_per_layer: Dict[str, List[int]] = {layer: [] for layer in self.layers}
+        chans_per_layer: Dict[str, List[int]] = {layer: [] for layer in self.layers}
+        for n, (layer, index) in enumerate(neurons):
+            for c in range(chains):
+                rows_per_layer[layer].append(n * chains + c)
+                chans_per_layer[layer].append(index)
+        self.rows = {k: torch.tensor(v, device=device) for k, v in rows_per_layer.items()}
+        self.channels = {k: torch.tensor(v, device=device) for k, v in chans_per_layer.items()}
+        order = torch.cat([self.rows[k] for k in self.layers])
+        self.inverse = torch.argsort(order)
+        self._outputs: Dict[str, torch.Tensor] = {}
+
+    @contextmanager
+    def attached(self):
+        """Keep the hooks on for a whole sampling run (removed on exit, even on error)."""
+        with capture_outputs(self.model, self.layers) as outputs:
+            self._outputs = outputs
+            try:
+                yield self
+            finally:
+                self._outputs = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Return activations ``[B]`` (float32) for model input ``x`` (call inside :meth:`attached`)."""
+        outputs = run_to_targets(self.model, x, self._outputs, self.layers)
+        values = []
+        for layer in self.layers:
+            out = outputs[layer]
+            picked = out[self.rows[layer], self.channels[layer]]  # [n, *spatial]
+            if picked.dim() > 1:
+                if self.spatial == "center":
+                    while picked.dim() > 1:
+                        picked = picked.select(1, picked.shape[1] // 2)
+                else:
+                    picked = picked.flatten(1).mean(1)
+            values.append(picked.float())
+        return torch.cat(values)[self.inverse]

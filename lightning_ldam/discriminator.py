@@ -1,0 +1,118 @@
+"""The GAN-style discriminator D(x) that keeps Langevin samples near the data.
+
+``log D(x)`` enters the LDAM energy with weight lambda (``disc_weight``). D is a small convolutional
+network with spectral normalisation (keeps its input gradient bounded, so the Langevin drift it
+adds stays well scaled) trained online against real images (label 1) and the current chain states
+(label 0) with the non-saturating logistic GAN loss.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+__all__ = ["Discriminator", "DiscriminatorTrainer"]
+
+
+class Discriminator(nn.Module):
+    """Spectral-norm conv discriminator for ``[B, C, H, W]`` images in ``[0, 1]`` (unit box).
+
+    Stride-2 convolutions halve the resolution until it is at most 4 pixels (at most 5 of them),
+    then a global average pool and a linear layer give one logit per image. Inputs larger than
+    ``max_size`` are average-pooled down first, which keeps D cheap next to a 224 px network.
+
+    Args:
+        in_channels: image channels.
+        image_size: ``(H, W)`` of the inputs.
+        width: channels of the first conv (doubling per level, capped at ``8 * width``).
+        max_size: largest side D looks at (larger inputs are downsampled).
+
+    Example::
+
+        >>> d = Discriminator(1, (28, 28))
+        >>> d(torch.rand(5, 1, 28, 28)).shape
+        torch.Size([5])
+    """
+
+    def __init__(self, in_channels: int, image_size: Sequence[int], width: int = 32, max_size: int = 64):
+        super().__init__()
+        h, w = int(image_size[0]), int(image_size[1])
+        self.pool_factor = max(1, math.ceil(max(h, w) / max_size))
+        side = min(h, w) // self.pool_factor
+        levels = max(1, min(5, math.ceil(math.log2(max(side, 2) / 4))))
+        layers = []
+        ch = in_channels
+        for i in range(levels):
+            out = min(width * 2 ** i, width * 8)
+            layers += [spectral_norm(nn.Conv2d(ch, out, 4 if i == 0 else 3, stride=2, padding=1)),
+                       nn.LeakyReLU(0.2)]
+            ch = out
+        layers += [spectral_norm(nn.Conv2d(ch, ch, 3, padding=1)), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        self.head = spectral_norm(nn.Linear(ch, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return one logit per image (``log D = logsigmoid(logit)``)."""
+        if self.pool_factor > 1:
+            x = F.avg_pool2d(x, self.pool_factor, ceil_mode=True)
+        h = self.features(x * 2 - 1)  # unit box -> [-1, 1], centred like a GAN's input
+        return self.head(h.mean(dim=(2, 3))).squeeze(1)
+
+
+class DiscriminatorTrainer:
+    """Owns a discriminator, its optimiser and the real images it learns from.
+
+    Args:
+        discriminator: the module (its parameters are updated in place).
+        real: real images in the unit box, ``[N, C, H, W]``, on the sampling device.
+        generator: private RNG for picking real batches.
+        lr: Adam learning rate.
+        batch_size: real and fake images per update (fake: a random subset of the chains).
+    """
+
+    def __init__(self, discriminator: nn.Module, real: torch.Tensor, generator: torch.Generator,
+                 lr: float = 1e-3, batch_size: int = 128):
+        self.discriminator = discriminator
+        self.real = real
+        self.generator = generator
+        self.batch_size = batch_size
+        self.optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+
+    def _pick(self, pool: torch.Tensor) -> torch.Tensor:
+        n = min(self.batch_size, pool.shape[0])
+        idx = torch.randint(pool.shape[0], (n,), generator=self.generator, device=self.generator.device)
+        return pool[idx.to(pool.device)]
+
+    def step(self, fake: torch.Tensor) -> float:
+        """One update on a real batch vs ``fake`` (detached chain states). Returns the loss (tensor)."""
+        d = self.discriminator
+        was_training = d.training
+        d.train()
+        real = self._pick(self.real)
+        fake = self._pick(fake.detach())
+        logits = d(torch.cat([real, fake]))
+        loss = F.softplus(-logits[: real.shape[0]]).mean() + F.softplus(logits[real.shape[0]:]).mean()
+        grads = torch.autograd.grad(loss, [p for p in d.parameters() if p.requires_grad])
+        for p, g in zip((p for p in d.parameters() if p.requires_grad), grads):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        d.train(was_training)
+        return loss.detach()
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log D(x)`` per image (differentiable w.r.t. ``x``)."""
+        return F.logsigmoid(self.discriminator(x))
+
+
+def build_discriminator(in_channels: int, image_size: Sequence[int], seed: int,
+                        device: Optional[torch.device] = None) -> Discriminator:
+    """A fresh discriminator initialised from ``seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        d = Discriminator(in_channels, image_size)
+    return d.to(device) if device is not None else d

@@ -1,0 +1,69 @@
+"""What one LDAM call returns: samples per neuron plus the figures that describe them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["SampleResult"]
+
+
+@dataclass
+class SampleResult:
+    """Samples and diagnostics for ``n`` neurons with ``c`` chains each (all CPU tensors).
+
+    Attributes:
+        neurons: ``(layer_path, index)`` per neuron, in the order of the spec.
+        images: ``[n, c, C, H, W]`` final chain states in pixel space, inside ``value_range``.
+        activations: ``[n, c]`` activation of each chain's own neuron at its final state.
+        trace: ``[n, c, steps]`` activation before each Langevin step (how the chains climbed).
+        disc_scores: ``[n, c]`` D(x) in (0, 1) at the final state, or ``None`` without a discriminator.
+        nonfinite_resets: ``[n]`` how many times a chain of that neuron went NaN/Inf and was re-initialised.
+        value_range: the pixel box the images live in.
+        discriminator: the trained discriminator (pass it back as ``discriminator=`` to warm-start), or ``None``.
+        seconds: wall time of the call.
+        config: the resolved settings (steps, step size, noise, ...), for logging.
+    """
+
+    neurons: List[Tuple[str, int]]
+    images: torch.Tensor
+    activations: torch.Tensor
+    trace: torch.Tensor
+    disc_scores: Optional[torch.Tensor]
+    nonfinite_resets: torch.Tensor
+    value_range: Tuple[float, float]
+    discriminator: Optional[nn.Module] = None
+    seconds: float = 0.0
+    config: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def mean_images(self) -> torch.Tensor:
+        """``[n, C, H, W]`` pixel-wise mean over chains: what every sample of the neuron shares."""
+        return self.images.mean(dim=1)
+
+    @property
+    def std_images(self) -> torch.Tensor:
+        """``[n, C, H, W]`` pixel-wise std over chains: where the neuron tolerates variation."""
+        return self.images.std(dim=1, unbiased=False)
+
+    @property
+    def diversity(self) -> torch.Tensor:
+        """``[n]`` mean pairwise L2 distance between the chains of each neuron (0 with one chain)."""
+        flat = self.images.flatten(2)
+        c = flat.shape[1]
+        if c < 2:
+            return torch.zeros(flat.shape[0])
+        dist = torch.cdist(flat, flat)
+        return dist.sum(dim=(1, 2)) / (c * (c - 1))
+
+    def layer_slice(self, layer: str) -> List[int]:
+        """Positions (into the neuron axis) of the neurons that belong to ``layer``."""
+        return [i for i, (path, _) in enumerate(self.neurons) if path == layer]
+
+    def __repr__(self) -> str:
+        n, c = self.activations.shape
+        return (f"SampleResult(neurons={n}, chains={c}, image={tuple(self.images.shape[2:])}, "
+                f"mean_activation={self.activations.mean().item():.4g}, resets={int(self.nonfinite_resets.sum())}, "
+                f"seconds={self.seconds:.2f})")
