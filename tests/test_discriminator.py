@@ -1,0 +1,123 @@
+"""The discriminator term: raises D's score, pulls samples toward the data, warm-starts."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lightning_ldam as ldam
+from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator
+
+SHAPE = (1, 14, 14)
+
+
+def _digit_net(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 12 * 12, 10))
+
+
+def _nearest_real_distance(images, real):
+    """Mean over samples of the L2 distance to the nearest real image."""
+    return torch.cdist(images.flatten(2).flatten(0, 1), real.flatten(1)).min(1).values.mean()
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_14):
+    """A λ=2 run on real digits: its samples and its (co-trained) discriminator."""
+    net = _digit_net()
+    res = ldam.sample(net, "3:0-1", input_shape=SHAPE, chains=8, steps=20, real_data=mnist_14,
+                      disc_weight=2.0, disc_warmup=20, seed=0)
+    return net, res
+
+
+def test_disc_weight_raises_the_score_of_a_fixed_discriminator(trained):
+    net, res = trained
+    judge = res.discriminator
+    before = _state(judge)
+    kwargs = dict(input_shape=SHAPE, chains=8, steps=20, discriminator=judge, seed=11)
+    with_d = ldam.sample(net, "3:0-1", disc_weight=2.0, **kwargs)
+    without_d = ldam.sample(net, "3:0-1", disc_weight=0.0, **kwargs)
+    assert without_d.disc_scores is not None  # scored even with λ = 0
+    assert with_d.disc_scores.shape == without_d.disc_scores.shape == (2, 8)
+    assert with_d.disc_scores.mean() > without_d.disc_scores.mean() + 0.1
+    # without real_data the given discriminator is only read, never trained
+    assert all(torch.equal(v, judge.state_dict()[k]) for k, v in before.items())
+    assert with_d.discriminator is judge
+
+
+def test_disc_weight_pulls_samples_toward_the_real_images(trained, mnist_14):
+    net, res = trained
+    without_d = ldam.sample(net, "3:0-1", input_shape=SHAPE, chains=8, steps=20, real_data=mnist_14,
+                            disc_weight=0.0, seed=0)
+    assert without_d.discriminator is None and without_d.disc_scores is None  # λ = 0: no D is built
+    near_with = _nearest_real_distance(res.images, mnist_14)
+    assert near_with < 0.8 * _nearest_real_distance(without_d.images, mnist_14)
+
+
+def test_warm_start_returns_the_same_discriminator_and_keeps_training_it(trained, mnist_14):
+    net, res = trained
+    disc = copy.deepcopy(res.discriminator)  # keep the module-scoped fixture's discriminator as it is
+    before = _state(disc)
+    again = ldam.sample(net, "3:2", input_shape=SHAPE, chains=4, steps=4, real_data=mnist_14,
+                        discriminator=disc, seed=1)
+    assert again.discriminator is disc
+    assert again.config["disc_weight"] == ldam.DEFAULT_DISC_WEIGHT and again.config["disc_warmup"] == 0
+    assert again.disc_scores.shape == (1, 4)
+    assert ((again.disc_scores > 0) & (again.disc_scores < 1)).all()
+    assert any(not torch.equal(v, disc.state_dict()[k]) for k, v in before.items())  # trained further
+
+
+def test_discriminator_shapes_and_scores_in_unit_interval():
+    for size in [(12, 12), (14, 14), (28, 28), (130, 100)]:
+        d = build_discriminator(2, size, seed=0)
+        assert d(torch.rand(3, 2, *size)).shape == (3,)
+    res = ldam.sample(_digit_net(), "3:0", input_shape=SHAPE, chains=3, steps=3,
+                      real_data=torch.rand(8, *SHAPE), disc_warmup=2)
+    assert isinstance(res.discriminator, ldam.Discriminator)
+    assert ((res.disc_scores > 0) & (res.disc_scores < 1)).all()
+
+
+def test_build_discriminator_is_seeded_and_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    a, b, c = build_discriminator(1, (14, 14), seed=3), build_discriminator(1, (14, 14), seed=3), \
+        build_discriminator(1, (14, 14), seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_trainer_learns_to_separate_real_from_fake():
+    g = torch.Generator().manual_seed(0)
+    real = torch.zeros(64, *SHAPE)
+    real[:, :, 4:10, 4:10] = 1.0  # a bright square on black
+    fake = torch.rand(64, *SHAPE, generator=g)
+    d = build_discriminator(1, SHAPE[1:], seed=0)
+    trainer = DiscriminatorTrainer(d, real, g, lr=2e-3, batch_size=32)
+    losses = [float(trainer.step(fake)) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.grad is None for p in d.parameters())  # grads cleared after each update
+    d.eval()
+    with torch.no_grad():
+        assert (trainer.log_prob(real) > trainer.log_prob(fake).max()).all()
+    x = fake[:4].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(trainer.log_prob(x).sum(), x)
+    assert grad.shape == x.shape and grad.abs().sum() > 0
+
+
+def test_square_patterns_attract_lambda_samples():
+    """Structured real images (bright squares): λ > 0 samples end nearer to them than λ = 0 samples."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.zeros(128, *SHAPE)
+    for i in range(128):
+        r, c = torch.randint(0, 9, (2,), generator=g).tolist()
+        real[i, :, r:r + 5, c:c + 5] = 1.0
+    net = _digit_net(1)
+    kwargs = dict(input_shape=SHAPE, chains=8, steps=20, real_data=real, seed=2)
+    with_d = ldam.sample(net, "3:4", disc_weight=2.0, disc_warmup=20, **kwargs)
+    without_d = ldam.sample(net, "3:4", disc_weight=0.0, **kwargs)
+    assert _nearest_real_distance(with_d.images, real) < 0.85 * _nearest_real_distance(without_d.images, real)
