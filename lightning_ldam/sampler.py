@@ -28,7 +28,7 @@ from lightning_ldam import _validation as V
 from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
 from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator
 from lightning_ldam.result import SampleResult
-from lightning_ldam.targets import NeuronSpec, find_module, parse_neurons, resolve_neurons, canonical_path
+from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons, resolve_neurons
 
 __all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT"]
 
@@ -133,15 +133,14 @@ def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.
     return real
 
 
-def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normalize) -> list:
+def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normalize, dtype) -> list:
     """Check layer paths, then one dry forward (batch of one) to learn layer sizes and resolve indices."""
-    parsed = parse_neurons(neurons)
-    paths = list(dict.fromkeys(canonical_path(layer) for layer, _ in parsed))
-    for p in paths:
-        find_module(model, p)
+    aliases = {layer: find_layer(model, layer)[0] for layer, _ in parse_neurons(neurons)}
+    paths = list(dict.fromkeys(aliases.values()))
     probe = torch.zeros((1, *input_shape), device=device)
     if normalize is not None:
         probe = (probe - normalize[0]) / normalize[1]
+    probe = probe.to(dtype)
     with torch.no_grad(), capture_outputs(model, paths) as outputs:
         try:
             captured = run_to_targets(model, probe, outputs, paths)
@@ -159,7 +158,7 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
             raise ValueError(f"neurons: layer {p!r} outputs shape {tuple(out.shape)}; a target needs "
                              f"[batch, channels, ...]")
         units[p] = int(out.shape[1])
-    return resolve_neurons(neurons, units)
+    return resolve_neurons(neurons, units, aliases)
 
 
 def _rms(g: torch.Tensor) -> torch.Tensor:
@@ -274,11 +273,13 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     with torch.inference_mode(False), torch.enable_grad():
         net = model if device == model_dev else copy.deepcopy(model).to(device)
         if norm is not None:
-            norm = tuple(t.to(device).view(1, -1, *([1] * (len(shape) - 1))) for t in norm)
+            # clone(): tensors made under a caller's inference_mode cannot be saved for backward
+            norm = tuple(t.to(device).view(1, -1, *([1] * (len(shape) - 1))).clone() for t in norm)
         with _frozen(net):
-            resolved = _resolve(net, neurons, shape, device, norm)
+            dtype = V.model_dtype(net)
+            resolved = _resolve(net, neurons, shape, device, norm, dtype)
             return _run(net, resolved, shape, chains, cfg, lo, hi, norm, real_cpu, init, seed, device,
-                        spatial, discriminator, disc_lr, autocast_dtype, progress, started)
+                        spatial, discriminator, disc_lr, autocast_dtype, progress, started, dtype)
 
 
 class _frozen:
@@ -304,7 +305,7 @@ class _frozen:
 
 
 def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cpu, init, seed, device,
-         spatial, discriminator, disc_lr, autocast_dtype, progress, started) -> SampleResult:
+         spatial, discriminator, disc_lr, autocast_dtype, progress, started, dtype) -> SampleResult:
     span = hi - lo
     n = len(neurons)
     batch = n * chains
@@ -323,6 +324,8 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
     if cfg.disc_weight > 0 or discriminator is not None:
         disc = discriminator if discriminator is not None else build_discriminator(shape[0], shape[1:], seed, device)
         disc = disc.to(device)
+        disc_flags = [(p, p.requires_grad) for p in disc.parameters()]
+        disc_mode = disc.training
         disc.requires_grad_(True)
         if real is not None:
             trainer = DiscriminatorTrainer(disc, real, gen, lr=disc_lr)
@@ -337,7 +340,8 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
 
     def to_model(x_unit):
         x = lo + span * x_unit
-        return x if norm is None else (x - norm[0]) / norm[1]
+        x = x if norm is None else (x - norm[0]) / norm[1]
+        return x.to(dtype)  # chains stay float32; a float64/half model gets its own dtype
 
     def activations(x_unit):
         if autocast_dtype is None:
@@ -373,6 +377,8 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
             bad = ~torch.isfinite(u.flatten(1)).all(1) | ~torch.isfinite(acts.detach())
             u = torch.where(bad.view(view), u0, u)
             resets += bad
+            if second_moment is not None:  # a reset chain must not keep a NaN preconditioner
+                second_moment = torch.where(bad.view(view), torch.zeros_like(second_moment), second_moment)
             if trainer is not None and (t + 1) % cfg.disc_every == 0:
                 trainer.step(u)
             if bar is not None:
@@ -391,7 +397,9 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
         log.warning("LDAM: %d chain states turned NaN/Inf and were re-initialised", total_resets)
     images = (lo + span * u).clamp_(lo, hi).detach().cpu().view(n, chains, *shape)
     if disc is not None:
-        disc.requires_grad_(False)
+        for p, flag in disc_flags:
+            p.requires_grad_(flag)
+        disc.train(disc_mode)
     return SampleResult(
         neurons=list(neurons),
         images=images,

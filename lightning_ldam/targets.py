@@ -21,13 +21,13 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 __all__ = ["Neuron", "LayerInfo", "NeuronSpec", "parse_neurons", "resolve_neurons", "find_module",
-           "list_targets", "canonical_path"]
+           "find_layer", "list_targets", "canonical_path"]
 
 Neuron = Tuple[str, int]
 IndexSpec = Union[int, str, Sequence[int], range]
@@ -60,33 +60,62 @@ class LayerInfo:
 
 
 def canonical_path(path: str) -> str:
-    """Drop wrapper segments (``module.``, ``_orig_mod.``) so wrapped and bare names agree."""
-    return ".".join(part for part in path.split(".") if part not in _WRAPPER_SEGMENTS)
+    """Drop wrapper segments (``module.``, ``_orig_mod.``) so wrapped and bare names agree.
+
+    The last segment is always kept, so a real submodule named ``module`` keeps its name.
+    """
+    parts = path.split(".")
+    kept = [p for p in parts[:-1] if p not in _WRAPPER_SEGMENTS] + parts[-1:]
+    return ".".join(kept)
 
 
 def _module_table(model: nn.Module) -> Dict[str, nn.Module]:
+    """Display name -> module, with wrapper levels (DDP's ``module``, compile's ``_orig_mod``) left out.
+
+    A child counts as a wrapper level when it is its parent's only child and is named like one, so a
+    real submodule called ``module`` beside other children keeps its name.
+    """
+    display: Dict[int, str] = {id(model): ""}
     table: Dict[str, nn.Module] = {}
     for name, module in model.named_modules():
-        table.setdefault(canonical_path(name), module)
+        if not name or id(module) in display:
+            continue
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        parent_display = display.get(id(parent), parent_name)
+        if leaf in _WRAPPER_SEGMENTS and len(parent._modules) == 1:
+            display[id(module)] = parent_display
+            continue
+        shown = f"{parent_display}.{leaf}" if parent_display else leaf
+        display[id(module)] = shown if shown not in table else name
+        table[display[id(module)]] = module
     return table
 
 
-def find_module(model: nn.Module, path: str) -> nn.Module:
-    """Return the submodule at ``path`` (wrapper prefixes allowed).
+def find_layer(model: nn.Module, path: str) -> Tuple[str, nn.Module]:
+    """Return ``(display_name, module)`` for ``path``: an exact ``named_modules()`` name or a wrapper-free one.
 
     Raises:
         ValueError: the path names no module; the message lists close matches.
     """
     table = _module_table(model)
+    display_of = {id(m): d for d, m in table.items()}
+    exact = dict(model.named_modules())
+    if path and path in exact and id(exact[path]) in display_of:
+        return display_of[id(exact[path])], exact[path]
     key = canonical_path(path)
     if key in table:
-        return table[key]
-    names = [n for n in table if n]
-    close = difflib.get_close_matches(key, names, n=5, cutoff=0.5)
+        return key, table[key]
+    close = difflib.get_close_matches(key, list(table), n=5, cutoff=0.5)
     hint = f" Close matches: {close}." if close else ""
     raise ValueError(
         f"neurons: layer path {path!r} is not a module of {type(model).__name__}.{hint} "
         f"Hint: use lightning_ldam.list_targets(model, input_shape) to list valid paths.")
+
+
+def find_module(model: nn.Module, path: str) -> nn.Module:
+    """Return the submodule at ``path`` (wrapper prefixes allowed); see :func:`find_layer`."""
+    return find_layer(model, path)[1]
 
 
 def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int]]:
@@ -152,7 +181,8 @@ def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int]]]]:
         if not layer.strip():
             raise ValueError(f"neurons: spec {spec!r} has an empty layer path; {_SPEC_HINT}")
         return [(layer.strip(), _parse_indices(layer, idx))]
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and not isinstance(spec[1], str):
+    if (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)
+            and (not isinstance(spec[1], str) or ":" not in spec[0])):
         return [(spec[0].strip(), _parse_indices(spec[0], spec[1]))]
     if isinstance(spec, Iterable) and not isinstance(spec, (bytes, bytearray)):
         spec_list = list(spec)
@@ -168,19 +198,22 @@ def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int]]]]:
                     f"{type(spec).__name__} {spec!r}")
 
 
-def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int]) -> List[Neuron]:
+def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int],
+                    aliases: Optional[Mapping[str, str]] = None) -> List[Neuron]:
     """Expand a spec against known layer sizes into ``[(canonical_path, index), ...]``.
 
     Args:
         spec: a neuron spec (see module docstring).
         units: layer path (canonical) -> number of channels/units, e.g. from :func:`list_targets`.
+        aliases: spec path -> key of ``units`` (as :func:`find_layer` resolves it); default
+            :func:`canonical_path`.
 
     Raises:
         ValueError: an index is out of range, or a layer is unknown.
     """
     resolved: List[Neuron] = []
     for layer, idx in parse_neurons(spec):
-        key = canonical_path(layer)
+        key = aliases[layer] if aliases and layer in aliases else canonical_path(layer)
         if key not in units:
             close = difflib.get_close_matches(key, list(units), n=5, cutoff=0.5)
             hint = f" Close matches: {close}." if close else ""

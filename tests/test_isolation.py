@@ -181,13 +181,8 @@ def test_works_in_every_grad_context(tiny_net, context, with_disc):
     assert not res.images.is_inference()
 
 
-INFERENCE_NORMALIZE_BUG = ("BUG: normalize=(mean, std) under torch.inference_mode() fails with "
-                           "'Inference tensors cannot be saved for backward': check_normalize builds "
-                           "mean/std as inference tensors before sample() leaves inference mode, and "
-                           "(x - mean) / std saves std for backward")
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=INFERENCE_NORMALIZE_BUG)
 def test_normalize_works_under_inference_mode(tiny_net):
     reference = _run(tiny_net, 1, normalize=(0.5, 0.25))
     with torch.inference_mode():

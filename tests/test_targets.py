@@ -107,11 +107,11 @@ class _HasModuleNamedModule(nn.Module):
         return self.head(self.module(x))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a real submodule named 'module' (or '_orig_mod') is treated as "
-                                       "a wrapper segment: 'module:5' silently targets unit 5 of the model's "
-                                       "*output* (7 logits) instead of raising/using the 3-channel conv")
 def test_layer_literally_named_module_is_not_silently_retargeted():
     model = _HasModuleNamedModule()
-    # 'module' has 3 channels, so index 5 must be rejected; instead it resolves to the root output.
-    with pytest.raises(ValueError, match="neurons"):
+    # 'module' is a real 3-channel conv here, not a wrapper prefix: index 5 is out of its range.
+    with pytest.raises(ValueError, match="neurons: index 5 is out of range for layer 'module', which has 3"):
         ldam.sample(model, "module:5", input_shape=(1, 12, 12), chains=2, steps=2)
+    res = ldam.sample(model, "module:2", input_shape=(1, 12, 12), chains=2, steps=2)
+    assert res.neurons == [("module", 2)]
+    assert ("module", 3) in [(t.path, t.units) for t in ldam.list_targets(model, (1, 12, 12))]

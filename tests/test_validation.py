@@ -173,17 +173,12 @@ def test_other_type_errors(name, value, match):
     _raises_before_sampling(TypeError, match, **{name: value})
 
 
-FLOAT64_BUG = ("BUG: chains are always float32, so a float64 model cannot be sampled, and the dtype "
-               "mismatch is reported as 'input_shape: the model rejected an input of shape (1, 1, 12, 12)' "
-               "although the shape is right")
 
 
-@pytest.mark.xfail(strict=True, reason=FLOAT64_BUG)
-def test_float64_model_is_not_reported_as_a_bad_input_shape():
-    net = make_tiny_net().double()
-    try:
-        res = ldam.sample(net, "classifier.2:0", input_shape=INPUT_SHAPE, chains=2, steps=3)
-    except ValueError as err:
-        assert "input_shape" not in str(err), str(err)
-    else:
-        assert torch.isfinite(res.activations).all()
+def test_float64_model_is_sampled_in_its_own_dtype():
+    net = make_tiny_net().double().eval()
+    res = ldam.sample(net, "classifier.2:0", input_shape=INPUT_SHAPE, chains=2, steps=3)
+    assert torch.isfinite(res.activations).all()
+    with torch.no_grad():
+        expected = net(res.images[0].double())[:, 0].float()
+    torch.testing.assert_close(res.activations[0], expected, rtol=1e-5, atol=1e-5)
