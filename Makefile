@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(PY) examples/mnist.py
+	$(PY) benchmarks/quality.py --lambdas 0,default --save-grid runs/demo/mnist
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest

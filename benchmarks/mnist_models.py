@@ -41,12 +41,15 @@ class TargetCNN(nn.Module):
 
 
 class JudgeNet(nn.Module):
-    """An independent classifier of another architecture (MLP with wide hidden layers)."""
+    """An independent classifier of another architecture: LeNet-5 style (5x5 convs, average pooling,
+    no batch norm), trained on other images than the target."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2),
-                                 nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, num_classes))
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 20, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(20, 50, 5), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Flatten(), nn.Linear(50 * 5 * 5, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
     def forward(self, x):
         return self.net(x)

