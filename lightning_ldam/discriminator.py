@@ -80,7 +80,9 @@ class DiscriminatorTrainer:
         self.real = real
         self.generator = generator
         self.batch_size = batch_size
-        self.optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+        fused = all(p.is_cuda for p in discriminator.parameters())  # one kernel per step on the GPU
+        self.optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999),
+                                          fused=fused or None)
 
     def _pick(self, pool: torch.Tensor) -> torch.Tensor:
         n = min(self.batch_size, pool.shape[0])

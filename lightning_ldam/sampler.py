@@ -163,8 +163,10 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
     return resolve_neurons(neurons, units, aliases)
 
 
-def _rms(g: torch.Tensor) -> torch.Tensor:
-    return g.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
+def _inv_rms(g: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight / RMS(g)`` per chain, shaped to broadcast over ``g`` (the RMS preconditioner)."""
+    norm = torch.linalg.vector_norm(g.flatten(1), dim=1).clamp_min_(1e-12)
+    return (weight * math.sqrt(g[0].numel()) / norm).view(-1, *([1] * (g.dim() - 1)))
 
 
 def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int], chains: int = 8,
@@ -363,28 +365,32 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
             acts = activations(x)
             trace[t] = acts.detach()
             (g_act,) = torch.autograd.grad(acts.sum(), x)
+            # Few, fused in-place kernels: on small GPU models the step is launch-bound.
             if cfg.precondition == "rms":
-                drift = g_act / _rms(g_act)
+                drift = g_act.mul_(_inv_rms(g_act, 1.0 / cfg.temperature))
             else:
-                drift = g_act
-            drift = drift / cfg.temperature
+                drift = g_act if cfg.temperature == 1.0 else g_act.div_(cfg.temperature)
             if disc is not None and cfg.disc_weight > 0:
                 disc.eval()  # no spectral-norm power iteration while reading D
                 x_d = u.detach().requires_grad_(True)
                 (g_d,) = torch.autograd.grad(torch.nn.functional.logsigmoid(disc(x_d)).sum(), x_d)
-                drift = drift + cfg.disc_weight * (g_d / _rms(g_d) if cfg.precondition == "rms" else g_d)
+                if cfg.precondition == "rms":
+                    drift.addcmul_(g_d, _inv_rms(g_d, cfg.disc_weight))
+                else:
+                    drift.add_(g_d, alpha=cfg.disc_weight)
             if cfg.precondition == "psgld":
                 second_moment.mul_(0.99).addcmul_(drift, drift, value=0.01)
                 drift = drift / (second_moment / (1 - 0.99 ** (t + 1))).sqrt().add_(1e-8)
-            u = u + (0.5 * eps) * drift
+            u = u.detach().add_(drift, alpha=0.5 * eps)
             if sigma > 0:
-                u = u + (math.sqrt(eps) * sigma) * torch.randn(u.shape, generator=gen, device=device)
-            u = u.clamp_(0.0, 1.0)
-            bad = ~torch.isfinite(u.flatten(1)).all(1) | ~torch.isfinite(acts.detach())
-            u = torch.where(bad.view(view), u0, u)
+                u.add_(torch.randn(u.shape, generator=gen, device=device), alpha=math.sqrt(eps) * sigma)
+            # Before the clamp (which would turn +-Inf into the box edge): a row sum is non-finite iff the
+            # row holds a NaN/Inf.
+            bad = ~torch.isfinite(u.flatten(1).sum(1) + trace[t])
+            u = torch.where(bad.view(view), u0, u.clamp_(0.0, 1.0))
             resets += bad
             if second_moment is not None:  # a reset chain must not keep a NaN preconditioner
-                second_moment = torch.where(bad.view(view), torch.zeros_like(second_moment), second_moment)
+                second_moment.masked_fill_(bad.view(view), 0.0)
             if trainer is not None and (t + 1) % cfg.disc_every == 0:
                 for _ in range(cfg.disc_steps):
                     trainer.step(u)
