@@ -146,12 +146,9 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
     with torch.no_grad(), capture_outputs(model, paths) as outputs:
         try:
             captured = run_to_targets(model, probe, outputs, paths)
-        except (ValueError, TypeError) as err:
-            if str(err).startswith("neurons:"):
-                raise
-            raise ValueError(f"input_shape: the model rejected an input of shape {tuple(probe.shape)} "
-                             f"(input_shape={tuple(input_shape)}): {type(err).__name__}: {err}") from err
         except Exception as err:  # the model's own error, re-raised with the shape we tried
+            if str(err).startswith("neurons:"):  # ours: a target layer that is not usable
+                raise
             raise ValueError(f"input_shape: the model rejected an input of shape {tuple(probe.shape)} "
                              f"(input_shape={tuple(input_shape)}): {type(err).__name__}: {err}") from err
     units = {}
