@@ -1,0 +1,411 @@
+"""``LDAMCallback``: raw vs weight-averaged LDAM samples in TensorBoard while a model trains.
+
+The callback only orchestrates: it snapshots the network (raw weights and averaged copies), keeps a
+reservoir of real inputs, calls :func:`lightning_ldam.sample` and logs what comes back. It never
+changes the training it watches: snapshots are frozen copies, the reservoir and the sampler draw from
+private generators, and nothing touches the optimizer, gradients or modes of the live model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+from lightning_ldam import _validation as V
+from lightning_ldam.averaging import EMA
+from lightning_ldam.discriminator import build_discriminator
+from lightning_ldam.render import compare_grid, neuron_grid
+from lightning_ldam.reservoir import InputKey, Reservoir, extract_input
+from lightning_ldam.result import SampleResult
+from lightning_ldam.sampler import sample
+from lightning_ldam.snapshot import snapshot
+from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons
+
+__all__ = ["LDAMCallback"]
+
+log = logging.getLogger(__name__)
+AVERAGING = ("auto", "ema", None)
+
+
+class LDAMCallback(Callback):
+    """Sample what chosen neurons respond to, for raw and averaged weights, and log it to TensorBoard.
+
+    Args:
+        neurons: which neurons (paths relative to the network that runs), e.g. ``"features.3:0-7"`` or
+            ``["conv1:0-3", "fc:all"]`` (see :mod:`lightning_ldam.targets`).
+        every_n_epochs: sample at the end of every n-th training epoch (``None``/0: off).
+        every_n_train_steps: sample every n optimizer steps (``None``/0: off).
+        on_fit_end: also sample once when ``fit`` ends.
+        chains: chains per neuron.
+        steps: Langevin steps per round (default: the sampler's).
+        input_shape: per-sample input shape; default: inferred from the training batches.
+        value_range: the input box; default: inferred from the training batches.
+        normalize: ``(mean, std)`` if the network expects normalised inputs of pixel-space data.
+        disc_weight: λ; default: the sampler's default with real data.
+        reservoir_size: real training inputs kept for the discriminator.
+        input_key: how to read inputs from a batch (int index, str key, callable); default understands
+            tensors, tuples/lists (first element) and dicts with "image"/"input"/"x".
+        module: attribute path of the submodule to run (e.g. ``"net"``); default: the LightningModule.
+        averaging: ``"auto"``: Lightning's ``WeightAveraging``/``EMAWeightAveraging``/
+            ``StochasticWeightAveraging`` if the trainer has one, else an own EMA; ``"ema"``: always the own
+            EMA; ``None``: raw weights only.
+        ema_decay: decay of the own EMA.
+        ema_every_n_steps: update the own EMA every n optimizer steps.
+        ema_device: keep the own EMA here (e.g. ``"cpu"``); default: the model's device.
+        sample_device: where to sample; default: the module's device.
+        seed: seed of every round (all variants start from the same chains and draw the same noise).
+        upscale: nearest-neighbour factor for logged images (default: tiles at least 56 px high).
+        sampler_kwargs: any other :func:`lightning_ldam.sample` keyword.
+
+    Example::
+
+        >>> cb = LDAMCallback("classifier.4:all", every_n_epochs=1, chains=8)
+        >>> cb.should_sample(epoch=0), cb.should_sample(global_step=10)
+        (True, False)
+    """
+
+    def __init__(self, neurons: NeuronSpec, *, every_n_epochs: Optional[int] = 1,
+                 every_n_train_steps: Optional[int] = None, on_fit_end: bool = False, chains: int = 8,
+                 steps: Optional[int] = None, input_shape: Optional[Sequence[int]] = None,
+                 value_range: Optional[Tuple[float, float]] = None, normalize=None,
+                 disc_weight: Optional[float] = None, reservoir_size: int = 256, input_key: InputKey = None,
+                 module: Optional[str] = None, averaging: Optional[str] = "auto", ema_decay: float = 0.999,
+                 ema_every_n_steps: int = 1, ema_device: Optional[Union[str, torch.device]] = None,
+                 sample_device: Optional[Union[str, torch.device]] = None, seed: int = 0,
+                 upscale: Optional[int] = None, sampler_kwargs: Optional[Dict[str, Any]] = None):
+        parse_neurons(neurons)  # malformed specs fail here, before any training
+        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
+            if value is not None:
+                V.check_positive(name, value, integer=True, allow_zero=True)
+        if not (every_n_epochs or every_n_train_steps or on_fit_end):
+            raise ValueError(f"every_n_epochs/every_n_train_steps/on_fit_end: every schedule is off "
+                             f"(every_n_epochs={every_n_epochs!r}, every_n_train_steps={every_n_train_steps!r}, "
+                             f"on_fit_end={on_fit_end!r}); set at least one")
+        V.check_positive("chains", chains, integer=True)
+        if steps is not None:
+            V.check_positive("steps", steps, integer=True)
+        if input_shape is not None:
+            input_shape = V.check_input_shape(input_shape)
+        if value_range is not None:
+            value_range = V.check_value_range(value_range)
+        V.check_positive("reservoir_size", reservoir_size, integer=True)
+        V.check_choice("averaging", averaging, AVERAGING)
+        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay: expected a float in [0, 1), got {ema_decay!r}")
+        V.check_positive("ema_every_n_steps", ema_every_n_steps, integer=True)
+        if module is not None and (not isinstance(module, str) or not module):
+            raise ValueError(f"module: expected a dotted attribute path such as 'net', got {module!r}")
+        if input_key is not None and not (callable(input_key) or isinstance(input_key, (int, str))):
+            raise TypeError(f"input_key: expected None, an int, a str or a callable, got {input_key!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int, got {seed!r}")
+        self.neurons = neurons
+        self.every_n_epochs = every_n_epochs or 0
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.on_fit_end_enabled = on_fit_end
+        self.chains = chains
+        self.steps = steps
+        self.input_shape = input_shape
+        self.value_range = value_range
+        self.normalize = normalize
+        self.disc_weight = disc_weight
+        self.input_key = input_key
+        self.module = module
+        self.averaging = averaging
+        self.ema_decay = float(ema_decay)
+        self.ema_every_n_steps = ema_every_n_steps
+        self.ema_device = ema_device
+        self.sample_device = sample_device
+        self.seed = seed
+        self.upscale = upscale
+        self.sampler_kwargs = dict(sampler_kwargs or {})
+        self._reservoir = Reservoir(reservoir_size, seed=seed)
+        self._ema: Optional[EMA] = None
+        self._pending_ema_state: Optional[Dict[str, Any]] = None
+        self._discriminators: Dict[str, nn.Module] = {}
+        self._pending_disc_state: Dict[str, Dict[str, Any]] = {}
+        self._rounds = 0
+        self._last_sampled_step = -1
+        self._last_ema_step = -1
+        self._averagers: List[Callback] = []
+        self._warned: set = set()
+        self._checked = False
+
+    # ---- identity and schedule ---------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(neurons=repr(self.neurons), module=self.module, seed=self.seed,
+                                        every_n_epochs=self.every_n_epochs,
+                                        every_n_train_steps=self.every_n_train_steps)
+
+    def should_sample(self, global_step: Optional[int] = None, epoch: Optional[int] = None) -> bool:
+        """Whether a round is due: after optimizer step ``global_step`` or at the end of epoch ``epoch``.
+
+        Pure and overridable; the step hook passes ``global_step``, the epoch hook passes ``epoch``.
+        """
+        if global_step is not None and self.every_n_train_steps:
+            return global_step > 0 and global_step % self.every_n_train_steps == 0
+        if epoch is not None and self.every_n_epochs:
+            return (epoch + 1) % self.every_n_epochs == 0
+        return False
+
+    # ---- setup ---------------------------------------------------------------------------------------
+    def network(self, pl_module: nn.Module) -> nn.Module:
+        """The module LDAM runs: ``pl_module`` or its ``module`` submodule."""
+        if self.module is not None:
+            try:
+                return pl_module.get_submodule(self.module)
+            except AttributeError:
+                names = [n for n, _ in pl_module.named_children()]
+                raise ValueError(f"module: {type(pl_module).__name__} has no submodule {self.module!r}; "
+                                 f"its children are {names}") from None
+        if type(pl_module).forward is pl.LightningModule.forward:
+            names = [n for n, _ in pl_module.named_children()]
+            raise ValueError(f"module: {type(pl_module).__name__} defines no forward(), so LDAM cannot run it; "
+                             f"pass module=<name of the network submodule> (children: {names})")
+        return pl_module
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
+        strategy = type(trainer.strategy).__name__
+        if "FSDP" in strategy or "DeepSpeed" in strategy:
+            raise ValueError(f"strategy: LDAMCallback needs full parameters on each rank; {strategy} shards them. "
+                             f"Use DDP or a single device, or run lightning-ldam on the saved checkpoint")
+        net = self.network(pl_module)
+        for layer, _ in parse_neurons(self.neurons):
+            find_layer(net, layer)
+        self._averagers = [cb for cb in trainer.callbacks if _is_lightning_averager(cb)] \
+            if self.averaging == "auto" else []
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        own = self.averaging == "ema" or (self.averaging == "auto" and not self._averagers)
+        if own and self._ema is None:
+            self._ema = EMA(self.network(pl_module), decay=self.ema_decay, every_n_steps=self.ema_every_n_steps,
+                            device=self.ema_device)
+            if self._pending_ema_state is not None:
+                self._ema.load_state_dict(self._pending_ema_state)
+                self._pending_ema_state = None
+        if trainer.is_global_zero and any(_is_tensorboard(lg) for lg in trainer.loggers):
+            rank_zero_info("LDAMCallback: TensorBoard keeps 10 images per tag by default; to see every round run "
+                           "`tensorboard --logdir <dir> --samples_per_plugin images=1000`")
+
+    def _check_targets(self, pl_module: nn.Module) -> None:
+        """First batch: resolve the neurons against the real input shape (bad indices raise here)."""
+        shape = self.input_shape or self._reservoir.input_shape()
+        box = self.value_range or self._reservoir.value_range()
+        sample(snapshot(self.network(pl_module)), self.neurons, input_shape=shape, chains=1, steps=1,
+               disc_weight=0.0, value_range=box, normalize=self.normalize, seed=self.seed)
+        self._checked = True
+
+    # ---- hooks ---------------------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._reservoir.add(extract_input(batch, self.input_key))  # a bad input_key fails at the first batch
+        if not self._checked:
+            self._check_targets(pl_module)
+        step = trainer.global_step
+        if self._ema is not None and step != self._last_ema_step:
+            self._ema.update(self.network(pl_module), step)
+            self._last_ema_step = step
+        if self.should_sample(global_step=step) and step != self._last_sampled_step:
+            self._round(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.should_sample(epoch=trainer.current_epoch) and trainer.global_step != self._last_sampled_step:
+            self._round(trainer, pl_module)
+
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.on_fit_end_enabled and trainer.global_step != self._last_sampled_step:
+            self._round(trainer, pl_module)
+
+    # ---- one round -----------------------------------------------------------------------------------
+    def variants(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, nn.Module]:
+        """Frozen copies to sample: ``raw`` and whichever averaged copies have been updated."""
+        device = self._device(pl_module)
+        out = {"raw": snapshot(self.network(pl_module), device)}
+        if self._ema is not None:
+            if int(self._ema.n_averaged) > 0:
+                out["ema"] = snapshot(self._ema.module, device)
+            else:
+                self._info_once("ema", "LDAMCallback: the EMA has no update yet; sampling raw weights only")
+        for cb in self._averagers:
+            name, avg_module, count = _lightning_average(cb)
+            if avg_module is None or count == 0:
+                self._info_once(name, f"LDAMCallback: {type(cb).__name__} has no averaged weights yet; skipped")
+                continue
+            copy = snapshot(avg_module, device)
+            out[name] = copy.get_submodule(self.module) if self.module else copy
+        return out
+
+    def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.sanity_checking:
+            return
+        self._last_sampled_step = trainer.global_step
+        if len(self._reservoir) == 0 and (self.input_shape is None or self.value_range is None):
+            self._warn_once("empty", "LDAMCallback: no training batch seen yet, so the input shape/range are "
+                                     "unknown; skipping this round (pass input_shape and value_range to sample "
+                                     "before training)")
+            return
+        started = time.perf_counter()
+        try:
+            snaps = self.variants(trainer, pl_module)
+            results = {name: self._sample(name, net) for name, net in snaps.items()}
+            del snaps
+        except Exception as err:  # a failed round must never crash the user's training run
+            rank_zero_warn(f"LDAMCallback: sampling failed at step {trainer.global_step} and was skipped: "
+                           f"{type(err).__name__}: {err}")
+            return
+        self._rounds += 1
+        if trainer.is_global_zero:
+            self._log(trainer, results)
+            first = next(iter(results.values()))
+            n, c = first.activations.shape
+            rank_zero_info(f"LDAMCallback: step {trainer.global_step}: {n} neurons x {c} chains x "
+                           f"{first.config['steps']} steps for {', '.join(results)} in "
+                           f"{time.perf_counter() - started:.1f}s")
+
+    def _device(self, pl_module: nn.Module) -> torch.device:
+        return torch.device(self.sample_device) if self.sample_device is not None else V.model_device(pl_module)
+
+    def _sample(self, variant: str, net: nn.Module) -> SampleResult:
+        shape = self.input_shape or self._reservoir.input_shape()
+        box = self.value_range or self._reservoir.value_range()
+        real = self._reservoir.images if len(self._reservoir) else None
+        disc = self._discriminators.get(variant)
+        weight = self.disc_weight
+        if disc is None and variant in self._pending_disc_state:
+            disc = build_discriminator(shape[0], shape[1:], self.seed)
+            disc.load_state_dict(self._pending_disc_state.pop(variant))
+        if real is None and disc is None and weight is None:
+            weight = 0.0
+        res = sample(net, self.neurons, input_shape=shape, chains=self.chains, steps=self.steps, real_data=real,
+                     disc_weight=weight, value_range=box, normalize=self.normalize, seed=self.seed,
+                     discriminator=disc, device=self._device(net), **self.sampler_kwargs)
+        if res.discriminator is not None:
+            # Each variant keeps its own D so the variants stay symmetric: a shared D would have just been
+            # trained against the previous variant's chains.
+            self._discriminators[variant] = res.discriminator
+        if int(res.nonfinite_resets.sum()):
+            rank_zero_warn(f"LDAMCallback: {int(res.nonfinite_resets.sum())} chain states of the {variant!r} "
+                           f"weights turned NaN/Inf and were re-initialised")
+        return res
+
+    # ---- logging -------------------------------------------------------------------------------------
+    def _log(self, trainer: "pl.Trainer", results: Dict[str, SampleResult]) -> None:
+        step = trainer.global_step
+        images: Dict[str, torch.Tensor] = {}
+        scalars: Dict[str, float] = {}
+        first = next(iter(results.values()))
+        layers = list(dict.fromkeys(layer for layer, _ in first.neurons))
+        resets = 0
+        for variant, res in results.items():
+            resets += int(res.nonfinite_resets.sum())
+            for layer in layers:
+                rows = res.layer_slice(layer)
+                images[f"ldam/{variant}/{layer}"] = neuron_grid(res.images[rows], res.value_range, self.upscale)
+                scalars[f"ldam/{variant}/{layer}/activation"] = res.activations[rows].mean().item()
+                scalars[f"ldam/{variant}/{layer}/diversity"] = res.diversity[rows].mean().item()
+                if res.disc_scores is not None:
+                    scalars[f"ldam/{variant}/{layer}/realism"] = res.disc_scores[rows].mean().item()
+        if len(results) > 1:
+            for layer in layers:
+                rows = first.layer_slice(layer)
+                images[f"ldam/compare/{layer}"] = compare_grid([r.images[rows] for r in results.values()],
+                                                               first.value_range, self.upscale)
+        scalars["ldam/nonfinite_resets"] = float(resets)
+        self._write(trainer, images, scalars, step)
+
+    def _write(self, trainer: "pl.Trainer", images: Dict[str, torch.Tensor], scalars: Dict[str, float],
+               step: int) -> None:
+        wrote_images = False
+        for logger in trainer.loggers:
+            if _is_tensorboard(logger):
+                writer = logger.experiment
+                for tag, img in images.items():
+                    writer.add_image(tag, img, global_step=step)
+                for tag, value in scalars.items():
+                    writer.add_scalar(tag, value, global_step=step)
+                writer.flush()
+                wrote_images = True
+            else:
+                logger.log_metrics(scalars, step=step)
+                if hasattr(logger, "log_image"):
+                    for tag, img in images.items():
+                        logger.log_image(key=tag, images=[img], step=step)
+                    wrote_images = True
+        if not wrote_images:
+            root = trainer.log_dir or trainer.default_root_dir
+            out = os.path.join(root, "ldam")
+            self._warn_once("png", f"LDAMCallback: no image-capable logger; writing PNGs under {out}")
+            from torchvision.utils import save_image
+            for tag, img in images.items():
+                path = os.path.join(out, tag.replace("/", "_").replace(".", "-") + f"_step{step:07d}.png")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                save_image(img, path)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
+    def _info_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_info(message)
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        discs = {k: d.state_dict() for k, d in self._discriminators.items()}
+        discs.update({k: v for k, v in self._pending_disc_state.items() if k not in discs})
+        return {"rounds": self._rounds, "last_sampled_step": self._last_sampled_step,
+                "last_ema_step": self._last_ema_step,
+                "ema": self._ema.state_dict() if self._ema is not None else self._pending_ema_state,
+                "discriminators": discs, "reservoir": self._reservoir.state_dict()}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._rounds = state_dict["rounds"]
+        self._last_sampled_step = state_dict["last_sampled_step"]
+        self._last_ema_step = state_dict["last_ema_step"]
+        self._reservoir.load_state_dict(state_dict["reservoir"])
+        self._discriminators = {}
+        self._pending_disc_state = dict(state_dict["discriminators"])
+        if state_dict["ema"] is not None:
+            if self._ema is not None:
+                self._ema.load_state_dict(state_dict["ema"])
+            else:
+                self._pending_ema_state = state_dict["ema"]
+
+
+def _is_tensorboard(logger) -> bool:
+    return type(logger).__name__ == "TensorBoardLogger"
+
+
+def _is_lightning_averager(cb) -> bool:
+    names = {c.__name__ for c in type(cb).__mro__}
+    return bool(names & {"WeightAveraging", "StochasticWeightAveraging"})
+
+
+def _lightning_average(cb) -> Tuple[str, Optional[nn.Module], int]:
+    """(variant name, averaged LightningModule copy, update count) of a Lightning averaging callback.
+
+    Lightning keeps the averaged copy in ``_average_model`` (an ``AveragedModel`` for WeightAveraging,
+    a plain copy with ``n_averaged`` on the callback for StochasticWeightAveraging); no public accessor exists.
+    """
+    avg = getattr(cb, "_average_model", None)
+    if type(cb).__name__ == "StochasticWeightAveraging" or "StochasticWeightAveraging" in {
+            c.__name__ for c in type(cb).__mro__}:
+        count = getattr(cb, "n_averaged", None)
+        return "swa", avg, 0 if count is None else int(count)
+    name = "ema" if "EMA" in type(cb).__name__ else "swa"
+    if avg is None:
+        return name, None, 0
+    return name, avg.module, int(avg.n_averaged)

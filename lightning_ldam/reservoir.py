@@ -1,0 +1,124 @@
+"""A bounded, uniformly sampled store of real training inputs (reservoir sampling, private RNG).
+
+It feeds the discriminator, tells the callback the input shape and value range, and seeds
+data-initialised chains. Only the chosen rows are copied off the device, so collecting costs little,
+and the randomness comes from a private generator: the training run's RNG is never touched.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+__all__ = ["Reservoir", "extract_input"]
+
+InputKey = Union[None, int, str, Callable[[Any], torch.Tensor]]
+_DICT_KEYS = ("image", "input", "x")
+
+
+def extract_input(batch: Any, input_key: InputKey = None) -> torch.Tensor:
+    """Pull the input images out of a batch.
+
+    ``input_key=None`` understands a tensor, a tuple/list (first element) and a dict with
+    ``"image"``, ``"input"`` or ``"x"``. An int indexes a sequence, a str keys a dict, a callable gets the batch.
+
+    Raises:
+        ValueError: the batch cannot be read with ``input_key``.
+    """
+    try:
+        if callable(input_key):
+            out = input_key(batch)
+        elif input_key is not None:
+            out = batch[input_key]
+        elif isinstance(batch, torch.Tensor):
+            out = batch
+        elif isinstance(batch, (tuple, list)) and batch:
+            out = batch[0]
+        elif isinstance(batch, dict):
+            out = next((batch[k] for k in _DICT_KEYS if k in batch), None)
+        else:
+            out = None
+    except (KeyError, IndexError, TypeError) as err:
+        raise ValueError(f"input_key: cannot read the inputs of a {type(batch).__name__} batch with "
+                         f"input_key={input_key!r} ({type(err).__name__}: {err}); pass an int index, a dict key "
+                         f"or a callable batch -> tensor") from err
+    if not isinstance(out, torch.Tensor) or out.dim() < 2 or not out.is_floating_point():
+        keys = list(batch) if isinstance(batch, dict) else None
+        raise ValueError(f"input_key: input_key={input_key!r} does not give a floating-point image tensor "
+                         f"[B, C, H, W] from a {type(batch).__name__} batch"
+                         f"{f' with keys {keys}' if keys else ''} (got {type(out).__name__}); the default reads "
+                         f"a tensor, the first element of a tuple/list, or a dict's {list(_DICT_KEYS)}: pass "
+                         f"input_key=<int | str | callable>")
+    return out
+
+
+class Reservoir:
+    """Keeps a uniform random sample of at most ``size`` inputs seen so far (algorithm R, vectorised).
+
+    Args:
+        size: capacity.
+        seed: seed of the private generator.
+    """
+
+    def __init__(self, size: int = 256, seed: int = 0):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"reservoir_size: expected an int >= 1, got {size!r}")
+        self.size = size
+        self.seen = 0
+        self.data: Optional[torch.Tensor] = None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return 0 if self.data is None else self.data.shape[0]
+
+    @torch.no_grad()
+    def add(self, inputs: torch.Tensor) -> None:
+        """Offer a batch ``[B, ...]``; rows are kept with the reservoir's probabilities."""
+        b = inputs.shape[0]
+        positions = torch.arange(self.seen, self.seen + b)
+        # Item number n (0-based) goes to slot n while filling, else to a uniform slot in [0, n].
+        slots = torch.where(positions < self.size, positions,
+                            (torch.rand(b, generator=self.generator) * (positions + 1)).long())
+        keep = slots < self.size
+        self.seen += b
+        if not keep.any():
+            return
+        rows = inputs.detach()[keep.nonzero().squeeze(1).to(inputs.device)].to("cpu", torch.float32)
+        slots = slots[keep]
+        if self.data is None:
+            self.data = torch.empty((self.size, *inputs.shape[1:]))
+            self._filled = 0
+        self.data[slots] = rows
+        self._filled = min(self.size, max(self._filled, int(slots.max()) + 1))
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The stored inputs ``[n, ...]`` (n <= size)."""
+        if self.data is None:
+            raise ValueError("reservoir is empty: no training batch has been seen yet")
+        return self.data[: self._filled]
+
+    def input_shape(self) -> Tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def value_range(self) -> Tuple[float, float]:
+        """The box of the data: (0, 1) or (-1, 1) when the data fits, else its min and max."""
+        lo, hi = float(self.images.min()), float(self.images.max())
+        for box in ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)):
+            if lo >= box[0] and hi <= box[1]:
+                return box
+        return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"seen": self.seen, "data": None if self.data is None else self.images.clone(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.seen = state["seen"]
+        self.generator.set_state(state["generator"])
+        data = state["data"]
+        self.data = None
+        if data is not None:
+            self.data = torch.empty((self.size, *data.shape[1:]))
+            self.data[: data.shape[0]] = data
+            self._filled = data.shape[0]
