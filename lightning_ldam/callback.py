@@ -7,6 +7,7 @@ private generators, and nothing touches the optimizer, gradients or modes of the
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -17,14 +18,14 @@ from torch import nn
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
 
 from lightning_ldam import _validation as V
 from lightning_ldam.averaging import EMA
 from lightning_ldam.discriminator import build_discriminator
 from lightning_ldam.render import compare_grid, neuron_grid
 from lightning_ldam.reservoir import InputKey, Reservoir, extract_input
-from lightning_ldam.result import SampleResult
+from lightning_ldam.result import SampleResult, merge_shards
 from lightning_ldam.sampler import sample
 from lightning_ldam.snapshot import snapshot
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons
@@ -35,42 +36,15 @@ log = logging.getLogger(__name__)
 AVERAGING = ("auto", "ema", None)
 
 
-class LDAMCallback(Callback):
-    """Sample what chosen neurons respond to, for raw and averaged weights, and log it to TensorBoard.
+class LDAMCallbackLogic:
+    """Everything the callback does, independent of which Lightning package provides ``Callback``.
 
-    Args:
-        neurons: which neurons (paths relative to the network that runs), e.g. ``"features.3:0-7"`` or
-            ``["conv1:0-3", "fc:all"]`` (see :mod:`lightning_ldam.targets`).
-        every_n_epochs: sample at the end of every n-th training epoch (``None``/0: off).
-        every_n_train_steps: sample every n optimizer steps (``None``/0: off).
-        on_fit_end: also sample once when ``fit`` ends.
-        chains: chains per neuron.
-        steps: Langevin steps per round (default: the sampler's).
-        input_shape: per-sample input shape; default: inferred from the training batches.
-        value_range: the input box; default: inferred from the training batches.
-        normalize: ``(mean, std)`` if the network expects normalised inputs of pixel-space data.
-        disc_weight: λ; default: the sampler's default with real data.
-        reservoir_size: real training inputs kept for the discriminator.
-        input_key: how to read inputs from a batch (int index, str key, callable); default understands
-            tensors, tuples/lists (first element) and dicts with "image"/"input"/"x".
-        module: attribute path of the submodule to run (e.g. ``"net"``); default: the LightningModule.
-        averaging: ``"auto"``: Lightning's ``WeightAveraging``/``EMAWeightAveraging``/
-            ``StochasticWeightAveraging`` if the trainer has one, else an own EMA; ``"ema"``: always the own
-            EMA; ``None``: raw weights only.
-        ema_decay: decay of the own EMA.
-        ema_every_n_steps: update the own EMA every n optimizer steps.
-        ema_device: keep the own EMA here (e.g. ``"cpu"``); default: the model's device.
-        sample_device: where to sample; default: the module's device.
-        seed: seed of every round (all variants start from the same chains and draw the same noise).
-        upscale: nearest-neighbour factor for logged images (default: tiles at least 56 px high).
-        sampler_kwargs: any other :func:`lightning_ldam.sample` keyword.
-
-    Example::
-
-        >>> cb = LDAMCallback("classifier.4:all", every_n_epochs=1, chains=8)
-        >>> cb.should_sample(epoch=0), cb.should_sample(global_step=10)
-        (True, False)
+    :class:`LDAMCallback` (``lightning.pytorch``) and :class:`lightning_ldam.standalone.LDAMCallback`
+    (``pytorch_lightning``) add only the base class and that package's rank-zero messages.
     """
+
+    _rank_zero_info: Callable[[str], None] = staticmethod(log.info)
+    _rank_zero_warn: Callable[[str], None] = staticmethod(log.warning)
 
     def __init__(self, neurons: NeuronSpec, *, every_n_epochs: Optional[int] = 1,
                  every_n_train_steps: Optional[int] = None, on_fit_end: bool = False, chains: int = 8,
@@ -138,6 +112,7 @@ class LDAMCallback(Callback):
         self._averagers: List[Callback] = []
         self._warned: set = set()
         self._checked = False
+        self._resolved: List[Tuple[str, int]] = []
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -167,7 +142,7 @@ class LDAMCallback(Callback):
                 names = [n for n, _ in pl_module.named_children()]
                 raise ValueError(f"module: {type(pl_module).__name__} has no submodule {self.module!r}; "
                                  f"its children are {names}") from None
-        if type(pl_module).forward is pl.LightningModule.forward:
+        if _forward_is_lightnings(type(pl_module)):
             names = [n for n, _ in pl_module.named_children()]
             raise ValueError(f"module: {type(pl_module).__name__} defines no forward(), so LDAM cannot run it; "
                              f"pass module=<name of the network submodule> (children: {names})")
@@ -195,15 +170,16 @@ class LDAMCallback(Callback):
                 self._ema.load_state_dict(self._pending_ema_state)
                 self._pending_ema_state = None
         if trainer.is_global_zero and any(_is_tensorboard(lg) for lg in trainer.loggers):
-            rank_zero_info("LDAMCallback: TensorBoard keeps 10 images per tag by default; to see every round run "
+            self._rank_zero_info("LDAMCallback: TensorBoard keeps 10 images per tag by default; to see every round run "
                            "`tensorboard --logdir <dir> --samples_per_plugin images=1000`")
 
     def _check_targets(self, pl_module: nn.Module) -> None:
         """First batch: resolve the neurons against the real input shape (bad indices raise here)."""
         shape = self.input_shape or self._reservoir.input_shape()
         box = self.value_range or self._reservoir.value_range()
-        sample(snapshot(self.network(pl_module)), self.neurons, input_shape=shape, chains=1, steps=1,
-               disc_weight=0.0, value_range=box, normalize=self.normalize, seed=self.seed)
+        probe = sample(snapshot(self.network(pl_module)), self.neurons, input_shape=shape, chains=1, steps=1,
+                       disc_weight=0.0, value_range=box, normalize=self.normalize, seed=self.seed)
+        self._resolved = probe.neurons
         self._checked = True
 
     # ---- hooks ---------------------------------------------------------------------------------------
@@ -258,25 +234,52 @@ class LDAMCallback(Callback):
         started = time.perf_counter()
         try:
             snaps = self.variants(trainer, pl_module)
-            results = {name: self._sample(name, net) for name, net in snaps.items()}
+            results = self._sample_all(trainer, snaps)
             del snaps
         except Exception as err:  # a failed round must never crash the user's training run
-            rank_zero_warn(f"LDAMCallback: sampling failed at step {trainer.global_step} and was skipped: "
+            self._rank_zero_warn(f"LDAMCallback: sampling failed at step {trainer.global_step} and was skipped: "
                            f"{type(err).__name__}: {err}")
             return
         self._rounds += 1
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and results:
             self._log(trainer, results)
             first = next(iter(results.values()))
             n, c = first.activations.shape
-            rank_zero_info(f"LDAMCallback: step {trainer.global_step}: {n} neurons x {c} chains x "
+            self._rank_zero_info(f"LDAMCallback: step {trainer.global_step}: {n} neurons x {c} chains x "
                            f"{first.config['steps']} steps for {', '.join(results)} in "
                            f"{time.perf_counter() - started:.1f}s")
+
+    def _sample_all(self, trainer: "pl.Trainer", snaps: Dict[str, nn.Module]) -> Dict[str, SampleResult]:
+        """Sample every variant; under DDP each rank samples a shard of the neurons and rank 0 gathers.
+
+        Every rank makes the same single collective call, also when its own sampling failed (the error
+        travels with the gather), so a fault on one rank can never leave the others waiting.
+        """
+        world = trainer.world_size
+        if world == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return {name: self._sample(name, net, self.neurons) for name, net in snaps.items()}
+        shard = self._resolved[trainer.global_rank::world]
+        local: Dict[str, SampleResult] = {}
+        error = None
+        try:
+            for name, net in snaps.items():
+                if shard:
+                    local[name] = dataclasses.replace(self._sample(name, net, shard), discriminator=None)
+        except Exception as err:  # reported after the gather, on every rank
+            error = f"rank {trainer.global_rank}: {type(err).__name__}: {err}"
+        gathered: List[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, (local, error))
+        errors = [e for _, e in gathered if e]
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        if not trainer.is_global_zero:
+            return {}
+        return {name: merge_shards([g[0].get(name) for g in gathered]) for name in snaps}
 
     def _device(self, pl_module: nn.Module) -> torch.device:
         return torch.device(self.sample_device) if self.sample_device is not None else V.model_device(pl_module)
 
-    def _sample(self, variant: str, net: nn.Module) -> SampleResult:
+    def _sample(self, variant: str, net: nn.Module, neurons: NeuronSpec) -> SampleResult:
         shape = self.input_shape or self._reservoir.input_shape()
         box = self.value_range or self._reservoir.value_range()
         real = self._reservoir.images if len(self._reservoir) else None
@@ -287,7 +290,7 @@ class LDAMCallback(Callback):
             disc.load_state_dict(self._pending_disc_state.pop(variant))
         if real is None and disc is None and weight is None:
             weight = 0.0
-        res = sample(net, self.neurons, input_shape=shape, chains=self.chains, steps=self.steps, real_data=real,
+        res = sample(net, neurons, input_shape=shape, chains=self.chains, steps=self.steps, real_data=real,
                      disc_weight=weight, value_range=box, normalize=self.normalize, seed=self.seed,
                      discriminator=disc, device=self._device(net), **self.sampler_kwargs)
         if res.discriminator is not None:
@@ -295,7 +298,7 @@ class LDAMCallback(Callback):
             # trained against the previous variant's chains.
             self._discriminators[variant] = res.discriminator
         if int(res.nonfinite_resets.sum()):
-            rank_zero_warn(f"LDAMCallback: {int(res.nonfinite_resets.sum())} chain states of the {variant!r} "
+            self._rank_zero_warn(f"LDAMCallback: {int(res.nonfinite_resets.sum())} chain states of the {variant!r} "
                            f"weights turned NaN/Inf and were re-initialised")
         return res
 
@@ -355,12 +358,12 @@ class LDAMCallback(Callback):
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            rank_zero_warn(message)
+            self._rank_zero_warn(message)
 
     def _info_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            rank_zero_info(message)
+            self._rank_zero_info(message)
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -383,6 +386,53 @@ class LDAMCallback(Callback):
                 self._ema.load_state_dict(state_dict["ema"])
             else:
                 self._pending_ema_state = state_dict["ema"]
+
+
+class LDAMCallback(LDAMCallbackLogic, Callback):
+    """Sample what chosen neurons respond to, for raw and averaged weights, and log it to TensorBoard.
+
+    Args:
+        neurons: which neurons (paths relative to the network that runs), e.g. ``"features.3:0-7"`` or
+            ``["conv1:0-3", "fc:all"]`` (see :mod:`lightning_ldam.targets`).
+        every_n_epochs: sample at the end of every n-th training epoch (``None``/0: off).
+        every_n_train_steps: sample every n optimizer steps (``None``/0: off).
+        on_fit_end: also sample once when ``fit`` ends.
+        chains: chains per neuron.
+        steps: Langevin steps per round (default: the sampler's).
+        input_shape: per-sample input shape; default: inferred from the training batches.
+        value_range: the input box; default: inferred from the training batches.
+        normalize: ``(mean, std)`` if the network expects normalised inputs of pixel-space data.
+        disc_weight: λ; default: the sampler's default with real data.
+        reservoir_size: real training inputs kept for the discriminator.
+        input_key: how to read inputs from a batch (int index, str key, callable); default understands
+            tensors, tuples/lists (first element) and dicts with "image"/"input"/"x".
+        module: attribute path of the submodule to run (e.g. ``"net"``); default: the LightningModule.
+        averaging: ``"auto"``: Lightning's ``WeightAveraging``/``EMAWeightAveraging``/
+            ``StochasticWeightAveraging`` if the trainer has one, else an own EMA; ``"ema"``: always the own
+            EMA; ``None``: raw weights only.
+        ema_decay: decay of the own EMA.
+        ema_every_n_steps: update the own EMA every n optimizer steps.
+        ema_device: keep the own EMA here (e.g. ``"cpu"``); default: the model's device.
+        sample_device: where to sample; default: the module's device.
+        seed: seed of every round (all variants start from the same chains and draw the same noise).
+        upscale: nearest-neighbour factor for logged images (default: tiles at least 56 px high).
+        sampler_kwargs: any other :func:`lightning_ldam.sample` keyword.
+
+    Example::
+
+        >>> cb = LDAMCallback("classifier.4:all", every_n_epochs=1, chains=8)
+        >>> cb.should_sample(epoch=0), cb.should_sample(global_step=10)
+        (True, False)
+    """
+
+    _rank_zero_info = staticmethod(_pl_rank_zero.rank_zero_info)
+    _rank_zero_warn = staticmethod(_pl_rank_zero.rank_zero_warn)
+
+
+def _forward_is_lightnings(cls: type) -> bool:
+    """True when ``forward`` comes from (pytorch_)lightning's LightningModule, i.e. the user wrote none."""
+    owner = next(c for c in cls.__mro__ if "forward" in vars(c))
+    return owner.__module__.startswith(("lightning.pytorch", "pytorch_lightning")) or owner is nn.Module
 
 
 def _is_tensorboard(logger) -> bool:

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["SampleResult"]
+__all__ = ["SampleResult", "merge_shards"]
 
 
 @dataclass
@@ -67,3 +67,26 @@ class SampleResult:
         return (f"SampleResult(neurons={n}, chains={c}, image={tuple(self.images.shape[2:])}, "
                 f"mean_activation={self.activations.mean().item():.4g}, resets={int(self.nonfinite_resets.sum())}, "
                 f"seconds={self.seconds:.2f})")
+
+
+def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
+    """Reassemble results sharded round-robin over ranks (rank r sampled neurons r, r+W, r+2W, ...).
+
+    ``shards[r]`` is rank r's result, or ``None`` for a rank that got no neuron.
+    """
+    world = len(shards)
+    present = [s for s in shards if s is not None]
+    total = sum(len(s.neurons) for s in present)
+    order = [(j % world, j // world) for j in range(total)]
+
+    def stack(field_name: str) -> Optional[torch.Tensor]:
+        if getattr(present[0], field_name) is None:
+            return None
+        return torch.stack([getattr(shards[r], field_name)[i] for r, i in order])
+
+    first = present[0]
+    return SampleResult(
+        neurons=[shards[r].neurons[i] for r, i in order], images=stack("images"),
+        activations=stack("activations"), trace=stack("trace"), disc_scores=stack("disc_scores"),
+        nonfinite_resets=stack("nonfinite_resets"), value_range=first.value_range, discriminator=None,
+        seconds=max(s.seconds for s in present), config=dict(first.config))

@@ -6,6 +6,7 @@ datasets that users hang on their modules, and has ``requires_grad=False`` and e
 from __future__ import annotations
 
 import copy
+import types
 from typing import Dict, Optional, Union
 
 import torch
@@ -26,9 +27,10 @@ def snapshot(model: nn.Module, device: Optional[Union[str, torch.device]] = None
     memo: Dict[int, object] = {}
     for module in model.modules():
         for key, value in vars(module).items():
-            # Containers (hook dicts and the like) are copied so the snapshot never shares them.
+            # Containers (hook dicts and the like) are copied so the snapshot never shares them; bound methods
+            # (e.g. a forward patched onto the instance by a strategy) are rebound to the copy by deepcopy.
             if key in _REGISTERED or isinstance(value, (nn.Module, bool, int, float, str, type(None), dict,
-                                                        list, tuple, set, frozenset)):
+                                                        list, tuple, set, frozenset, types.MethodType)):
                 continue
             memo[id(value)] = value
     with torch.no_grad():
