@@ -12,6 +12,7 @@ Example::
     >>> tuple(res.images.shape)
     (3, 4, 1, 28, 28)
 """
+from lightning_ldam.averaging import EMA
 from lightning_ldam.discriminator import Discriminator, DiscriminatorTrainer
 from lightning_ldam.result import SampleResult
 from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT, LangevinConfig, sample
@@ -20,6 +21,16 @@ from lightning_ldam.targets import LayerInfo, list_targets, parse_neurons, resol
 __version__ = "0.1.0"
 
 __all__ = [
-    "sample", "list_targets", "SampleResult", "LangevinConfig", "Discriminator", "DiscriminatorTrainer",
+    "LDAMCallback", "EMA", "sample", "list_targets", "SampleResult", "LangevinConfig", "Discriminator", "DiscriminatorTrainer",
     "LayerInfo", "parse_neurons", "resolve_neurons", "DEFAULT_DISC_WEIGHT", "__version__",
 ]
+
+
+def __getattr__(name):
+    # The callback is imported lazily so that `import lightning_ldam` for the sampler alone stays
+    # free of Lightning.
+    if name == "LDAMCallback":
+        from lightning_ldam.callback import LDAMCallback
+
+        return LDAMCallback
+    raise AttributeError(f"module 'lightning_ldam' has no attribute {name!r}")
