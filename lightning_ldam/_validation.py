@@ -88,3 +88,10 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if t.is_floating_point():
             return t.dtype
     return torch.float32
+
+
+def check_decay(name: str, value) -> float:
+    """A decay in [0, 1) (EMA weights)."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a float in [0, 1), got {value!r}")
+    return float(value)

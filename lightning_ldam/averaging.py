@@ -1,19 +1,38 @@
 """The callback's own exponential moving average of a network's weights (plain PyTorch).
 
 Used when the trainer has no Lightning weight-averaging callback. It is an
-:class:`torch.optim.swa_utils.AveragedModel` with ``get_ema_multi_avg_fn`` (floats averaged with
-foreach lerp, integer buffers copied), so ``state_dict`` and ``.to()`` come for free.
+:class:`torch.optim.swa_utils.AveragedModel` (so ``state_dict`` and ``.to()`` come for free) with its
+own update rule: floats averaged with one foreach lerp, integer buffers (BatchNorm's
+``num_batches_tracked``) copied. torch's ``get_ema_multi_avg_fn`` would lerp integers too and returns a
+closure, which cannot be pickled (DDP spawn pickles callbacks).
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional, Union
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
+
+from lightning_ldam import _validation as V
+from lightning_ldam.snapshot import snapshot
 
 __all__ = ["EMA"]
+
+
+class _EMAUpdate:
+    """``multi_avg_fn`` for AveragedModel: EMA for floats, copy for integers; picklable."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+
+    def __call__(self, averaged, current, num_averaged) -> None:
+        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        for a, c in zip(averaged, current):
+            if not a.is_floating_point():
+                a.copy_(c)
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - self.decay)
 
 
 class EMA(nn.Module):
@@ -40,15 +59,15 @@ class EMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float = 0.999, every_n_steps: int = 1,
                  device: Optional[Union[str, torch.device]] = None):
         super().__init__()
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema_decay: expected a float in [0, 1), got {decay!r}")
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"ema_every_n_steps: expected an int >= 1, got {every_n_steps!r}")
-        self.decay = float(decay)
+        self.decay = V.check_decay("ema_decay", decay)
+        V.check_positive("ema_every_n_steps", every_n_steps, integer=True)
         self.every_n_steps = every_n_steps
-        frozen = copy.deepcopy(model).eval().requires_grad_(False)
-        self.average = AveragedModel(frozen, device=device, multi_avg_fn=get_ema_multi_avg_fn(self.decay),
-                                     use_buffers=True)
+        # AveragedModel deep-copies what it gets; hand it a stub and put in a snapshot, which copies only
+        # modules, parameters and buffers (not datasets or non-leaf tensors users keep on their modules).
+        self.average = AveragedModel(nn.Identity(), multi_avg_fn=_EMAUpdate(self.decay), use_buffers=True)
+        self.average.module = snapshot(model, device)
+        if device is not None:
+            self.average.to(device)
 
     @property
     def n_averaged(self) -> torch.Tensor:

@@ -32,6 +32,18 @@ from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons
 
 __all__ = ["LDAMCallback"]
 
+#: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs`` (the rest are callback arguments).
+_SAMPLER_EXTRA_KWARGS = frozenset({
+    "step_size", "noise", "temperature", "precondition", "schedule", "spatial", "init", "disc_lr", "disc_every",
+    "disc_steps", "disc_warmup", "autocast_dtype", "progress"})
+
+
+def _scalar_pair(normalize) -> bool:
+    try:
+        return all(torch.as_tensor(v).numel() == 1 for v in normalize)
+    except (TypeError, ValueError):
+        return True  # let check_normalize report the malformed value
+
 log = logging.getLogger(__name__)
 AVERAGING = ("auto", "ema", None)
 
@@ -72,8 +84,7 @@ class LDAMCallbackLogic:
             value_range = V.check_value_range(value_range)
         V.check_positive("reservoir_size", reservoir_size, integer=True)
         V.check_choice("averaging", averaging, AVERAGING)
-        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay: expected a float in [0, 1), got {ema_decay!r}")
+        V.check_decay("ema_decay", ema_decay)
         V.check_positive("ema_every_n_steps", ema_every_n_steps, integer=True)
         if module is not None and (not isinstance(module, str) or not module):
             raise ValueError(f"module: expected a dotted attribute path such as 'net', got {module!r}")
@@ -81,6 +92,17 @@ class LDAMCallbackLogic:
             raise TypeError(f"input_key: expected None, an int, a str or a callable, got {input_key!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed: expected an int, got {seed!r}")
+        if upscale is not None:
+            V.check_positive("upscale", upscale, integer=True)
+        if disc_weight is not None:
+            V.check_positive("disc_weight", disc_weight, allow_zero=True)
+        if normalize is not None:
+            V.check_normalize(normalize, input_shape[0] if input_shape else 1 if _scalar_pair(normalize) else
+                              len(normalize[0]))
+        unknown = sorted(set(sampler_kwargs or {}) - _SAMPLER_EXTRA_KWARGS)
+        if unknown:
+            raise ValueError(f"sampler_kwargs: unknown keys {unknown}; accepted: {sorted(_SAMPLER_EXTRA_KWARGS)} "
+                             f"(the other lightning_ldam.sample arguments are the callback's own)")
         self.neurons = neurons
         self.every_n_epochs = every_n_epochs or 0
         self.every_n_train_steps = every_n_train_steps or 0
@@ -113,6 +135,7 @@ class LDAMCallbackLogic:
         self._warned: set = set()
         self._checked = False
         self._resolved: List[Tuple[str, int]] = []
+        self._png_dir: Optional[str] = None
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -160,6 +183,16 @@ class LDAMCallbackLogic:
             find_layer(net, layer)
         self._averagers = [cb for cb in trainer.callbacks if _is_lightning_averager(cb)] \
             if self.averaging == "auto" else []
+        # trainer.log_dir broadcasts under DDP: read it here, where every rank runs, never in rank-0-only code.
+        if not any(_is_tensorboard(lg) or hasattr(lg, "log_image") for lg in trainer.loggers):
+            self._png_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "ldam")
+        # Lightning's WeightAveraging copies the averaged weights into the model in on_train_end; the fit-end
+        # round must run before that, so this callback's hooks go first.
+        if self._averagers and self in trainer.callbacks:
+            first = min(trainer.callbacks.index(cb) for cb in self._averagers)
+            if trainer.callbacks.index(self) > first:
+                trainer.callbacks.remove(self)
+                trainer.callbacks.insert(first, self)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         own = self.averaging == "ema" or (self.averaging == "auto" and not self._averagers)
@@ -199,7 +232,8 @@ class LDAMCallbackLogic:
         if self.should_sample(epoch=trainer.current_epoch) and trainer.global_step != self._last_sampled_step:
             self._round(trainer, pl_module)
 
-    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # The "fit end" round: on_train_end is the last hook where the module still holds its raw weights.
         if self.on_fit_end_enabled and trainer.global_step != self._last_sampled_step:
             self._round(trainer, pl_module)
 
@@ -346,8 +380,7 @@ class LDAMCallbackLogic:
                         logger.log_image(key=tag, images=[img], step=step)
                     wrote_images = True
         if not wrote_images:
-            root = trainer.log_dir or trainer.default_root_dir
-            out = os.path.join(root, "ldam")
+            out = self._png_dir or os.path.join(trainer.default_root_dir, "ldam")
             self._warn_once("png", f"LDAMCallback: no image-capable logger; writing PNGs under {out}")
             from torchvision.utils import save_image
             for tag, img in images.items():

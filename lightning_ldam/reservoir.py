@@ -68,6 +68,18 @@ class Reservoir:
         self.data: Optional[torch.Tensor] = None
         self.generator = torch.Generator().manual_seed(seed)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # torch.multiprocessing would share the generator's state tensor through a file descriptor that is
+        # gone when a spawned child unpickles it: travel as plain bytes instead.
+        state = dict(self.__dict__)
+        state["generator"] = bytes(self.generator.get_state().numpy())
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(state["generator"]), dtype=torch.uint8))
+        self.__dict__.update(state, generator=generator)
+
     def __len__(self) -> int:
         return 0 if self.data is None else self.data.shape[0]
 
@@ -102,11 +114,14 @@ class Reservoir:
         return tuple(self.images.shape[1:])
 
     def value_range(self) -> Tuple[float, float]:
-        """The box of the data: (0, 1) or (-1, 1) when the data fits, else its min and max."""
+        """The box of the data: (0, 1) or (-1, 1) when the data fits; (0, 255) for data that fits it and
+        exceeds 2 (8-bit pixels); else the data's min and max."""
         lo, hi = float(self.images.min()), float(self.images.max())
-        for box in ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)):
+        for box in ((0.0, 1.0), (-1.0, 1.0)):
             if lo >= box[0] and hi <= box[1]:
                 return box
+        if lo >= 0.0 and 2.0 < hi <= 255.0:
+            return (0.0, 255.0)
         return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
     def state_dict(self) -> Dict[str, Any]:

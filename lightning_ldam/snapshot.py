@@ -33,7 +33,9 @@ def snapshot(model: nn.Module, device: Optional[Union[str, torch.device]] = None
                                                         list, tuple, set, frozenset, types.MethodType)):
                 continue
             memo[id(value)] = value
-    with torch.no_grad():
+    # inference_mode(False): a copy made inside a caller's inference_mode would hold inference tensors,
+    # which autograd (the sampler's input gradients) refuses.
+    with torch.inference_mode(False), torch.no_grad():
         copied = copy.deepcopy(model, memo)
     copied.eval().requires_grad_(False)
     return copied.to(device) if device is not None else copied
