@@ -54,6 +54,15 @@ def check_choice(name: str, value, choices: Sequence):
     return value
 
 
+def normalize_channels(normalize) -> int:
+    """Channels implied by a ``(mean, std)`` pair: the longer of the two (1 for scalars)."""
+    try:
+        return max(torch.as_tensor(v, dtype=torch.float32).numel() for v in normalize)
+    except (TypeError, ValueError):
+        raise ValueError(f"normalize: expected (mean, std), each a float or one value per channel, "
+                         f"got {normalize!r}") from None
+
+
 def check_normalize(normalize, channels: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """Return ``(mean, std)`` as ``[1, C, 1, ...]``-broadcastable float tensors, or ``None``."""
     if normalize is None:

@@ -37,13 +37,6 @@ _SAMPLER_EXTRA_KWARGS = frozenset({
     "step_size", "noise", "temperature", "precondition", "schedule", "spatial", "init", "disc_lr", "disc_every",
     "disc_steps", "disc_warmup", "autocast_dtype", "progress"})
 
-
-def _scalar_pair(normalize) -> bool:
-    try:
-        return all(torch.as_tensor(v).numel() == 1 for v in normalize)
-    except (TypeError, ValueError):
-        return True  # let check_normalize report the malformed value
-
 log = logging.getLogger(__name__)
 AVERAGING = ("auto", "ema", None)
 
@@ -97,8 +90,7 @@ class LDAMCallbackLogic:
         if disc_weight is not None:
             V.check_positive("disc_weight", disc_weight, allow_zero=True)
         if normalize is not None:
-            V.check_normalize(normalize, input_shape[0] if input_shape else 1 if _scalar_pair(normalize) else
-                              len(normalize[0]))
+            V.check_normalize(normalize, input_shape[0] if input_shape else V.normalize_channels(normalize))
         unknown = sorted(set(sampler_kwargs or {}) - _SAMPLER_EXTRA_KWARGS)
         if unknown:
             raise ValueError(f"sampler_kwargs: unknown keys {unknown}; accepted: {sorted(_SAMPLER_EXTRA_KWARGS)} "
@@ -136,6 +128,8 @@ class LDAMCallbackLogic:
         self._checked = False
         self._resolved: List[Tuple[str, int]] = []
         self._png_dir: Optional[str] = None
+        self._raw_gone_at_end: List[str] = []
+        self._at_train_end = False
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -186,13 +180,10 @@ class LDAMCallbackLogic:
         # trainer.log_dir broadcasts under DDP: read it here, where every rank runs, never in rank-0-only code.
         if not any(_is_tensorboard(lg) or hasattr(lg, "log_image") for lg in trainer.loggers):
             self._png_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "ldam")
-        # Lightning's WeightAveraging copies the averaged weights into the model in on_train_end; the fit-end
-        # round must run before that, so this callback's hooks go first.
-        if self._averagers and self in trainer.callbacks:
-            first = min(trainer.callbacks.index(cb) for cb in self._averagers)
-            if trainer.callbacks.index(self) > first:
-                trainer.callbacks.remove(self)
-                trainer.callbacks.insert(first, self)
+        # Lightning's WeightAveraging copies the averaged weights into the model in its on_train_end: an
+        # averager listed before this callback leaves no raw weights for the fit-end round.
+        self._raw_gone_at_end = [type(cb).__name__ for cb in self._averagers
+                                 if self in trainer.callbacks and trainer.callbacks.index(cb) < trainer.callbacks.index(self)]
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         own = self.averaging == "ema" or (self.averaging == "auto" and not self._averagers)
@@ -233,7 +224,8 @@ class LDAMCallbackLogic:
             self._round(trainer, pl_module)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        # The "fit end" round: on_train_end is the last hook where the module still holds its raw weights.
+        # The "fit end" round: on_train_end is the last hook where the module can still hold its raw weights.
+        self._at_train_end = True
         if self.on_fit_end_enabled and trainer.global_step != self._last_sampled_step:
             self._round(trainer, pl_module)
 
@@ -241,7 +233,13 @@ class LDAMCallbackLogic:
     def variants(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, nn.Module]:
         """Frozen copies to sample: ``raw`` and whichever averaged copies have been updated."""
         device = self._device(pl_module)
-        out = {"raw": snapshot(self.network(pl_module), device)}
+        out = {}
+        if self._at_train_end and self._raw_gone_at_end:
+            self._info_once("raw_gone", f"LDAMCallback: {', '.join(self._raw_gone_at_end)} already copied the averaged "
+                                        f"weights into the model, so the fit-end round has no raw weights; list "
+                                        f"LDAMCallback before it in callbacks=[...] to log both")
+        else:
+            out["raw"] = snapshot(self.network(pl_module), device)
         if self._ema is not None:
             if int(self._ema.n_averaged) > 0:
                 out["ema"] = snapshot(self._ema.module, device)

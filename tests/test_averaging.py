@@ -1,0 +1,157 @@
+"""The callback's own EMA (``lightning_ldam.averaging.EMA``), without a Trainer."""
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_ldam.averaging import EMA
+
+
+def _linear(seed: int = 0) -> nn.Linear:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(3, 2)
+
+
+def _weights(n: int):
+    """``n`` known weight sets ``(weight, bias)``: w_1 .. w_n."""
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(2, 3, generator=g), torch.randn(2, generator=g)) for _ in range(n)]
+
+
+def _set(model: nn.Linear, w) -> None:
+    with torch.no_grad():
+        model.weight.copy_(w[0])
+        model.bias.copy_(w[1])
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.9])
+def test_weights_equal_the_closed_form_after_n_updates(decay):
+    net = _linear()
+    ema = EMA(net, decay=decay)
+    ws = _weights(6)
+    for t, w in enumerate(ws, start=1):
+        _set(net, w)
+        assert ema.update(net, step=t) is True
+    # AveragedModel's first update copies w_1; every later one is avg <- d * avg + (1 - d) * w_t.
+    n = len(ws)
+    for i, name in enumerate(("weight", "bias")):
+        expected = decay ** (n - 1) * ws[0][i]
+        for t in range(2, n + 1):
+            expected = expected + (1 - decay) * decay ** (n - t) * ws[t - 1][i]
+        got = getattr(ema.module, name)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(got, ws[-1][i])  # really an average, not the last weights
+    assert int(ema.n_averaged) == n
+
+
+def test_decay_zero_equals_the_current_weights():
+    net = _linear()
+    ema = EMA(net, decay=0.0)
+    for t, w in enumerate(_weights(3), start=1):
+        _set(net, w)
+        ema.update(net, step=t)
+        assert torch.equal(ema.module.weight, net.weight)
+        assert torch.equal(ema.module.bias, net.bias)
+
+
+def test_updates_only_on_due_steps_and_never_at_step_zero():
+    net = _linear()
+    ema = EMA(net, decay=0.5, every_n_steps=3)
+    assert [ema.should_update(s) for s in range(8)] == [False, False, False, True, False, False, True, False]
+    done = [ema.update(net, s) for s in range(8)]
+    assert done == [False, False, False, True, False, False, True, False]
+    assert int(ema.n_averaged) == 2
+
+
+def test_average_is_a_frozen_independent_copy_and_leaves_the_model_alone():
+    net = _linear().train()
+    ema = EMA(net, decay=0.5)
+    _set(net, _weights(1)[0])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ema.update(net, step=1)
+    live = {p.data_ptr() for p in net.parameters()}
+    assert not live & {t.data_ptr() for t in ema.module.state_dict().values()}
+    assert all(not p.requires_grad for p in ema.module.parameters())
+    assert not ema.module.training
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_float_buffers_are_averaged():
+    bn = nn.BatchNorm1d(2)
+    ema = EMA(bn, decay=0.5)
+    with torch.no_grad():
+        bn.running_mean.fill_(2.0)
+    ema.update(bn, step=1)  # first update copies
+    with torch.no_grad():
+        bn.running_mean.fill_(4.0)
+    ema.update(bn, step=2)
+    assert torch.equal(ema.module.running_mean, torch.full((2,), 3.0))
+
+
+def test_integer_buffers_are_copied():
+    bn = nn.BatchNorm1d(2).train()
+    ema = EMA(bn, decay=0.5)
+    g = torch.Generator().manual_seed(0)
+    for step in range(1, 6):
+        bn(torch.randn(4, 2, generator=g))
+        ema.update(bn, step=step)
+    assert int(bn.num_batches_tracked) == 5
+    assert ema.module.num_batches_tracked.dtype == torch.long
+    assert torch.equal(ema.module.num_batches_tracked, bn.num_batches_tracked)
+
+
+def test_state_dict_round_trip():
+    net = _linear()
+    ema = EMA(net, decay=0.7)
+    for t, w in enumerate(_weights(4), start=1):
+        _set(net, w)
+        ema.update(net, step=t)
+    state = ema.state_dict()
+    other = EMA(_linear(seed=5), decay=0.7)
+    assert not torch.equal(other.module.weight, ema.module.weight)
+    other.load_state_dict(state)
+    assert int(other.n_averaged) == 4
+    for k, v in ema.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
+    # and both keep averaging identically
+    _set(net, _weights(5)[-1])
+    ema.update(net, step=5)
+    other.update(net, step=5)
+    assert torch.equal(other.module.weight, ema.module.weight)
+
+
+def test_deepcopy_keeps_the_average():
+    net = _linear()
+    ema = EMA(net, decay=0.5)
+    ema.update(net, step=1)
+    clone = copy.deepcopy(ema)
+    assert torch.equal(clone.module.weight, ema.module.weight)
+    assert clone.module.weight.data_ptr() != ema.module.weight.data_ptr()
+
+
+def test_ema_is_picklable():
+    net = _linear()
+    ema = EMA(net, decay=0.5)
+    ema.update(net, step=1)
+    clone = pickle.loads(pickle.dumps(ema))
+    assert torch.equal(clone.module.weight, ema.module.weight)
+    assert int(clone.n_averaged) == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"decay": 1.0}, r"^ema_decay: expected a float in \[0, 1\), got 1.0"),
+    ({"decay": -0.1}, r"^ema_decay: .*got -0.1"),
+    ({"decay": True}, r"^ema_decay: .*got True"),
+    ({"decay": "0.9"}, r"^ema_decay: .*got '0.9'"),
+    ({"every_n_steps": 0}, r"^ema_every_n_steps: .*got 0$"),
+    ({"every_n_steps": 1.5}, r"^ema_every_n_steps: .*got 1.5$"),
+    ({"decay": float("nan")}, r"^ema_decay: .*got nan"),
+])
+def test_bad_arguments_raise_naming_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EMA(_linear(), **kwargs)

@@ -1,0 +1,92 @@
+"""LDAMCallback under DDP on CPU (2 spawned processes, gloo): one writer, every rank samples its shard.
+
+The only DDP test of the suite (two spawn runs, about 15 s on 2 cores). Assertions that need the workers'
+state run inside the workers' hooks: spawn returns only rank 0's weights to the test process.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+from datetime import timedelta
+
+import pytest
+import torch
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
+
+from lightning_ldam.callback import LDAMCallback
+from test_callback import (FAST, NEURONS, PAD, TILE, TinyModule, assert_same, clone_state, events, ldam_tags,
+                           loader)
+
+ROUND_STEPS = [2, 4]  # 16 samples, 2 ranks x 2 batches of 4 per epoch: steps 2 and 4 end epochs 0 and 1
+
+
+@pytest.fixture(autouse=True)
+def ddp_env():
+    """Restore the environment (MASTER_PORT, PL_GLOBAL_SEED, ...) before the hygiene fixture checks it."""
+    env = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(env):
+        del os.environ[key]
+    os.environ.update(env)
+
+
+class CheckedLDAM(LDAMCallback):
+    """Asserts inside the workers that only rank 0 logs, with every rank's shard merged in spec order."""
+
+    def _log(self, trainer, results):
+        assert trainer.is_global_zero
+        for res in results.values():
+            assert res.neurons == self._resolved and len(res.neurons) == 5
+        super()._log(trainer, results)
+
+
+class RankChecks(Callback):
+    def on_train_end(self, trainer, pl_module):
+        ldam = next(cb for cb in trainer.callbacks if isinstance(cb, LDAMCallback))
+        assert trainer.world_size == 2
+        assert ldam._rounds == len(ROUND_STEPS), (trainer.global_rank, ldam._rounds)  # every rank sampled
+        assert int(ldam._ema.n_averaged) == trainer.global_step == 4
+        assert len(ldam._reservoir) == 16 and ldam._reservoir.seen == 16  # each rank: its 8 inputs, 2 epochs
+
+
+def _ddp_fit(root, with_callback: bool):
+    cb = CheckedLDAM(NEURONS, every_n_train_steps=2, every_n_epochs=1, **FAST) if with_callback else None
+    if cb is not None:
+        assert pickle.loads(pickle.dumps(cb)).state_key == cb.state_key  # spawn pickles the callbacks
+    pl.seed_everything(0, verbose=False)
+    module = TinyModule()
+    trainer = pl.Trainer(
+        strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)), accelerator="cpu",
+        devices=2, max_steps=4, default_root_dir=str(root), enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+        logger=TensorBoardLogger(str(root), name="tb"), callbacks=[cb, RankChecks()] if cb else [])
+    trainer.fit(module, loader())
+    return module
+
+
+@pytest.mark.timeout(240)
+def test_ddp_spawn_one_writer_all_neurons_and_training_untouched(tmp_path):
+    module = _ddp_fit(tmp_path / "with", with_callback=True)
+
+    files = glob.glob(os.path.join(str(tmp_path / "with"), "**", "events.out.tfevents.*"), recursive=True)
+    assert len(files) == 1, files  # rank 0 writes, once
+    acc = events(os.path.dirname(files[0]))
+    layers = {"features.0": 2, "classifier.2": 3}
+    assert ldam_tags(acc, "images") == {f"ldam/{v}/{layer}" for v in ("raw", "ema", "compare")
+                                        for layer in layers}
+    for tag in ldam_tags(acc, "images"):
+        images = acc.Images(tag)
+        assert [e.step for e in images] == ROUND_STEPS, tag  # one image per round, not one per rank
+        n = layers[tag.rsplit("/", 1)[1]]
+        assert all(e.height == n * (TILE + PAD) + PAD for e in images), tag  # every neuron of every shard
+    assert [e.step for e in acc.Scalars("ldam/nonfinite_resets")] == ROUND_STEPS
+
+    ref = _ddp_fit(tmp_path / "without", with_callback=False)
+    assert_same(clone_state(module), clone_state(ref))  # rank 0's weights, as the launcher returns them
+    pl.seed_everything(0, verbose=False)
+    assert not torch.equal(module.features[0].weight, TinyModule().features[0].weight)  # it trained

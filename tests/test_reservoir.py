@@ -1,0 +1,234 @@
+"""The reservoir of real inputs and ``extract_input``, without a Trainer."""
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from lightning_ldam.reservoir import Reservoir, extract_input
+
+
+def _stream(n: int, batch: int):
+    """Items 0..n-1 as ``[B, 1]`` float batches: each row holds its own position in the stream."""
+    idx = torch.arange(n, dtype=torch.float32).view(-1, 1)
+    return list(idx.split(batch))
+
+
+def _kept(res: Reservoir):
+    return sorted(int(v) for v in res.images.view(-1))
+
+
+def test_capacity_is_respected_and_fills_in_order():
+    res = Reservoir(10, seed=0)
+    assert len(res) == 0
+    batches = _stream(50, 7)
+    res.add(batches[0])
+    assert _kept(res) == list(range(7))
+    res.add(batches[1])
+    assert len(res) == 10 and res.seen == 14
+    kept = _kept(res)
+    assert len(set(kept)) == 10 and max(kept) < 14  # filled with 0..9, then 10..13 may have evicted some
+    for b in batches[2:]:
+        res.add(b)
+    assert len(res) == 10 and res.seen == 50
+    kept = _kept(res)
+    assert len(set(kept)) == 10 and all(0 <= k < 50 for k in kept)
+    assert res.images.shape == (10, 1) and res.images.dtype == torch.float32
+
+
+def test_small_stream_keeps_everything():
+    res = Reservoir(32, seed=0)
+    for b in _stream(20, 6):
+        res.add(b)
+    assert _kept(res) == list(range(20))
+    assert res.input_shape() == (1,)
+
+
+def test_selection_is_uniform_over_the_stream():
+    size, n, trials = 8, 40, 400
+    counts = torch.zeros(n)
+    for seed in range(trials):
+        res = Reservoir(size, seed=seed)
+        for b in _stream(n, 5):
+            res.add(b)
+        counts[_kept(res)] += 1
+    expected = trials * size / n  # 80 per item
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 72.0, f"chi-square {chi2:.1f} with 39 dof (p < 0.001): counts {counts.tolist()}"
+    # no bias towards the start (filled first) or the end (seen last) of the stream
+    assert abs(float(counts[:10].mean() - counts[-10:].mean())) < 0.15 * expected
+
+
+@pytest.mark.parametrize("batches", [[1, 1, 1, 1], [4]], ids=["one-by-one", "one-batch"])
+def test_exact_keep_probability_on_a_tiny_stream(batches):
+    """Capacity 2, stream of 4: every item must survive with probability 1/2, however the stream is batched
+    (two rows of one batch can draw the same slot; the later one must win, as in sequential algorithm R)."""
+    trials = 2000
+    counts = torch.zeros(4)
+    for seed in range(trials):
+        res = Reservoir(2, seed=seed)
+        for b in torch.arange(4, dtype=torch.float32).view(-1, 1).split(batches):
+            res.add(b)
+        counts[_kept(res)] += 1
+    torch.testing.assert_close(counts / trials, torch.full((4,), 0.5), atol=0.05, rtol=0)  # 4.5 sigma
+
+
+def test_private_rng_leaves_the_global_rng_alone():
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    res = Reservoir(4, seed=0)
+    for b in _stream(40, 3):
+        res.add(b)
+    res.value_range()
+    res.load_state_dict(res.state_dict())
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1])
+    assert random.getstate() == states[2]
+
+
+def test_same_seed_same_selection_other_seed_other_selection():
+    def run(seed):
+        res = Reservoir(5, seed=seed)
+        for b in _stream(60, 4):
+            res.add(b)
+        return _kept(res)
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_state_round_trip_continues_identically():
+    a = Reservoir(10, seed=0)
+    batches = _stream(80, 6)
+    for b in batches[:5]:
+        a.add(b)
+    state = a.state_dict()
+    assert state["seen"] == 30 and state["data"].shape == (10, 1)
+    b_ = Reservoir(10, seed=99)
+    b_.load_state_dict(state)
+    assert b_.seen == a.seen and torch.equal(b_.images, a.images)
+    state["data"].fill_(-1.0)  # the saved data is a copy, not a view of the live store
+    assert (a.images >= 0).all()
+    for b in batches[5:]:
+        a.add(b)
+        b_.add(b)
+    assert torch.equal(a.images, b_.images) and a.seen == b_.seen == 80
+
+
+def test_state_round_trip_before_any_data():
+    a = Reservoir(4, seed=0)
+    b = Reservoir(4, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert len(b) == 0 and b.seen == 0
+    x = torch.rand(9, 2)
+    a.add(x)
+    b.add(x)
+    assert torch.equal(a.images, b.images)
+
+
+def test_rows_are_copied_to_cpu_float32_and_detached():
+    res = Reservoir(4, seed=0)
+    x = torch.rand(3, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    res.add(x * 1.0)
+    assert res.images.dtype == torch.float32 and not res.images.requires_grad
+    assert res.images.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(res.images, x.detach().float())
+
+
+def _receive(rank, reservoir):
+    assert reservoir.seen == 9 and len(reservoir) == 4
+
+
+def test_reservoir_crosses_a_spawn_boundary():
+    """torch.multiprocessing shares a Generator's on-the-fly state tensor through a file descriptor that is
+    gone when a spawned child unpickles it; a Reservoir (so any LDAMCallback under ddp_spawn) must survive."""
+    res = Reservoir(4, seed=0)
+    res.add(torch.rand(9, 1, 2, 2))
+    mp.spawn(_receive, args=(res,), nprocs=1)
+
+
+@pytest.mark.parametrize("lo, hi, expected", [
+    (0.0, 1.0, (0.0, 1.0)),
+    (0.2, 0.7, (0.0, 1.0)),
+    (-0.5, 0.5, (-1.0, 1.0)),
+    (-1.0, 1.0, (-1.0, 1.0)),
+    (0.0, 255.0, (0.0, 255.0)),
+    (-3.0, 5.0, (-3.0, 5.0)),
+    (300.0, 400.0, (300.0, 400.0)),
+    (0.0, 2.0, (0.0, 2.0)),  # slightly above 1: its own min/max, not an 8-bit box 127x too wide
+    (0.5, 1.5, (0.5, 1.5)),
+    (0.0, 3.0, (0.0, 255.0)),  # above 2: 8-bit pixels
+    (0.0, 300.0, (0.0, 300.0)),
+])
+def test_value_range_inference(lo, hi, expected):
+    res = Reservoir(16, seed=0)
+    x = torch.linspace(lo, hi, 16).view(16, 1, 1, 1)
+    res.add(x)
+    assert res.value_range() == expected
+
+
+def test_value_range_of_constant_data_is_non_empty():
+    res = Reservoir(4, seed=0)
+    res.add(torch.full((4, 1, 2, 2), -7.0))
+    lo, hi = res.value_range()
+    assert lo == -7.0 and hi > lo
+
+
+def test_empty_reservoir_says_so():
+    res = Reservoir(4)
+    with pytest.raises(ValueError, match="reservoir is empty"):
+        res.images
+    with pytest.raises(ValueError, match="reservoir is empty"):
+        res.value_range()
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True, "8"])
+def test_bad_size_names_reservoir_size(size):
+    with pytest.raises(ValueError, match=r"^reservoir_size: expected an int >= 1, got"):
+        Reservoir(size)
+
+
+# ---- extract_input ----------------------------------------------------------------------------------
+X = torch.rand(4, 1, 3, 3)
+Y = torch.arange(4)
+
+
+@pytest.mark.parametrize("batch", [X, (X, Y), [X, Y], {"image": X, "label": Y}, {"input": X},
+                                   {"x": X, "y": Y}, {"label": Y, "x": X, "input": X}],
+                         ids=["tensor", "tuple", "list", "dict-image", "dict-input", "dict-x", "dict-order"])
+def test_default_reads_common_batch_layouts(batch):
+    assert extract_input(batch) is X
+
+
+def test_dict_key_preference_is_image_input_x():
+    other = torch.rand(4, 1, 3, 3)
+    assert extract_input({"x": other, "image": X}) is X
+    assert extract_input({"x": other, "input": X}) is X
+
+
+def test_explicit_keys():
+    assert extract_input((Y, X), 1) is X
+    assert extract_input({"pixels": X}, "pixels") is X
+    assert extract_input({"a": {"b": X}}, lambda b: b["a"]["b"]) is X
+
+
+@pytest.mark.parametrize("batch, key, match", [
+    ((X, Y), "image", r"^input_key: cannot read the inputs of a tuple batch with input_key='image' "
+                      r"\(TypeError"),
+    ((X, Y), 5, r"^input_key: cannot read the inputs of a tuple batch with input_key=5 \(IndexError"),
+    ({"x": X}, "image", r"^input_key: cannot read the inputs of a dict batch with input_key='image' "
+                        r"\(KeyError"),
+    ({"pixels": X, "label": Y}, None,
+     r"^input_key: input_key=None does not give .* with keys \['pixels', 'label'\]"),
+    ((Y, X), None, r"^input_key: input_key=None does not give a floating-point image tensor"),
+    (torch.rand(4), None, r"^input_key: .*\(got Tensor\)"),
+    ((), None, r"^input_key: .*\(got NoneType\)"),
+    ("abc", None, r"^input_key: .*from a str batch"),
+    ((X, Y), lambda b: b[1], r"^input_key: input_key=<function"),
+])
+def test_unreadable_batches_raise_naming_input_key(batch, key, match):
+    with pytest.raises(ValueError, match=match):
+        extract_input(batch, key)
