@@ -33,7 +33,8 @@ def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool 
     kind = "int" if integer else "number"
     ok_type = isinstance(value, int) if integer else isinstance(value, Real)
     bound = ">= 0" if allow_zero else "> 0"
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if (isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < 0
+            or (value == 0 and not allow_zero)):
         raise ValueError(f"{name}: expected a finite {kind} {bound}, got {value!r}")
     return value
 

@@ -182,8 +182,9 @@ class LDAMCallbackLogic:
             self._png_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "ldam")
         # Lightning's WeightAveraging copies the averaged weights into the model in its on_train_end: an
         # averager listed before this callback leaves no raw weights for the fit-end round.
-        self._raw_gone_at_end = [type(cb).__name__ for cb in self._averagers
-                                 if self in trainer.callbacks and trainer.callbacks.index(cb) < trainer.callbacks.index(self)]
+        order = {id(cb): i for i, cb in enumerate(trainer.callbacks)}
+        mine = order.get(id(self), -1)
+        self._raw_gone_at_end = [type(cb).__name__ for cb in self._averagers if order.get(id(cb), -1) < mine]
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         own = self.averaging == "ema" or (self.averaging == "auto" and not self._averagers)
