@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Sequence
 import torch
 from torch import nn
 
-from lightning_ldam.targets import Neuron, find_module
+from lightning_ldam.targets import Neuron, find_module, first_tensor
 
 __all__ = ["ActivationReader", "capture_outputs"]
 
@@ -22,10 +22,9 @@ class _TargetsCaptured(Exception):
 
 
 def _as_tensor(path: str, output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
+    out = first_tensor(output)
+    if out is not None:
+        return out
     raise TypeError(f"neurons: layer {path!r} returns {type(output).__name__}, not a tensor; "
                     f"choose a layer whose output is a tensor of shape [batch, channels, ...]")
 

@@ -89,8 +89,8 @@ class DiscriminatorTrainer:
         idx = torch.randint(pool.shape[0], (n,), generator=self.generator, device=self.generator.device)
         return pool[idx.to(pool.device)]
 
-    def step(self, fake: torch.Tensor) -> float:
-        """One update on a real batch vs ``fake`` (detached chain states). Returns the loss (tensor)."""
+    def step(self, fake: torch.Tensor) -> torch.Tensor:
+        """One update on a real batch vs ``fake`` (detached chain states). Returns the loss (0-dim tensor, no sync)."""
         d = self.discriminator
         was_training = d.training
         d.train()

@@ -27,6 +27,7 @@ from torch import nn
 from lightning_ldam import _validation as V
 from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
 from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator
+from lightning_ldam.reservoir import extract_input
 from lightning_ldam.result import SampleResult
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons, resolve_neurons
 
@@ -96,17 +97,12 @@ class LangevinConfig:
 def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.Tensor:
     """Materialise up to ``limit`` real images from a tensor or an iterable of batches."""
     def first_tensor(batch):
-        if isinstance(batch, torch.Tensor):
-            return batch
-        if isinstance(batch, dict):
-            for key in ("image", "input", "x", "images", "inputs"):
-                if key in batch:
-                    return batch[key]
-        if isinstance(batch, (tuple, list)) and batch:
-            return first_tensor(batch[0])
-        raise TypeError(f"real_data: expected a tensor [N, {', '.join(map(str, input_shape))}] or an iterable of "
-                        f"such batches (tensors, (x, y) tuples or dicts with 'image'/'input'/'x'); got an item "
-                        f"of type {type(batch).__name__}")
+        try:
+            return extract_input(batch)
+        except ValueError as err:  # same reading rules as the callback's reservoir; name this argument
+            raise TypeError(f"real_data: expected a tensor [N, {', '.join(map(str, input_shape))}] or an iterable "
+                            f"of such batches (tensors, (x, y) tuples or dicts with 'image'/'input'/'x'); got an "
+                            f"item of type {type(batch).__name__}") from err
 
     if isinstance(real_data, torch.Tensor):
         chunks = [real_data]

@@ -229,7 +229,8 @@ def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int],
     return resolved
 
 
-def _first_tensor(output) -> torch.Tensor:
+def first_tensor(output) -> Optional[torch.Tensor]:
+    """A module's output tensor: the output itself, or the first element of a tuple/list; else ``None``."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
@@ -269,7 +270,7 @@ def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> L
 
     def make_hook(path: str):
         def hook(module, args, output):
-            out = _first_tensor(output)
+            out = first_tensor(output)
             if path in seen or out is None or out.dim() < 2:
                 return
             seen[path] = LayerInfo(path, int(out.shape[1]), tuple(out.shape), type(module).__name__)
