@@ -39,6 +39,8 @@ _SAMPLER_EXTRA_KWARGS = frozenset({
 
 log = logging.getLogger(__name__)
 AVERAGING = ("auto", "ema", None)
+#: Seconds a round runs before its progress bar appears (short rounds stay silent).
+_PROGRESS_AFTER_S = 3.0
 
 
 class LDAMCallbackLogic:
@@ -52,7 +54,8 @@ class LDAMCallbackLogic:
     _rank_zero_warn: Callable[[str], None] = staticmethod(log.warning)
 
     def __init__(self, neurons: NeuronSpec, *, every_n_epochs: Optional[int] = 1,
-                 every_n_train_steps: Optional[int] = None, on_fit_end: bool = False, chains: int = 8,
+                 every_n_train_steps: Optional[int] = None, on_fit_end: bool = False,
+                 during_validation: bool = False, max_overhead: Optional[float] = None, chains: int = 8,
                  steps: Optional[int] = None, input_shape: Optional[Sequence[int]] = None,
                  value_range: Optional[Tuple[float, float]] = None, normalize=None,
                  disc_weight: Optional[float] = None, reservoir_size: int = 256, input_key: InputKey = None,
@@ -64,10 +67,15 @@ class LDAMCallbackLogic:
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
             if value is not None:
                 V.check_positive(name, value, integer=True, allow_zero=True)
-        if not (every_n_epochs or every_n_train_steps or on_fit_end):
-            raise ValueError(f"every_n_epochs/every_n_train_steps/on_fit_end: every schedule is off "
-                             f"(every_n_epochs={every_n_epochs!r}, every_n_train_steps={every_n_train_steps!r}, "
-                             f"on_fit_end={on_fit_end!r}); set at least one")
+        if not (every_n_epochs or every_n_train_steps or on_fit_end or during_validation):
+            raise ValueError(f"every_n_epochs/every_n_train_steps/on_fit_end/during_validation: every schedule is "
+                             f"off (every_n_epochs={every_n_epochs!r}, every_n_train_steps={every_n_train_steps!r}, "
+                             f"on_fit_end={on_fit_end!r}, during_validation={during_validation!r}); set at least one")
+        for name, value in (("on_fit_end", on_fit_end), ("during_validation", during_validation)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected True or False, got {value!r}")
+        if max_overhead is not None:
+            V.check_positive("max_overhead", max_overhead)
         V.check_positive("chains", chains, integer=True)
         if steps is not None:
             V.check_positive("steps", steps, integer=True)
@@ -99,6 +107,8 @@ class LDAMCallbackLogic:
         self.every_n_epochs = every_n_epochs or 0
         self.every_n_train_steps = every_n_train_steps or 0
         self.on_fit_end_enabled = on_fit_end
+        self.during_validation = during_validation
+        self.max_overhead = None if max_overhead is None else float(max_overhead)
         self.chains = chains
         self.steps = steps
         self.input_shape = input_shape
@@ -130,6 +140,11 @@ class LDAMCallbackLogic:
         self._png_dir: Optional[str] = None
         self._raw_gone_at_end: List[str] = []
         self._at_train_end = False
+        self._fit_started: Optional[float] = None
+        self._sampling_seconds = 0.0  # wall time spent in rounds since fit start (this process)
+        self._last_round_seconds = 0.0
+        self._skipped = 0
+        self._show_progress = False
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -166,7 +181,7 @@ class LDAMCallbackLogic:
         return pl_module
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        if stage != "fit":
+        if stage != "fit" and not (stage == "validate" and self.during_validation):
             return
         strategy = type(trainer.strategy).__name__
         if "FSDP" in strategy or "DeepSpeed" in strategy:
@@ -187,6 +202,7 @@ class LDAMCallbackLogic:
         self._raw_gone_at_end = [type(cb).__name__ for cb in self._averagers if order.get(id(cb), -1) < mine]
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._fit_started, self._sampling_seconds = time.perf_counter(), 0.0
         own = self.averaging == "ema" or (self.averaging == "auto" and not self._averagers)
         if own and self._ema is None:
             self._ema = EMA(self.network(pl_module), decay=self.ema_decay, every_n_steps=self.ema_every_n_steps,
@@ -228,6 +244,23 @@ class LDAMCallbackLogic:
         # The "fit end" round: on_train_end is the last hook where the module can still hold its raw weights.
         self._at_train_end = True
         if self.on_fit_end_enabled and trainer.global_step != self._last_sampled_step:
+            self._round(trainer, pl_module, budgeted=False)
+
+    def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # Under trainer.validate() no training batch comes: the validation inputs feed the reservoir.
+        if not self.during_validation or trainer.sanity_checking or _fitting(trainer):
+            return
+        self._reservoir.add(extract_input(batch, self.input_key))
+        if not self._checked:
+            self._check_targets(pl_module)
+
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # on_validation_end, not on_validation_epoch_end: by now every WeightAveraging callback has swapped
+        # the raw weights back into the module, whatever the callback order. Runs under no_grad/inference_mode.
+        if not self.during_validation or trainer.sanity_checking:
+            return
+        if not _fitting(trainer) or trainer.global_step != self._last_sampled_step:
             self._round(trainer, pl_module)
 
     # ---- one round -----------------------------------------------------------------------------------
@@ -255,7 +288,21 @@ class LDAMCallbackLogic:
             out[name] = copy.get_submodule(self.module) if self.module else copy
         return out
 
-    def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def _over_budget(self, trainer: "pl.Trainer") -> bool:
+        """Whether the next round would push sampling above ``max_overhead`` of the training time so far.
+
+        Rank 0 decides from its clock and broadcasts, so every rank skips the same rounds (a round holds a
+        collective under DDP). The first round always runs: its cost is the estimate for the next ones.
+        """
+        skip = False
+        if trainer.is_global_zero and self._fit_started is not None and self._last_round_seconds > 0:
+            training = time.perf_counter() - self._fit_started - self._sampling_seconds
+            skip = self._sampling_seconds + self._last_round_seconds > self.max_overhead * max(training, 0.0)
+        if trainer.world_size > 1:
+            skip = bool(trainer.strategy.broadcast(skip, src=0))
+        return skip
+
+    def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", budgeted: bool = True) -> None:
         if trainer.sanity_checking:
             return
         self._last_sampled_step = trainer.global_step
@@ -264,7 +311,14 @@ class LDAMCallbackLogic:
                                      "unknown; skipping this round (pass input_shape and value_range to sample "
                                      "before training)")
             return
+        if budgeted and self.max_overhead is not None and self._over_budget(trainer):
+            self._skipped += 1
+            self._info_once("budget", f"LDAMCallback: skipping rounds that would take sampling above "
+                                      f"max_overhead={self.max_overhead:g} of the training time (first skip at "
+                                      f"step {trainer.global_step}); the count goes to ldam/skipped_rounds")
+            return
         started = time.perf_counter()
+        self._show_progress = trainer.is_global_zero and getattr(trainer, "progress_bar_callback", None) is not None
         try:
             snaps = self.variants(trainer, pl_module)
             results = self._sample_all(trainer, snaps)
@@ -273,6 +327,9 @@ class LDAMCallbackLogic:
             self._rank_zero_warn(f"LDAMCallback: sampling failed at step {trainer.global_step} and was skipped: "
                            f"{type(err).__name__}: {err}")
             return
+        finally:
+            self._last_round_seconds = time.perf_counter() - started
+            self._sampling_seconds += self._last_round_seconds
         self._rounds += 1
         if trainer.is_global_zero and results:
             self._log(trainer, results)
@@ -323,9 +380,12 @@ class LDAMCallbackLogic:
             disc.load_state_dict(self._pending_disc_state.pop(variant))
         if real is None and disc is None and weight is None:
             weight = 0.0
+        kwargs = dict(self.sampler_kwargs)
+        # A bar only for rounds that turn out slow, only where Lightning shows its own bar, rank 0 only.
+        kwargs.setdefault("progress", _PROGRESS_AFTER_S if self._show_progress else False)
         res = sample(net, neurons, input_shape=shape, chains=self.chains, steps=self.steps, real_data=real,
                      disc_weight=weight, value_range=box, normalize=self.normalize, seed=self.seed,
-                     discriminator=disc, device=self._device(net), **self.sampler_kwargs)
+                     discriminator=disc, device=self._device(net), **kwargs)
         if res.discriminator is not None:
             # Each variant keeps its own D so the variants stay symmetric: a shared D would have just been
             # trained against the previous variant's chains.
@@ -358,6 +418,8 @@ class LDAMCallbackLogic:
                 images[f"ldam/compare/{layer}"] = compare_grid([r.images[rows] for r in results.values()],
                                                                first.value_range, self.upscale)
         scalars["ldam/nonfinite_resets"] = float(resets)
+        if self.max_overhead is not None:
+            scalars["ldam/skipped_rounds"] = float(self._skipped)
         self._write(trainer, images, scalars, step)
 
     def _write(self, trainer: "pl.Trainer", images: Dict[str, torch.Tensor], scalars: Dict[str, float],
@@ -401,13 +463,14 @@ class LDAMCallbackLogic:
     def state_dict(self) -> Dict[str, Any]:
         discs = {k: d.state_dict() for k, d in self._discriminators.items()}
         discs.update({k: v for k, v in self._pending_disc_state.items() if k not in discs})
-        return {"rounds": self._rounds, "last_sampled_step": self._last_sampled_step,
+        return {"rounds": self._rounds, "skipped_rounds": self._skipped, "last_sampled_step": self._last_sampled_step,
                 "last_ema_step": self._last_ema_step,
                 "ema": self._ema.state_dict() if self._ema is not None else self._pending_ema_state,
                 "discriminators": discs, "reservoir": self._reservoir.state_dict()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self._rounds = state_dict["rounds"]
+        self._skipped = state_dict.get("skipped_rounds", 0)
         self._last_sampled_step = state_dict["last_sampled_step"]
         self._last_ema_step = state_dict["last_ema_step"]
         self._reservoir.load_state_dict(state_dict["reservoir"])
@@ -429,6 +492,12 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
         every_n_epochs: sample at the end of every n-th training epoch (``None``/0: off).
         every_n_train_steps: sample every n optimizer steps (``None``/0: off).
         on_fit_end: also sample once when ``fit`` ends.
+        during_validation: also sample at the end of every validation run (the validation inside ``fit``,
+            and ``trainer.validate``, whose batches then feed the reservoir); runs under Lightning's
+            no_grad/inference_mode, nothing to configure.
+        max_overhead: keep sampling under this fraction of the training wall time (e.g. ``0.05``): a due
+            round that would exceed it is skipped (counted in ``ldam/skipped_rounds``); the fit-end round
+            always runs. Default ``None``: every due round runs.
         chains: chains per neuron.
         steps: Langevin steps per round (default: the sampler's).
         input_shape: per-sample input shape; default: inferred from the training batches.
@@ -465,6 +534,11 @@ def _forward_is_lightnings(cls: type) -> bool:
     """True when ``forward`` comes from (pytorch_)lightning's LightningModule, i.e. the user wrote none."""
     owner = next(c for c in cls.__mro__ if "forward" in vars(c))
     return owner.__module__.startswith(("lightning.pytorch", "pytorch_lightning")) or owner is nn.Module
+
+
+def _fitting(trainer) -> bool:
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    return getattr(fn, "value", fn) == "fit"
 
 
 def _is_tensorboard(logger) -> bool:

@@ -169,7 +169,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            noise: Optional[float] = None, temperature: float = 1.0, precondition: str = "rms",
            schedule: str = "cosine", spatial: str = "mean", discriminator: Optional[nn.Module] = None,
            disc_lr: float = 1e-3, disc_every: int = 1, disc_steps: int = 2, disc_warmup: Optional[int] = None,
-           autocast_dtype: Optional[torch.dtype] = None, progress: bool = False) -> SampleResult:
+           autocast_dtype: Optional[torch.dtype] = None, progress: Union[bool, float] = False) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
     Args:
@@ -203,7 +203,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             chains lowered the realism ratio from 1.32 to 1.16 at equal λ; benchmarks/README.md).
         disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option).
-        progress: show a progress bar (off by default).
+        progress: ``True``: a progress bar; a number of seconds: a bar that appears only once sampling
+            has taken that long (for callers that do not know in advance whether a call is slow).
 
     Returns:
         :class:`~lightning_ldam.result.SampleResult`.
@@ -248,6 +249,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
                          f"trained discriminator; pass one of them, or disc_weight=0.0")
     if init == "data" and real_data is None:
         raise ValueError("init: 'data' starts chains from real images; pass real_data=..., or use init='noise'")
+    if not isinstance(progress, bool):
+        V.check_positive("progress", progress, allow_zero=True)
     if disc_warmup is not None:
         V.check_positive("disc_warmup", disc_warmup, integer=True, allow_zero=True)
     if len(shape) != 3 and (disc_weight > 0 or discriminator is not None):
@@ -421,11 +424,12 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
     )
 
 
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
+def _progress_bar(total: int, progress: Union[bool, float]):
+    if progress is False:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm ships with Lightning; without it, no bar
         return None
-    return tqdm(total=total, desc="LDAM", unit="step", leave=False)
+    delay = 0.0 if progress is True else float(progress)
+    return tqdm(total=total, desc="LDAM", unit="step", leave=False, delay=delay)

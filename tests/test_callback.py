@@ -201,8 +201,9 @@ def test_on_fit_end_alone_is_a_schedule():
 
 @pytest.mark.parametrize("epochs, steps", [(None, None), (0, 0), (0, None), (None, 0)])
 def test_every_schedule_off_raises_naming_the_arguments(epochs, steps):
-    match = (r"^every_n_epochs/every_n_train_steps/on_fit_end: every schedule is off "
-             rf"\(every_n_epochs={epochs}, every_n_train_steps={steps}, on_fit_end=False\); set at least one")
+    match = (r"^every_n_epochs/every_n_train_steps/on_fit_end/during_validation: every schedule is off "
+             rf"\(every_n_epochs={epochs}, every_n_train_steps={steps}, on_fit_end=False, "
+             r"during_validation=False\); set at least one")
     with pytest.raises(ValueError, match=match):
         LDAMCallback(NEURONS, every_n_epochs=epochs, every_n_train_steps=steps)
 

@@ -182,3 +182,15 @@ def test_float64_model_is_sampled_in_its_own_dtype():
     with torch.no_grad():
         expected = net(res.images[0].double())[:, 0].float()
     torch.testing.assert_close(res.activations[0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("progress", [-1.0, float("inf"), "soon"])
+def test_bad_progress_raises_naming_the_argument(progress):
+    _raises_before_sampling(ValueError, rf"^progress: expected a finite number >= 0, got {progress!r}$",
+                            progress=progress)
+
+
+@pytest.mark.parametrize("progress, shown", [(True, True), (0.0, True), (3600.0, False), (False, False)])
+def test_progress_bar_appears_only_after_its_delay(capsys, progress, shown):
+    ldam.sample(make_tiny_net(), "classifier.2:0", input_shape=INPUT_SHAPE, chains=2, steps=3, progress=progress)
+    assert ("LDAM" in capsys.readouterr().err) is shown

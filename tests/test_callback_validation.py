@@ -1,0 +1,208 @@
+"""LDAMCallback rounds fired from validation, the overhead budget and the progress bar.
+
+Validation runs under ``no_grad`` (inside ``fit``) or ``inference_mode`` (``trainer.validate``): rounds
+there must work without asking the user for anything, leave the training bitwise unchanged and read the
+true raw weights even while ``EMAWeightAveraging`` has swapped its average in for validation.
+"""
+from __future__ import annotations
+
+import types
+from collections import Counter
+from typing import Any, Dict, List
+
+import pytest
+import torch
+
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.loggers import TensorBoardLogger
+
+import lightning_ldam.callback as callback_module
+from lightning_ldam.callback import LDAMCallback
+from test_callback import (FAST, NEURONS, LiveAtBatchEnd, VariantLog, _live, lightning_env, no_failed_rounds,  # noqa: F401
+                            assert_same, clone_state, events, fit, ldam_tags,
+                           loader, make_trainer, TinyModule)
+
+import lightning.pytorch as pl
+
+
+class HookRounds(LDAMCallback):
+    """Counts the rounds each hook ran and records the live state around ``on_validation_end``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.by_hook: Counter = Counter()
+        self.around_validation: List[tuple] = []
+
+    def _count(self, hook, call):
+        before = self._rounds
+        call()
+        self.by_hook[hook] += self._rounds - before
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self._count("batch_end", lambda: super(HookRounds, self).on_train_batch_end(trainer, pl_module, *args))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._count("epoch_end", lambda: super(HookRounds, self).on_train_epoch_end(trainer, pl_module))
+
+    def on_validation_end(self, trainer, pl_module):
+        before = _live(pl_module)
+        self._count("validation_end", lambda: super(HookRounds, self).on_validation_end(trainer, pl_module))
+        self.around_validation.append((before, _live(pl_module)))
+
+
+def _parity_run(root, with_callback: bool):
+    """2 epochs x 4 batches, accumulate 2 (4 optimizer steps), validation every 2 batches (steps 1..4)."""
+    cb = HookRounds(NEURONS, every_n_train_steps=2, every_n_epochs=1, during_validation=True, **FAST) \
+        if with_callback else None
+    pl.seed_everything(0, verbose=False)
+    module = TinyModule()
+    trainer = make_trainer(root, [cb] if cb else [], deterministic=True, accumulate_grad_batches=2, max_steps=-1,
+                           max_epochs=2, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=1,
+                           logger=TensorBoardLogger(str(root), name="tb"))
+    trainer.fit(module, loader(shuffle=True), loader(shuffle=False))
+    return trainer, module, cb
+
+
+def test_validation_rounds_leave_training_bitwise_identical(tmp_path, no_failed_rounds):
+    trainer, module, cb = _parity_run(tmp_path / "with", True)
+    ref_trainer, ref_module, _ = _parity_run(tmp_path / "without", False)
+    assert trainer.global_step == ref_trainer.global_step == 4
+    # validation at steps 1 and 3 samples; at steps 2 and 4 the batch-end round already ran at that step
+    assert cb.by_hook == {"batch_end": 2, "validation_end": 2, "epoch_end": 0}
+    assert_same(clone_state(module), clone_state(ref_module))
+    assert_same(trainer.optimizers[0].state_dict(), ref_trainer.optimizers[0].state_dict())
+    assert module.seen == ref_module.seen
+    for before, after in cb.around_validation:
+        assert not before["grad_enabled"]  # Lightning's validation context was active during the round
+        for key in ("torch_rng", "grad_enabled", "inference_mode", "modes", "requires_grad", "state"):
+            assert_same(before[key], after[key], key)
+    images = events(trainer.logger.log_dir).Images("ldam/raw/features.0")
+    assert [e.step for e in images] == [1, 2, 3, 4]
+
+
+def test_trainer_validate_samples_raw_weights_under_inference_mode(tmp_path, no_failed_rounds):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    cb = HookRounds(NEURONS, every_n_epochs=None, during_validation=True, **FAST)
+    pl.seed_everything(0, verbose=False)
+    module = TinyModule()
+    trainer = make_trainer(tmp_path, [cb], logger=logger, inference_mode=True)
+    trainer.validate(module, loader(8, shuffle=False))
+    assert cb.by_hook == {"validation_end": 1}
+    (before, after), = cb.around_validation
+    assert before["inference_mode"] and after["inference_mode"]
+    assert cb._reservoir.seen == 8  # the validation batches fed the reservoir: no training batch came
+    acc = events(logger.log_dir)
+    assert ldam_tags(acc, "images") == {"ldam/raw/features.0", "ldam/raw/classifier.2"}
+    assert [e.step for e in acc.Images("ldam/raw/classifier.2")] == [0]
+
+
+def test_validate_without_during_validation_does_nothing(tmp_path):
+    cb = HookRounds(NEURONS, **FAST)
+    make_trainer(tmp_path, [cb]).validate(TinyModule(), loader(8, shuffle=False))
+    assert cb._rounds == 0 and cb._reservoir.seen == 0 and not cb._checked
+
+
+class RawAtRound(VariantLog):
+    """Also keeps the weights the module had after the last training batch: the true raw weights."""
+
+    def __init__(self, *args, live, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.live = live
+        self.true_raw: List[Dict[str, torch.Tensor]] = []
+
+    def variants(self, trainer, pl_module):
+        self.true_raw.append(self.live.state)
+        return super().variants(trainer, pl_module)
+
+
+@pytest.mark.parametrize("averager_first", [False, True], ids=["averager-after", "averager-before"])
+def test_validation_round_sees_raw_weights_while_ema_weight_averaging_swapped_them(tmp_path, no_failed_rounds,
+                                                                                 averager_first):
+    """EMAWeightAveraging swaps its average in for validation and back in its on_validation_epoch_end:
+    whatever the callback order, the round (on_validation_end) must see the raw weights as raw."""
+    averager, live = EMAWeightAveraging(decay=0.5), LiveAtBatchEnd()
+    cb = RawAtRound(NEURONS, every_n_epochs=None, during_validation=True, averager=averager, disc_weight=0.0,
+                    live=live, **FAST)
+    fit(tmp_path, [live, averager, cb] if averager_first else [live, cb, averager], val=loader(8, shuffle=False),
+        max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0)
+    assert len(cb.seen_variants) == 2
+    for r, true_raw in zip(cb.seen_variants, cb.true_raw):
+        assert set(r["variants"]) == {"raw", "ema"}
+        assert_same(r["variants"]["raw"], true_raw)
+        assert_same(r["variants"]["ema"], r["lightning_average"])
+        assert not torch.equal(r["variants"]["raw"]["features.0.weight"], r["variants"]["ema"]["features.0.weight"])
+
+
+# ---- max_overhead ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [0, -0.1, float("nan"), "5%"])
+def test_bad_max_overhead_raises_naming_the_argument(value):
+    with pytest.raises(ValueError, match=rf"^max_overhead: expected a finite number > 0, got {value!r}$"):
+        LDAMCallback(NEURONS, max_overhead=value)
+
+
+def test_during_validation_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"^during_validation: expected True or False, got 'yes'$"):
+        LDAMCallback(NEURONS, during_validation="yes")
+
+
+def _budget_state(cb, clock, *, started, sampled, last):
+    cb._fit_started, cb._sampling_seconds, cb._last_round_seconds = started, sampled, last
+    return types.SimpleNamespace(is_global_zero=True, world_size=1)
+
+
+def test_over_budget_compares_the_next_round_with_the_training_time(monkeypatch):
+    cb = LDAMCallback(NEURONS, max_overhead=0.1)
+    monkeypatch.setattr(callback_module.time, "perf_counter", lambda: 1000.0)
+    # 100 s since fit start, 10 s of it sampling: 90 s of training. Next round estimated at the last one's cost.
+    assert not cb._over_budget(_budget_state(cb, 1000.0, started=900.0, sampled=5.0, last=4.0))  # 9 <= 9.5
+    assert cb._over_budget(_budget_state(cb, 1000.0, started=900.0, sampled=5.0, last=5.0))  # 10 > 9.5
+    assert not cb._over_budget(_budget_state(cb, 1000.0, started=900.0, sampled=0.0, last=0.0))  # no estimate yet
+
+
+def test_max_overhead_skips_rounds_counts_them_and_keeps_the_fit_end_round(tmp_path, no_failed_rounds, caplog):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, on_fit_end=True, max_overhead=1e-9,
+                    **FAST)
+    trainer, _ = fit(tmp_path, [cb], max_steps=4, logger=logger)
+    # step 1 runs (no estimate yet), steps 2-4 would exceed a vanishing budget, the fit-end round always runs
+    assert cb.by_hook["batch_end"] == 1 and cb._skipped == 3 and cb._rounds == 1
+    acc = events(logger.log_dir)
+    assert [e.step for e in acc.Images("ldam/raw/features.0")] == [1]
+    assert cb.state_dict()["skipped_rounds"] == 3
+    assert "max_overhead=1e-09" in caplog.text or any("max_overhead" in str(w.message) for w in no_failed_rounds)
+
+
+def test_a_generous_budget_skips_nothing(tmp_path, no_failed_rounds):
+    cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, max_overhead=1e9, **FAST)
+    fit(tmp_path, [cb], max_steps=3)
+    assert cb._rounds == 3 and cb._skipped == 0
+
+
+# ---- progress bar ---------------------------------------------------------------------------------------
+def _progress_seen(monkeypatch) -> List[Any]:
+    seen: List[Any] = []
+    real = callback_module.sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("progress"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(callback_module, "sample", spy)
+    return seen
+
+
+@pytest.mark.parametrize("bar", [True, False])
+def test_rounds_show_a_delayed_bar_only_with_lightnings_progress_bar(tmp_path, monkeypatch, bar):
+    seen = _progress_seen(monkeypatch)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, **FAST)
+    fit(tmp_path, [cb], max_steps=2, enable_progress_bar=bar)
+    rounds = [p for p in seen[1:]]  # seen[0] is the first batch's 1-step target check
+    assert rounds and all(p == (callback_module._PROGRESS_AFTER_S if bar else False) for p in rounds)
+
+
+def test_sampler_kwargs_progress_overrides_the_callbacks_choice(tmp_path, monkeypatch):
+    seen = _progress_seen(monkeypatch)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, chains=2, steps=3, reservoir_size=16,
+                      sampler_kwargs={"disc_warmup": 1, "progress": True})
+    fit(tmp_path, [cb], max_steps=2, enable_progress_bar=False)
+    assert seen[1:] and all(p is True for p in seen[1:])
