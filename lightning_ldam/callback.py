@@ -23,11 +23,11 @@ from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
 from lightning_ldam import _validation as V
 from lightning_ldam.averaging import EMA
 from lightning_ldam.discriminator import build_discriminator
-from lightning_ldam.render import compare_grid, neuron_grid
 from lightning_ldam.reservoir import InputKey, Reservoir, extract_input
 from lightning_ldam.result import SampleResult, merge_shards
 from lightning_ldam.sampler import sample
 from lightning_ldam.snapshot import snapshot
+from lightning_ldam.summaries import summarize, write_tensorboard
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons
 
 __all__ = ["LDAMCallback"]
@@ -397,42 +397,17 @@ class LDAMCallbackLogic:
 
     # ---- logging -------------------------------------------------------------------------------------
     def _log(self, trainer: "pl.Trainer", results: Dict[str, SampleResult]) -> None:
-        step = trainer.global_step
-        images: Dict[str, torch.Tensor] = {}
-        scalars: Dict[str, float] = {}
-        first = next(iter(results.values()))
-        layers = list(dict.fromkeys(layer for layer, _ in first.neurons))
-        resets = 0
-        for variant, res in results.items():
-            resets += int(res.nonfinite_resets.sum())
-            for layer in layers:
-                rows = res.layer_slice(layer)
-                images[f"ldam/{variant}/{layer}"] = neuron_grid(res.images[rows], res.value_range, self.upscale)
-                scalars[f"ldam/{variant}/{layer}/activation"] = res.activations[rows].mean().item()
-                scalars[f"ldam/{variant}/{layer}/diversity"] = res.diversity[rows].mean().item()
-                if res.disc_scores is not None:
-                    scalars[f"ldam/{variant}/{layer}/realism"] = res.disc_scores[rows].mean().item()
-        if len(results) > 1:
-            for layer in layers:
-                rows = first.layer_slice(layer)
-                images[f"ldam/compare/{layer}"] = compare_grid([r.images[rows] for r in results.values()],
-                                                               first.value_range, self.upscale)
-        scalars["ldam/nonfinite_resets"] = float(resets)
+        images, scalars = summarize(results, self.upscale)
         if self.max_overhead is not None:
             scalars["ldam/skipped_rounds"] = float(self._skipped)
-        self._write(trainer, images, scalars, step)
+        self._write(trainer, images, scalars, trainer.global_step)
 
     def _write(self, trainer: "pl.Trainer", images: Dict[str, torch.Tensor], scalars: Dict[str, float],
                step: int) -> None:
         wrote_images = False
         for logger in trainer.loggers:
             if _is_tensorboard(logger):
-                writer = logger.experiment
-                for tag, img in images.items():
-                    writer.add_image(tag, img, global_step=step)
-                for tag, value in scalars.items():
-                    writer.add_scalar(tag, value, global_step=step)
-                writer.flush()
+                write_tensorboard(logger.experiment, images, scalars, step)
                 wrote_images = True
             else:
                 logger.log_metrics(scalars, step=step)
