@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install install-dev quality clean
+.PHONY: demo test install install-dev quality screenshot clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,17 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(PY) benchmarks/quality.py --lambdas 0,default --save-grid runs/demo/mnist
+	$(PY) examples/mnist.py --logdir runs/demo
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest
 
 quality: $(VENV)/.installed
 	$(PY) benchmarks/quality.py
+
+# The README's TensorBoard screenshot, from the demo's logs (needs Debian's chromium package).
+screenshot: $(VENV)/.installed
+	$(PY) examples/tensorboard_screenshot.py --logdir runs/demo --out examples/tensorboard_demo.png
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

