@@ -1,0 +1,3 @@
+from lightning_ldam.cli import main
+
+raise SystemExit(main())

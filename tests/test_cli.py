@@ -1,0 +1,401 @@
+"""End-to-end tests of the ``lightning-ldam`` command line and of :mod:`lightning_ldam.checkpoint`.
+
+A tiny LightningModule (importable as ``test_cli.TinyClassifier``: pytest puts tests/ on sys.path) is trained
+for 4 steps on random data once per module; the checkpoints cover LDAMCallback's own EMA + reservoir +
+discriminators, Lightning's EMAWeightAveraging layout and plain checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from lightning_ldam.averaging import EMA  # noqa: E402
+from lightning_ldam.callback import LDAMCallback  # noqa: E402
+from lightning_ldam.checkpoint import (ldam_settings, ldam_state, load_checkpoint, real_inputs,  # noqa: E402
+                                       weight_variants)
+from lightning_ldam.cli import main  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--chains", "2", "--steps", "3", "--no-progress"]
+MODEL = ["--model", "test_cli.TinyClassifier"]
+
+
+class TinyClassifier(pl.LightningModule):
+    """conv(1→width)+ReLU | flatten + linear(→5) on 1×12×12 inputs."""
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.act = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(width * 12 * 12, 5)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.act(self.conv(x))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader():
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(32, 1, 12, 12, generator=g),
+                                          torch.randint(0, 5, (32,), generator=g))
+    return torch.utils.data.DataLoader(data, batch_size=8)
+
+
+def _fit(root: Path, callbacks, checkpointing: bool = False, width: int = 4):
+    model = TinyClassifier(width=width)
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(root), callbacks=callbacks,
+                         enable_checkpointing=checkpointing)
+    trainer.fit(model, _loader())
+    return trainer, model
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """(a) LDAMCallback (own EMA, reservoir, discriminators), (b) EMAWeightAveraging saved mid-training by
+    ModelCheckpoint at step 4 (after fit, Lightning copies the average into the model, so raw == ema there),
+    (b_end) the same after fit, (c) plain, saved by ModelCheckpoint at steps 2 and 4 and after fit."""
+    root = tmp_path_factory.mktemp("cli_ckpts")
+    env = dict(os.environ)
+    out = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cb = LDAMCallback("conv:0-1", every_n_epochs=None, on_fit_end=True, chains=2, steps=3, reservoir_size=16,
+                          sampler_kwargs={"disc_warmup": 1})
+        trainer, model = _fit(root / "a", [cb])
+        out["a"] = root / "a.ckpt"
+        trainer.save_checkpoint(str(out["a"]))
+        out["a_callback_state"] = cb.state_dict()
+        out["a_model"] = model
+
+        mc = pl.callbacks.ModelCheckpoint(dirpath=str(root / "b"), filename="ema-mid", every_n_train_steps=4,
+                                          save_top_k=-1)
+        trainer, _ = _fit(root / "b", [pl.callbacks.EMAWeightAveraging(decay=0.5), mc], checkpointing=True)
+        out["b"] = root / "b" / "ema-mid.ckpt"
+        out["b_end"] = root / "b_end.ckpt"
+        trainer.save_checkpoint(str(out["b_end"]))
+
+        mc = pl.callbacks.ModelCheckpoint(dirpath=str(root / "c"), every_n_train_steps=2, save_top_k=-1)
+        trainer, _ = _fit(root / "c", [mc], checkpointing=True)
+        out["c"] = root / "c.ckpt"
+        trainer.save_checkpoint(str(out["c"]))
+        out["c2"], out["c4"] = root / "c" / "epoch=0-step=2.ckpt", root / "c" / "epoch=0-step=4.ckpt"
+    for key in set(os.environ) - set(env):
+        del os.environ[key]
+    os.environ.update(env)
+    for key in ("a", "b", "b_end", "c", "c2", "c4"):
+        assert out[key].is_file(), out[key]
+    return out
+
+
+@pytest.fixture(autouse=True)
+def keep_sys_path(monkeypatch):
+    """The CLI puts the cwd on sys.path; keep that out of the other tests."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def _events(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---- checkpoint.py ------------------------------------------------------------------------------------------
+def test_ldam_checkpoint_variants_are_raw_and_the_callbacks_ema(ckpts):
+    ckpt = load_checkpoint(ckpts["a"])
+    variants = weight_variants(ckpt)
+    assert list(variants) == ["raw", "ema"]
+    ema_state = ckpts["a_callback_state"]["ema"]
+    live = ckpts["a_model"].state_dict()
+    for name, value in live.items():
+        assert torch.equal(variants["raw"][name], ckpt["state_dict"][name])
+        assert torch.equal(variants["raw"][name], value)
+        assert torch.equal(variants["ema"][name], ema_state[f"average.module.{name}"])
+    assert not torch.equal(variants["ema"]["conv.weight"], variants["raw"]["conv.weight"])
+    state = ldam_state(ckpt)
+    assert set(state["discriminators"]) == {"raw", "ema"}
+    assert torch.equal(real_inputs(ckpt), state["reservoir"]["data"]) and real_inputs(ckpt).shape == (16, 1, 12, 12)
+    assert ldam_settings(ckpt)["neurons"] == "conv:0-1" and ldam_settings(ckpt)["module"] is None
+
+
+def test_lightning_weight_averaging_layout(ckpts):
+    ckpt = load_checkpoint(ckpts["b"])
+    variants = weight_variants(ckpt)
+    assert list(variants) == ["raw", "ema"]
+    for name in ckpt["state_dict"]:
+        assert torch.equal(variants["raw"][name], ckpt["current_model_state"][name])
+        assert torch.equal(variants["ema"][name], ckpt["state_dict"][name])
+    assert not torch.equal(variants["raw"]["fc.weight"], variants["ema"]["fc.weight"])
+    assert ldam_state(ckpt) is None and real_inputs(ckpt) is None
+
+
+def test_plain_checkpoint_has_raw_only(ckpts):
+    ckpt = load_checkpoint(ckpts["c"])
+    assert list(weight_variants(ckpt)) == ["raw"]
+    assert ckpt["hyper_parameters"]["width"] == 4
+
+
+def test_zero_update_averages_are_not_variants_and_swa_callback_state():
+    raw = {"w": torch.zeros(2)}
+    swa = {"w": torch.ones(2)}
+    base = {"state_dict": raw}
+    assert list(weight_variants({**base, "callbacks": {"StochasticWeightAveraging": {
+        "n_averaged": 0, "average_model_state": swa}}})) == ["raw"]
+    got = weight_variants({**base, "callbacks": {"StochasticWeightAveraging": {
+        "n_averaged": 3, "average_model_state": swa}}})
+    assert list(got) == ["raw", "swa"] and torch.equal(got["swa"]["w"], swa["w"])
+    lightning = {"state_dict": swa, "current_model_state": raw, "callbacks": {"WeightAveraging": {}}}
+    assert list(weight_variants({**lightning, "averaging_state": {"n_averaged": torch.tensor(0)}})) == ["raw"]
+    got = weight_variants({**lightning, "averaging_state": {"n_averaged": torch.tensor(2)}})
+    assert list(got) == ["raw", "swa"] and torch.equal(got["raw"]["w"], raw["w"])
+
+
+class _Twin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(1, 2, 3))
+        self.enc2 = nn.Sequential(nn.Conv2d(1, 2, 3))
+
+
+def test_submodule_ema_keys_get_their_prefix_back():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _Twin()
+    ema = EMA(model.enc2, decay=0.5)
+    for step in (1, 2):  # AveragedModel's first update copies; the second one averages
+        with torch.no_grad():
+            model.enc2[0].weight.add_(1.0)
+        ema.update(model.enc2, step=step)
+    raw = model.state_dict()
+    key = LDAMCallback("0:0", module="enc2").state_key
+    variants = weight_variants({"state_dict": raw, "callbacks": {key: {"ema": ema.state_dict()}}})
+    assert torch.equal(variants["ema"]["enc2.0.weight"], ema.module[0].weight)
+    assert not torch.equal(variants["ema"]["enc2.0.weight"], raw["enc2.0.weight"])
+    assert torch.equal(variants["ema"]["enc1.0.weight"], raw["enc1.0.weight"])  # outside the submodule: raw
+    model.load_state_dict(variants["ema"], strict=True)
+    # no module recorded: inferred when one submodule fits, an error when two do
+    only = {k: v for k, v in raw.items() if k.startswith("enc2")}
+    unnamed = "LDAMCallback{'module': None}"
+    got = weight_variants({"state_dict": {"net." + k: v for k, v in only.items()},
+                           "callbacks": {unnamed: {"ema": ema.state_dict()}}})
+    assert torch.equal(got["ema"]["net.enc2.0.weight"], ema.module[0].weight)
+    with pytest.raises(ValueError, match="several submodules"):
+        weight_variants({"state_dict": raw, "callbacks": {unnamed: {"ema": ema.state_dict()}}})
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.ckpt"):
+        load_checkpoint(bad)
+    torch.save({"weights": 1}, tmp_path / "dict.ckpt")
+    with pytest.raises(ValueError, match="state_dict"):
+        load_checkpoint(tmp_path / "dict.ckpt")
+
+
+# ---- targets ------------------------------------------------------------------------------------------------
+def test_targets_lists_paths_types_and_units(capsys):
+    code, out, err = _run(capsys, "targets", "test_cli.TinyClassifier", "--input-shape", "1,12,12")
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert rows["conv"] == ["conv", "Conv2d", "4x12x12", "4"]
+    assert rows["act"][-1] == "4" and rows["flatten"][-1] == "576" and rows["fc"] == ["fc", "Linear", "5", "5"]
+
+
+def test_targets_init_args_from_checkpoint_and_json(ckpts, capsys):
+    code, out, err = _run(capsys, "targets", "test_cli.TinyClassifier", "--ckpt", ckpts["a"], "--init-args",
+                          '{"width": 3}')
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert rows["conv"][-1] == "3" and rows["flatten"][-1] == "432"  # shape read from the reservoir, width from JSON
+
+
+# ---- compare ------------------------------------------------------------------------------------------------
+def test_compare_ldam_checkpoint_writes_tensorboard_and_png(ckpts, tmp_path, capsys):
+    out_dir = tmp_path / "cmp"
+    code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--neurons", "conv:0-1", "fc:0", "--out", out_dir,
+                          *FAST)
+    assert code == 0, err
+    step = load_checkpoint(ckpts["a"])["global_step"]
+    assert step == 4
+    acc = _events(out_dir)
+    images, scalars = set(acc.Tags()["images"]), set(acc.Tags()["scalars"])
+    for layer in ("conv", "fc"):
+        for variant in ("raw", "ema", "compare"):
+            tag = f"ldam/{variant}/{layer}"
+            assert tag in images
+            assert [e.step for e in acc.Images(tag)] == [step]
+        for variant in ("raw", "ema"):
+            for name in ("activation", "diversity", "realism"):  # realism: the reservoir gave real data -> D
+                assert f"ldam/{variant}/{layer}/{name}" in scalars
+    assert [e.step for e in acc.Scalars("ldam/nonfinite_resets")] == [step]
+    raw_act = acc.Scalars("ldam/raw/conv/activation")[0].value
+    assert raw_act != acc.Scalars("ldam/ema/conv/activation")[0].value  # different weights, same seed
+    from PIL import Image
+
+    for layer in ("conv", "fc"):
+        png = out_dir / f"compare_{layer}.png"
+        assert png.is_file()
+        with Image.open(png) as img:
+            assert img.width > img.height > 0
+    assert f"tensorboard --logdir {out_dir}" in out and str(out_dir / "compare_conv.png") in out
+    assert "16 from" in out  # real inputs from the reservoir
+
+
+def test_compare_defaults_neurons_from_the_callback_and_is_deterministic(ckpts, tmp_path, capsys):
+    vals = []
+    for run in ("r1", "r2"):
+        code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--out", tmp_path / run, *FAST)
+        assert code == 0, err
+        assert "'conv:0-1' (from the checkpoint's LDAMCallback)" in out
+        vals.append([s.value for s in _events(tmp_path / run).Scalars("ldam/ema/conv/activation")])
+    assert vals[0] == vals[1]
+
+
+def test_compare_lightning_ema_layout(ckpts, tmp_path, capsys):
+    out_dir = tmp_path / "lema"
+    code, out, err = _run(capsys, "compare", ckpts["b"], *MODEL, "--neurons", "fc:0-1", "--input-shape", "1,12,12",
+                          "--out", out_dir, *FAST)
+    assert code == 0, err
+    assert "λ = 0" in out  # no reservoir: no discriminator
+    acc = _events(out_dir)
+    assert {"ldam/raw/fc", "ldam/ema/fc", "ldam/compare/fc"} <= set(acc.Tags()["images"])
+    assert "ldam/raw/fc/realism" not in acc.Tags()["scalars"]
+    assert acc.Images("ldam/ema/fc")[0].step == load_checkpoint(ckpts["b"])["global_step"]
+    assert (out_dir / "compare_fc.png").is_file()
+
+
+def test_compare_after_fit_lightning_checkpoint_notes_equal_weights(ckpts, tmp_path, capsys):
+    code, out, err = _run(capsys, "compare", ckpts["b_end"], *MODEL, "--neurons", "fc:0", "--input-shape",
+                          "1,12,12", "--out", tmp_path / "end", "--variants", "raw,ema", *FAST)
+    assert code == 0, err
+    assert "equal the raw ones" in err
+
+
+def test_compare_two_checkpoints_names_variants_from_stems(ckpts, tmp_path, capsys):
+    out_dir = tmp_path / "two"
+    code, out, err = _run(capsys, "compare", ckpts["c2"], ckpts["c4"], *MODEL, "--neurons", "conv:0",
+                          "--input-shape", "1,12,12", "--value-range", "0,1", "--out", out_dir, *FAST)
+    assert code == 0, err
+    acc = _events(out_dir)
+    images = set(acc.Tags()["images"])
+    assert {"ldam/epoch=0-step=2/conv", "ldam/epoch=0-step=4/conv", "ldam/compare/conv"} <= images
+    assert acc.Images("ldam/compare/conv")[0].step == 2  # the first checkpoint's global_step
+    a = acc.Scalars("ldam/epoch=0-step=2/conv/activation")[0].value
+    assert a != acc.Scalars("ldam/epoch=0-step=4/conv/activation")[0].value
+
+
+def test_compare_same_stem_twice_is_made_unique(ckpts, tmp_path, capsys):
+    out_dir = tmp_path / "same"
+    code, out, err = _run(capsys, "compare", ckpts["c"], ckpts["c"], *MODEL, "--neurons", "fc:0", "--input-shape",
+                          "1,12,12", "--out", out_dir, *FAST)
+    assert code == 0, err
+    images = set(_events(out_dir).Tags()["images"])
+    assert {"ldam/c/fc", "ldam/c-2/fc", "ldam/compare/fc"} <= images
+
+
+def test_compare_with_normalization_and_single_variant(ckpts, tmp_path, capsys):
+    out_dir = tmp_path / "single"
+    code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--neurons", "fc:1", "--mean", "0.5", "--std",
+                          "0.25", "--variants", "ema", "--disc-weight", "0", "--out", out_dir, *FAST)
+    assert code == 0, err
+    images = set(_events(out_dir).Tags()["images"])
+    assert images == {"ldam/ema/fc"}
+    assert (out_dir / "compare_fc.png").is_file()
+
+
+# ---- errors: exit code 2, one line naming the argument ------------------------------------------------------
+@pytest.mark.parametrize("argv, needle", [
+    (["compare", "{missing}", *MODEL, "--neurons", "fc:0"], "CKPT: "),
+    (["compare", "{bad}", *MODEL, "--neurons", "fc:0"], "is not a PyTorch checkpoint"),
+    (["compare", "{c}", *MODEL, "--neurons", "fc:0", "--input-shape", "1,12,12"], "holds no averaged weights"),
+    (["compare", "{a}", "--model", "nope_pkg.mod.Class", "--neurons", "fc:0"], "--model: cannot import "
+                                                                                 "'nope_pkg.mod.Class'"),
+    (["compare", "{a}", "--model", "test_cli.NoSuchClass", "--neurons", "fc:0"], "--model: cannot import "
+                                                                                 "'test_cli.NoSuchClass'"),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:9"], "--neurons: index 9 is out of range"),
+    (["compare", "{a}", *MODEL, "--neurons", "nolayer:0"], "--neurons: layer path 'nolayer'"),
+    (["compare", "{a}", *MODEL, "--neurons", "fc"], "--neurons: spec 'fc' has no ':'"),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--input-shape", "1,x,12"], "argument --input-shape"),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--input-shape", "1,28,28"], "--input-shape: 1,28,28"),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--value-range", "1,0"], "argument --value-range"),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--init-args", "{bad"], "argument --init-args"),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--init-args", '{"depth": 2}'], "--model/--init-args"),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--init-args", '{"width": 3}'], "do not fit"),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--variants", "raw,swa"], "--variants: "),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--mean", "0.5"], "--mean/--std: "),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--module", "nope"], "--module: "),
+    (["compare", "{b}", *MODEL, "--neurons", "fc:0"], "--input-shape: required"),
+    (["compare", "{b}", *MODEL, "--neurons", "fc:0", "--input-shape", "1,12,12", "--disc-weight", "1"],
+     "--disc-weight: "),
+    (["targets", "test_cli.TinyClassifier"], "--input-shape: required"),
+    (["targets", "test_cli.TinyClassifier", "--input-shape", "3,12,12"], "--input-shape: the model rejected"),
+    (["targets", "test_cli.TinyClassifier", "--input-shape", "1,12,12", "--ckpt", "{missing}"], "--ckpt: "),
+])
+def test_errors_exit_2_with_one_clear_line(ckpts, tmp_path, capsys, argv, needle):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"garbage")
+    paths = {"missing": str(tmp_path / "missing.ckpt"), "bad": str(bad),
+             **{k: str(ckpts[k]) for k in ("a", "b", "c")}}
+    argv = [a.format(**paths) if a.startswith("{") and a[1:-1] in paths else a for a in argv]
+    extra = ["--out", str(tmp_path / "o"), *FAST] if argv[0] == "compare" else []
+    code, out, err = _run(capsys, *argv, *extra)
+    assert code == 2
+    assert needle in err, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(("lightning-ldam: error: ", "lightning-ldam compare: error: ",
+                            "lightning-ldam targets: error: ")), err
+    if "missing" in needle or needle in ("CKPT: ", "--ckpt: "):
+        assert "missing.ckpt" in last
+
+
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == 0
+    assert "compare" in capsys.readouterr().out
+    assert main(["compare", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--neurons" in out and "sys.path" in out
+
+
+# ---- entry points -------------------------------------------------------------------------------------------
+def test_python_dash_m_help():
+    proc = subprocess.run([sys.executable, "-m", "lightning_ldam", "--help"], capture_output=True, text=True,
+                          cwd=str(REPO), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "targets" in proc.stdout and "compare" in proc.stdout
+
+
+def test_console_script_help():
+    script = Path(sys.executable).parent / "lightning-ldam"
+    if not script.exists():
+        pytest.skip(f"console script not installed at {script} (run `pip install -e .`)")
+    proc = subprocess.run([str(script), "compare", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--model" in proc.stdout and "--variants" in proc.stdout
