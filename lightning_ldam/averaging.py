@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel
 from lightning_ldam import _validation as V
 from lightning_ldam.snapshot import snapshot
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "has_batchnorm", "refresh_batchnorm"]
 
 
 class _EMAUpdate:
@@ -89,3 +89,38 @@ class EMA(nn.Module):
             return False
         self.average.update_parameters(model)
         return True
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+def refresh_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> None:
+    """Recompute ``model``'s BatchNorm running statistics from ``inputs`` (in place; for a frozen copy).
+
+    An average of weights comes with no matching BatchNorm statistics when only parameters were
+    averaged (Lightning's ``StochasticWeightAveraging``, ``AveragedModel(use_buffers=False)``): its buffers
+    are those of the copy's creation. This is ``torch.optim.swa_utils.update_bn`` on ``inputs`` (a cumulative
+    average over one pass), without touching the global RNG (Dropout runs in train mode meanwhile) and
+    usable under a caller's ``no_grad``/``inference_mode``. Modes and momenta are restored.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or inputs.shape[0] == 0:
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in bns]
+    device = next((t.device for t in model.state_dict().values()), inputs.device)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                torch.inference_mode(False), torch.no_grad():
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average: every batch weighs the same
+            model.train()
+            for start in range(0, inputs.shape[0], batch_size):
+                model(inputs[start:start + batch_size].to(device))
+    finally:
+        for m, momentum in momenta:
+            m.momentum = momentum
+        for m, mode in modes:
+            m.training = mode

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
 
 from lightning_ldam import _validation as V
-from lightning_ldam.averaging import EMA
+from lightning_ldam.averaging import EMA, has_batchnorm, refresh_batchnorm
 from lightning_ldam.discriminator import build_discriminator
 from lightning_ldam.reservoir import InputKey, Reservoir, extract_input
 from lightning_ldam.result import SampleResult, merge_shards
@@ -268,6 +268,13 @@ class LDAMCallbackLogic:
         """Frozen copies to sample: ``raw`` and whichever averaged copies have been updated."""
         device = self._device(pl_module)
         out = {}
+        swa_bn = next((cb for cb in self._averagers if _in_swa_bn_epoch(cb, trainer)), None)
+        if swa_bn is not None:
+            # StochasticWeightAveraging copied its average into the module for its extra batch-norm epoch:
+            # the module now holds the final SWA model (average + fresh BN statistics), and no raw weights.
+            self._info_once("swa_bn", "LDAMCallback: StochasticWeightAveraging's batch-norm epoch runs on the "
+                                      "averaged weights: this round logs them as 'swa' and has no 'raw'")
+            return {"swa": snapshot(self.network(pl_module), device)}
         if self._at_train_end and self._raw_gone_at_end:
             self._info_once("raw_gone", f"LDAMCallback: {', '.join(self._raw_gone_at_end)} already copied the averaged "
                                         f"weights into the model, so the fit-end round has no raw weights; list "
@@ -285,7 +292,11 @@ class LDAMCallbackLogic:
                 self._info_once(name, f"LDAMCallback: {type(cb).__name__} has no averaged weights yet; skipped")
                 continue
             copy = snapshot(avg_module, device)
-            out[name] = copy.get_submodule(self.module) if self.module else copy
+            copy = copy.get_submodule(self.module) if self.module else copy
+            if not _averages_buffers(cb) and has_batchnorm(copy) and len(self._reservoir):
+                # Only parameters were averaged: BN statistics of the copy's creation would not match them.
+                refresh_batchnorm(copy, self._reservoir.images)
+            out[name] = copy
         return out
 
     def _over_budget(self, trainer: "pl.Trainer") -> bool:
@@ -523,6 +534,22 @@ def _is_tensorboard(logger) -> bool:
 def _is_lightning_averager(cb) -> bool:
     names = {c.__name__ for c in type(cb).__mro__}
     return bool(names & {"WeightAveraging", "StochasticWeightAveraging"})
+
+
+def _in_swa_bn_epoch(cb, trainer) -> bool:
+    """Whether Lightning's StochasticWeightAveraging is in its extra epoch that recomputes BN statistics."""
+    if "StochasticWeightAveraging" not in {c.__name__ for c in type(cb).__mro__}:
+        return False
+    max_epochs = getattr(cb, "_max_epochs", -1)
+    return bool(getattr(cb, "_model_contains_batch_norm", False)) and max_epochs not in (-1, None) \
+        and trainer.current_epoch == max_epochs
+
+
+def _averages_buffers(cb) -> bool:
+    """StochasticWeightAveraging averages parameters only; WeightAveraging does buffers if ``use_buffers``."""
+    if "StochasticWeightAveraging" in {c.__name__ for c in type(cb).__mro__}:
+        return False
+    return bool(getattr(getattr(cb, "_average_model", None), "use_buffers", True))
 
 
 def _lightning_average(cb) -> Tuple[str, Optional[nn.Module], int]:
