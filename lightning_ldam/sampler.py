@@ -169,7 +169,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            noise: Optional[float] = None, temperature: float = 1.0, precondition: str = "rms",
            schedule: str = "cosine", spatial: str = "mean", discriminator: Optional[nn.Module] = None,
            disc_lr: float = 1e-3, disc_every: int = 1, disc_steps: int = 2, disc_warmup: Optional[int] = None,
-           autocast_dtype: Optional[torch.dtype] = None, progress: Union[bool, float] = False) -> SampleResult:
+           autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+           progress: Union[bool, float] = False) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
     Args:
@@ -203,6 +204,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             chains lowered the realism ratio from 1.32 to 1.16 at equal λ; benchmarks/README.md).
         disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option).
+        channels_last: run convolutions in NHWC memory layout (a GPU speed option with autocast; the
+            model's tensors get their layout back afterwards, values are never touched).
         progress: ``True``: a progress bar; a number of seconds: a bar that appears only once sampling
             has taken that long (for callers that do not know in advance whether a call is slow).
 
@@ -249,6 +252,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
                          f"trained discriminator; pass one of them, or disc_weight=0.0")
     if init == "data" and real_data is None:
         raise ValueError("init: 'data' starts chains from real images; pass real_data=..., or use init='noise'")
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last: expected True or False, got {channels_last!r}")
     if not isinstance(progress, bool):
         V.check_positive("progress", progress, allow_zero=True)
     if disc_warmup is not None:
@@ -279,18 +284,21 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         if norm is not None:
             # clone(): tensors made under a caller's inference_mode cannot be saved for backward
             norm = tuple(t.to(device).view(1, -1, *([1] * (len(shape) - 1))).clone() for t in norm)
-        with _frozen(net):
+        with _frozen(net, channels_last=channels_last and len(shape) == 3):
             dtype = V.model_dtype(net)
             resolved = _resolve(net, neurons, shape, device, norm, dtype)
             return _run(net, resolved, shape, chains, cfg, lo, hi, norm, real_cpu, init, seed, device,
-                        spatial, discriminator, disc_lr, autocast_dtype, progress, started, dtype)
+                        spatial, discriminator, disc_lr, autocast_dtype, channels_last and len(shape) == 3,
+                        progress, started, dtype)
 
 
 class _frozen:
-    """Eval mode and ``requires_grad=False`` for the duration; everything restored on exit."""
+    """Eval mode and ``requires_grad=False`` (and optionally NHWC layout) for the duration; all restored."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, channels_last: bool = False):
         self.model = model
+        self.channels_last = channels_last
+        self.layouts = []
 
     def __enter__(self):
         self.modes = [(m, m.training) for m in self.model.modules()]
@@ -298,9 +306,16 @@ class _frozen:
         self.model.eval()
         for p, _ in self.flags:
             p.requires_grad_(False)
+        if self.channels_last:
+            for t in list(self.model.parameters()) + list(self.model.buffers()):
+                if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                    self.layouts.append((t, t.data))  # the original storage comes back on exit
+                    t.data = t.data.contiguous(memory_format=torch.channels_last)
         return self.model
 
     def __exit__(self, *exc):
+        for t, data in self.layouts:
+            t.data = data
         for m, mode in self.modes:
             m.training = mode
         for p, flag in self.flags:
@@ -309,7 +324,7 @@ class _frozen:
 
 
 def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cpu, init, seed, device,
-         spatial, discriminator, disc_lr, autocast_dtype, progress, started, dtype) -> SampleResult:
+         spatial, discriminator, disc_lr, autocast_dtype, channels_last, progress, started, dtype) -> SampleResult:
     span = hi - lo
     n = len(neurons)
     batch = n * chains
@@ -345,7 +360,8 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
     def to_model(x_unit):
         x = lo + span * x_unit
         x = x if norm is None else (x - norm[0]) / norm[1]
-        return x.to(dtype)  # chains stay float32; a float64/half model gets its own dtype
+        x = x.to(dtype)  # chains stay float32; a float64/half model gets its own dtype
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def activations(x_unit):
         if autocast_dtype is None:

@@ -1,0 +1,45 @@
+"""Speed options of ``ldam.sample`` (bf16 autocast, channels_last): same answers, model left as found."""
+import pytest
+import torch
+
+import lightning_ldam as ldam
+
+from conftest import INPUT_SHAPE, make_tiny_net
+
+KW = dict(input_shape=INPUT_SHAPE, chains=3, steps=4, seed=1)
+
+
+def test_channels_last_gives_the_same_samples_and_restores_the_model_layout():
+    net = make_tiny_net()
+    before = {n: (t.data_ptr(), t.stride(), t.clone()) for n, t in net.state_dict(keep_vars=True).items()}
+    ref = ldam.sample(net, ["features.0:0-1", "classifier.2:all"], **KW)
+    res = ldam.sample(net, ["features.0:0-1", "classifier.2:all"], channels_last=True, **KW)
+    assert torch.allclose(res.images, ref.images, atol=1e-5)
+    assert torch.allclose(res.activations, ref.activations, rtol=1e-4, atol=1e-5)
+    for n, t in net.state_dict(keep_vars=True).items():
+        ptr, stride, value = before[n]
+        assert (t.data_ptr(), t.stride()) == (ptr, stride), n  # the original storage is back
+        assert torch.equal(t, value), n
+    assert net.training  # modes restored too
+
+
+def test_channels_last_converts_the_conv_weights_during_sampling():
+    net = make_tiny_net()
+    seen = []
+    conv = net.features[3]  # 4 -> 6 channels: NCHW and NHWC strides differ (a 1-channel kernel has both)
+    conv.register_forward_hook(lambda m, a, o: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    ldam.sample(net, "classifier.2:0", channels_last=True, **KW)
+    assert seen and all(seen[1:])  # the first call is the layer probe, before sampling
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_autocast_on_cpu_runs_and_stays_finite():
+    res = ldam.sample(make_tiny_net(), "classifier.2:all", autocast_dtype=torch.bfloat16, **KW)
+    assert torch.isfinite(res.images).all() and torch.isfinite(res.activations).all()
+    assert res.images.dtype == torch.float32  # chains stay float32 whatever the compute dtype
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_bad_channels_last_raises_naming_the_argument(value):
+    with pytest.raises(TypeError, match=rf"^channels_last: expected True or False, got {value!r}$"):
+        ldam.sample(make_tiny_net(), "classifier.2:0", channels_last=value, **KW)
