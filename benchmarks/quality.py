@@ -104,14 +104,20 @@ def run(args) -> str:
                    f"{s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
                    f"{s['diversity']:.2f} | {secs:.1f} |\n" for lam, s, secs in rows)
     table = head + body
-    meta = (f"\n10 class logits × {args.chains} chains, library defaults otherwise; target CNN held-out accuracy "
-            f"{judge.target_acc:.3f}, judge CNN {judge.judge_acc:.3f}; torch {torch.__version__}, "
+    options = "".join(f" --set {kv}" for kv in args.set or [])
+    meta = (f"\n10 class logits × {args.chains} chains, library defaults otherwise{options and ' and' + options}; "
+            f"target CNN held-out accuracy {judge.target_acc:.3f}, judge CNN {judge.judge_acc:.3f}; torch {torch.__version__}, "
             f"{torch.get_num_threads()} CPU threads. Command: `python benchmarks/quality.py"
             f"{' --write' if args.write else ''}`\n")
     return table + meta
 
 
 def type_guess(value: str):
+    """``--set`` values: ints, floats, true/false, torch dtypes by name (``bfloat16``), else the string."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(getattr(torch, value, None), torch.dtype):
+        return getattr(torch, value)
     for cast in (int, float):
         try:
             return cast(value)
