@@ -106,7 +106,8 @@ def run(args) -> str:
     table = head + body
     options = "".join(f" --set {kv}" for kv in args.set or [])
     meta = (f"\n10 class logits × {args.chains} chains, library defaults otherwise{options and ' and' + options}; "
-            f"target CNN held-out accuracy {judge.target_acc:.3f}, judge CNN {judge.judge_acc:.3f}; torch {torch.__version__}, "
+            f"target CNN held-out accuracy {judge.target_acc:.3f}, judge CNN {judge.judge_acc:.3f}; "
+            f"torch {torch.__version__}, "
             f"{torch.get_num_threads()} CPU threads. Command: `python benchmarks/quality.py"
             f"{' --write' if args.write else ''}`\n")
     return table + meta

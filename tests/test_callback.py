@@ -147,25 +147,7 @@ class StepLog(LDAMCallback):
             self.round_steps.append(trainer.global_step)
 
 
-@pytest.fixture(autouse=True)
-def lightning_env():
-    """``seed_everything`` and ``Trainer(deterministic=True)`` set PL_GLOBAL_SEED/CUBLAS_WORKSPACE_CONFIG:
-    undo that before the hygiene fixture looks for leaked variables."""
-    env = dict(os.environ)
-    yield
-    for key in set(os.environ) - set(env):
-        del os.environ[key]
-    os.environ.update(env)
-
-
-@pytest.fixture
-def no_failed_rounds():
-    """Every warning during the test; fails the test if a round was skipped because sampling failed."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield caught
-    failed = [str(w.message) for w in caught if "sampling failed" in str(w.message)]
-    assert not failed, failed
+pytestmark = pytest.mark.usefixtures("lightning_env")
 
 
 # ---- schedule and arguments, without a Trainer -----------------------------------------------------------

@@ -11,9 +11,10 @@ from torch import nn
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 
 from lightning_ldam.averaging import refresh_batchnorm
-from test_callback import (FAST, NEURONS, VariantLog, clone_state, fit, lightning_env,  # noqa: F401
-                           no_failed_rounds)
 from conftest import make_tiny_net
+from test_callback import FAST, NEURONS, VariantLog, clone_state, fit
+
+pytestmark = pytest.mark.usefixtures("lightning_env")
 
 
 class SWALog(VariantLog):

@@ -13,16 +13,16 @@ from typing import Any, Dict, List
 import pytest
 import torch
 
+import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning_ldam.callback as callback_module
 from lightning_ldam.callback import LDAMCallback
-from test_callback import (FAST, NEURONS, LiveAtBatchEnd, VariantLog, _live, lightning_env, no_failed_rounds,  # noqa: F401
-                            assert_same, clone_state, events, fit, ldam_tags,
-                           loader, make_trainer, TinyModule)
+from test_callback import (FAST, NEURONS, LiveAtBatchEnd, TinyModule, VariantLog, _live, assert_same, clone_state,
+                           events, fit, ldam_tags, loader, make_trainer)
 
-import lightning.pytorch as pl
+pytestmark = pytest.mark.usefixtures("lightning_env")
 
 
 class HookRounds(LDAMCallback):
@@ -116,8 +116,8 @@ class RawAtRound(VariantLog):
 
 
 @pytest.mark.parametrize("averager_first", [False, True], ids=["averager-after", "averager-before"])
-def test_validation_round_sees_raw_weights_while_ema_weight_averaging_swapped_them(tmp_path, no_failed_rounds,
-                                                                                 averager_first):
+def test_validation_round_sees_raw_weights_while_ema_weight_averaging_swapped_them(
+        tmp_path, no_failed_rounds, averager_first):
     """EMAWeightAveraging swaps its average in for validation and back in its on_validation_epoch_end:
     whatever the callback order, the round (on_validation_end) must see the raw weights as raw."""
     averager, live = EMAWeightAveraging(decay=0.5), LiveAtBatchEnd()

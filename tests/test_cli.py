@@ -335,8 +335,8 @@ def test_compare_with_normalization_and_single_variant(ckpts, tmp_path, capsys):
     (["compare", "{missing}", *MODEL, "--neurons", "fc:0"], "CKPT: "),
     (["compare", "{bad}", *MODEL, "--neurons", "fc:0"], "is not a PyTorch checkpoint"),
     (["compare", "{c}", *MODEL, "--neurons", "fc:0", "--input-shape", "1,12,12"], "holds no averaged weights"),
-    (["compare", "{a}", "--model", "nope_pkg.mod.Class", "--neurons", "fc:0"], "--model: cannot import "
-                                                                                 "'nope_pkg.mod.Class'"),
+    (["compare", "{a}", "--model", "nope_pkg.mod.Class", "--neurons", "fc:0"],
+     "--model: cannot import 'nope_pkg.mod.Class'"),
     (["compare", "{a}", "--model", "test_cli.NoSuchClass", "--neurons", "fc:0"], "--model: cannot import "
                                                                                  "'test_cli.NoSuchClass'"),
     (["compare", "{a}", *MODEL, "--neurons", "fc:9"], "--neurons: index 9 is out of range"),

@@ -144,8 +144,6 @@ def test_a_transient_nan_costs_one_reset_per_chain():
     assert torch.isfinite(res.trace[..., 4:]).all()
 
 
-
-
 def test_a_transient_nan_costs_one_reset_per_chain_with_psgld():
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), NaNOnce(at=5))
     res = ldam.sample(net, "2:0-1", input_shape=INPUT_SHAPE, chains=3, steps=20, precondition="psgld")

@@ -9,7 +9,9 @@ import pytest
 import torch
 import yaml
 
-from test_callback import events, ldam_tags, lightning_env  # noqa: F401
+from test_callback import events, ldam_tags
+
+pytestmark = pytest.mark.usefixtures("lightning_env")
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 

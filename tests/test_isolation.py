@@ -181,8 +181,6 @@ def test_works_in_every_grad_context(tiny_net, context, with_disc):
     assert not res.images.is_inference()
 
 
-
-
 def test_normalize_works_under_inference_mode(tiny_net):
     reference = _run(tiny_net, 1, normalize=(0.5, 0.25))
     with torch.inference_mode():

@@ -22,7 +22,9 @@ import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_ldam.callback import LDAMCallback
-from test_callback import NEURONS, PAD, TILE, fit, lightning_env, no_failed_rounds  # noqa: F401
+from test_callback import NEURONS, PAD, TILE, fit
+
+pytestmark = pytest.mark.usefixtures("lightning_env")
 
 #: Bypass any http(s)_proxy from the environment: the server is on localhost.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -173,8 +173,6 @@ def test_other_type_errors(name, value, match):
     _raises_before_sampling(TypeError, match, **{name: value})
 
 
-
-
 def test_float64_model_is_sampled_in_its_own_dtype():
     net = make_tiny_net().double().eval()
     res = ldam.sample(net, "classifier.2:0", input_shape=INPUT_SHAPE, chains=2, steps=3)
