@@ -84,10 +84,16 @@ def run(args) -> str:
         key, _, value = kv.partition("=")
         extra[key] = type_guess(value)
     for lam in lambdas:
+        warm = {}
+        if args.warm_d and lam > 0:
+            # the callback's later rounds: a discriminator already trained by an earlier (default) call
+            first = ldam.sample(judge.target, "classifier.4:all", input_shape=(1, 28, 28), chains=args.chains,
+                                real_data=judge.data["target_x"], disc_weight=lam, seed=args.seed + 1)
+            warm = {"discriminator": first.discriminator}
         t0 = time.perf_counter()
         res = ldam.sample(judge.target, "classifier.4:all", input_shape=(1, 28, 28), chains=args.chains,
                           real_data=judge.data["target_x"] if lam > 0 else None, disc_weight=lam,
-                          seed=args.seed, **extra)
+                          seed=args.seed, **warm, **extra)
         secs = time.perf_counter() - t0
         s = judge.score(res)
         rows.append((lam, s, secs))
@@ -104,7 +110,7 @@ def run(args) -> str:
                    f"{s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
                    f"{s['diversity']:.2f} | {secs:.1f} |\n" for lam, s, secs in rows)
     table = head + body
-    options = "".join(f" --set {kv}" for kv in args.set or [])
+    options = "".join(f" --set {kv}" for kv in args.set or []) + (" --warm-d" if args.warm_d else "")
     meta = (f"\n10 class logits × {args.chains} chains, library defaults otherwise{options and ' and' + options}; "
             f"target CNN held-out accuracy {judge.target_acc:.3f}, judge CNN {judge.judge_acc:.3f}; "
             f"torch {torch.__version__}, "
@@ -135,6 +141,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--set", action="append", help="extra ldam.sample keyword, e.g. --set steps=300")
+    p.add_argument("--warm-d", action="store_true", help="measure with a discriminator warm-started by an "
+                   "earlier default call (as in the callback's later rounds)")
     p.add_argument("--save-grid", default=None, help="write sample grids to PREFIX_lamX.png")
     p.add_argument("--write", action="store_true", help="write the table into benchmarks/README.md")
     args = p.parse_args(argv)

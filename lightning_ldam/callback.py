@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 AVERAGING = ("auto", "ema", None)
 #: Seconds a round runs before its progress bar appears (short rounds stay silent).
 _PROGRESS_AFTER_S = 3.0
+#: Default steps of a round whose variants all have a warm (earlier rounds') discriminator. MNIST quality with
+#: a warm D at 256 steps meets every target that a fresh D needs the sampler's 512 for (benchmarks/README.md).
+_WARM_D_STEPS = 256
 
 
 class LDAMCallbackLogic:
@@ -357,15 +360,16 @@ class LDAMCallbackLogic:
         travels with the gather), so a fault on one rank can never leave the others waiting.
         """
         world = trainer.world_size
+        steps = self._round_steps(snaps)
         if world == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            return {name: self._sample(name, net, self.neurons) for name, net in snaps.items()}
+            return {name: self._sample(name, net, self.neurons, steps) for name, net in snaps.items()}
         shard = self._resolved[trainer.global_rank::world]
         local: Dict[str, SampleResult] = {}
         error = None
         try:
             for name, net in snaps.items():
                 if shard:
-                    local[name] = dataclasses.replace(self._sample(name, net, shard), discriminator=None)
+                    local[name] = dataclasses.replace(self._sample(name, net, shard, steps), discriminator=None)
         except Exception as err:  # reported after the gather, on every rank
             error = f"rank {trainer.global_rank}: {type(err).__name__}: {err}"
         gathered: List[Any] = [None] * world
@@ -380,7 +384,15 @@ class LDAMCallbackLogic:
     def _device(self, pl_module: nn.Module) -> torch.device:
         return torch.device(self.sample_device) if self.sample_device is not None else V.model_device(pl_module)
 
-    def _sample(self, variant: str, net: nn.Module, neurons: NeuronSpec) -> SampleResult:
+    def _round_steps(self, snaps: Dict[str, nn.Module]) -> Optional[int]:
+        """``steps``, else half the sampler's default when every variant's discriminator is warm (the same
+        for all variants, so they stay comparable), else the sampler's default (``None``)."""
+        if self.steps is not None:
+            return self.steps
+        warm = all(name in self._discriminators or name in self._pending_disc_state for name in snaps)
+        return _WARM_D_STEPS if warm and snaps else None
+
+    def _sample(self, variant: str, net: nn.Module, neurons: NeuronSpec, steps: Optional[int]) -> SampleResult:
         shape = self.input_shape or self._reservoir.input_shape()
         box = self.value_range or self._reservoir.value_range()
         real = self._reservoir.images if len(self._reservoir) else None
@@ -394,7 +406,7 @@ class LDAMCallbackLogic:
         kwargs = dict(self.sampler_kwargs)
         # A bar only for rounds that turn out slow, only where Lightning shows its own bar, rank 0 only.
         kwargs.setdefault("progress", _PROGRESS_AFTER_S if self._show_progress else False)
-        res = sample(net, neurons, input_shape=shape, chains=self.chains, steps=self.steps, real_data=real,
+        res = sample(net, neurons, input_shape=shape, chains=self.chains, steps=steps, real_data=real,
                      disc_weight=weight, value_range=box, normalize=self.normalize, seed=self.seed,
                      discriminator=disc, device=self._device(net), **kwargs)
         if res.discriminator is not None:
@@ -485,7 +497,8 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
             round that would exceed it is skipped (counted in ``ldam/skipped_rounds``); the fit-end round
             always runs. Default ``None``: every due round runs.
         chains: chains per neuron.
-        steps: Langevin steps per round (default: the sampler's).
+        steps: Langevin steps per round (default: the sampler's 512 while a discriminator is fresh, 256 once
+            every variant's discriminator is warm from earlier rounds: the same quality, half the cost).
         input_shape: per-sample input shape; default: inferred from the training batches.
         value_range: the input box; default: inferred from the training batches.
         normalize: ``(mean, std)`` if the network expects normalised inputs of pixel-space data.

@@ -206,3 +206,46 @@ def test_sampler_kwargs_progress_overrides_the_callbacks_choice(tmp_path, monkey
                       sampler_kwargs={"disc_warmup": 1, "progress": True})
     fit(tmp_path, [cb], max_steps=2, enable_progress_bar=False)
     assert seen[1:] and all(p is True for p in seen[1:])
+
+
+# ---- steps per round: half the default once every discriminator is warm ---------------------------------
+def _requested_steps(monkeypatch) -> List[Any]:
+    """Records the ``steps`` each sampling call asked for, and runs it with 3 steps (fast)."""
+    asked: List[Any] = []
+    real = callback_module.sample
+
+    def spy(*args, **kwargs):
+        if kwargs.get("chains", 1) > 1:  # not the first batch's 1-chain target check
+            asked.append((kwargs.get("steps"), kwargs.get("discriminator") is not None))
+        return real(*args, **{**kwargs, "steps": 3, "disc_warmup": 1})
+
+    monkeypatch.setattr(callback_module, "sample", spy)
+    return asked
+
+
+def test_rounds_with_warm_discriminators_take_half_the_default_steps(tmp_path, monkeypatch, no_failed_rounds):
+    asked = _requested_steps(monkeypatch)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, chains=2, reservoir_size=16)
+    fit(tmp_path, [cb], max_steps=6)
+    # step 2: raw and ema with fresh discriminators -> the sampler's default (None); steps 4, 6: warm -> 256
+    assert asked == [(None, False), (None, False)] + [(callback_module._WARM_D_STEPS, True)] * 4
+
+
+def test_explicit_steps_are_kept_in_every_round(tmp_path, monkeypatch, no_failed_rounds):
+    asked = _requested_steps(monkeypatch)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, chains=2, steps=7, reservoir_size=16)
+    fit(tmp_path, [cb], max_steps=4)
+    assert [s for s, _ in asked] == [7, 7, 7, 7]
+
+
+def test_a_variant_with_a_fresh_discriminator_keeps_the_round_at_the_default(
+        tmp_path, monkeypatch, no_failed_rounds):
+    """With ema_every_n_steps=2 the EMA joins at step 2 with a fresh D while raw's is warm: both take the
+    default that round, so the variants stay step for step comparable."""
+    asked = _requested_steps(monkeypatch)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, chains=2, reservoir_size=16,
+                      ema_every_n_steps=2)
+    fit(tmp_path, [cb], max_steps=3)
+    # step 1: raw only (EMA not updated yet), fresh; step 2: raw warm + ema fresh -> default for both;
+    # step 3: both warm -> 256
+    assert asked == [(None, False), (None, True), (None, False)] + [(callback_module._WARM_D_STEPS, True)] * 2
