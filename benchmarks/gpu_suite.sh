@@ -5,30 +5,41 @@
 #        P="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
 #           --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .whl"
 #        pip download --no-deps $P mlxtend torch-lucent kornia kornia_rs decorator && pip download $P ipython
-#   2. run (device tool): command "bash benchmarks/gpu_suite.sh", carry [".whl"], timeout_s 540
+#   2. run (device tool), carry [".whl"], in two calls that fit one session's 15 minutes with the start:
+#        "PART=throughput bash benchmarks/gpu_suite.sh"  (timeout_s 300; ~3 min on an H100/H200, estimated)
+#        "PART=overhead bash benchmarks/gpu_suite.sh"    (timeout_s 330; ~4-5 min, estimated)
+#      and "PART=quality ..." (bf16 + channels_last quality, ~3 min) only if time is left.
 #   3. the tables land in $OUT/*.txt; copy the figures into benchmarks/README.md with the device name.
 #
-# Each part has its own time limit so one slow part cannot eat the others; PART=throughput|overhead|quality
-# runs one part only.
+# Each part has its own time limit so one slow part cannot eat the others. PART: comma-separated parts
+# (default: all three). QUICK=1: CPU-sized smoke run of the same commands (checks the script, not figures),
+# e.g. here: QUICK=1 SKIP_WHEELS=1 PY=.venv/bin/python OUT=/tmp/gs bash benchmarks/gpu_suite.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/ldam_out}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+PY=${PY:-python3}
+if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt" 2>&1
-python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" >> "$OUT/device.txt"
+"$PY" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" >> "$OUT/device.txt"
 cat "$OUT/device.txt"
-part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
+part() { [ -z "${PART:-}" ] || [[ ",$PART," == *",$1,"* ]]; }
+if [ -n "${QUICK:-}" ]; then
+  THR="--quick --steps 2 --lucent-steps 2 --only main,lucent"; OVH="--epochs 1 --configs mnist --steps 2 --chains 2 --no-ema"
+  QUA="--set steps=8 --epochs 1"
+else
+  THR=""; OVH="--epochs 3 --cifar-images 5000"; QUA=""
+fi
 if part throughput; then
-  timeout 240 python3 benchmarks/throughput.py 2>&1 | grep -v Warning | tee "$OUT/throughput.txt"
+  timeout 280 "$PY" benchmarks/throughput.py $THR 2>&1 | grep -v Warning | tee "$OUT/throughput.txt"
 fi
 if part overhead; then
-  timeout 260 python3 benchmarks/overhead.py --epochs 3 2>&1 | grep "^|\|^device\|LDAMCallback: step\|skipping" \
+  timeout 310 "$PY" benchmarks/overhead.py $OVH 2>&1 | grep "^|\|^device\|LDAMCallback: step\|skipping" \
     | tee "$OUT/overhead.txt"
 fi
 if part quality; then  # quality with the speed options on (must not lower the figures)
-  timeout 200 python3 benchmarks/quality.py --lambdas 0,default --set autocast_dtype=bfloat16 \
-    --set channels_last=true 2>&1 | tail -8 | tee "$OUT/quality_bf16_cl.txt"
+  timeout 240 "$PY" benchmarks/quality.py --lambdas 0,default --set autocast_dtype=bfloat16 \
+    --set channels_last=true $QUA 2>&1 | tail -8 | tee "$OUT/quality_bf16_cl.txt"
 fi
