@@ -53,7 +53,7 @@ class MNISTNet(nn.Module):
 class MNISTClassifier(pl.LightningModule):
     """The CNN trained with SGD + momentum; inputs are ``[B, 1, 28, 28]`` pixels in [0, 1]."""
 
-    def __init__(self, lr: float = 0.05, num_classes: int = 10):
+    def __init__(self, lr: float = 0.02, num_classes: int = 10):
         super().__init__()
         self.save_hyperparameters()
         self.net = MNISTNet(num_classes)
