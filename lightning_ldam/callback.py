@@ -25,7 +25,7 @@ from lightning_ldam.averaging import EMA, has_batchnorm, refresh_batchnorm
 from lightning_ldam.discriminator import build_discriminator
 from lightning_ldam.reservoir import InputKey, Reservoir, extract_input
 from lightning_ldam.result import SampleResult, merge_shards
-from lightning_ldam.sampler import sample
+from lightning_ldam.sampler import WARM_DISC_STEPS, sample
 from lightning_ldam.snapshot import snapshot
 from lightning_ldam.summaries import summarize, write_tensorboard
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons
@@ -41,9 +41,8 @@ log = logging.getLogger(__name__)
 AVERAGING = ("auto", "ema", None)
 #: Seconds a round runs before its progress bar appears (short rounds stay silent).
 _PROGRESS_AFTER_S = 3.0
-#: Default steps of a round whose variants all have a warm (earlier rounds') discriminator. MNIST quality with
-#: a warm D at 256 steps meets every target that a fresh D needs the sampler's 512 for (benchmarks/README.md).
-_WARM_D_STEPS = 256
+#: Default steps of a round whose variants all have a warm (earlier rounds') discriminator.
+_WARM_D_STEPS = WARM_DISC_STEPS
 
 
 class LDAMCallbackLogic:

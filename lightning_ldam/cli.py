@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mean", type=_floats, metavar="M[,M..]", help="normalisation mean (with --std)")
     c.add_argument("--std", type=_floats, metavar="S[,S..]", help="normalisation std (with --mean)")
     c.add_argument("--chains", type=int, default=8, help="chains per neuron (default 8)")
-    c.add_argument("--steps", type=int, help="Langevin steps (default: the sampler's)")
+    c.add_argument("--steps", type=int, help="Langevin steps (default: the sampler's 512; 256 when every variant "
+                   "resumes a discriminator saved by LDAMCallback)")
     c.add_argument("--disc-weight", type=float, metavar="LAMBDA",
                    help="discriminator weight λ (default: the sampler's with the checkpoint's real inputs, "
                         "else 0)")
@@ -284,7 +285,7 @@ def _cli_message(err: BaseException) -> str:
 def _compare(args) -> int:
     from lightning_ldam.checkpoint import ldam_settings, ldam_state, real_inputs, weight_variants
     from lightning_ldam.discriminator import build_discriminator
-    from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT, sample
+    from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT, WARM_DISC_STEPS, sample
     from lightning_ldam.summaries import summarize, write_tensorboard
     from lightning_ldam.targets import parse_neurons
 
@@ -388,6 +389,10 @@ def _compare(args) -> int:
     # ---- sample ------------------------------------------------------------------------------------------
     results = {}
     checked = False
+    steps = args.steps
+    if steps is None and variants and all(d is not None for _, _, d, _ in variants) and real is not None:
+        steps = WARM_DISC_STEPS  # every variant resumes a trained discriminator, as the callback's later rounds
+        print(f"steps: {steps} (every variant has a warm discriminator from the checkpoint; --steps overrides)")
     for name, state, disc_state, idx in variants:
         model = build_model(args.model, args.init_args, ckpts[idx])
         _load_weights(model, state, f"{name!r}", args.model)
@@ -410,7 +415,7 @@ def _compare(args) -> int:
                 disc = None
         print(f"sampling {name!r} ...")
         try:
-            results[name] = sample(net, neurons, input_shape=shape, chains=args.chains, steps=args.steps,
+            results[name] = sample(net, neurons, input_shape=shape, chains=args.chains, steps=steps,
                                    real_data=real, disc_weight=weight, value_range=box, normalize=normalize,
                                    seed=args.seed, device=device, discriminator=disc,
                                    progress=not args.no_progress)

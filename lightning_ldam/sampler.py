@@ -31,12 +31,15 @@ from lightning_ldam.reservoir import extract_input
 from lightning_ldam.result import SampleResult
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons, resolve_neurons
 
-__all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT"]
+__all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "WARM_DISC_STEPS"]
 
 log = logging.getLogger(__name__)
 
 #: λ used when ``real_data`` is given and ``disc_weight`` is not: chosen on benchmarks/quality.py.
 DEFAULT_DISC_WEIGHT = 1.5
+#: Steps enough with a warm discriminator (one trained by earlier calls): on benchmarks/quality.py with
+#: ``--warm-d`` they meet every MNIST quality target that a fresh discriminator needs the default 512 for.
+WARM_DISC_STEPS = 256
 #: Real images kept (at most) from ``real_data`` for the discriminator and data initialisation.
 MAX_REAL_IMAGES = 4096
 

@@ -399,3 +399,34 @@ def test_console_script_help():
     proc = subprocess.run([str(script), "compare", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--model" in proc.stdout and "--variants" in proc.stdout
+
+
+def _spy_steps(monkeypatch):
+    """Records the steps each full sampling call asks for (1-chain neuron checks aside) and runs 2."""
+    import lightning_ldam.sampler as sampler
+
+    asked, real = [], sampler.sample
+
+    def spy(*args, **kwargs):
+        if kwargs.get("chains", 1) > 1:
+            asked.append(kwargs.get("steps"))
+        return real(*args, **{**kwargs, "steps": 2})
+
+    monkeypatch.setattr(sampler, "sample", spy)
+    return asked
+
+
+def test_compare_takes_the_warm_discriminator_steps_when_every_variant_has_one(
+        ckpts, tmp_path, capsys, monkeypatch):
+    from lightning_ldam.sampler import WARM_DISC_STEPS
+
+    asked = _spy_steps(monkeypatch)
+    code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--chains", "2", "--out", tmp_path / "w",
+                          "--no-progress")
+    assert code == 0, err
+    assert asked == [WARM_DISC_STEPS, WARM_DISC_STEPS] and f"steps: {WARM_DISC_STEPS}" in out
+    asked.clear()
+    code, out, err = _run(capsys, "compare", ckpts["b"], *MODEL, "--neurons", "fc:0", "--input-shape", "1,12,12",
+                          "--chains", "2", "--out", tmp_path / "f", "--no-progress")
+    assert code == 0, err
+    assert asked == [None, None]  # no saved discriminators: the sampler's default
