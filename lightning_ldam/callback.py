@@ -146,7 +146,6 @@ class LDAMCallbackLogic:
         self._sampling_seconds = 0.0  # wall time spent in rounds since fit start (this process)
         self._last_round_seconds = 0.0
         self._skipped = 0
-        self._show_progress = False
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -226,11 +225,16 @@ class LDAMCallbackLogic:
         self._checked = True
 
     # ---- hooks ---------------------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        self._reservoir.add(extract_input(batch, self.input_key))  # a bad input_key fails at the first batch
+    def _collect(self, batch: Any, pl_module: nn.Module) -> None:
+        """Offer a batch's inputs to the reservoir; the first batch also checks the neurons (a bad
+        ``input_key`` or neuron index fails here)."""
+        self._reservoir.add(extract_input(batch, self.input_key))
         if not self._checked:
             self._check_targets(pl_module)
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._collect(batch, pl_module)
         step = trainer.global_step
         if self._ema is not None and step != self._last_ema_step:
             self._ema.update(self.network(pl_module), step)
@@ -253,9 +257,7 @@ class LDAMCallbackLogic:
         # Under trainer.validate() no training batch comes: the validation inputs feed the reservoir.
         if not self.during_validation or trainer.sanity_checking or _fitting(trainer):
             return
-        self._reservoir.add(extract_input(batch, self.input_key))
-        if not self._checked:
-            self._check_targets(pl_module)
+        self._collect(batch, pl_module)
 
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # on_validation_end, not on_validation_epoch_end: by now every WeightAveraging callback has swapped
@@ -270,8 +272,7 @@ class LDAMCallbackLogic:
         """Frozen copies to sample: ``raw`` and whichever averaged copies have been updated."""
         device = self._device(pl_module)
         out = {}
-        swa_bn = next((cb for cb in self._averagers if _in_swa_bn_epoch(cb, trainer)), None)
-        if swa_bn is not None:
+        if any(_in_swa_bn_epoch(cb, trainer) for cb in self._averagers):
             # StochasticWeightAveraging copied its average into the module for its extra batch-norm epoch:
             # the module now holds the final SWA model (average + fresh BN statistics), and no raw weights.
             self._info_once("swa_bn", "LDAMCallback: StochasticWeightAveraging's batch-norm epoch runs on the "
@@ -331,7 +332,6 @@ class LDAMCallbackLogic:
                                       f"step {trainer.global_step}); the count goes to ldam/skipped_rounds")
             return
         started = time.perf_counter()
-        self._show_progress = trainer.is_global_zero and getattr(trainer, "progress_bar_callback", None) is not None
         try:
             snaps = self.variants(trainer, pl_module)
             results = self._sample_all(trainer, snaps)
@@ -359,16 +359,19 @@ class LDAMCallbackLogic:
         travels with the gather), so a fault on one rank can never leave the others waiting.
         """
         world = trainer.world_size
-        steps = self._round_steps(snaps)
+        # A bar only for rounds that turn out slow, only where Lightning shows its own bar, rank 0 only.
+        show_bar = trainer.is_global_zero and getattr(trainer, "progress_bar_callback", None) is not None
+        kwargs = {"steps": self._round_steps(snaps), "progress": _PROGRESS_AFTER_S if show_bar else False,
+                  **self.sampler_kwargs}
         if world == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            return {name: self._sample(name, net, self.neurons, steps) for name, net in snaps.items()}
+            return {name: self._sample(name, net, self.neurons, kwargs) for name, net in snaps.items()}
         shard = self._resolved[trainer.global_rank::world]
         local: Dict[str, SampleResult] = {}
         error = None
         try:
             for name, net in snaps.items():
                 if shard:
-                    local[name] = dataclasses.replace(self._sample(name, net, shard, steps), discriminator=None)
+                    local[name] = dataclasses.replace(self._sample(name, net, shard, kwargs), discriminator=None)
         except Exception as err:  # reported after the gather, on every rank
             error = f"rank {trainer.global_rank}: {type(err).__name__}: {err}"
         gathered: List[Any] = [None] * world
@@ -391,7 +394,8 @@ class LDAMCallbackLogic:
         warm = all(name in self._discriminators or name in self._pending_disc_state for name in snaps)
         return _WARM_D_STEPS if warm and snaps else None
 
-    def _sample(self, variant: str, net: nn.Module, neurons: NeuronSpec, steps: Optional[int]) -> SampleResult:
+    def _sample(self, variant: str, net: nn.Module, neurons: NeuronSpec, kwargs: Dict[str, Any]) -> SampleResult:
+        """One variant: ``kwargs`` are the round's sampler settings (steps, progress, ``sampler_kwargs``)."""
         shape = self.input_shape or self._reservoir.input_shape()
         box = self.value_range or self._reservoir.value_range()
         real = self._reservoir.images if len(self._reservoir) else None
@@ -402,10 +406,7 @@ class LDAMCallbackLogic:
             disc.load_state_dict(self._pending_disc_state.pop(variant))
         if real is None and disc is None and weight is None:
             weight = 0.0
-        kwargs = dict(self.sampler_kwargs)
-        # A bar only for rounds that turn out slow, only where Lightning shows its own bar, rank 0 only.
-        kwargs.setdefault("progress", _PROGRESS_AFTER_S if self._show_progress else False)
-        res = sample(net, neurons, input_shape=shape, chains=self.chains, steps=steps, real_data=real,
+        res = sample(net, neurons, input_shape=shape, chains=self.chains, real_data=real,
                      disc_weight=weight, value_range=box, normalize=self.normalize, seed=self.seed,
                      discriminator=disc, device=self._device(net), **kwargs)
         if res.discriminator is not None:
@@ -543,14 +544,22 @@ def _is_tensorboard(logger) -> bool:
     return type(logger).__name__ == "TensorBoardLogger"
 
 
+def _class_names(cb) -> set:
+    # By name, not isinstance: the standalone pytorch_lightning package has its own class hierarchy.
+    return {c.__name__ for c in type(cb).__mro__}
+
+
+def _is_swa(cb) -> bool:
+    return "StochasticWeightAveraging" in _class_names(cb)
+
+
 def _is_lightning_averager(cb) -> bool:
-    names = {c.__name__ for c in type(cb).__mro__}
-    return bool(names & {"WeightAveraging", "StochasticWeightAveraging"})
+    return bool(_class_names(cb) & {"WeightAveraging", "StochasticWeightAveraging"})
 
 
 def _in_swa_bn_epoch(cb, trainer) -> bool:
     """Whether Lightning's StochasticWeightAveraging is in its extra epoch that recomputes BN statistics."""
-    if "StochasticWeightAveraging" not in {c.__name__ for c in type(cb).__mro__}:
+    if not _is_swa(cb):
         return False
     max_epochs = getattr(cb, "_max_epochs", -1)
     return bool(getattr(cb, "_model_contains_batch_norm", False)) and max_epochs not in (-1, None) \
@@ -559,7 +568,7 @@ def _in_swa_bn_epoch(cb, trainer) -> bool:
 
 def _averages_buffers(cb) -> bool:
     """StochasticWeightAveraging averages parameters only; WeightAveraging does buffers if ``use_buffers``."""
-    if "StochasticWeightAveraging" in {c.__name__ for c in type(cb).__mro__}:
+    if _is_swa(cb):
         return False
     return bool(getattr(getattr(cb, "_average_model", None), "use_buffers", True))
 
@@ -571,8 +580,7 @@ def _lightning_average(cb) -> Tuple[str, Optional[nn.Module], int]:
     a plain copy with ``n_averaged`` on the callback for StochasticWeightAveraging); no public accessor exists.
     """
     avg = getattr(cb, "_average_model", None)
-    if type(cb).__name__ == "StochasticWeightAveraging" or "StochasticWeightAveraging" in {
-            c.__name__ for c in type(cb).__mro__}:
+    if _is_swa(cb):
         count = getattr(cb, "n_averaged", None)
         return "swa", avg, 0 if count is None else int(count)
     name = "ema" if "EMA" in type(cb).__name__ else "swa"

@@ -255,15 +255,6 @@ def _unique(names: Sequence[str]) -> List[str]:
     return out
 
 
-def _data_box(real: torch.Tensor) -> Tuple[float, float]:
-    """The callback's rule (:meth:`lightning_ldam.reservoir.Reservoir.value_range`) on the saved inputs."""
-    from lightning_ldam.reservoir import Reservoir
-
-    res = Reservoir(real.shape[0])
-    res.add(real)
-    return res.value_range()
-
-
 def _load_weights(model: nn.Module, state: Dict[str, torch.Tensor], what: str, model_path: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
@@ -285,6 +276,7 @@ def _cli_message(err: BaseException) -> str:
 def _compare(args) -> int:
     from lightning_ldam.checkpoint import ldam_settings, ldam_state, real_inputs, weight_variants
     from lightning_ldam.discriminator import build_discriminator
+    from lightning_ldam.reservoir import value_box
     from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT, WARM_DISC_STEPS, sample
     from lightning_ldam.summaries import summarize, write_tensorboard
     from lightning_ldam.targets import parse_neurons
@@ -368,7 +360,7 @@ def _compare(args) -> int:
                          f"{real_from} ({','.join(map(str, real.shape[1:]))})")
     box = args.value_range
     if box is None:
-        box = _data_box(real) if real is not None else (0.0, 1.0)
+        box = value_box(real) if real is not None else (0.0, 1.0)  # the callback's rule
         print(f"value range: {box} ({'from the reservoir' if real is not None else 'default; set --value-range'})")
     weight = args.disc_weight
     if real is None and weight is None:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["Reservoir", "extract_input"]
+__all__ = ["Reservoir", "extract_input", "value_box"]
 
 InputKey = Union[None, int, str, Callable[[Any], torch.Tensor]]
 _DICT_KEYS = ("image", "input", "x")
@@ -50,6 +50,18 @@ def extract_input(batch: Any, input_key: InputKey = None) -> torch.Tensor:
                          f"a tensor, the first element of a tuple/list, or a dict's {list(_DICT_KEYS)}: pass "
                          f"input_key=<int | str | callable>")
     return out
+
+
+def value_box(images: torch.Tensor) -> Tuple[float, float]:
+    """The pixel box of ``images``: (0, 1) or (-1, 1) when the data fits; (0, 255) for data that fits it
+    and exceeds 2 (8-bit pixels); else the data's min and max."""
+    lo, hi = float(images.min()), float(images.max())
+    for box in ((0.0, 1.0), (-1.0, 1.0)):
+        if lo >= box[0] and hi <= box[1]:
+            return box
+    if lo >= 0.0 and 2.0 < hi <= 255.0:
+        return (0.0, 255.0)
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 class Reservoir:
@@ -99,30 +111,21 @@ class Reservoir:
         slots = slots[keep]
         if self.data is None:
             self.data = torch.empty((self.size, *inputs.shape[1:]))
-            self._filled = 0
         self.data[slots] = rows
-        self._filled = min(self.size, max(self._filled, int(slots.max()) + 1))
 
     @property
     def images(self) -> torch.Tensor:
         """The stored inputs ``[n, ...]`` (n <= size)."""
         if self.data is None:
             raise ValueError("reservoir is empty: no training batch has been seen yet")
-        return self.data[: self._filled]
+        return self.data[: min(self.seen, self.size)]  # slots fill in order: the first min(seen, size)
 
     def input_shape(self) -> Tuple[int, ...]:
         return tuple(self.images.shape[1:])
 
     def value_range(self) -> Tuple[float, float]:
-        """The box of the data: (0, 1) or (-1, 1) when the data fits; (0, 255) for data that fits it and
-        exceeds 2 (8-bit pixels); else the data's min and max."""
-        lo, hi = float(self.images.min()), float(self.images.max())
-        for box in ((0.0, 1.0), (-1.0, 1.0)):
-            if lo >= box[0] and hi <= box[1]:
-                return box
-        if lo >= 0.0 and 2.0 < hi <= 255.0:
-            return (0.0, 255.0)
-        return (lo, hi) if hi > lo else (lo, lo + 1.0)
+        """:func:`value_box` of the stored inputs."""
+        return value_box(self.images)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"seen": self.seen, "data": None if self.data is None else self.images.clone(),
@@ -136,4 +139,3 @@ class Reservoir:
         if data is not None:
             self.data = torch.empty((self.size, *data.shape[1:]))
             self.data[: data.shape[0]] = data
-            self._filled = data.shape[0]

@@ -287,12 +287,12 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         if norm is not None:
             # clone(): tensors made under a caller's inference_mode cannot be saved for backward
             norm = tuple(t.to(device).view(1, -1, *([1] * (len(shape) - 1))).clone() for t in norm)
-        with _frozen(net, channels_last=channels_last and len(shape) == 3):
+        nhwc = channels_last and len(shape) == 3  # a layout of 4-D (image) batches only
+        with _frozen(net, channels_last=nhwc):
             dtype = V.model_dtype(net)
             resolved = _resolve(net, neurons, shape, device, norm, dtype)
             return _run(net, resolved, shape, chains, cfg, lo, hi, norm, real_cpu, init, seed, device,
-                        spatial, discriminator, disc_lr, autocast_dtype, channels_last and len(shape) == 3,
-                        progress, started, dtype)
+                        spatial, discriminator, disc_lr, autocast_dtype, nhwc, progress, started, dtype)
 
 
 class _frozen:

@@ -59,8 +59,8 @@ def test_swa_variant_has_averaged_params_and_refreshed_bn_statistics(swa_run):
         for k in ("features.1.running_mean", "features.1.running_var", "features.3.running_var"):
             assert torch.equal(swa_state[k], expected.state_dict()[k]), k  # recomputed on the reservoir
             assert not torch.equal(swa_state[k], stale[k]), k  # not the statistics of the copy's creation
-        assert_raw_is_live = all(torch.equal(v, r["live"][k]) for k, v in r["variants"]["raw"].items())
-        assert assert_raw_is_live and r["rng_kept"]
+        assert all(torch.equal(v, r["live"][k]) for k, v in r["variants"]["raw"].items())
+        assert r["rng_kept"]
 
 
 def test_swa_batchnorm_epoch_logs_the_final_swa_model_and_no_raw(swa_run, caplog):

@@ -145,7 +145,7 @@ def test_during_validation_must_be_a_bool():
         LDAMCallback(NEURONS, during_validation="yes")
 
 
-def _budget_state(cb, clock, *, started, sampled, last):
+def _budget_state(cb, *, started, sampled, last):
     cb._fit_started, cb._sampling_seconds, cb._last_round_seconds = started, sampled, last
     return types.SimpleNamespace(is_global_zero=True, world_size=1)
 
@@ -154,9 +154,9 @@ def test_over_budget_compares_the_next_round_with_the_training_time(monkeypatch)
     cb = LDAMCallback(NEURONS, max_overhead=0.1)
     monkeypatch.setattr(callback_module.time, "perf_counter", lambda: 1000.0)
     # 100 s since fit start, 10 s of it sampling: 90 s of training. Next round estimated at the last one's cost.
-    assert not cb._over_budget(_budget_state(cb, 1000.0, started=900.0, sampled=5.0, last=4.0))  # 9 <= 9.5
-    assert cb._over_budget(_budget_state(cb, 1000.0, started=900.0, sampled=5.0, last=5.0))  # 10 > 9.5
-    assert not cb._over_budget(_budget_state(cb, 1000.0, started=900.0, sampled=0.0, last=0.0))  # no estimate yet
+    assert not cb._over_budget(_budget_state(cb, started=900.0, sampled=5.0, last=4.0))  # 9 <= 9.5
+    assert cb._over_budget(_budget_state(cb, started=900.0, sampled=5.0, last=5.0))  # 10 > 9.5
+    assert not cb._over_budget(_budget_state(cb, started=900.0, sampled=0.0, last=0.0))  # no estimate yet
 
 
 def test_max_overhead_skips_rounds_counts_them_and_keeps_the_fit_end_round(tmp_path, no_failed_rounds, caplog):
@@ -196,7 +196,7 @@ def test_rounds_show_a_delayed_bar_only_with_lightnings_progress_bar(tmp_path, m
     seen = _progress_seen(monkeypatch)
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, **FAST)
     fit(tmp_path, [cb], max_steps=2, enable_progress_bar=bar)
-    rounds = [p for p in seen[1:]]  # seen[0] is the first batch's 1-step target check
+    rounds = seen[1:]  # seen[0] is the first batch's 1-step target check
     assert rounds and all(p == (callback_module._PROGRESS_AFTER_S if bar else False) for p in rounds)
 
 
