@@ -1,12 +1,14 @@
 """A bounded, uniformly sampled store of real training inputs (reservoir sampling, private RNG).
 
 It feeds the discriminator, tells the callback the input shape and value range, and seeds
-data-initialised chains. Only the chosen rows are copied off the device, so collecting costs little,
-and the randomness comes from a private generator: the training run's RNG is never touched.
+data-initialised chains. Collecting runs in a training hook, so it never waits for the device: the
+chosen rows stay where the batch is (a copy) and move to the CPU in one go when the stored inputs are
+read, or once ``size`` rows are pending. The randomness comes from a private generator: the training
+run's RNG is never touched.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -79,10 +81,12 @@ class Reservoir:
         self.seen = 0
         self.data: Optional[torch.Tensor] = None
         self.generator = torch.Generator().manual_seed(seed)
+        self._pending: List[Tuple[torch.Tensor, torch.Tensor]] = []  # (slots on CPU, rows on the batch's device)
 
     def __getstate__(self) -> Dict[str, Any]:
         # torch.multiprocessing would share the generator's state tensor through a file descriptor that is
         # gone when a spawned child unpickles it: travel as plain bytes instead.
+        self._flush()
         state = dict(self.__dict__)
         state["generator"] = bytes(self.generator.get_state().numpy())
         return state
@@ -93,6 +97,7 @@ class Reservoir:
         self.__dict__.update(state, generator=generator)
 
     def __len__(self) -> int:
+        self._flush()
         return 0 if self.data is None else self.data.shape[0]
 
     @torch.no_grad()
@@ -107,15 +112,29 @@ class Reservoir:
         self.seen += b
         if not keep.any():
             return
-        rows = inputs.detach()[keep.nonzero().squeeze(1).to(inputs.device)].to("cpu", torch.float32)
-        slots = slots[keep]
+        # Advanced indexing copies the rows on the batch's device; no host sync here.
+        rows = inputs.detach()[keep.nonzero().squeeze(1).to(inputs.device, non_blocking=True)]
+        self._pending.append((slots[keep], rows))
+        if sum(r.shape[0] for _, r in self._pending) >= self.size:
+            self._flush()  # bounds what waits on the device to about one reservoir
+
+    def _flush(self) -> None:
+        """Write the pending rows into the CPU store, in arrival order (a later row wins its slot)."""
+        if not self._pending:
+            return
+        rows = torch.cat([r for _, r in self._pending]).to("cpu", torch.float32)  # one device->host copy
         if self.data is None:
-            self.data = torch.empty((self.size, *inputs.shape[1:]))
-        self.data[slots] = rows
+            self.data = torch.empty((self.size, *rows.shape[1:]))
+        start = 0
+        for slots, chunk in self._pending:
+            self.data[slots] = rows[start:start + chunk.shape[0]]
+            start += chunk.shape[0]
+        self._pending.clear()
 
     @property
     def images(self) -> torch.Tensor:
         """The stored inputs ``[n, ...]`` (n <= size)."""
+        self._flush()
         if self.data is None:
             raise ValueError("reservoir is empty: no training batch has been seen yet")
         return self.data[: min(self.seen, self.size)]  # slots fill in order: the first min(seen, size)
@@ -128,10 +147,12 @@ class Reservoir:
         return value_box(self.images)
 
     def state_dict(self) -> Dict[str, Any]:
+        self._flush()
         return {"seen": self.seen, "data": None if self.data is None else self.images.clone(),
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._pending.clear()
         self.seen = state["seen"]
         self.generator.set_state(state["generator"])
         data = state["data"]

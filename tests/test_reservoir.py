@@ -1,4 +1,5 @@
 """The reservoir of real inputs and ``extract_input``, without a Trainer."""
+import pickle
 import random
 
 import numpy as np
@@ -136,6 +137,30 @@ def test_rows_are_copied_to_cpu_float32_and_detached():
     assert res.images.dtype == torch.float32 and not res.images.requires_grad
     assert res.images.data_ptr() != x.data_ptr()
     torch.testing.assert_close(res.images, x.detach().float())
+
+
+def test_kept_rows_wait_on_their_device_until_read_and_are_copies():
+    """The training hook never copies to the host: rows are flushed when the store is read (or once a
+    reservoir's worth is pending); they are copies, so a batch changed in place later changes nothing."""
+    res = Reservoir(8, seed=0)
+    x = torch.rand(3, 1, 2, 2)
+    res.add(x)
+    assert res.data is None and sum(r.shape[0] for _, r in res._pending) == 3  # nothing written yet
+    expected = x.clone()
+    x.zero_()
+    torch.testing.assert_close(res.images, expected)  # reading flushes
+    assert res._pending == []
+    res.add(torch.rand(8, 1, 2, 2))  # 8 pending rows >= size: flushed by add itself
+    assert res._pending == [] and len(res) == 8
+
+
+def test_pending_rows_reach_the_state_dict_and_pickles():
+    res = Reservoir(4, seed=0)
+    res.add(torch.rand(3, 1, 2, 2))
+    state = res.state_dict()
+    assert state["data"] is not None and state["data"].shape[0] == 3
+    clone = pickle.loads(pickle.dumps(res))
+    torch.testing.assert_close(clone.images, res.images)
 
 
 def _receive(rank, reservoir):
