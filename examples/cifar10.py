@@ -88,6 +88,8 @@ def main(argv=None) -> None:
     parser.add_argument("--chains", type=int, default=8)
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--max-overhead", type=lambda v: None if v.lower() == "none" else float(v), default=0.05,
+                        help="share of training time LDAM may take (default 0.05); 'none': a round every epoch")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--logdir", default="runs/cifar10")
     parser.add_argument("--fake-data", action="store_true", help="random images instead of CIFAR-10 (offline)")
@@ -104,6 +106,7 @@ def main(argv=None) -> None:
     callbacks = [
         # listed first: at the end of fit WeightAveraging copies the average into the model (see README)
         LDAMCallback(neurons, every_n_epochs=1, chains=args.chains, steps=args.steps,
+                     max_overhead=None if args.smoke else args.max_overhead,  # smoke: rounds however short the run
                      sampler_kwargs={"disc_warmup": 2} if args.smoke else None),
         EMAWeightAveraging(decay=0.5 if args.smoke else args.ema_decay),
         ModelCheckpoint(save_last=True),

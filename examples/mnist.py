@@ -137,8 +137,10 @@ def main(argv=None) -> None:
         args.epochs, args.chains, args.steps = 2, 2, 4
 
     pl.seed_everything(0, verbose=False)
+    # max_overhead=None: a demo shows a round every epoch. The default budget (5% of training time) would run
+    # none in a training run this short; on a real run, leave it on.
     ldam = LDAMCallback(NEURONS, every_n_epochs=1, chains=args.chains, steps=args.steps, ema_decay=args.ema_decay,
-                        sampler_kwargs={"disc_warmup": 2} if args.smoke else None)
+                        max_overhead=None, sampler_kwargs={"disc_warmup": 2} if args.smoke else None)
     logger = TensorBoardLogger(args.logdir, name="mnist")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
                          callbacks=[ldam, ModelCheckpoint(save_last=True)], enable_model_summary=False,

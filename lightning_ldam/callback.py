@@ -22,10 +22,11 @@ from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
 
 from lightning_ldam import _validation as V
 from lightning_ldam.averaging import EMA, has_batchnorm, refresh_batchnorm
+from lightning_ldam.budget import OverheadBudget
 from lightning_ldam.discriminator import build_discriminator
 from lightning_ldam.reservoir import InputKey, Reservoir, extract_input
 from lightning_ldam.result import SampleResult, merge_shards
-from lightning_ldam.sampler import WARM_DISC_STEPS, sample
+from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
 from lightning_ldam.snapshot import snapshot
 from lightning_ldam.summaries import summarize, write_tensorboard
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons
@@ -43,6 +44,8 @@ AVERAGING = ("auto", "ema", None)
 _PROGRESS_AFTER_S = 3.0
 #: Default steps of a round whose variants all have a warm (earlier rounds') discriminator.
 _WARM_D_STEPS = WARM_DISC_STEPS
+#: Langevin steps of the cost probe that precedes the first budgeted round (step 0 is not timed).
+_PROBE_STEPS = 4
 
 
 class LDAMCallbackLogic:
@@ -57,7 +60,7 @@ class LDAMCallbackLogic:
 
     def __init__(self, neurons: NeuronSpec, *, every_n_epochs: Optional[int] = 1,
                  every_n_train_steps: Optional[int] = None, on_fit_end: bool = False,
-                 during_validation: bool = False, max_overhead: Optional[float] = None, chains: int = 8,
+                 during_validation: bool = False, max_overhead: Optional[float] = 0.05, chains: int = 8,
                  steps: Optional[int] = None, input_shape: Optional[Sequence[int]] = None,
                  value_range: Optional[Tuple[float, float]] = None, normalize=None,
                  disc_weight: Optional[float] = None, reservoir_size: int = 256, input_key: InputKey = None,
@@ -142,10 +145,12 @@ class LDAMCallbackLogic:
         self._png_dir: Optional[str] = None
         self._raw_gone_at_end: List[str] = []
         self._at_train_end = False
-        self._fit_started: Optional[float] = None
-        self._sampling_seconds = 0.0  # wall time spent in rounds since fit start (this process)
-        self._last_round_seconds = 0.0
+        self._budget = None if max_overhead is None else OverheadBudget(max_overhead)
+        self._fit_start_step = 0
+        self._fit_start_rounds = 0
+        self._train_batch = 0  # inputs per training batch (the budget scales its lower bound with it)
         self._skipped = 0
+        self._last_skipped_step = -1  # a step whose due round the budget skipped (the fit-end round still runs)
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -203,7 +208,9 @@ class LDAMCallbackLogic:
         self._raw_gone_at_end = [type(cb).__name__ for cb in self._averagers if order.get(id(cb), -1) < mine]
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._fit_started, self._sampling_seconds = time.perf_counter(), 0.0
+        if self._budget is not None:
+            self._budget.start()
+        self._fit_start_step, self._fit_start_rounds = trainer.global_step, self._rounds
         own = self.averaging == "ema" or (self.averaging == "auto" and not self._averagers)
         if own and self._ema is None:
             self._ema = EMA(self.network(pl_module), decay=self.ema_decay, every_n_steps=self.ema_every_n_steps,
@@ -228,7 +235,9 @@ class LDAMCallbackLogic:
     def _collect(self, batch: Any, pl_module: nn.Module) -> None:
         """Offer a batch's inputs to the reservoir; the first batch also checks the neurons (a bad
         ``input_key`` or neuron index fails here)."""
-        self._reservoir.add(extract_input(batch, self.input_key))
+        inputs = extract_input(batch, self.input_key)
+        self._train_batch = int(inputs.shape[0]) if inputs.dim() > 0 else 1
+        self._reservoir.add(inputs)
         if not self._checked:
             self._check_targets(pl_module)
 
@@ -249,8 +258,17 @@ class LDAMCallbackLogic:
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # The "fit end" round: on_train_end is the last hook where the module can still hold its raw weights.
         self._at_train_end = True
-        if self.on_fit_end_enabled and trainer.global_step != self._last_sampled_step:
+        step = trainer.global_step
+        if self.on_fit_end_enabled and (step != self._last_sampled_step or step == self._last_skipped_step):
             self._round(trainer, pl_module, budgeted=False)
+        if self._budget is not None and self._rounds == self._fit_start_rounds and self._skipped:
+            sources = self._variant_sources(trainer, pl_module)
+            estimate = self._budget.estimate(len(sources), self._round_steps(sources) or LangevinConfig().steps)
+            cost = f"a round would take about {estimate:.1f}s" if estimate is not None else "too short to time a round"
+            self._warn_once("no_round", f"LDAMCallback: no round fit in max_overhead={self._budget.fraction:g} of this "
+                                        f"run's {self._budget.training_seconds():.1f}s of training ({cost}); pass "
+                                        f"max_overhead=None to run every due round, a larger max_overhead, or "
+                                        f"on_fit_end=True for one round at the end")
 
     def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -268,25 +286,25 @@ class LDAMCallbackLogic:
             self._round(trainer, pl_module)
 
     # ---- one round -----------------------------------------------------------------------------------
-    def variants(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, nn.Module]:
-        """Frozen copies to sample: ``raw`` and whichever averaged copies have been updated."""
-        device = self._device(pl_module)
-        out = {}
+    def _variant_sources(self, trainer: "pl.Trainer",
+                         pl_module: "pl.LightningModule") -> Dict[str, Tuple[nn.Module, bool]]:
+        """What a round would sample, uncopied: ``{name: (module, refresh_bn)}`` (cheap; no snapshot yet)."""
         if any(_in_swa_bn_epoch(cb, trainer) for cb in self._averagers):
             # StochasticWeightAveraging copied its average into the module for its extra batch-norm epoch:
             # the module now holds the final SWA model (average + fresh BN statistics), and no raw weights.
             self._info_once("swa_bn", "LDAMCallback: StochasticWeightAveraging's batch-norm epoch runs on the "
                                       "averaged weights: this round logs them as 'swa' and has no 'raw'")
-            return {"swa": snapshot(self.network(pl_module), device)}
+            return {"swa": (self.network(pl_module), False)}
+        out = {}
         if self._at_train_end and self._raw_gone_at_end:
             self._info_once("raw_gone", f"LDAMCallback: {', '.join(self._raw_gone_at_end)} already copied the averaged "
                                         f"weights into the model, so the fit-end round has no raw weights; list "
                                         f"LDAMCallback before it in callbacks=[...] to log both")
         else:
-            out["raw"] = snapshot(self.network(pl_module), device)
+            out["raw"] = (self.network(pl_module), False)
         if self._ema is not None:
             if int(self._ema.n_averaged) > 0:
-                out["ema"] = snapshot(self._ema.module, device)
+                out["ema"] = (self._ema.module, False)
             else:
                 self._info_once("ema", "LDAMCallback: the EMA has no update yet; sampling raw weights only")
         for cb in self._averagers:
@@ -294,27 +312,70 @@ class LDAMCallbackLogic:
             if avg_module is None or count == 0:
                 self._info_once(name, f"LDAMCallback: {type(cb).__name__} has no averaged weights yet; skipped")
                 continue
-            copy = snapshot(avg_module, device)
-            copy = copy.get_submodule(self.module) if self.module else copy
-            if not _averages_buffers(cb) and has_batchnorm(copy) and len(self._reservoir):
-                # Only parameters were averaged: BN statistics of the copy's creation would not match them.
+            avg_net = avg_module.get_submodule(self.module) if self.module else avg_module
+            # Only parameters averaged: BN statistics of the copy's creation would not match them.
+            out[name] = (avg_net, not _averages_buffers(cb))
+        return out
+
+    def variants(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, nn.Module]:
+        """Frozen copies to sample: ``raw`` and whichever averaged copies have been updated."""
+        device = self._device(pl_module)
+        out = {}
+        for name, (module, refresh_bn) in self._variant_sources(trainer, pl_module).items():
+            copy = snapshot(module, device)
+            if refresh_bn and has_batchnorm(copy) and len(self._reservoir):
                 refresh_batchnorm(copy, self._reservoir.images)
             out[name] = copy
         return out
 
-    def _over_budget(self, trainer: "pl.Trainer") -> bool:
-        """Whether the next round would push sampling above ``max_overhead`` of the training time so far.
+    def _over_budget(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> bool:
+        """Whether the due round would take sampling above ``max_overhead`` of the training time so far.
 
         Rank 0 decides from its clock and broadcasts, so every rank skips the same rounds (a round holds a
-        collective under DDP). The first round always runs: its cost is the estimate for the next ones.
+        collective under DDP). Before the first round the cost comes from a short probe, which itself
+        waits until the budget could hold a round at all (:meth:`OverheadBudget.worth_probing`).
         """
         skip = False
-        if trainer.is_global_zero and self._fit_started is not None and self._last_round_seconds > 0:
-            training = time.perf_counter() - self._fit_started - self._sampling_seconds
-            skip = self._sampling_seconds + self._last_round_seconds > self.max_overhead * max(training, 0.0)
+        if trainer.is_global_zero:
+            sources = self._variant_sources(trainer, pl_module)
+            steps = self._round_steps(sources) or LangevinConfig().steps
+            budget = self._budget
+            if not budget.has_estimate:
+                done = trainer.global_step - self._fit_start_step
+                shard = len(self._resolved[::trainer.world_size]) or 1
+                share = self.chains * shard / self._train_batch if self._train_batch else 1.0
+                if done <= 0 or not budget.worth_probing(len(sources), steps, budget.training_seconds() / done, share):
+                    skip = True
+                else:
+                    self._probe(trainer, pl_module, sources)
+            estimate = budget.estimate(len(sources), steps)
+            skip = skip or (estimate is not None and estimate > budget.allowance())
         if trainer.world_size > 1:
             skip = bool(trainer.strategy.broadcast(skip, src=0))
         return skip
+
+    def _probe(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", sources: Dict[str, Any]) -> None:
+        """Time a few Langevin steps of the raw weights (rank 0's share of the neurons) for the budget.
+
+        A fresh discriminator is trained and thrown away, so the variants' own ones stay as they were.
+        """
+        started = time.perf_counter()
+        try:
+            shard = self._resolved[::trainer.world_size] or self.neurons
+            kwargs = {**self.sampler_kwargs, "steps": _PROBE_STEPS, "progress": False, "disc_warmup": 0}
+            net = snapshot(next(iter(sources.values()))[0], self._device(pl_module))
+            res = sample(net, shard, **self._sample_settings(None), **kwargs)
+        except Exception as err:  # the round itself will report it; no estimate, so the round runs
+            log.debug("LDAMCallback: cost probe failed: %s", err)
+            return
+        finally:
+            self._budget.add_sampling(time.perf_counter() - started)
+        fixed = max(0.0, res.seconds - _PROBE_STEPS * res.step_seconds)
+        if res.discriminator is not None:  # a fresh D's warm-up; each update costs under a step's share
+            cfg = LangevinConfig(**{k: self.sampler_kwargs[k] for k in ("disc_warmup", "disc_steps")
+                                    if k in self.sampler_kwargs})
+            fixed += cfg.disc_warmup * res.step_seconds / (cfg.disc_steps + 1)
+        self._budget.record_probe(res.step_seconds, fixed)
 
     def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", budgeted: bool = True) -> None:
         if trainer.sanity_checking:
@@ -325,24 +386,28 @@ class LDAMCallbackLogic:
                                      "unknown; skipping this round (pass input_shape and value_range to sample "
                                      "before training)")
             return
-        if budgeted and self.max_overhead is not None and self._over_budget(trainer):
+        if budgeted and self._budget is not None and _fitting(trainer) and self._over_budget(trainer, pl_module):
             self._skipped += 1
+            self._last_skipped_step = trainer.global_step
             self._info_once("budget", f"LDAMCallback: skipping rounds that would take sampling above "
-                                      f"max_overhead={self.max_overhead:g} of the training time (first skip at "
+                                      f"max_overhead={self._budget.fraction:g} of the training time (first skip at "
                                       f"step {trainer.global_step}); the count goes to ldam/skipped_rounds")
             return
         started = time.perf_counter()
+        snaps: Dict[str, nn.Module] = {}
         try:
             snaps = self.variants(trainer, pl_module)
             results = self._sample_all(trainer, snaps)
-            del snaps
         except Exception as err:  # a failed round must never crash the user's training run
             self._rank_zero_warn(f"LDAMCallback: sampling failed at step {trainer.global_step} and was skipped: "
                                  f"{type(err).__name__}: {err}")
             return
         finally:
-            self._last_round_seconds = time.perf_counter() - started
-            self._sampling_seconds += self._last_round_seconds
+            if self._budget is not None:
+                seconds = time.perf_counter() - started
+                self._budget.add_sampling(seconds)
+                self._budget.record_round(seconds, len(snaps), self._round_steps(snaps) or LangevinConfig().steps)
+            snaps.clear()
         self._rounds += 1
         if trainer.is_global_zero and results:
             self._log(trainer, results)
@@ -394,21 +459,24 @@ class LDAMCallbackLogic:
         warm = all(name in self._discriminators or name in self._pending_disc_state for name in snaps)
         return _WARM_D_STEPS if warm and snaps else None
 
-    def _sample(self, variant: str, net: nn.Module, neurons: NeuronSpec, kwargs: Dict[str, Any]) -> SampleResult:
-        """One variant: ``kwargs`` are the round's sampler settings (steps, progress, ``sampler_kwargs``)."""
+    def _sample_settings(self, variant: Optional[str]) -> Dict[str, Any]:
+        """The :func:`sample` arguments the callback owns, for ``variant``'s discriminator (``None``: a fresh one)."""
         shape = self.input_shape or self._reservoir.input_shape()
-        box = self.value_range or self._reservoir.value_range()
         real = self._reservoir.images if len(self._reservoir) else None
-        disc = self._discriminators.get(variant)
+        disc = self._discriminators.get(variant) if variant is not None else None
         weight = self.disc_weight
         if disc is None and variant in self._pending_disc_state:
             disc = build_discriminator(shape[0], shape[1:], self.seed)
             disc.load_state_dict(self._pending_disc_state.pop(variant))
         if real is None and disc is None and weight is None:
             weight = 0.0
-        res = sample(net, neurons, input_shape=shape, chains=self.chains, real_data=real,
-                     disc_weight=weight, value_range=box, normalize=self.normalize, seed=self.seed,
-                     discriminator=disc, device=self._device(net), **kwargs)
+        return dict(input_shape=shape, chains=self.chains, real_data=real, disc_weight=weight,
+                    value_range=self.value_range or self._reservoir.value_range(), normalize=self.normalize,
+                    seed=self.seed, discriminator=disc)
+
+    def _sample(self, variant: str, net: nn.Module, neurons: NeuronSpec, kwargs: Dict[str, Any]) -> SampleResult:
+        """One variant: ``kwargs`` are the round's sampler settings (steps, progress, ``sampler_kwargs``)."""
+        res = sample(net, neurons, device=self._device(net), **self._sample_settings(variant), **kwargs)
         if res.discriminator is not None:
             # Each variant keeps its own D so the variants stay symmetric: a shared D would have just been
             # trained against the previous variant's chains.
@@ -493,9 +561,11 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
         during_validation: also sample at the end of every validation run (the validation inside ``fit``,
             and ``trainer.validate``, whose batches then feed the reservoir); runs under Lightning's
             no_grad/inference_mode, nothing to configure.
-        max_overhead: keep sampling under this fraction of the training wall time (e.g. ``0.05``): a due
-            round that would exceed it is skipped (counted in ``ldam/skipped_rounds``); the fit-end round
-            always runs. Default ``None``: every due round runs.
+        max_overhead: keep sampling under this share of the training wall time (default ``0.05``): a due
+            round whose estimated cost would take sampling above it is skipped (counted in
+            ``ldam/skipped_rounds``). The first round's cost comes from a 4-step probe, made once the budget
+            could plausibly hold a round; a run too short for any round says so at the end. ``on_fit_end``'s
+            round always runs. ``None``: every due round runs, whatever it costs.
         chains: chains per neuron.
         steps: Langevin steps per round (default: the sampler's 512 while a discriminator is fresh, 256 once
             every variant's discriminator is warm from earlier rounds: the same quality, half the cost).

@@ -24,6 +24,8 @@ class SampleResult:
         value_range: the pixel box the images live in.
         discriminator: the trained discriminator (pass it back as ``discriminator=`` to warm-start), or ``None``.
         seconds: wall time of the call.
+        step_seconds: mean wall time of one Langevin step after the first (device-synchronised; the first
+            step's one-off costs and the call's setup excluded): the figure to extrapolate a call's cost from.
         config: the resolved settings (steps, step size, noise, ...), for logging.
     """
 
@@ -36,6 +38,7 @@ class SampleResult:
     value_range: Tuple[float, float]
     discriminator: Optional[nn.Module] = None
     seconds: float = 0.0
+    step_seconds: float = 0.0
     config: Dict[str, object] = field(default_factory=dict)
 
     @property
@@ -89,4 +92,5 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         neurons=[shards[r].neurons[i] for r, i in order], images=stack("images"),
         activations=stack("activations"), trace=stack("trace"), disc_scores=stack("disc_scores"),
         nonfinite_resets=stack("nonfinite_resets"), value_range=first.value_range, discriminator=None,
-        seconds=max(s.seconds for s in present), config=dict(first.config))
+        seconds=max(s.seconds for s in present), step_seconds=max(s.step_seconds for s in present),
+        config=dict(first.config))

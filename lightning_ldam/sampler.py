@@ -373,8 +373,12 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
             return reader(to_model(x_unit))
 
     bar = _progress_bar(cfg.steps, progress)
+    timed_from = 1 if cfg.steps > 1 else 0  # step 0 pays one-off costs (allocator, cuDNN algorithm choice)
+    timer = 0.0
     with reader.attached():
         for t in range(cfg.steps):
+            if t == timed_from:
+                timer = _synchronized_clock(device)
             eps, sigma = cfg.eps(t), cfg.sigma(t)
             x = u.detach().requires_grad_(True)
             acts = activations(x)
@@ -411,6 +415,7 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
                     trainer.step(u)
             if bar is not None:
                 bar.update(1)
+        step_seconds = (_synchronized_clock(device) - timer) / (cfg.steps - timed_from)
         if bar is not None:
             bar.close()
         with torch.no_grad():
@@ -438,9 +443,17 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
         value_range=(lo, hi),
         discriminator=disc,
         seconds=time.perf_counter() - started,
+        step_seconds=step_seconds,
         config={**cfg.__dict__, "chains": chains, "init": init, "seed": seed, "spatial": spatial,
                 "device": str(device)},
     )
+
+
+def _synchronized_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done (GPU kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _progress_bar(total: int, progress: Union[bool, float]):

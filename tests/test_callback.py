@@ -33,8 +33,10 @@ import lightning_ldam.callback as callback_module
 from lightning_ldam.callback import LDAMCallback
 
 NEURONS = ["features.0:0-1", "classifier.2:0-2"]
-#: The cheapest round that still exercises everything: 2 chains, 3 Langevin steps, one D warm-up update.
-FAST: Dict[str, Any] = dict(chains=2, steps=3, sampler_kwargs={"disc_warmup": 1}, reservoir_size=16)
+#: The cheapest round that still exercises everything: 2 chains, 3 Langevin steps, one D warm-up update; every
+#: due round runs (the default wall-time budget would make which rounds run depend on the machine's speed).
+FAST: Dict[str, Any] = dict(chains=2, steps=3, sampler_kwargs={"disc_warmup": 1}, reservoir_size=16,
+                            max_overhead=None)
 SIZE = 12
 TILE = SIZE * 5  # render.upscale_factor(12) == 5
 PAD = 2
@@ -292,7 +294,9 @@ def test_sharded_strategies_are_refused_at_setup():
 
 # ---- the training run is untouched ----------------------------------------------------------------------
 def _parity_run(root, with_callback: bool, logger: bool):
-    cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=1, **FAST) if with_callback else None
+    # A budget that always holds: the cost probe before the first round runs too, and every round after it.
+    cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=1, **{**FAST, "max_overhead": 1e9}) \
+        if with_callback else None
     pl.seed_everything(0, verbose=False)
     module = TinyModule()
     initial = clone_state(module)
@@ -310,6 +314,7 @@ def test_training_is_bitwise_identical_with_and_without_the_callback(tmp_path, l
 
     assert trainer.global_step == ref_trainer.global_step == 4  # 16 samples / 4 per batch / 2 accumulated x 2
     assert cb._rounds == 4  # a round after every optimizer step (the epoch-end rounds fall on the same steps)
+    assert cb._budget.has_estimate and cb._skipped == 0
     assert int(cb._ema.n_averaged) == trainer.global_step  # the own EMA: one update per optimizer step
     assert_same(initial, ref_initial)
     assert_same(clone_state(module), clone_state(ref_module))  # incl. BN running stats, num_batches_tracked
@@ -698,7 +703,7 @@ def test_own_ema_does_not_copy_user_attributes():
     module = TinyModule()
     module.dataset = TensorDataset(torch.rand(64, 1, SIZE, SIZE))
     cb = LDAMCallback(NEURONS)
-    cb.on_fit_start(types.SimpleNamespace(is_global_zero=True, loggers=[]), module)
+    cb.on_fit_start(types.SimpleNamespace(is_global_zero=True, loggers=[], global_step=0), module)
     assert cb._ema is not None
     assert cb._ema.module.dataset is module.dataset
 
@@ -725,8 +730,8 @@ def test_own_ema_survives_non_leaf_tensor_attributes(tmp_path):
 # ---- state: state_dict, checkpoints, resume -------------------------------------------------------------
 def test_state_dict_round_trip_and_checkpoint_contents(tmp_path, no_failed_rounds):
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=1, **FAST)
-    other = LDAMCallback("classifier.2:0", every_n_train_steps=4, every_n_epochs=None, disc_weight=0.0,
-                         chains=2, steps=2, reservoir_size=4)
+    other = LDAMCallback("classifier.2:0", every_n_train_steps=4, every_n_epochs=None, max_overhead=None,
+                         disc_weight=0.0, chains=2, steps=2, reservoir_size=4)
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"))
     trainer, module = fit(tmp_path, [cb, other, checkpoint], max_steps=-1, max_epochs=1,
                           enable_checkpointing=True)

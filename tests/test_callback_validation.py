@@ -6,7 +6,7 @@ true raw weights even while ``EMAWeightAveraging`` has swapped its average in fo
 """
 from __future__ import annotations
 
-import types
+import warnings
 from collections import Counter
 from typing import Any, Dict, List
 
@@ -145,37 +145,71 @@ def test_during_validation_must_be_a_bool():
         LDAMCallback(NEURONS, during_validation="yes")
 
 
-def _budget_state(cb, *, started, sampled, last):
-    cb._fit_started, cb._sampling_seconds, cb._last_round_seconds = started, sampled, last
-    return types.SimpleNamespace(is_global_zero=True, world_size=1)
+def test_max_overhead_defaults_to_five_percent():
+    assert LDAMCallback(NEURONS)._budget.fraction == 0.05
+    assert LDAMCallback(NEURONS, max_overhead=None)._budget is None
 
 
-def test_over_budget_compares_the_next_round_with_the_training_time(monkeypatch):
-    cb = LDAMCallback(NEURONS, max_overhead=0.1)
-    monkeypatch.setattr(callback_module.time, "perf_counter", lambda: 1000.0)
-    # 100 s since fit start, 10 s of it sampling: 90 s of training. Next round estimated at the last one's cost.
-    assert not cb._over_budget(_budget_state(cb, started=900.0, sampled=5.0, last=4.0))  # 9 <= 9.5
-    assert cb._over_budget(_budget_state(cb, started=900.0, sampled=5.0, last=5.0))  # 10 > 9.5
-    assert not cb._over_budget(_budget_state(cb, started=900.0, sampled=0.0, last=0.0))  # no estimate yet
-
-
-def test_max_overhead_skips_rounds_counts_them_and_keeps_the_fit_end_round(tmp_path, no_failed_rounds, caplog):
+def test_a_vanishing_budget_skips_every_round_without_probing_but_keeps_the_fit_end_round(
+        tmp_path, no_failed_rounds, caplog, monkeypatch):
+    probes = []
+    monkeypatch.setattr(LDAMCallback, "_probe", lambda self, *a: probes.append(a))
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, on_fit_end=True, max_overhead=1e-9,
-                    **FAST)
+    cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, on_fit_end=True,
+                    **{**FAST, "max_overhead": 1e-9})
     trainer, _ = fit(tmp_path, [cb], max_steps=4, logger=logger)
-    # step 1 runs (no estimate yet), steps 2-4 would exceed a vanishing budget, the fit-end round always runs
-    assert cb.by_hook["batch_end"] == 1 and cb._skipped == 3 and cb._rounds == 1
+    # no estimate yet and an allowance far below any round's lower bound: no probe, every due round skipped
+    assert probes == []
+    assert cb.by_hook["batch_end"] == 0 and cb._skipped == 4 and cb._rounds == 1  # the fit-end round
     acc = events(logger.log_dir)
-    assert [e.step for e in acc.Images("ldam/raw/features.0")] == [1]
-    assert cb.state_dict()["skipped_rounds"] == 3
+    assert [e.step for e in acc.Images("ldam/raw/features.0")] == [4]
+    assert [e.value for e in acc.Scalars("ldam/skipped_rounds")] == [4.0]
+    assert cb.state_dict()["skipped_rounds"] == 4
     assert "max_overhead=1e-09" in caplog.text or any("max_overhead" in str(w.message) for w in no_failed_rounds)
 
 
-def test_a_generous_budget_skips_nothing(tmp_path, no_failed_rounds):
-    cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, max_overhead=1e9, **FAST)
+def test_a_run_too_short_for_the_default_budget_says_so_at_the_end(tmp_path):
+    cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, chains=2, steps=3, reservoir_size=16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit(tmp_path, [cb], max_steps=2)
+    assert cb._rounds == 0 and cb._skipped == 2
+    messages = [str(w.message) for w in seen if "no round fit" in str(w.message)]
+    assert len(messages) == 1 and "max_overhead=0.05" in messages[0] and "max_overhead=None" in messages[0]
+
+
+def test_a_generous_budget_probes_once_then_runs_every_round(tmp_path, no_failed_rounds, monkeypatch):
+    calls = []
+    real = callback_module.sample
+
+    def spy(net, neurons, **kwargs):
+        calls.append(kwargs)
+        return real(net, neurons, **kwargs)
+
+    monkeypatch.setattr(callback_module, "sample", spy)
+    cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, **{**FAST, "max_overhead": 1e9})
     fit(tmp_path, [cb], max_steps=3)
     assert cb._rounds == 3 and cb._skipped == 0
+    probes = [c for c in calls if c.get("steps") == callback_module._PROBE_STEPS]
+    # one probe, with a throwaway fresh discriminator and no warm-up; the rounds' discriminators are their own
+    assert len(probes) == 1 and probes[0]["discriminator"] is None and probes[0]["disc_warmup"] == 0
+    assert probes[0]["progress"] is False
+    assert set(cb._discriminators) == {"raw", "ema"}
+    assert cb._budget.sampling > 0 and cb._budget.has_estimate
+
+
+def test_the_probe_estimate_decides_whether_the_first_round_runs(tmp_path, no_failed_rounds, monkeypatch):
+    """A probe that measures an expensive step makes the callback skip; a cheap one lets the round run."""
+    def fake_probe(step_seconds):
+        def probe(self, trainer, pl_module, sources):
+            self._budget.record_probe(step_seconds, 0.0)
+        return probe
+
+    for step_seconds, rounds in ((1e6, 0), (0.0, 2)):
+        monkeypatch.setattr(LDAMCallback, "_probe", fake_probe(step_seconds))
+        cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, **{**FAST, "max_overhead": 1e6})
+        fit(tmp_path / str(rounds), [cb], max_steps=2)
+        assert cb._rounds == rounds and cb._skipped == 2 - rounds
 
 
 # ---- progress bar ---------------------------------------------------------------------------------------
@@ -202,7 +236,8 @@ def test_rounds_show_a_delayed_bar_only_with_lightnings_progress_bar(tmp_path, m
 
 def test_sampler_kwargs_progress_overrides_the_callbacks_choice(tmp_path, monkeypatch):
     seen = _progress_seen(monkeypatch)
-    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, chains=2, steps=3, reservoir_size=16,
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, max_overhead=None,
+                      chains=2, steps=3, reservoir_size=16,
                       sampler_kwargs={"disc_warmup": 1, "progress": True})
     fit(tmp_path, [cb], max_steps=2, enable_progress_bar=False)
     assert seen[1:] and all(p is True for p in seen[1:])
@@ -225,7 +260,8 @@ def _requested_steps(monkeypatch) -> List[Any]:
 
 def test_rounds_with_warm_discriminators_take_half_the_default_steps(tmp_path, monkeypatch, no_failed_rounds):
     asked = _requested_steps(monkeypatch)
-    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, chains=2, reservoir_size=16)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, max_overhead=None,
+                      chains=2, reservoir_size=16)
     fit(tmp_path, [cb], max_steps=6)
     # step 2: raw and ema with fresh discriminators -> the sampler's default (None); steps 4, 6: warm -> 256
     assert asked == [(None, False), (None, False)] + [(callback_module._WARM_D_STEPS, True)] * 4
@@ -233,7 +269,8 @@ def test_rounds_with_warm_discriminators_take_half_the_default_steps(tmp_path, m
 
 def test_explicit_steps_are_kept_in_every_round(tmp_path, monkeypatch, no_failed_rounds):
     asked = _requested_steps(monkeypatch)
-    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, chains=2, steps=7, reservoir_size=16)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, max_overhead=None,
+                      chains=2, steps=7, reservoir_size=16)
     fit(tmp_path, [cb], max_steps=4)
     assert [s for s, _ in asked] == [7, 7, 7, 7]
 
@@ -243,7 +280,8 @@ def test_a_variant_with_a_fresh_discriminator_keeps_the_round_at_the_default(
     """With ema_every_n_steps=2 the EMA joins at step 2 with a fresh D while raw's is warm: both take the
     default that round, so the variants stay step for step comparable."""
     asked = _requested_steps(monkeypatch)
-    cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, chains=2, reservoir_size=16,
+    cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, max_overhead=None,
+                      chains=2, reservoir_size=16,
                       ema_every_n_steps=2)
     fit(tmp_path, [cb], max_steps=3)
     # step 1: raw only (EMA not updated yet), fresh; step 2: raw warm + ema fresh -> default for both;

@@ -76,7 +76,8 @@ def ckpts(tmp_path_factory):
     out = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        cb = LDAMCallback("conv:0-1", every_n_epochs=None, on_fit_end=True, chains=2, steps=3, reservoir_size=16,
+        cb = LDAMCallback("conv:0-1", every_n_epochs=None, max_overhead=None,
+                          on_fit_end=True, chains=2, steps=3, reservoir_size=16,
                           sampler_kwargs={"disc_warmup": 1})
         trainer, model = _fit(root / "a", [cb])
         out["a"] = root / "a.ckpt"

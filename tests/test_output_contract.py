@@ -137,3 +137,23 @@ def test_init_data_accepts_an_iterable_of_batches(tiny_net):
                       noise=0.0, init="data", real_data=batches, disc_weight=0.0)
     nearest = torch.cdist(res.images.flatten(2)[0], real.flatten(1)).min(1).values
     assert nearest.max() < 1e-3
+
+
+@pytest.mark.parametrize("steps", [1, 6])
+def test_step_seconds_times_the_steps_inside_the_call(tiny_net, monkeypatch, steps):
+    """step_seconds covers the steps after the first (or the only one), none of the setup around them."""
+    import lightning_ldam.sampler as sampler_module
+
+    ticks = []
+    real = sampler_module._synchronized_clock
+
+    def clock(device):
+        ticks.append(real(device))
+        return ticks[-1]
+
+    monkeypatch.setattr(sampler_module, "_synchronized_clock", clock)
+    res = ldam.sample(tiny_net, "classifier.2:0-1", input_shape=INPUT_SHAPE, chains=2, steps=steps)
+    assert len(ticks) == 2  # once before the first timed step, once after the last
+    timed = steps - 1 if steps > 1 else 1
+    assert res.step_seconds == pytest.approx((ticks[1] - ticks[0]) / timed)
+    assert 0 < res.step_seconds * timed < res.seconds

@@ -36,7 +36,8 @@ def test_standalone_callback_runs_under_pytorch_lightning_trainer(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     data = TensorDataset(torch.rand(16, 1, 8, 8), torch.randint(0, 4, (16,)))
-    cb = LDAMCallback(["net.0:0-1", "net.3:all"], every_n_train_steps=2, every_n_epochs=None, chains=2, steps=3,
+    cb = LDAMCallback(["net.0:0-1", "net.3:all"], every_n_train_steps=2, every_n_epochs=None, max_overhead=None,
+                      chains=2, steps=3,
                       disc_weight=0.0)
     trainer = pl.Trainer(max_steps=4, default_root_dir=tmp_path, callbacks=[cb], accelerator="cpu",
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)

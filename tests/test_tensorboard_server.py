@@ -78,7 +78,7 @@ def _wait_until_served(server: subprocess.Popen, base: str, run: str, log_path) 
 
 
 def test_real_tensorboard_server_serves_ldam_images_and_scalars(tmp_path, no_failed_rounds):
-    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, chains=2, steps=3,
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, max_overhead=None, chains=2, steps=3,
                       reservoir_size=16, sampler_kwargs={"disc_warmup": 1})
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     fit(tmp_path, [cb], max_steps=4, logger=logger)
