@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
 from lightning_ldam import _validation as V
 from lightning_ldam.averaging import EMA, has_batchnorm, refresh_batchnorm
 from lightning_ldam.budget import OverheadBudget
-from lightning_ldam.discriminator import build_discriminator
+from lightning_ldam.discriminator import restore_discriminator
 from lightning_ldam.reservoir import InputKey, Reservoir, extract_input
 from lightning_ldam.result import SampleResult, merge_shards
 from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
@@ -243,11 +243,14 @@ class LDAMCallbackLogic:
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
+        started = time.perf_counter()
         self._collect(batch, pl_module)
         step = trainer.global_step
         if self._ema is not None and step != self._last_ema_step:
             self._ema.update(self.network(pl_module), step)
             self._last_ema_step = step
+        if self._budget is not None:  # the per-batch work (reservoir, own EMA) is overhead too
+            self._budget.add_sampling(time.perf_counter() - started)
         if self.should_sample(global_step=step) and step != self._last_sampled_step:
             self._round(trainer, pl_module)
 
@@ -466,8 +469,7 @@ class LDAMCallbackLogic:
         disc = self._discriminators.get(variant) if variant is not None else None
         weight = self.disc_weight
         if disc is None and variant in self._pending_disc_state:
-            disc = build_discriminator(shape[0], shape[1:], self.seed)
-            disc.load_state_dict(self._pending_disc_state.pop(variant))
+            disc = restore_discriminator(self._pending_disc_state.pop(variant), shape[0], shape[1:], self.seed)
         if real is None and disc is None and weight is None:
             weight = 0.0
         return dict(input_shape=shape, chains=self.chains, real_data=real, disc_weight=weight,

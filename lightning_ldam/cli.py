@@ -275,7 +275,7 @@ def _cli_message(err: BaseException) -> str:
 
 def _compare(args) -> int:
     from lightning_ldam.checkpoint import ldam_settings, ldam_state, real_inputs, weight_variants
-    from lightning_ldam.discriminator import build_discriminator
+    from lightning_ldam.discriminator import restore_discriminator
     from lightning_ldam.reservoir import value_box
     from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT, WARM_DISC_STEPS, sample
     from lightning_ldam.summaries import summarize, write_tensorboard
@@ -399,9 +399,8 @@ def _compare(args) -> int:
         disc = None
         if disc_state is not None and (real is not None or (weight or 0) > 0):
             try:
-                disc = build_discriminator(shape[0], shape[1:], args.seed)
-                disc.load_state_dict(disc_state)
-            except (RuntimeError, ValueError, IndexError) as err:
+                disc = restore_discriminator(disc_state, shape[0], shape[1:], args.seed)
+            except (RuntimeError, ValueError, IndexError, KeyError) as err:
                 print(f"note: the checkpoint's {name!r} discriminator does not fit input {shape} ({err}); "
                       f"training a fresh one", file=sys.stderr)
                 disc = None

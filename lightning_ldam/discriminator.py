@@ -8,14 +8,14 @@ adds stays well scaled) trained online against real images (label 1) and the cur
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["Discriminator", "DiscriminatorTrainer"]
+__all__ = ["Discriminator", "DiscriminatorTrainer", "build_discriminator", "restore_discriminator"]
 
 
 class Discriminator(nn.Module):
@@ -28,7 +28,8 @@ class Discriminator(nn.Module):
     Args:
         in_channels: image channels.
         image_size: ``(H, W)`` of the inputs.
-        width: channels of the first conv (doubling per level, capped at ``8 * width``).
+        width: channels of the first conv (doubling per level, capped at ``8 * width``). 16 costs a quarter of
+            32 and meets every MNIST quality target (benchmarks/README.md); 8 lost realism.
         max_size: largest side D looks at (larger inputs are downsampled).
 
     Example::
@@ -38,7 +39,7 @@ class Discriminator(nn.Module):
         torch.Size([5])
     """
 
-    def __init__(self, in_channels: int, image_size: Sequence[int], width: int = 32, max_size: int = 64):
+    def __init__(self, in_channels: int, image_size: Sequence[int], width: int = 16, max_size: int = 64):
         super().__init__()
         h, w = int(image_size[0]), int(image_size[1])
         self.pool_factor = max(1, math.ceil(max(h, w) / max_size))
@@ -112,9 +113,19 @@ class DiscriminatorTrainer:
 
 
 def build_discriminator(in_channels: int, image_size: Sequence[int], seed: int,
-                        device: Optional[torch.device] = None) -> Discriminator:
+                        device: Optional[torch.device] = None, width: Optional[int] = None) -> Discriminator:
     """A fresh discriminator initialised from ``seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        d = Discriminator(in_channels, image_size)
+        d = Discriminator(in_channels, image_size) if width is None else Discriminator(in_channels, image_size, width)
     return d.to(device) if device is not None else d
+
+
+def restore_discriminator(state: Dict[str, torch.Tensor], in_channels: int, image_size: Sequence[int],
+                          seed: int = 0) -> Discriminator:
+    """A discriminator with ``state`` loaded, at the width the state was saved with (older checkpoints
+    hold width-32 ones)."""
+    width = int(state["features.0.parametrizations.weight.original"].shape[0])
+    d = build_discriminator(in_channels, image_size, seed, width=width)
+    d.load_state_dict(state)
+    return d

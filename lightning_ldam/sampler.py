@@ -36,7 +36,7 @@ __all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "WARM_DISC_STEPS"]
 log = logging.getLogger(__name__)
 
 #: λ used when ``real_data`` is given and ``disc_weight`` is not: chosen on benchmarks/quality.py.
-DEFAULT_DISC_WEIGHT = 1.5
+DEFAULT_DISC_WEIGHT = 1.75
 #: Steps enough with a warm discriminator (one trained by earlier calls): on benchmarks/quality.py with
 #: ``--warm-d`` they meet every MNIST quality target that a fresh discriminator needs the default 512 for.
 WARM_DISC_STEPS = 256

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator
+from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator, restore_discriminator
 
 SHAPE = (1, 14, 14)
 
@@ -121,3 +121,14 @@ def test_square_patterns_attract_lambda_samples():
     with_d = ldam.sample(net, "3:4", disc_weight=2.0, disc_warmup=20, **kwargs)
     without_d = ldam.sample(net, "3:4", disc_weight=0.0, **kwargs)
     assert _nearest_real_distance(with_d.images, real) < 0.85 * _nearest_real_distance(without_d.images, real)
+
+
+@pytest.mark.parametrize("width", [8, 32])  # 32: what checkpoints before the width-16 default hold
+def test_restore_rebuilds_the_saved_width_and_weights(width):
+    saved = build_discriminator(1, SHAPE[1:], seed=3, width=width)
+    restored = restore_discriminator(saved.state_dict(), 1, SHAPE[1:])
+    assert restored.features[0].out_channels == width
+    x = torch.rand(4, *SHAPE)
+    saved.eval(), restored.eval()
+    with torch.no_grad():
+        assert torch.equal(saved(x), restored(x))
