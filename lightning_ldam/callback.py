@@ -36,7 +36,7 @@ __all__ = ["LDAMCallback"]
 #: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs`` (the rest are callback arguments).
 _SAMPLER_EXTRA_KWARGS = frozenset({
     "step_size", "noise", "temperature", "precondition", "schedule", "spatial", "init", "disc_lr", "disc_every",
-    "disc_steps", "disc_warmup", "autocast_dtype", "channels_last", "progress"})
+    "disc_steps", "disc_warmup", "autocast_dtype", "channels_last", "cuda_graph", "progress"})
 
 log = logging.getLogger(__name__)
 AVERAGING = ("auto", "ema", None)

@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--variants", type=_variants, metavar="NAMES",
                    help="comma-separated subset of the variants to sample, e.g. raw,ema (default: all found)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast (GPU speed option)")
+    c.add_argument("--channels-last", action="store_true", help="NHWC convolutions (GPU speed option)")
+    c.add_argument("--cuda-graph", action="store_true",
+                   help="replay each Langevin step as a CUDA graph (CUDA only; for small, launch-bound networks)")
     return parser
 
 
@@ -288,6 +292,9 @@ def _compare(args) -> int:
     for name in ("chains", "steps"):
         if getattr(args, name) is not None:
             V.check_positive(name, getattr(args, name), integer=True)
+    if args.cuda_graph and (args.device == "cpu" or not torch.cuda.is_available()):
+        raise ValueError(f"--cuda-graph: CUDA graphs need a CUDA device (--device {args.device}, "
+                         f"torch.cuda.is_available() is {torch.cuda.is_available()}); drop --cuda-graph")
     ckpts = [_load(p, "CKPT") for p in args.ckpts]
     settings = ldam_settings(ckpts[0])
     neurons: Any = args.neurons
@@ -409,7 +416,9 @@ def _compare(args) -> int:
             results[name] = sample(net, neurons, input_shape=shape, chains=args.chains, steps=steps,
                                    real_data=real, disc_weight=weight, value_range=box, normalize=normalize,
                                    seed=args.seed, device=device, discriminator=disc,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, channels_last=args.channels_last,
+                                   autocast_dtype=torch.bfloat16 if args.bf16 else None,
+                                   cuda_graph=args.cuda_graph)
         except (ValueError, TypeError) as err:
             raise type(err)(_cli_message(err)) from None
 

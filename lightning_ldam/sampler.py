@@ -172,7 +172,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            noise: Optional[float] = None, temperature: float = 1.0, precondition: str = "rms",
            schedule: str = "cosine", spatial: str = "mean", discriminator: Optional[nn.Module] = None,
            disc_lr: float = 1e-3, disc_every: int = 1, disc_steps: int = 2, disc_warmup: Optional[int] = None,
-           autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+           autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, cuda_graph: bool = False,
            progress: Union[bool, float] = False) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
@@ -209,6 +209,9 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option).
         channels_last: run convolutions in NHWC memory layout (a GPU speed option with autocast; the
             model's tensors get their layout back afterwards, values are never touched).
+        cuda_graph: replay each Langevin step as one CUDA graph (CUDA only): for small networks, whose steps
+            are bound by kernel launches, not arithmetic. The discriminator's updates stay eager between
+            replays. Same dynamics; the noise stream differs from the eager one.
         progress: ``True``: a progress bar; a number of seconds: a bar that appears only once sampling
             has taken that long (for callers that do not know in advance whether a call is slow).
 
@@ -255,8 +258,9 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
                          f"trained discriminator; pass one of them, or disc_weight=0.0")
     if init == "data" and real_data is None:
         raise ValueError("init: 'data' starts chains from real images; pass real_data=..., or use init='noise'")
-    if not isinstance(channels_last, bool):
-        raise TypeError(f"channels_last: expected True or False, got {channels_last!r}")
+    for name, flag in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected True or False, got {flag!r}")
     if not isinstance(progress, bool):
         V.check_positive("progress", progress, allow_zero=True)
     if disc_warmup is not None:
@@ -276,6 +280,9 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     device = model_dev if device is None else torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if cuda_graph and not _graphs_supported(device):
+        raise ValueError(f"cuda_graph: CUDA graphs need a CUDA device; sampling runs on {device}. "
+                         f"Pass cuda_graph=False (or device='cuda')")
     cfg = LangevinConfig(steps=steps, step_size=float(step_size), noise=float(noise),
                          temperature=float(temperature), disc_weight=float(disc_weight),
                          precondition=precondition, schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
@@ -292,7 +299,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             dtype = V.model_dtype(net)
             resolved = _resolve(net, neurons, shape, device, norm, dtype)
             return _run(net, resolved, shape, chains, cfg, lo, hi, norm, real_cpu, init, seed, device,
-                        spatial, discriminator, disc_lr, autocast_dtype, nhwc, progress, started, dtype)
+                        spatial, discriminator, disc_lr, autocast_dtype, nhwc, progress, started, dtype,
+                        "cuda" if cuda_graph else None)
 
 
 class _frozen:
@@ -327,7 +335,8 @@ class _frozen:
 
 
 def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cpu, init, seed, device,
-         spatial, discriminator, disc_lr, autocast_dtype, channels_last, progress, started, dtype) -> SampleResult:
+         spatial, discriminator, disc_lr, autocast_dtype, channels_last, progress, started, dtype,
+         graph_form: Optional[str]) -> SampleResult:
     span = hi - lo
     n = len(neurons)
     batch = n * chains
@@ -369,9 +378,65 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
     def activations(x_unit):
         if autocast_dtype is None:
             return reader(to_model(x_unit))
-        with torch.autocast(device.type, dtype=autocast_dtype):
+        # a CUDA graph must not keep autocast's cache of cast weights across replays
+        with torch.autocast(device.type, dtype=autocast_dtype, cache_enabled=graph_form is None):
             return reader(to_model(x_unit))
 
+    # Per-step scalars. Eager steps read them as Python floats; a graphed step reads them from device tables
+    # at a device-side step counter, because a CUDA graph replays fixed kernels with fixed arguments.
+    half_eps = [0.5 * cfg.eps(t) for t in range(cfg.steps)]
+    noise_scale = [math.sqrt(cfg.eps(t)) * cfg.sigma(t) for t in range(cfg.steps)]
+    psgld_scale = [1.0 / (1 - 0.99 ** (t + 1)) for t in range(cfg.steps)]
+    tables = counter = None
+    if graph_form:
+        tables = {k: torch.tensor(v, device=device) for k, v in
+                  (("half_eps", half_eps), ("noise_scale", noise_scale), ("psgld_scale", psgld_scale))}
+        counter = torch.zeros(1, dtype=torch.long, device=device)
+
+    def langevin_step(t: Optional[int]) -> None:
+        """One step, in place on ``u`` (and ``trace``, ``resets``, ``second_moment``). ``t=None``: the
+        graph form (scalars and the trace row at the device counter, noise drawn at every step)."""
+        def at(name, values):
+            return values[t] if t is not None else tables[name].index_select(0, counter)
+
+        x = u.detach().requires_grad_(True)
+        acts = activations(x)
+        if t is not None:
+            trace[t] = acts.detach()
+        else:
+            trace.index_copy_(0, counter, acts.detach().unsqueeze(0))
+        (g_act,) = torch.autograd.grad(acts.sum(), x)
+        # Few, fused in-place kernels: on small GPU models the step is launch-bound.
+        if cfg.precondition == "rms":
+            drift = g_act.mul_(_inv_rms(g_act, 1.0 / cfg.temperature))
+        else:
+            drift = g_act if cfg.temperature == 1.0 else g_act.div_(cfg.temperature)
+        if disc is not None and cfg.disc_weight > 0:
+            disc.eval()  # no spectral-norm power iteration while reading D
+            x_d = u.detach().requires_grad_(True)
+            (g_d,) = torch.autograd.grad(torch.nn.functional.logsigmoid(disc(x_d)).sum(), x_d)
+            if cfg.precondition == "rms":
+                drift.addcmul_(g_d, _inv_rms(g_d, cfg.disc_weight))
+            else:
+                drift.add_(g_d, alpha=cfg.disc_weight)
+        if cfg.precondition == "psgld":
+            second_moment.mul_(0.99).addcmul_(drift, drift, value=0.01)
+            drift = drift / (second_moment * at("psgld_scale", psgld_scale)).sqrt().add_(1e-8)
+        _axpy(u, drift, at("half_eps", half_eps))
+        scale = at("noise_scale", noise_scale)
+        if t is None or scale > 0:
+            _axpy(u, torch.randn(u.shape, generator=gen, device=device), scale)
+        # Before the clamp (which would turn +-Inf into the box edge): a row sum is non-finite iff the
+        # row holds a NaN/Inf.
+        bad = ~torch.isfinite(u.flatten(1).sum(1) + acts.detach())
+        torch.where(bad.view(view), u0, u.clamp_(0.0, 1.0), out=u)
+        resets.add_(bad)
+        if second_moment is not None:  # a reset chain must not keep a NaN preconditioner
+            second_moment.masked_fill_(bad.view(view), 0.0)
+        if t is None:
+            counter.add_(1)
+
+    graphed = _GraphedStep(langevin_step, gen, device) if graph_form == "cuda" else None
     bar = _progress_bar(cfg.steps, progress)
     timed_from = 1 if cfg.steps > 1 else 0  # step 0 pays one-off costs (allocator, cuDNN algorithm choice)
     timer = 0.0
@@ -379,37 +444,10 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
         for t in range(cfg.steps):
             if t == timed_from:
                 timer = _synchronized_clock(device)
-            eps, sigma = cfg.eps(t), cfg.sigma(t)
-            x = u.detach().requires_grad_(True)
-            acts = activations(x)
-            trace[t] = acts.detach()
-            (g_act,) = torch.autograd.grad(acts.sum(), x)
-            # Few, fused in-place kernels: on small GPU models the step is launch-bound.
-            if cfg.precondition == "rms":
-                drift = g_act.mul_(_inv_rms(g_act, 1.0 / cfg.temperature))
+            if graphed is not None:
+                graphed()
             else:
-                drift = g_act if cfg.temperature == 1.0 else g_act.div_(cfg.temperature)
-            if disc is not None and cfg.disc_weight > 0:
-                disc.eval()  # no spectral-norm power iteration while reading D
-                x_d = u.detach().requires_grad_(True)
-                (g_d,) = torch.autograd.grad(torch.nn.functional.logsigmoid(disc(x_d)).sum(), x_d)
-                if cfg.precondition == "rms":
-                    drift.addcmul_(g_d, _inv_rms(g_d, cfg.disc_weight))
-                else:
-                    drift.add_(g_d, alpha=cfg.disc_weight)
-            if cfg.precondition == "psgld":
-                second_moment.mul_(0.99).addcmul_(drift, drift, value=0.01)
-                drift = drift / (second_moment / (1 - 0.99 ** (t + 1))).sqrt().add_(1e-8)
-            u = u.detach().add_(drift, alpha=0.5 * eps)
-            if sigma > 0:
-                u.add_(torch.randn(u.shape, generator=gen, device=device), alpha=math.sqrt(eps) * sigma)
-            # Before the clamp (which would turn +-Inf into the box edge): a row sum is non-finite iff the
-            # row holds a NaN/Inf.
-            bad = ~torch.isfinite(u.flatten(1).sum(1) + trace[t])
-            u = torch.where(bad.view(view), u0, u.clamp_(0.0, 1.0))
-            resets += bad
-            if second_moment is not None:  # a reset chain must not keep a NaN preconditioner
-                second_moment.masked_fill_(bad.view(view), 0.0)
+                langevin_step(None if graph_form else t)
             if trainer is not None and (t + 1) % cfg.disc_every == 0:
                 for _ in range(cfg.disc_steps):
                     trainer.step(u)
@@ -447,6 +485,58 @@ def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cp
         config={**cfg.__dict__, "chains": chains, "init": init, "seed": seed, "spatial": spatial,
                 "device": str(device)},
     )
+
+
+def _graphs_supported(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def _axpy(u: torch.Tensor, v: torch.Tensor, a) -> None:
+    """``u += a·v`` in one kernel, for a Python float ``a`` or a one-element tensor (the graphed step)."""
+    if isinstance(a, torch.Tensor):
+        u.addcmul_(v, a)
+    else:
+        u.add_(v, alpha=a)
+
+
+class _GraphedStep:
+    """Replays one Langevin step as a CUDA graph: the first steps run eagerly on a side stream (CUDA
+    libraries and the allocator settle), the next one is captured, then every call is one graph launch.
+
+    The step must be graph-safe: fixed shapes, no host sync, state updated in place, per-step scalars read
+    on the device. ``generator`` is registered with the graph, so replays draw fresh noise from it.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, step, generator: torch.Generator, device: torch.device):
+        self.step, self.generator, self.device = step, generator, device
+        self.calls = 0
+        self.graph = None
+        self.stream = torch.cuda.Stream(device)
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            if self.calls <= self.WARMUP:
+                self.step(None)
+            else:
+                graph = torch.cuda.CUDAGraph()
+                graph.register_generator_state(self.generator)
+                try:
+                    with torch.cuda.graph(graph, stream=self.stream):
+                        self.step(None)
+                except Exception as err:
+                    raise RuntimeError(f"cuda_graph: capturing the Langevin step failed ({type(err).__name__}: "
+                                       f"{err}); sample with cuda_graph=False") from err
+                self.graph = graph
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        if self.graph is not None:
+            self.graph.replay()
 
 
 def _synchronized_clock(device: torch.device) -> float:

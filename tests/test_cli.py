@@ -352,6 +352,8 @@ def test_compare_with_normalization_and_single_variant(ckpts, tmp_path, capsys):
     (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--variants", "raw,swa"], "--variants: "),
     (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--mean", "0.5"], "--mean/--std: "),
     (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--module", "nope"], "--module: "),
+    (["compare", "{a}", *MODEL, "--neurons", "fc:0", "--device", "cpu", "--cuda-graph"],
+     "--cuda-graph: CUDA graphs need a CUDA device"),
     (["compare", "{b}", *MODEL, "--neurons", "fc:0"], "--input-shape: required"),
     (["compare", "{b}", *MODEL, "--neurons", "fc:0", "--input-shape", "1,12,12", "--disc-weight", "1"],
      "--disc-weight: "),
@@ -431,3 +433,23 @@ def test_compare_takes_the_warm_discriminator_steps_when_every_variant_has_one(
                           "--chains", "2", "--out", tmp_path / "f", "--no-progress")
     assert code == 0, err
     assert asked == [None, None]  # no saved discriminators: the sampler's default
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], {"autocast_dtype": None, "channels_last": False, "cuda_graph": False}),
+    (["--bf16", "--channels-last"], {"autocast_dtype": torch.bfloat16, "channels_last": True, "cuda_graph": False}),
+])
+def test_speed_flags_reach_the_sampler(ckpts, tmp_path, capsys, monkeypatch, flags, expected):
+    import lightning_ldam.sampler as sampler
+
+    seen, real = [], sampler.sample
+
+    def spy(*args, **kwargs):
+        if kwargs.get("chains", 1) > 1:
+            seen.append({k: kwargs.get(k) for k in expected})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampler, "sample", spy)
+    code, _, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--out", tmp_path / "s", *FAST, *flags)
+    assert code == 0, err
+    assert seen and all(s == expected for s in seen)

@@ -43,3 +43,55 @@ def test_bf16_autocast_on_cpu_runs_and_stays_finite():
 def test_bad_channels_last_raises_naming_the_argument(value):
     with pytest.raises(TypeError, match=rf"^channels_last: expected True or False, got {value!r}$"):
         ldam.sample(make_tiny_net(), "classifier.2:0", channels_last=value, **KW)
+
+
+# ---- cuda_graph: the graph form of the step runs eagerly here; the capture itself is tested in test_gpu.py -----
+class _EagerGraphForm:
+    """Stands in for the CUDA graph: runs the graph form of the step (device counter, tables) eagerly."""
+
+    def __init__(self, step, generator, device):
+        self.step = step
+
+    def __call__(self):
+        self.step(None)
+
+
+@pytest.fixture
+def graph_form_on_cpu(monkeypatch):
+    import lightning_ldam.sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "_graphs_supported", lambda device: True)
+    monkeypatch.setattr(sampler_module, "_GraphedStep", _EagerGraphForm)
+
+
+@pytest.mark.parametrize("precondition", ["rms", "psgld", "none"])
+def test_the_graph_form_of_the_step_gives_the_eager_samples(graph_form_on_cpu, precondition):
+    spec = ["features.0:0-1", "classifier.2:all"]
+    kwargs = dict(KW, steps=12, precondition=precondition)
+    ref = ldam.sample(make_tiny_net(), spec, **kwargs)
+    res = ldam.sample(make_tiny_net(), spec, cuda_graph=True, **kwargs)
+    torch.testing.assert_close(res.images, ref.images, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(res.trace, ref.trace, atol=1e-5, rtol=1e-4)  # every row written at its step
+    assert not torch.equal(res.trace[..., 0], res.trace[..., -1])
+
+
+def test_the_graph_form_resets_nonfinite_chains(graph_form_on_cpu):
+    from torch import nn
+
+    from test_dynamics import NaNChannel
+
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), NaNChannel(bad=1))
+    res = ldam.sample(net, "2:0-2", input_shape=INPUT_SHAPE, chains=3, steps=6, cuda_graph=True)
+    assert res.nonfinite_resets.tolist() == [0, 18, 0]
+    assert torch.isfinite(res.images).all()
+
+
+def test_cuda_graph_needs_a_cuda_device():
+    with pytest.raises(ValueError, match=r"^cuda_graph: CUDA graphs need a CUDA device; sampling runs on cpu"):
+        ldam.sample(make_tiny_net(), "classifier.2:0", cuda_graph=True, **KW)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_bad_cuda_graph_raises_naming_the_argument(value):
+    with pytest.raises(TypeError, match=rf"^cuda_graph: expected True or False, got {value!r}$"):
+        ldam.sample(make_tiny_net(), "classifier.2:0", cuda_graph=value, **KW)
