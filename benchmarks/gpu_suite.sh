@@ -5,14 +5,15 @@
 #        P="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
 #           --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .whl"
 #        pip download --no-deps $P mlxtend torch-lucent kornia kornia_rs decorator && pip download $P ipython
-#   2. run (device tool), carry [".whl"], in two calls that fit one session's 15 minutes with the start:
-#        "PART=throughput bash benchmarks/gpu_suite.sh"  (timeout_s 300; ~3 min on an H100/H200, estimated)
+#   2. run (device tool), carry [".whl"], in calls that fit one session's 15 minutes with the start:
+#        "PART=gputests,throughput bash benchmarks/gpu_suite.sh"  (timeout_s 330; the GPU tests first, ~20 s,
+#                                                    they are the first run of cuda_graph on a GPU; then ~4 min)
 #        "PART=overhead bash benchmarks/gpu_suite.sh"    (timeout_s 330; ~4-5 min, estimated)
-#      and "PART=quality ..." (bf16 + channels_last quality, ~3 min) only if time is left.
+#      and "PART=quality ..." (quality with bf16 + channels_last + cuda_graph, ~3 min) only if time is left.
 #   3. the tables land in $OUT/*.txt; copy the figures into benchmarks/README.md with the device name.
 #
 # Each part has its own time limit so one slow part cannot eat the others. PART: comma-separated parts
-# (default: all three). QUICK=1: CPU-sized smoke run of the same commands (checks the script, not figures),
+# (default: all four). QUICK=1: CPU-sized smoke run of the same commands (checks the script, not figures),
 # e.g. here: QUICK=1 SKIP_WHEELS=1 PY=.venv/bin/python OUT=/tmp/gs bash benchmarks/gpu_suite.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/ldam_out}
@@ -30,7 +31,10 @@ if [ -n "${QUICK:-}" ]; then
   THR="--quick --steps 2 --lucent-steps 2 --only main,lucent"; OVH="--epochs 1 --configs mnist --steps 2 --chains 2 --no-ema"
   QUA="--set steps=8 --epochs 1"
 else
-  THR=""; OVH="--epochs 3 --cifar-images 5000"; QUA=""
+  THR=""; OVH="--epochs 10 --cifar-images 5000"; QUA=""
+fi
+if part gputests; then
+  timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gputests.txt"
 fi
 if part throughput; then
   timeout 280 "$PY" benchmarks/throughput.py $THR 2>&1 | grep -v Warning | tee "$OUT/throughput.txt"
@@ -40,6 +44,7 @@ if part overhead; then
     | tee "$OUT/overhead.txt"
 fi
 if part quality; then  # quality with the speed options on (must not lower the figures)
+  CG=""; [ -z "${QUICK:-}" ] && CG="--set cuda_graph=true"
   timeout 240 "$PY" benchmarks/quality.py --lambdas 0,default --set autocast_dtype=bfloat16 \
-    --set channels_last=true $QUA 2>&1 | tail -8 | tee "$OUT/quality_bf16_cl.txt"
+    --set channels_last=true $CG $QUA 2>&1 | tail -8 | tee "$OUT/quality_speed_options.txt"
 fi

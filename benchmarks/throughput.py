@@ -15,7 +15,8 @@ Sections (``--only`` picks some):
 * ``lucent``: torch-lucent's ``render_vis`` vs ``ldam.sample`` on ResNet-50 ``layer3``, 16 channels,
   128 px, the same step count, whole calls timed. lucent runs one channel at a time with a batch of 8
   and its standard transforms minus the rotation (its kornia call no longer exists): pad, jitter, scale.
-* ``options``: fp32 vs bf16 autocast vs channels_last vs both, for each model of ``main``.
+* ``options``: fp32 vs bf16 autocast vs channels_last vs both (and, on CUDA, ``cuda_graph`` alone and with
+  both), for each model of ``main``; λ = 0, plus the default λ for fp32 and ``cuda_graph``.
 
 Run: ``python benchmarks/throughput.py`` (CUDA when present; about 5 minutes on an H100/H200);
 ``--quick`` shrinks sizes for a CPU run, whose figures are ratios only.
@@ -208,18 +209,32 @@ def section_options(args, device):
     bf16 = torch.bfloat16
     options = [("fp32", {}), ("bf16 autocast", {"autocast_dtype": bf16}), ("channels_last", {"channels_last": True}),
                ("bf16 + channels_last", {"autocast_dtype": bf16, "channels_last": True})]
-    print("\n## options: ldam λ=0 chain-steps/s (and the bare loop under the same option)\n")
-    print("| model | option | bare loop | ldam λ=0 | ldam vs fp32 ldam |\n|---|---|---:|---:|---:|")
+    if device.type == "cuda":
+        options += [("cuda_graph", {"cuda_graph": True}),
+                    ("bf16 + channels_last + cuda_graph", {"autocast_dtype": bf16, "channels_last": True,
+                                                           "cuda_graph": True})]
+    print("\n## options: ldam chain-steps/s (the bare loop under the same dtype/layout, always eager)\n")
+    print("| model | option | bare loop | ldam λ=0 | ldam λ=0 vs fp32 | ldam λ=default | λ=default vs fp32 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for label, model, spec, shape, chains in models(args.quick, device):
         model = model.to(device).eval()
         batch = n_neurons(model, spec, shape) * chains
         base: Optional[float] = None
+        base_d: Optional[float] = None
+        real = torch.rand(256, *shape)
         for name, kw in options:
             bare = bare_loop(model, (batch, *shape), args.steps, device, dtype=kw.get("autocast_dtype"),
                              channels_last=kw.get("channels_last", False))
             t = ldam_step_seconds(model, spec, shape, chains, args.steps, device, disc_weight=0.0, **kw)
             base = base or t
-            print(f"| {label} | {name} | {batch / bare:,.0f} | {batch / t:,.0f} | {base / t:.2f}x |", flush=True)
+            cells = "— | —"
+            if name in ("fp32", "cuda_graph"):  # the discriminator's share: does graphing the step help there too?
+                td = ldam_step_seconds(model, spec, shape, chains, args.steps, device, real_data=real, disc_warmup=0,
+                                       **kw)
+                base_d = base_d or td
+                cells = f"{batch / td:,.0f} | {base_d / td:.2f}x"
+            print(f"| {label} | {name} | {batch / bare:,.0f} | {batch / t:,.0f} | {base / t:.2f}x | {cells} |",
+                  flush=True)
 
 
 def main(argv=None):
