@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from typing import Callable, List, Optional, Tuple
@@ -113,10 +114,14 @@ def section_main(args, device):
     for label, model, spec, shape, chains in models(args.quick, device):
         model = model.to(device).eval()
         batch = n_neurons(model, spec, shape) * chains
-        bare = bare_loop(model, (batch, *shape), args.steps, device)
-        s0 = ldam_step_seconds(model, spec, shape, chains, args.steps, device, disc_weight=0.0)
         real = torch.rand(256, *shape)
-        sd = ldam_step_seconds(model, spec, shape, chains, args.steps, device, real_data=real, disc_warmup=0)
+        runs = []
+        for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits all three alike
+            runs.append((bare_loop(model, (batch, *shape), args.steps, device),
+                         ldam_step_seconds(model, spec, shape, chains, args.steps, device, disc_weight=0.0),
+                         ldam_step_seconds(model, spec, shape, chains, args.steps, device, real_data=real,
+                                           disc_warmup=0)))
+        bare, s0, sd = (statistics.median(r[i] for r in runs) for i in range(3))
         print(f"| {label} | {batch} | {batch / bare:,.0f} | {batch / s0:,.0f} | {bare / s0:.2f} | "
               f"{batch / sd:,.0f} | {bare / sd:.2f} |", flush=True)
 
@@ -243,17 +248,21 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="steps per timing run (default 40; --quick 4)")
     p.add_argument("--lucent-steps", type=int, default=None, help="steps of the lucent comparison (default 64)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved repeats of the main table, medians reported (default: 1 on CUDA, 3 on CPU)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     args.steps = args.steps or (4 if args.quick else 40)
+    args.repeats = args.repeats or (1 if device.type == "cuda" else 3)
     args.lucent_steps = args.lucent_steps or (6 if args.quick else 64)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         p.error(f"--only: unknown sections {unknown}; accepted: {list(SECTIONS)}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device {name}; torch {torch.__version__}; steps {args.steps} (x3 for differencing)")
+    print(f"device {name}; torch {torch.__version__}; steps {args.steps} (x3 for differencing); "
+          f"main table: median of {args.repeats} interleaved repeats")
     for section in only:
         globals()[f"section_{section}"](args, device)
 
