@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-__all__ = ["load_checkpoint", "weight_variants", "ldam_state", "ldam_settings", "real_inputs"]
+__all__ = ["load_checkpoint", "weight_variants", "params_only_variants", "ldam_state", "ldam_settings", "real_inputs"]
 
 _LDAM = "LDAMCallback"
 _EMA_PREFIX = "average.module."
@@ -151,10 +151,25 @@ def weight_variants(ckpt: Mapping[str, Any]) -> Dict[str, Dict[str, torch.Tensor
     Raises:
         ValueError: the ``LDAMCallback`` EMA does not fit the checkpoint's weights.
     """
+    return {name: state for name, state, _ in _variants(ckpt)}
+
+
+def params_only_variants(ckpt: Mapping[str, Any]) -> List[str]:
+    """The :func:`weight_variants` names that average parameters only (``StochasticWeightAveraging``'s):
+    their BatchNorm statistics are those of the averaged copy's creation, to be recomputed before use."""
+    return [name for name, _, params_only in _variants(ckpt) if params_only]
+
+
+def _variants(ckpt: Mapping[str, Any]) -> List[Tuple[str, Dict[str, torch.Tensor], bool]]:
+    """``(name, state dict, parameters only)`` per variant, for :func:`weight_variants`."""
     callbacks = {k: v for k, v in (ckpt.get("callbacks") or {}).items() if isinstance(k, str)}
     lightning_avg = "current_model_state" in ckpt
     raw = dict(ckpt["current_model_state"] if lightning_avg else ckpt["state_dict"])
-    out: Dict[str, Dict[str, torch.Tensor]] = {"raw": raw}
+    out: List[Tuple[str, Dict[str, torch.Tensor], bool]] = [("raw", raw, False)]
+
+    def add(name: str, state: Dict[str, torch.Tensor], params_only: bool = False) -> None:
+        taken = {n for n, _, _ in out}
+        out.append((name if name not in taken else f"{name}-lightning", state, params_only))
 
     entry = _ldam_entry(ckpt)
     ema_state = entry[1].get("ema") if entry else None
@@ -162,17 +177,16 @@ def weight_variants(ckpt: Mapping[str, Any]) -> Dict[str, Dict[str, torch.Tensor
         ema = {k[len(_EMA_PREFIX):]: v for k, v in ema_state.items() if k.startswith(_EMA_PREFIX)}
         if ema:
             prefix = _ema_prefix(ema, raw, ldam_settings(ckpt).get("module"))
-            out["ema"] = {**raw, **{prefix + k: v for k, v in ema.items()}}
+            add("ema", {**raw, **{prefix + k: v for k, v in ema.items()}})
 
     if lightning_avg and _count((ckpt.get("averaging_state") or {}).get("n_averaged")) > 0:
         names: List[str] = [k for k in callbacks if "WeightAveraging" in k and "StochasticWeightAveraging" not in k]
         names = names or [k for k in callbacks if not k.startswith(_LDAM)]
-        name = "ema" if any("EMA" in k.split("{")[0] for k in names) else "swa"
-        out[name if name not in out else f"{name}-lightning"] = dict(ckpt["state_dict"])
+        add("ema" if any("EMA" in k.split("{")[0] for k in names) else "swa", dict(ckpt["state_dict"]))
 
     for key, state in callbacks.items():
         if "StochasticWeightAveraging" in key and isinstance(state, Mapping):
             avg = state.get("average_model_state")
             if avg and _count(state.get("n_averaged")) > 0:
-                out["swa" if "swa" not in out else "swa-lightning"] = {k: v for k, v in avg.items() if k in raw}
+                add("swa", {k: v for k, v in avg.items() if k in raw}, params_only=True)
     return out

@@ -278,7 +278,9 @@ def _cli_message(err: BaseException) -> str:
 
 
 def _compare(args) -> int:
-    from lightning_ldam.checkpoint import ldam_settings, ldam_state, real_inputs, weight_variants
+    from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
+    from lightning_ldam.checkpoint import (ldam_settings, ldam_state, params_only_variants, real_inputs,
+                                           weight_variants)
     from lightning_ldam.discriminator import restore_discriminator
     from lightning_ldam.reservoir import value_box
     from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT, WARM_DISC_STEPS, sample
@@ -317,6 +319,7 @@ def _compare(args) -> int:
 
     # ---- variants: (name, state dict, discriminator state, checkpoint index) ----------------------------
     variants: List[Tuple[str, Dict[str, torch.Tensor], Optional[dict], int]] = []
+    params_only: List[str] = []
     if len(ckpts) == 1:
         try:
             found = weight_variants(ckpts[0])
@@ -328,6 +331,7 @@ def _compare(args) -> int:
                              f"pass a second checkpoint to compare two checkpoints")
         discs = (ldam_state(ckpts[0]) or {}).get("discriminators") or {}
         variants = [(name, sd, discs.get(name), 0) for name, sd in found.items()]
+        params_only = params_only_variants(ckpts[0])
         own = settings.get("module")
         if "ema" in found and own and module != own and not (module or "").startswith(own + "."):
             print(f"note: LDAMCallback averaged only {own!r}; outside it the 'ema' weights are the raw ones",
@@ -396,6 +400,15 @@ def _compare(args) -> int:
         model = build_model(args.model, args.init_args, ckpts[idx])
         _load_weights(model, state, f"{name!r}", args.model)
         net = _submodule(model, module).to(device).eval()
+        if name in params_only and has_batchnorm(net):
+            # As the callback does: an average of parameters only carries the BN statistics of its creation.
+            if real is not None:
+                refresh_batchnorm(net, real)
+                print(f"{name!r}: BatchNorm statistics recomputed on the {real.shape[0]} saved real inputs")
+            else:
+                print(f"note: {name!r} averages parameters only and the checkpoint holds no real inputs to "
+                      f"recompute its BatchNorm statistics; they are those of the averaged copy's creation",
+                      file=sys.stderr)
         if not checked:  # neuron paths and indices, before any real work (one 1-step chain)
             try:
                 sample(net, neurons, input_shape=shape, chains=1, steps=1, disc_weight=0.0, value_range=box,

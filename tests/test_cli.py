@@ -453,3 +453,52 @@ def test_speed_flags_reach_the_sampler(ckpts, tmp_path, capsys, monkeypatch, fla
     code, _, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--out", tmp_path / "s", *FAST, *flags)
     assert code == 0, err
     assert seen and all(s == expected for s in seen)
+
+
+class TinyBNClassifier(TinyClassifier):
+    """TinyClassifier with a BatchNorm after the conv: what SWA's parameter-only average gets wrong."""
+
+    def __init__(self, width: int = 4):
+        super().__init__(width)
+        self.act = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU())
+
+
+def test_swa_variant_gets_batchnorm_statistics_recomputed_on_the_saved_inputs(tmp_path, capsys, monkeypatch):
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    from lightning_ldam.averaging import refresh_batchnorm
+    from lightning_ldam.checkpoint import params_only_variants
+
+    torch.manual_seed(0)
+    cb = LDAMCallback("conv:0-1", every_n_epochs=None, max_overhead=None, on_fit_end=True, chains=2, steps=2,
+                      reservoir_size=16, sampler_kwargs={"disc_warmup": 1})
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(tmp_path), enable_checkpointing=False,
+                         callbacks=[cb, StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=1)])
+    trainer.fit(TinyBNClassifier(), _loader())
+    path = tmp_path / "swa.ckpt"
+    trainer.save_checkpoint(str(path))
+    ckpt = load_checkpoint(str(path))
+    assert params_only_variants(ckpt) == ["swa"] and "swa" in weight_variants(ckpt)
+
+    seen = {}
+    import lightning_ldam.sampler as sampler
+    real_sample = sampler.sample
+
+    def spy(net, *args, **kwargs):
+        if kwargs.get("chains", 1) > 1:
+            seen[len(seen)] = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+        return real_sample(net, *args, **kwargs)
+
+    monkeypatch.setattr(sampler, "sample", spy)
+    code, out, err = _run(capsys, "compare", path, "--model", "test_cli.TinyBNClassifier", "--variants", "swa",
+                          "--out", tmp_path / "o", *FAST)
+    assert code == 0, err
+    assert "BatchNorm statistics recomputed on the 16 saved real inputs" in out
+    expected = TinyBNClassifier()
+    expected.load_state_dict(weight_variants(ckpt)["swa"])
+    stale = {k: v.clone() for k, v in expected.state_dict().items() if "running" in k}
+    refresh_batchnorm(expected.eval(), real_inputs(ckpt))
+    fresh = {k: v for k, v in expected.state_dict().items() if "running" in k}
+    assert all(torch.allclose(seen[0][k], fresh[k]) for k in fresh)
+    assert not all(torch.equal(stale[k], fresh[k]) for k in fresh)
