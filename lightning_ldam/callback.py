@@ -534,7 +534,11 @@ class LDAMCallbackLogic:
         return {"rounds": self._rounds, "skipped_rounds": self._skipped, "last_sampled_step": self._last_sampled_step,
                 "last_ema_step": self._last_ema_step,
                 "ema": self._ema.state_dict() if self._ema is not None else self._pending_ema_state,
-                "discriminators": discs, "reservoir": self._reservoir.state_dict()}
+                "discriminators": discs, "reservoir": self._reservoir.state_dict(),
+                # what the CLI needs to sample the checkpoint as the callback did (plain lists: no tensors)
+                "normalize": None if self.normalize is None else
+                [torch.as_tensor(t, dtype=torch.float32).flatten().tolist() for t in self.normalize],
+                "value_range": None if self.value_range is None else list(self.value_range)}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self._rounds = state_dict["rounds"]

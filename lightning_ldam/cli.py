@@ -370,6 +370,10 @@ def _compare(args) -> int:
         raise ValueError(f"--input-shape: {','.join(map(str, shape))} does not match the inputs saved in "
                          f"{real_from} ({','.join(map(str, real.shape[1:]))})")
     box = args.value_range
+    saved_box = (ldam_state(ckpts[0]) or {}).get("value_range")
+    if box is None and saved_box is not None:
+        box = tuple(saved_box)
+        print(f"value range: {box} (the callback's value_range)")
     if box is None:
         box = value_box(real) if real is not None else (0.0, 1.0)  # the callback's rule
         print(f"value range: {box} ({'from the reservoir' if real is not None else 'default; set --value-range'})")
@@ -382,8 +386,13 @@ def _compare(args) -> int:
         print(f"real inputs: {real.shape[0]} from {real_from}'s reservoir; λ = "
               f"{DEFAULT_DISC_WEIGHT if weight is None else weight:g}")
     normalize = None
+    saved_normalize = (ldam_state(ckpts[0]) or {}).get("normalize")
     if args.mean is not None:
         normalize = V.check_normalize((args.mean, args.std), shape[0])
+    elif saved_normalize is not None:
+        normalize = V.check_normalize(tuple(saved_normalize), shape[0])
+        print(f"normalisation from the checkpoint: mean {saved_normalize[0]}, std {saved_normalize[1]} "
+              f"(--mean/--std override)")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -502,3 +502,32 @@ def test_swa_variant_gets_batchnorm_statistics_recomputed_on_the_saved_inputs(tm
     fresh = {k: v for k, v in expected.state_dict().items() if "running" in k}
     assert all(torch.allclose(seen[0][k], fresh[k]) for k in fresh)
     assert not all(torch.equal(stale[k], fresh[k]) for k in fresh)
+
+
+def test_compare_reuses_the_callbacks_normalize_and_value_range(tmp_path, capsys, monkeypatch):
+    cb = LDAMCallback("conv:0-1", every_n_epochs=None, max_overhead=None, on_fit_end=True, chains=2, steps=2,
+                      reservoir_size=16, normalize=(0.5, 0.25), value_range=(0.0, 1.0),
+                      sampler_kwargs={"disc_warmup": 1})
+    trainer, _ = _fit(tmp_path, [cb])
+    path = tmp_path / "norm.ckpt"
+    trainer.save_checkpoint(str(path))
+    assert cb.state_dict()["normalize"] == [[0.5], [0.25]] and cb.state_dict()["value_range"] == [0.0, 1.0]
+
+    import lightning_ldam.sampler as sampler
+    seen, real_sample = [], sampler.sample
+
+    def spy(*args, **kwargs):
+        if kwargs.get("chains", 1) > 1:
+            seen.append((kwargs["normalize"], kwargs["value_range"]))
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(sampler, "sample", spy)
+    code, out, err = _run(capsys, "compare", path, *MODEL, "--out", tmp_path / "o", *FAST)
+    assert code == 0, err
+    assert "normalisation from the checkpoint" in out and "the callback's value_range" in out
+    (mean, std), box = seen[0]
+    assert box == (0.0, 1.0) and float(mean.flatten()[0]) == 0.5 and float(std.flatten()[0]) == 0.25
+    code, out, err = _run(capsys, "compare", path, *MODEL, "--out", tmp_path / "p", *FAST,
+                          "--mean", "0.1", "--std", "0.2")
+    assert code == 0, err
+    assert float(seen[-1][0][0].flatten()[0]) == pytest.approx(0.1)  # the flags win
