@@ -5,6 +5,11 @@ Used when the trainer has no Lightning weight-averaging callback. It is an
 own update rule: floats averaged with one foreach lerp, integer buffers (BatchNorm's
 ``num_batches_tracked``) copied. torch's ``get_ema_multi_avg_fn`` would lerp integers too and returns a
 closure, which cannot be pickled (DDP spawn pickles callbacks).
+
+The update runs after every optimizer step, so it is written for that: when the average lives on the
+model's device it is two foreach kernels (lerp the floats, copy the integers) on cached tensor lists, with
+the update count kept in Python; ``AveragedModel.update_parameters`` visits every tensor one by one
+(a ``detach``, a ``.to``, and a copy for the first update) and compares its count tensor twice per call.
 """
 from __future__ import annotations
 
@@ -68,6 +73,7 @@ class EMA(nn.Module):
         self.average.module = snapshot(model, device)
         if device is not None:
             self.average.to(device)
+        self._updates: Optional[int] = None  # Python mirror of n_averaged (read once, never synced again)
 
     @property
     def n_averaged(self) -> torch.Tensor:
@@ -87,8 +93,31 @@ class EMA(nn.Module):
         """Fold ``model``'s current weights in if ``step`` is due; returns whether it updated."""
         if not self.should_update(step):
             return False
-        self.average.update_parameters(model)
+        if self._updates is None:
+            self._updates = int(self.average.n_averaged)
+        averaged = [*self.module.parameters(), *self.module.buffers()]  # in-place under no_grad: no detach
+        current = [*model.parameters(), *model.buffers()]
+        if len(averaged) != len(current) or any(a.device != c.device or a.dtype != c.dtype or a.shape != c.shape
+                                                for a, c in zip(averaged, current)):
+            self.average.update_parameters(model)  # another device (ema_device) or layout: the general path
+            self._updates += 1
+            return True
+        if self._updates == 0:
+            torch._foreach_copy_(averaged, current)  # AveragedModel's rule: the first update copies
+        else:
+            floats = [i for i, a in enumerate(averaged) if a.is_floating_point()]
+            ints = [i for i, a in enumerate(averaged) if not a.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([averaged[i] for i in floats], [current[i] for i in floats], 1.0 - self.decay)
+            if ints:
+                torch._foreach_copy_([averaged[i] for i in ints], [current[i] for i in ints])
+        self.average.n_averaged.add_(1)
+        self._updates += 1
         return True
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._updates = None  # the loaded count is read at the next update
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -155,3 +155,49 @@ def test_ema_is_picklable():
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EMA(_linear(), **kwargs)
+
+
+def _bn_net(seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2))
+
+
+def test_the_fast_update_matches_averaged_models_own_update():
+    """Two foreach kernels on the model's device give what AveragedModel.update_parameters gives."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from lightning_ldam.averaging import _EMAUpdate
+
+    net = _bn_net()
+    ema = EMA(net, decay=0.8)
+    ref = AveragedModel(copy.deepcopy(net), multi_avg_fn=_EMAUpdate(0.8), use_buffers=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for step in range(1, 6):
+        net.train()
+        loss = net(torch.rand(4, 1, 6, 6)).square().mean()  # also moves BN's running stats and counter
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update(net, step)
+        ref.update_parameters(net)
+    assert int(ema.n_averaged) == int(ref.n_averaged) == 5
+    for (k, a), b in zip(ema.module.state_dict().items(), ref.module.state_dict().values()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-7), k
+    assert int(ema.module[1].num_batches_tracked) == 5  # integers copied, not averaged
+
+
+def test_the_update_issues_a_few_kernels_whatever_the_number_of_tensors():
+    """Per-tensor work after every optimizer step is dispatcher (and, on a GPU, launch) overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    net = nn.Sequential(*[nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)) for _ in range(20)])  # 140 tensors
+    ema = EMA(net, decay=0.9)
+    ema.update(net, 1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ema.update(net, 2)
+    # top-level ops only: on a CPU the foreach ops loop over tensors inside (a GPU runs them as a few kernels)
+    ops = [e.name for e in prof.events() if e.name.startswith("aten::")
+           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    assert ops.count("aten::_foreach_lerp_") == 1 and ops.count("aten::_foreach_copy_") == 1
+    assert len(ops) < 10, ops
