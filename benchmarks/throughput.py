@@ -15,6 +15,7 @@ Sections (``--only`` picks some):
 * ``lucent``: torch-lucent's ``render_vis`` vs ``ldam.sample`` on ResNet-50 ``layer3``, 16 channels,
   128 px, the same step count, whole calls timed. lucent runs one channel at a time with a batch of 8
   and its standard transforms minus the rotation (its kornia call no longer exists): pad, jitter, scale.
+* ``disc``: the discriminator's cost per step by width (32, 16 = the default, 8) and update cadence.
 * ``options``: fp32 vs bf16 autocast vs channels_last vs both (and, on CUDA, ``cuda_graph`` alone and with
   both), for each model of ``main``; λ = 0, plus the default λ for fp32 and ``cuda_graph``.
 
@@ -38,7 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import lightning_ldam as ldam  # noqa: E402
 from mnist_models import TargetCNN  # noqa: E402
 
-SECTIONS = ("main", "early", "batching", "lucent", "options")
+SECTIONS = ("main", "early", "batching", "lucent", "options", "disc")
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -240,6 +241,31 @@ def section_options(args, device):
                 cells = f"{batch / td:,.0f} | {base_d / td:.2f}x"
             print(f"| {label} | {name} | {batch / bare:,.0f} | {batch / t:,.0f} | {base / t:.2f}x | {cells} |",
                   flush=True)
+
+
+def section_disc(args, device):
+    """What the discriminator costs per Langevin step, by its width and update cadence (MNIST CNN)."""
+    from lightning_ldam.discriminator import build_discriminator
+
+    model, spec, shape, chains = TargetCNN().to(device).eval(), "classifier.4:all", (1, 28, 28), 16
+    batch = n_neurons(model, spec, shape) * chains
+    real = torch.rand(256, *shape)
+    bare = bare_loop(model, (batch, *shape), args.steps, device)
+    print(f"\n## disc: the discriminator's cost per step, MNIST example CNN, batch {batch}\n")
+    print(f"| setting | ms / step | vs bare loop ({1e3 * bare:.1f} ms) |\n|---|---:|---:|")
+    rows = [("λ = 0 (no D)", {"disc_weight": 0.0})]
+    for width in (32, 16, 8):
+        rows.append((f"default λ, D width {width}, 2 updates/step", {"width": width}))
+    rows += [("D width 16, 1 update/step", {"width": 16, "disc_steps": 1}),
+             ("D width 16, 2 updates every 2nd step", {"width": 16, "disc_every": 2})]
+    for label, kw in rows:
+        kw = dict(kw)
+        width = kw.pop("width", None)
+        if width is not None:  # a fresh D of that width, seeded as the sampler seeds its own
+            kw.update(real_data=real, disc_warmup=0,
+                      discriminator=build_discriminator(1, shape[1:], seed=0, device=device, width=width))
+        t = ldam_step_seconds(model, spec, shape, chains, args.steps, device, **kw)
+        print(f"| {label} | {1e3 * t:.1f} | {bare / t:.2f} |", flush=True)
 
 
 def main(argv=None):

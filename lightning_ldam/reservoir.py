@@ -8,6 +8,8 @@ run's RNG is never touched.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -67,7 +69,11 @@ def value_box(images: torch.Tensor) -> Tuple[float, float]:
 
 
 class Reservoir:
-    """Keeps a uniform random sample of at most ``size`` inputs seen so far (algorithm R, vectorised).
+    """Keeps a uniform random sample of at most ``size`` inputs seen so far (Li's algorithm L).
+
+    Once full, it draws how many inputs to skip before the next one it keeps, so a batch with nothing to
+    keep (most of them, late in training) costs an integer comparison: this runs after every training
+    batch, and on a GPU its cost is host time next to a few-millisecond step.
 
     Args:
         size: capacity.
@@ -82,6 +88,8 @@ class Reservoir:
         self.data: Optional[torch.Tensor] = None
         self.generator = torch.Generator().manual_seed(seed)
         self._pending: List[Tuple[torch.Tensor, torch.Tensor]] = []  # (slots on CPU, rows on the batch's device)
+        self._w: Optional[float] = None  # algorithm L's running maximum of the kept items' random keys
+        self._next = 0  # stream position of the next input to keep once full
 
     def __getstate__(self) -> Dict[str, Any]:
         # torch.multiprocessing would share the generator's state tensor through a file descriptor that is
@@ -104,19 +112,43 @@ class Reservoir:
     def add(self, inputs: torch.Tensor) -> None:
         """Offer a batch ``[B, ...]``; rows are kept with the reservoir's probabilities."""
         b = inputs.shape[0]
-        positions = torch.arange(self.seen, self.seen + b)
-        # Item number n (0-based) goes to slot n while filling, else to a uniform slot in [0, n].
-        slots = torch.where(positions < self.size, positions,
-                            (torch.rand(b, generator=self.generator) * (positions + 1)).long())
-        keep = slots < self.size
-        self.seen += b
-        if not keep.any():
+        start, end = self.seen, self.seen + b
+        self.seen = end
+        if start >= self.size and end <= self._next:
+            return  # the common case once full: nothing in this batch is kept
+        positions, slots = [], []
+        for pos in range(start, min(end, self.size)):  # filling: input n goes to slot n
+            positions.append(pos)
+            slots.append(pos)
+        if end > self.size:
+            if self._w is None:  # just filled: start algorithm L's skips
+                # (a state saved before algorithm L resumes at the acceptance rate size/seen, which is E[W])
+                self._w = math.exp(math.log(self._uniform()) / self.size) if start <= self.size \
+                    else self.size / start
+                self._next = max(self.size, start) - 1 + self._skip()
+            while self._next < end:
+                positions.append(self._next)
+                slots.append(min(int(self._uniform() * self.size), self.size - 1))
+                self._w *= math.exp(math.log(self._uniform()) / self.size)
+                self._next += self._skip()
+        if not positions:
             return
+        index = torch.tensor(positions) - start
         # Advanced indexing copies the rows on the batch's device; no host sync here.
-        rows = inputs.detach()[keep.nonzero().squeeze(1).to(inputs.device, non_blocking=True)]
-        self._pending.append((slots[keep], rows))
+        rows = inputs.detach()[index.to(inputs.device, non_blocking=True)]
+        self._pending.append((torch.tensor(slots), rows))
         if sum(r.shape[0] for _, r in self._pending) >= self.size:
             self._flush()  # bounds what waits on the device to about one reservoir
+
+    def _uniform(self) -> float:
+        """A draw in (0, 1) from the private generator."""
+        return max(float(torch.rand((), generator=self.generator)), 1e-12)
+
+    def _skip(self) -> int:
+        """Positions to the next kept input (1 = the very next one), given the current ``_w``."""
+        if self._w >= 1.0:
+            return 1
+        return int(math.floor(math.log(self._uniform()) / math.log1p(-self._w))) + 1
 
     def _flush(self) -> None:
         """Write the pending rows into the CPU store, in arrival order (a later row wins its slot)."""
@@ -149,12 +181,13 @@ class Reservoir:
     def state_dict(self) -> Dict[str, Any]:
         self._flush()
         return {"seen": self.seen, "data": None if self.data is None else self.images.clone(),
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "w": self._w, "next": self._next}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self._pending.clear()
         self.seen = state["seen"]
         self.generator.set_state(state["generator"])
+        self._w, self._next = state.get("w"), state.get("next", 0)  # older states: restarted at the next batch
         data = state["data"]
         self.data = None
         if data is not None:

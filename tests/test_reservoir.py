@@ -257,3 +257,45 @@ def test_explicit_keys():
 def test_unreadable_batches_raise_naming_input_key(batch, key, match):
     with pytest.raises(ValueError, match=match):
         extract_input(batch, key)
+
+
+def test_selection_stays_uniform_over_a_long_stream_of_skips():
+    """Algorithm L's skips: positions kept from a 2,000-input stream spread evenly over it."""
+    size, n, trials, bins = 16, 2000, 300, 10
+    counts = torch.zeros(bins)
+    for seed in range(trials):
+        res = Reservoir(size, seed=seed)
+        for b in _stream(n, 50):
+            res.add(b)
+        counts += torch.bincount(torch.tensor(_kept(res)) * bins // n, minlength=bins)
+    expected = trials * size / bins  # 480 per bin
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 27.9, f"chi-square {chi2:.1f} with 9 dof (p < 0.001): counts {counts.tolist()}"
+
+
+def test_a_batch_with_nothing_to_keep_costs_no_tensor_op():
+    from torch.profiler import ProfilerActivity, profile
+
+    res = Reservoir(8, seed=0)
+    for b in _stream(400, 4):
+        res.add(b)
+    while res._next < res.seen + 4:  # move on to a batch that the next kept position lies beyond
+        res.add(torch.zeros(4, 1))
+    batch = torch.zeros(4, 1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        res.add(batch)
+    assert [e.name for e in prof.events() if e.name.startswith("aten::")] == []
+
+
+def test_a_state_saved_before_the_skips_resumes():
+    res = Reservoir(8, seed=0)
+    for b in _stream(400, 4):
+        res.add(b)
+    state = res.state_dict()
+    del state["w"], state["next"]  # the layout of earlier checkpoints
+    old = Reservoir(8, seed=0)
+    old.load_state_dict(state)
+    for b in _stream(4000, 4)[100:]:  # positions 400..3999
+        old.add(b)
+    kept = _kept(old)
+    assert old.seen == 4000 and len(kept) == 8 and sum(k >= 400 for k in kept) >= 6  # ~7.2 expected
