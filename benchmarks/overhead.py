@@ -8,8 +8,9 @@
    budget) unless ``--chains``/``--steps`` say otherwise, and the same with ``max_overhead=None`` (every
    due round runs, whatever it costs). Rounds run and skipped are printed with each, and the budget's own
    account (the callback's seconds over the training seconds it measured).
-2. The own EMA's update (``AveragedModel`` + a foreach lerp) against one training step (forward,
-   backward, optimizer step) for the MNIST CNN and a torchvision ResNet-18 at 32 px.
+2. The callback's per-batch work against one training step (forward, backward, optimizer step) for the
+   MNIST CNN and a torchvision ResNet-18 at 32 px: the own EMA's update and offering the batch (64 inputs)
+   to a full reservoir.
 
 Run: ``python benchmarks/overhead.py`` (CUDA when present); ``--epochs``, ``--configs mnist,cifar``,
 ``--cifar-images`` to size it. CPU figures are ratios only.
@@ -32,6 +33,7 @@ import lightning.pytorch as pl  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_ldam import EMA, LDAMCallback  # noqa: E402
+from lightning_ldam.reservoir import Reservoir  # noqa: E402
 from mnist_models import TargetCNN  # noqa: E402
 
 
@@ -87,7 +89,11 @@ def step_vs_ema(model: torch.nn.Module, shape, device, iters: int = 30):
 
     step = timed(train_step)
     update = timed(lambda: ema.update(model, step=1))
-    return step, update
+    reservoir = Reservoir(256)
+    for _ in range(800):  # 51,200 inputs offered: an epoch or more into a run, where most batches keep nothing
+        reservoir.add(x)
+    offer = timed(lambda: reservoir.add(x))
+    return step, update, offer
 
 
 def main(argv=None):
@@ -126,9 +132,10 @@ def main(argv=None):
     import torchvision
     for label, model, shape in [("MNIST CNN", TargetCNN(), (1, 28, 28)),
                                 ("ResNet-18 32px", torchvision.models.resnet18(num_classes=10), (3, 32, 32))]:
-        step, update = step_vs_ema(model, shape, device)
-        print(f"| {label} | train step {1e3 * step:.2f} ms | EMA update {1e3 * update:.2f} ms | "
-              f"{100 * update / step:.1f}% of a step |")
+        step, update, offer = step_vs_ema(model, shape, device)
+        print(f"| {label} | train step {1e3 * step:.2f} ms | EMA update {1e3 * update:.3f} ms | "
+              f"{100 * update / step:.1f}% of a step | reservoir offer {1e3 * offer:.3f} ms | "
+              f"{100 * offer / step:.2f}% |")
 
 
 if __name__ == "__main__":
