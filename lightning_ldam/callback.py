@@ -266,7 +266,7 @@ class LDAMCallbackLogic:
             self._round(trainer, pl_module, budgeted=False)
         if self._budget is not None and self._rounds == self._fit_start_rounds and self._skipped:
             sources = self._variant_sources(trainer, pl_module)
-            estimate = self._budget.estimate(len(sources), self._round_steps(sources) or LangevinConfig().steps)
+            estimate = self._budget.estimate(len(sources), self._planned_steps(sources))
             cost = f"a round would take about {estimate:.1f}s" if estimate is not None else "too short to time a round"
             self._warn_once("no_round", f"LDAMCallback: no round fit in max_overhead={self._budget.fraction:g} of this "
                                         f"run's {self._budget.training_seconds():.1f}s of training ({cost}); pass "
@@ -341,7 +341,7 @@ class LDAMCallbackLogic:
         skip = False
         if trainer.is_global_zero:
             sources = self._variant_sources(trainer, pl_module)
-            steps = self._round_steps(sources) or LangevinConfig().steps
+            steps = self._planned_steps(sources)
             budget = self._budget
             if not budget.has_estimate:
                 done = trainer.global_step - self._fit_start_step
@@ -409,7 +409,7 @@ class LDAMCallbackLogic:
             if self._budget is not None:
                 seconds = time.perf_counter() - started
                 self._budget.add_sampling(seconds)
-                self._budget.record_round(seconds, len(snaps), self._round_steps(snaps) or LangevinConfig().steps)
+                self._budget.record_round(seconds, len(snaps), self._planned_steps(snaps))
             snaps.clear()
         self._rounds += 1
         if trainer.is_global_zero and results:
@@ -475,6 +475,10 @@ class LDAMCallbackLogic:
         return dict(input_shape=shape, chains=self.chains, real_data=real, disc_weight=weight,
                     value_range=self.value_range or self._reservoir.value_range(), normalize=self.normalize,
                     seed=self.seed, discriminator=disc)
+
+    def _planned_steps(self, variants: Dict[str, Any]) -> int:
+        """The steps a round of these variants runs (``_round_steps``, with the sampler's default filled in)."""
+        return self._round_steps(variants) or LangevinConfig().steps
 
     def _sample(self, variant: str, net: nn.Module, neurons: NeuronSpec, kwargs: Dict[str, Any]) -> SampleResult:
         """One variant: ``kwargs`` are the round's sampler settings (steps, progress, ``sampler_kwargs``)."""
