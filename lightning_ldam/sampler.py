@@ -554,4 +554,5 @@ def _progress_bar(total: int, progress: Union[bool, float]):
     except ImportError:  # tqdm ships with Lightning; without it, no bar
         return None
     delay = 0.0 if progress is True else float(progress)
-    return tqdm(total=total, desc="LDAM", unit="step", leave=False, delay=delay)
+    # disable=None: no bar when stderr is not a terminal (CI logs, files), where every refresh is a new line
+    return tqdm(total=total, desc="LDAM", unit="step", leave=False, delay=delay, disable=None)

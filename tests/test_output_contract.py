@@ -157,3 +157,9 @@ def test_step_seconds_times_the_steps_inside_the_call(tiny_net, monkeypatch, ste
     timed = steps - 1 if steps > 1 else 1
     assert res.step_seconds == pytest.approx((ticks[1] - ticks[0]) / timed)
     assert 0 < res.step_seconds * timed < res.seconds
+
+
+def test_progress_bar_stays_silent_when_stderr_is_not_a_terminal(tiny_net, capsys):
+    """Under pytest stderr is captured (not a TTY): a progress=True call must not print bar refreshes."""
+    ldam.sample(tiny_net, "classifier.2:0", input_shape=INPUT_SHAPE, chains=2, steps=5, progress=True)
+    assert "LDAM" not in capsys.readouterr().err
