@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -278,13 +279,8 @@ def _cli_message(err: BaseException) -> str:
 
 
 def _compare(args) -> int:
-    from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
-    from lightning_ldam.checkpoint import (ldam_settings, ldam_state, params_only_variants, real_inputs,
-                                           weight_variants)
-    from lightning_ldam.discriminator import restore_discriminator
-    from lightning_ldam.reservoir import value_box
-    from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT, WARM_DISC_STEPS, sample
-    from lightning_ldam.summaries import summarize, write_tensorboard
+    """``lightning-ldam compare``: check the options, then variants, inputs, sampling and output in turn."""
+    from lightning_ldam.checkpoint import ldam_settings
     from lightning_ldam.targets import parse_neurons
 
     if len(args.ckpts) > 2:
@@ -317,7 +313,16 @@ def _compare(args) -> int:
         module = settings["module"]
         print(f"module: {module!r} (from the checkpoint's LDAMCallback)")
 
-    # ---- variants: (name, state dict, discriminator state, checkpoint index) ----------------------------
+    variants, params_only = _compare_variants(args, ckpts, settings, module)
+    inputs = _compare_inputs(args, ckpts)
+    results = _sample_variants(args, ckpts, variants, params_only, neurons, module, inputs)
+    return _write_comparison(args, ckpts, results)
+
+
+def _compare_variants(args, ckpts, settings, module):
+    """``([(name, state dict, discriminator state, checkpoint index)], parameter-only variant names)``."""
+    from lightning_ldam.checkpoint import ldam_state, params_only_variants, weight_variants
+
     variants: List[Tuple[str, Dict[str, torch.Tensor], Optional[dict], int]] = []
     params_only: List[str] = []
     if len(ckpts) == 1:
@@ -352,8 +357,27 @@ def _compare(args) -> int:
         if unknown:
             raise ValueError(f"--variants: expected a comma list of {known}, got {','.join(args.variants)!r}")
         variants = [v for v in variants if v[0] in args.variants]
+    return variants, params_only
 
-    # ---- input shape, value range, real data ---------------------------------------------------------------
+
+@dataclass
+class _Inputs:
+    """What every variant is sampled with: real inputs (or None), shape, box, λ, normalisation, device."""
+
+    real: Optional[torch.Tensor]
+    shape: Tuple[int, ...]
+    box: Tuple[float, float]
+    weight: Optional[float]
+    normalize: Any
+    device: torch.device
+
+
+def _compare_inputs(args, ckpts) -> _Inputs:
+    """Real inputs from the first checkpoint with a reservoir, then shape, value range, λ, normalisation."""
+    from lightning_ldam.checkpoint import ldam_state, real_inputs
+    from lightning_ldam.reservoir import value_box
+    from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT
+
     real, real_from = None, None
     for path, ckpt in zip(args.ckpts, ckpts):
         real = real_inputs(ckpt)
@@ -397,8 +421,17 @@ def _compare(args) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: 'cuda' requested but torch.cuda.is_available() is False; use cpu or auto")
+    return _Inputs(real, tuple(shape), tuple(box), weight, normalize, device)
 
-    # ---- sample ------------------------------------------------------------------------------------------
+
+def _sample_variants(args, ckpts, variants, params_only, neurons, module, inputs: _Inputs) -> Dict[str, Any]:
+    """Build, load and sample each variant (same chains and noise for all); results by variant name."""
+    from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
+    from lightning_ldam.discriminator import restore_discriminator
+    from lightning_ldam.sampler import WARM_DISC_STEPS, sample
+
+    real, shape, box, weight, normalize, device = (inputs.real, inputs.shape, inputs.box, inputs.weight,
+                                                   inputs.normalize, inputs.device)
     results = {}
     checked = False
     steps = args.steps
@@ -443,8 +476,12 @@ def _compare(args) -> int:
                                    cuda_graph=args.cuda_graph)
         except (ValueError, TypeError) as err:
             raise type(err)(_cli_message(err)) from None
+    return results
 
-    # ---- write -------------------------------------------------------------------------------------------
+
+def _write_comparison(args, ckpts, results) -> int:
+    """The TensorBoard run (the callback's tag layout) and one PNG contact sheet per layer under ``--out``."""
+    from lightning_ldam.summaries import summarize, write_tensorboard
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import save_image
 
