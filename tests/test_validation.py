@@ -1,4 +1,6 @@
 """Bad input: each a clear ValueError/TypeError naming the argument, raised before any sampling."""
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -189,6 +191,7 @@ def test_bad_progress_raises_naming_the_argument(progress):
 
 
 @pytest.mark.parametrize("progress, shown", [(True, True), (0.0, True), (3600.0, False), (False, False)])
-def test_progress_bar_appears_only_after_its_delay(capsys, progress, shown):
+def test_progress_bar_appears_only_after_its_delay(capsys, monkeypatch, progress, shown):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar is off on pipes and files
     ldam.sample(make_tiny_net(), "classifier.2:0", input_shape=INPUT_SHAPE, chains=2, steps=3, progress=progress)
     assert ("LDAM" in capsys.readouterr().err) is shown
