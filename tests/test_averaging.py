@@ -201,3 +201,25 @@ def test_the_update_issues_a_few_kernels_whatever_the_number_of_tensors():
            and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
     assert ops.count("aten::_foreach_lerp_") == 1 and ops.count("aten::_foreach_copy_") == 1
     assert len(ops) < 10, ops
+
+
+def test_the_update_follows_tensors_the_model_replaces():
+    """The tensor lists are cached; a buffer swapped for a new object, or parameters recast, must be seen."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from lightning_ldam.averaging import _EMAUpdate
+
+    net = _bn_net()
+    ema = EMA(net, decay=0.5)
+    ref = AveragedModel(copy.deepcopy(net), multi_avg_fn=_EMAUpdate(0.5), use_buffers=True)
+    for step in (1, 2):
+        ema.update(net, step)
+        ref.update_parameters(net)
+    net[1].running_mean = torch.full((3,), 2.0)  # a new buffer object, as Module.to() makes
+    with torch.no_grad():
+        net[0].weight.data = net[0].weight.data + 1.0  # new storage under the same Parameter
+    ema.update(net, 3)
+    ref.update_parameters(net)
+    for (k, a), b in zip(ema.module.state_dict().items(), ref.module.state_dict().values()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-7), k
+    assert float(ema.module[1].running_mean[0]) > 0.5  # the new buffer's 2.0 came in
