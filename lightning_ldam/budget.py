@@ -87,19 +87,38 @@ class OverheadBudget:
         if variants > 0 and steps > 0 and seconds > 0:
             self._fixed, self._per_step = 0.0, seconds / (variants * steps)
 
-    def record_probe(self, step_seconds: float, fixed_seconds: float) -> None:
-        """A probe's per-step time and its per-variant fixed cost (setup, warm-up), before any round."""
-        self._per_step, self._fixed = max(0.0, float(step_seconds)), max(0.0, float(fixed_seconds))
+    def record_probe(self, seconds: float, step_seconds: float, steps: int, warmup_updates: int = 0,
+                     updates_per_step: int = 0) -> None:
+        """A probe run, before any round: the estimate's per-step time and per-variant fixed cost.
 
-    def worth_probing(self, variants: int, steps: int, train_step_seconds: float, batch_share: float = 1.0) -> bool:
+        Args:
+            seconds: the probe call's wall time.
+            step_seconds: its time per Langevin step (setup excluded).
+            steps: its Langevin steps (what ``seconds`` holds beyond them is the fixed cost: setup).
+            warmup_updates: discriminator updates a round makes before its first step (a fresh D's warm-up);
+                the probe made none.
+            updates_per_step: discriminator updates per Langevin step. A step also reads D's input gradient,
+                so one update costs under ``step_seconds / (updates_per_step + 1)``.
+        """
+        fixed = max(0.0, seconds - steps * step_seconds)
+        fixed += warmup_updates * step_seconds / (updates_per_step + 1)
+        self._per_step, self._fixed = max(0.0, float(step_seconds)), fixed
+
+    def worth_probing(self, variants: int, steps: int, train_steps: int, round_batch: int = 0,
+                      train_batch: int = 0) -> bool:
         """Whether the allowance could hold a round under the :data:`MIN_STEP_SHARE` lower bound.
 
         Args:
             variants: weight variants the round would sample.
             steps: Langevin steps per variant.
-            train_step_seconds: mean wall time of a training step so far.
-            batch_share: the round's batch over the training batch (capped at 1: a larger batch is not
-                assumed to cost more, the bound stays a lower bound).
+            train_steps: training steps so far (their mean wall time scales the bound; none: not yet).
+            round_batch: chains in one Langevin step (0: unknown).
+            train_batch: inputs in one training batch (0: unknown). A round batch smaller than the training
+                batch lowers the bound in proportion; a larger one does not raise it (the bound stays a
+                lower bound).
         """
-        bound = variants * steps * MIN_STEP_SHARE * train_step_seconds * min(1.0, max(0.0, batch_share))
+        if train_steps <= 0:
+            return False
+        share = min(1.0, round_batch / train_batch) if round_batch and train_batch else 1.0
+        bound = variants * steps * MIN_STEP_SHARE * self.training_seconds() / train_steps * share
         return self.allowance() >= bound

@@ -147,7 +147,7 @@ class LDAMCallbackLogic:
         self._at_train_end = False
         self._budget = None if max_overhead is None else OverheadBudget(max_overhead)
         self._fit_start_step = 0
-        self._fit_start_rounds = 0
+        self._fit_start_counts = (0, 0)  # (rounds, skipped rounds) when this fit started: a resume keeps counting
         self._train_batch = 0  # inputs per training batch (the budget scales its lower bound with it)
         self._skipped = 0
         self._last_skipped_step = -1  # a step whose due round the budget skipped (the fit-end round still runs)
@@ -210,7 +210,7 @@ class LDAMCallbackLogic:
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._budget is not None:
             self._budget.start()
-        self._fit_start_step, self._fit_start_rounds = trainer.global_step, self._rounds
+        self._fit_start_step, self._fit_start_counts = trainer.global_step, (self._rounds, self._skipped)
         own = self.averaging == "ema" or (self.averaging == "auto" and not self._averagers)
         if own and self._ema is None:
             self._ema = EMA(self.network(pl_module), decay=self.ema_decay, every_n_steps=self.ema_every_n_steps,
@@ -264,7 +264,8 @@ class LDAMCallbackLogic:
         step = trainer.global_step
         if self.on_fit_end_enabled and (step != self._last_sampled_step or step == self._last_skipped_step):
             self._round(trainer, pl_module, budgeted=False)
-        if self._budget is not None and self._rounds == self._fit_start_rounds and self._skipped:
+        if self._budget is not None and self._rounds == self._fit_start_counts[0] \
+                and self._skipped > self._fit_start_counts[1]:  # this fit skipped rounds and ran none
             sources = self._variant_sources(trainer, pl_module)
             estimate = self._budget.estimate(len(sources), self._planned_steps(sources))
             cost = f"a round would take about {estimate:.1f}s" if estimate is not None else "too short to time a round"
@@ -344,13 +345,12 @@ class LDAMCallbackLogic:
             steps = self._planned_steps(sources)
             budget = self._budget
             if not budget.has_estimate:
-                done = trainer.global_step - self._fit_start_step
-                shard = len(self._resolved[::trainer.world_size]) or 1
-                share = self.chains * shard / self._train_batch if self._train_batch else 1.0
-                if done <= 0 or not budget.worth_probing(len(sources), steps, budget.training_seconds() / done, share):
-                    skip = True
-                else:
+                round_batch = self.chains * len(self._resolved[::trainer.world_size])
+                if budget.worth_probing(len(sources), steps, trainer.global_step - self._fit_start_step,
+                                        round_batch, self._train_batch):
                     self._probe(trainer, pl_module, sources)
+                else:
+                    skip = True
             estimate = budget.estimate(len(sources), steps)
             skip = skip or (estimate is not None and estimate > budget.allowance())
         if trainer.world_size > 1:
@@ -373,12 +373,12 @@ class LDAMCallbackLogic:
             return
         finally:
             self._budget.add_sampling(time.perf_counter() - started)
-        fixed = max(0.0, res.seconds - _PROBE_STEPS * res.step_seconds)
-        if res.discriminator is not None:  # a fresh D's warm-up; each update costs under a step's share
-            cfg = LangevinConfig(**{k: self.sampler_kwargs[k] for k in ("disc_warmup", "disc_steps")
-                                    if k in self.sampler_kwargs})
-            fixed += cfg.disc_warmup * res.step_seconds / (cfg.disc_steps + 1)
-        self._budget.record_probe(res.step_seconds, fixed)
+        cfg = LangevinConfig(**{k: self.sampler_kwargs[k] for k in ("disc_warmup", "disc_steps")
+                                if k in self.sampler_kwargs})
+        uses_d = res.discriminator is not None  # a round with a fresh D warms it up first
+        self._budget.record_probe(res.seconds, res.step_seconds, _PROBE_STEPS,
+                                  warmup_updates=cfg.disc_warmup if uses_d else 0,
+                                  updates_per_step=cfg.disc_steps if uses_d else 0)
 
     def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", budgeted: bool = True) -> None:
         if trainer.sanity_checking:

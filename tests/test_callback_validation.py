@@ -178,6 +178,16 @@ def test_a_run_too_short_for_the_default_budget_says_so_at_the_end(tmp_path):
     assert len(messages) == 1 and "max_overhead=0.05" in messages[0] and "max_overhead=None" in messages[0]
 
 
+def test_skips_of_an_earlier_fit_do_not_make_this_one_warn(tmp_path):
+    """The end-of-fit warning is about this fit: a resumed callback carries its earlier skip count."""
+    cb = LDAMCallback(NEURONS, every_n_train_steps=100, every_n_epochs=None, chains=2, steps=3, reservoir_size=16)
+    cb._skipped = 3  # as loaded from a checkpoint of an earlier, budget-starved fit
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit(tmp_path, [cb], max_steps=2)  # no round due in this fit: nothing skipped, nothing to say
+    assert cb._skipped == 3 and not [w for w in seen if "no round fit" in str(w.message)]
+
+
 def test_a_generous_budget_probes_once_then_runs_every_round(tmp_path, no_failed_rounds, monkeypatch):
     calls = []
     real = callback_module.sample
@@ -202,7 +212,7 @@ def test_the_probe_estimate_decides_whether_the_first_round_runs(tmp_path, no_fa
     """A probe that measures an expensive step makes the callback skip; a cheap one lets the round run."""
     def fake_probe(step_seconds):
         def probe(self, trainer, pl_module, sources):
-            self._budget.record_probe(step_seconds, 0.0)
+            self._budget.record_probe(4 * step_seconds, step_seconds, 4)  # no setup cost
         return probe
 
     for step_seconds, rounds in ((1e6, 0), (0.0, 2)):
