@@ -29,7 +29,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -91,17 +91,19 @@ def ldam_step_seconds(model, neurons, input_shape, chains, steps, device, **kw) 
     return max(long - short, 1e-9) / (2 * steps)
 
 
-def models(quick: bool, device) -> List[Tuple[str, nn.Module, str, Tuple[int, ...], int]]:
-    """(label, model, neurons, input shape, chains) of the ``main`` section."""
+def models(quick: bool, device) -> Iterator[Tuple[str, nn.Module, str, Tuple[int, ...], int, int, torch.Tensor]]:
+    """The ``main`` section's models, built one at a time: (label, model on ``device`` in eval mode, neurons,
+    input shape, chains per neuron, batch = neurons × chains, 256 random "real" images for the discriminator)."""
     import torchvision
     from cifar10 import cifar_resnet18
 
     r50_px = 96 if quick else 224
-    return [
-        ("MNIST example CNN", TargetCNN(), "classifier.4:all", (1, 28, 28), 16),
-        ("CIFAR ResNet-18 32px", cifar_resnet18(), "fc:all", (3, 32, 32), 4 if quick else 16),
-        (f"ResNet-50 {r50_px}px", torchvision.models.resnet50(), "fc:0-3", (3, r50_px, r50_px), 4 if quick else 16),
-    ]
+    for label, build, spec, shape, chains in (
+            ("MNIST example CNN", TargetCNN, "classifier.4:all", (1, 28, 28), 16),
+            ("CIFAR ResNet-18 32px", cifar_resnet18, "fc:all", (3, 32, 32), 4 if quick else 16),
+            (f"ResNet-50 {r50_px}px", torchvision.models.resnet50, "fc:0-3", (3, r50_px, r50_px), 4 if quick else 16)):
+        model = build().to(device).eval()
+        yield label, model, spec, shape, chains, n_neurons(model, spec, shape) * chains, torch.rand(256, *shape)
 
 
 def n_neurons(model, spec, shape) -> int:
@@ -112,10 +114,7 @@ def section_main(args, device):
     print("\n## main: ldam vs the bare loop (fp32)\n")
     print("| model | batch | bare loop chain-steps/s | ldam λ=0 | ratio | ldam λ=default | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, model, spec, shape, chains in models(args.quick, device):
-        model = model.to(device).eval()
-        batch = n_neurons(model, spec, shape) * chains
-        real = torch.rand(256, *shape)
+    for label, model, spec, shape, chains, batch, real in models(args.quick, device):
         runs = []
         for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits all three alike
             runs.append((bare_loop(model, (batch, *shape), args.steps, device),
@@ -222,12 +221,9 @@ def section_options(args, device):
     print("\n## options: ldam chain-steps/s (the bare loop under the same dtype/layout, always eager)\n")
     print("| model | option | bare loop | ldam λ=0 | ldam λ=0 vs fp32 | ldam λ=default | λ=default vs fp32 |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for label, model, spec, shape, chains in models(args.quick, device):
-        model = model.to(device).eval()
-        batch = n_neurons(model, spec, shape) * chains
+    for label, model, spec, shape, chains, batch, real in models(args.quick, device):
         base: Optional[float] = None
         base_d: Optional[float] = None
-        real = torch.rand(256, *shape)
         for name, kw in options:
             bare = bare_loop(model, (batch, *shape), args.steps, device, dtype=kw.get("autocast_dtype"),
                              channels_last=kw.get("channels_last", False))
@@ -247,9 +243,7 @@ def section_disc(args, device):
     """What the discriminator costs per Langevin step, by its width and update cadence (MNIST CNN)."""
     from lightning_ldam.discriminator import build_discriminator
 
-    model, spec, shape, chains = TargetCNN().to(device).eval(), "classifier.4:all", (1, 28, 28), 16
-    batch = n_neurons(model, spec, shape) * chains
-    real = torch.rand(256, *shape)
+    _, model, spec, shape, chains, batch, real = next(models(args.quick, device))  # the MNIST example CNN
     bare = bare_loop(model, (batch, *shape), args.steps, device)
     print(f"\n## disc: the discriminator's cost per step, MNIST example CNN, batch {batch}\n")
     print(f"| setting | ms / step | vs bare loop ({1e3 * bare:.1f} ms) |\n|---|---:|---:|")
