@@ -24,7 +24,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import List, Optional
+from contextlib import contextmanager
+from typing import IO, Iterator, List, Optional
 
 #: Binaries tried, in order, when ``--chromium`` is not given.
 CHROMIUM_NAMES = ("chromium", "chromium-headless-shell", "chromium-browser", "google-chrome",
@@ -58,6 +59,26 @@ def find_chromium(explicit: Optional[str] = None) -> str:
             return path
     raise FileNotFoundError(f"no Chromium found (tried {explicit or ', '.join(CHROMIUM_NAMES)}); "
                             "install it, e.g. `apt-get install chromium`, or pass --chromium")
+
+
+@contextmanager
+def tensorboard_server(logdir: str, port: int, log: IO[bytes], samples: str = "images=1000",
+                       **popen_kwargs) -> Iterator[subprocess.Popen]:
+    """A ``tensorboard`` process serving ``logdir`` on ``127.0.0.1:port``, its output to ``log`` (a file: a
+    pipe nobody reads could fill up and block it); always stopped on exit. Also used by the test suite."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1", "--port", str(port),
+         "--samples_per_plugin", samples],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **popen_kwargs)
+    try:
+        yield server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def image_tags(base: str) -> List[str]:
@@ -153,12 +174,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
 
-    # the server's output goes to a temporary file (a pipe nobody reads could fill up and block it)
-    with tempfile.TemporaryFile() as server_log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", args.logdir, "--host", "127.0.0.1",
-             "--port", str(port), "--samples_per_plugin", "images=1000"],
-            stdin=subprocess.DEVNULL, stdout=server_log, stderr=subprocess.STDOUT)
+    with tempfile.TemporaryFile() as server_log, tensorboard_server(args.logdir, port, server_log) as server:
         try:
             tags = wait_for_image_tags(server, base, args.tag_filter, args.timeout)
             print(f"tensorboard at {base} serves {len(tags)} image tags matching {args.tag_filter!r}",
@@ -169,13 +185,6 @@ def main(argv: Optional[List[str]] = None) -> str:
             server_log.seek(0)
             print(server_log.read().decode(errors="replace")[-3000:], file=sys.stderr)
             raise
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
     print(args.out)
     return args.out
 

@@ -24,6 +24,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_ldam.callback import LDAMCallback
 from test_callback import NEURONS, PAD, TILE, fit
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+from tensorboard_screenshot import tensorboard_server  # noqa: E402  (the README screenshot tool's server)
+
 pytestmark = pytest.mark.usefixtures("lightning_env")
 
 #: Bypass any http(s)_proxy from the environment: the server is on localhost.
@@ -90,13 +93,8 @@ def test_real_tensorboard_server_serves_ldam_images_and_scalars(tmp_path, no_fai
     server_tmp = tmp_path / "server_tmp"  # tensorboard writes its .tensorboard-info under TMPDIR
     server_tmp.mkdir()
     log_path = tmp_path / "tensorboard.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1",
-             "--port", str(port), "--samples_per_plugin", "images=100"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(tmp_path),
-            env={**os.environ, "TMPDIR": str(server_tmp)})
-    try:
+    with open(log_path, "wb") as log, tensorboard_server(logdir, port, log, samples="images=100", cwd=str(tmp_path),
+                                                         env={**os.environ, "TMPDIR": str(server_tmp)}) as server:
         _wait_until_served(server, base, run, log_path)
 
         assert run in _json(base, "/data/runs")
@@ -128,10 +126,3 @@ def test_real_tensorboard_server_serves_ldam_images_and_scalars(tmp_path, no_fai
             assert [step for _, step, _ in series] == [2, 4], tag
         assert [value for _, _, value in _json(base, "/data/plugin/scalars/scalars", run=run,
                                                tag="ldam/nonfinite_resets")] == [0.0, 0.0]
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
