@@ -89,11 +89,13 @@ def step_vs_ema(model: torch.nn.Module, shape, device, iters: int = 30):
 
     step = timed(train_step)
     update = timed(lambda: ema.update(model, step=1))
+    with torch.no_grad():  # what the update was before: AveragedModel's own, tensor by tensor
+        reference = timed(lambda: ema.average.update_parameters(model))
     reservoir = Reservoir(256)
     for _ in range(800):  # 51,200 inputs offered: an epoch or more into a run, where most batches keep nothing
         reservoir.add(x)
     offer = timed(lambda: reservoir.add(x))
-    return step, update, offer
+    return step, update, reference, offer
 
 
 def main(argv=None):
@@ -132,10 +134,10 @@ def main(argv=None):
     import torchvision
     for label, model, shape in [("MNIST CNN", TargetCNN(), (1, 28, 28)),
                                 ("ResNet-18 32px", torchvision.models.resnet18(num_classes=10), (3, 32, 32))]:
-        step, update, offer = step_vs_ema(model, shape, device)
+        step, update, reference, offer = step_vs_ema(model, shape, device)
         print(f"| {label} | train step {1e3 * step:.2f} ms | EMA update {1e3 * update:.3f} ms | "
-              f"{100 * update / step:.1f}% of a step | reservoir offer {1e3 * offer:.3f} ms | "
-              f"{100 * offer / step:.2f}% |")
+              f"{100 * update / step:.1f}% of a step | (AveragedModel.update_parameters {1e3 * reference:.3f} ms) | "
+              f"reservoir offer {1e3 * offer:.3f} ms | {100 * offer / step:.2f}% |")
 
 
 if __name__ == "__main__":
