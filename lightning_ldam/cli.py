@@ -246,8 +246,13 @@ def _load(path: str, option: str) -> Dict[str, Any]:
         raise type(err)(f"{option}: {err}") from None
 
 
+def _file_safe(text: str) -> str:
+    """``text`` with every run of characters other than letters, digits and ``_.=+-`` turned into ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
+
+
 def _tag_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_") or "ckpt"
+    return _file_safe(text).strip("_") or "ckpt"
 
 
 def _unique(names: Sequence[str]) -> List[str]:
@@ -498,7 +503,7 @@ def _write_comparison(args, ckpts, results) -> int:
     pngs = []
     for layer in layers:
         tag = f"ldam/compare/{layer}" if len(results) > 1 else f"ldam/{next(iter(results))}/{layer}"
-        path = os.path.join(args.out, f"compare_{re.sub(r'[^A-Za-z0-9_.=+-]+', '_', layer)}.png")
+        path = os.path.join(args.out, f"compare_{_file_safe(layer)}.png")
         save_image(images[tag], path)
         pngs.append(path)
     print(f"wrote {len(images)} images and {len(scalars)} scalars for {', '.join(results)} at step {step} "
