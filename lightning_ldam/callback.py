@@ -24,7 +24,8 @@ from lightning_ldam import _validation as V
 from lightning_ldam.averaging import EMA, has_batchnorm, refresh_batchnorm
 from lightning_ldam.budget import OverheadBudget
 from lightning_ldam.discriminator import restore_discriminator
-from lightning_ldam.reservoir import InputKey, Reservoir, extract_input
+from lightning_ldam.inputs import InputKey, extract_input
+from lightning_ldam.reservoir import Reservoir
 from lightning_ldam.result import SampleResult, merge_shards
 from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
 from lightning_ldam.snapshot import snapshot

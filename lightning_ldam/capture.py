@@ -42,8 +42,13 @@ def capture_outputs(model: nn.Module, paths: Sequence[str]) -> Iterator[Dict[str
     def make_hook(path: str):
         def hook(module, args, output):
             if path not in outputs:
-                outputs[path] = _as_tensor(path, output)
-                if wanted.issubset(outputs):
+                out = _as_tensor(path, output)
+                done = wanted.issubset({*outputs, path})
+                # A later in-place op (ResNets' ReLU(inplace=True)) would overwrite a kept output before the
+                # deepest target fires, so keep a (differentiable) copy; the last target needs none, as the
+                # forward stops right here.
+                outputs[path] = out if done else out.clone()
+                if done:
                     raise _TargetsCaptured
         return hook
 

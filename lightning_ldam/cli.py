@@ -380,7 +380,7 @@ class _Inputs:
 def _compare_inputs(args, ckpts) -> _Inputs:
     """Real inputs from the first checkpoint with a reservoir, then shape, value range, λ, normalisation."""
     from lightning_ldam.checkpoint import ldam_state, real_inputs
-    from lightning_ldam.reservoir import value_box
+    from lightning_ldam.inputs import value_box
     from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT
 
     real, real_from = None, None

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.capture import ActivationReader
+from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
 
 from conftest import INPUT_SHAPE
 
@@ -108,3 +108,43 @@ def test_activation_reader_reads_each_rows_own_neuron():
     lin = net(x)[:, 1]
     expected = torch.tensor([3 * 0.0, 3 * 1.0, lin[2].item(), lin[3].item(), 1 * 4.0, 1 * 5.0])
     torch.testing.assert_close(got, expected)
+
+
+def _conv_relu_inplace_conv():
+    """conv(0) - ReLU(inplace=True)(1) - conv(2), fixed weights: conv 0's channel 0 is negative everywhere."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(2, 2, 3, padding=1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1).expand(2, 1, 3, 3) / 9)
+        net[0].bias.copy_(torch.tensor([-2.0, 0.5]))
+        net[2].weight.fill_(0.1)
+        net[2].bias.zero_()
+    return net.eval()
+
+
+def _inputs():
+    return torch.linspace(0.0, 1.0, 2 * 36).view(2, 1, 6, 6)
+
+
+def test_a_target_keeps_its_output_when_a_later_in_place_op_runs_before_a_deeper_target():
+    # torchvision ResNets' ReLU(inplace=True) overwrites the conv output that the shallower target captured
+    net, x = _conv_relu_inplace_conv(), _inputs()
+    with torch.no_grad():
+        alone, whole = net[0](x), net(x)
+    assert (alone < 0).any()
+    with torch.no_grad(), capture_outputs(net, ["0", "2"]) as outputs:
+        got = run_to_targets(net, x, outputs, ["0", "2"])
+    torch.testing.assert_close(got["0"], alone)
+    torch.testing.assert_close(got["2"], whole)
+
+
+def test_the_gradient_through_a_shallower_target_ignores_a_later_in_place_op():
+    net, x = _conv_relu_inplace_conv(), _inputs().requires_grad_(True)
+    reader = ActivationReader(net, [("0", 0), ("2", 0)], chains=1)  # row 0 reads conv 0, row 1 conv 2
+    with reader.attached():
+        acts = reader(x)
+    (grad,) = torch.autograd.grad(acts[0], x)
+    alone = net[0](x)[0, 0].mean()
+    (expected,) = torch.autograd.grad(alone, x)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(acts[0], alone.detach())
