@@ -36,8 +36,9 @@ __all__ = ["LDAMCallback"]
 
 #: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs`` (the rest are callback arguments).
 _SAMPLER_EXTRA_KWARGS = frozenset({
-    "step_size", "noise", "temperature", "precondition", "schedule", "spatial", "init", "disc_lr", "disc_every",
-    "disc_steps", "disc_warmup", "autocast_dtype", "channels_last", "cuda_graph", "progress"})
+    "method", "burn_in", "step_size", "burn_in_boost", "temperature", "scale", "adapt_disc", "smoothness", "noise",
+    "precondition", "schedule", "spatial", "init", "disc_lr", "disc_every", "disc_steps", "disc_warmup",
+    "autocast_dtype", "channels_last", "cuda_graph", "progress"})
 
 log = logging.getLogger(__name__)
 AVERAGING = ("auto", "ema", None)
@@ -374,12 +375,13 @@ class LDAMCallbackLogic:
             return
         finally:
             self._budget.add_sampling(time.perf_counter() - started)
-        cfg = LangevinConfig(**{k: self.sampler_kwargs[k] for k in ("disc_warmup", "disc_steps")
-                                if k in self.sampler_kwargs})
+        cfg = res.config  # D trains in burn-in only (every step of the annealed search): its mean updates per step
+        trained = cfg["steps"] if cfg["method"] == "annealed" else cfg["burn_in"]
         uses_d = res.discriminator is not None  # a round with a fresh D warms it up first
         self._budget.record_probe(res.seconds, res.step_seconds, _PROBE_STEPS,
-                                  warmup_updates=cfg.disc_warmup if uses_d else 0,
-                                  updates_per_step=cfg.disc_steps if uses_d else 0)
+                                  warmup_updates=self.sampler_kwargs.get("disc_warmup", 50) if uses_d else 0,
+                                  updates_per_step=(cfg["disc_steps"] * trained / cfg["steps"] / cfg["disc_every"]
+                                                    if uses_d else 0))
 
     def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", budgeted: bool = True) -> None:
         if trainer.sanity_checking:

@@ -26,6 +26,10 @@ class SampleResult:
         seconds: wall time of the call.
         step_seconds: mean wall time of one Langevin step after the first (device-synchronised; the first
             step's one-off costs and the call's setup excluded): the figure to extrapolate a call's cost from.
+        acceptance_rate: ``[n]`` share of proposals accepted after burn-in (``method="mala"``), else ``None``.
+        scales: ``[n]`` ``c_k``, each neuron's scale in the law ``exp(a_k/(c_k·T) + λ_k·log D)`` (``None`` for
+            ``method="annealed"``, which samples no fixed law).
+        disc_weights: ``[n]`` ``λ_k``, the weight of log D in that law (``None`` without a discriminator term).
         config: the resolved settings (steps, step size, noise, ...), for logging.
     """
 
@@ -39,6 +43,9 @@ class SampleResult:
     discriminator: Optional[nn.Module] = None
     seconds: float = 0.0
     step_seconds: float = 0.0
+    acceptance_rate: Optional[torch.Tensor] = None
+    scales: Optional[torch.Tensor] = None
+    disc_weights: Optional[torch.Tensor] = None
     config: Dict[str, object] = field(default_factory=dict)
 
     @property
@@ -93,4 +100,5 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         activations=stack("activations"), trace=stack("trace"), disc_scores=stack("disc_scores"),
         nonfinite_resets=stack("nonfinite_resets"), value_range=first.value_range, discriminator=None,
         seconds=max(s.seconds for s in present), step_seconds=max(s.step_seconds for s in present),
+        acceptance_rate=stack("acceptance_rate"), scales=stack("scales"), disc_weights=stack("disc_weights"),
         config=dict(first.config))

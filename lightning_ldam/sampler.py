@@ -1,14 +1,17 @@
 """Langevin Dynamics Activation Maximization (LDAM, arXiv 1812.04604): the sampler.
 
-For neuron k of a frozen network, LDAM samples inputs from
+For neuron k of a frozen network, the default method samples inputs from
 
-    p(x) ∝ exp( a_k(x) / T + λ · log D(x) ),   x inside the input box,
+    p_k(x) ∝ exp( a_k(x) / (c_k·T) + λ_k · log D(x) ),   x inside the input box,
 
-by (projected) Langevin dynamics ``x ← clip(x + (ε/2)·∇ₓ log p(x) + √ε·σ·ξ)``, ξ ~ N(0, I).
+by Langevin dynamics after a burn-in that fixes ``c_k`` (the neuron's scale, so that T means the same on
+every layer and model), ``λ_k`` and the discriminator D; ``method="mala"`` adds a Metropolis test that makes
+the sampling phase exact. :mod:`lightning_ldam.config` states each method's law and constants.
 
 Every chain of every neuron lives in one batch: one forward evaluates all of them and each chain's
 energy reads its own neuron. Chains are kept in the *unit box* ``u ∈ [0, 1]`` (``x = lo + (hi-lo)·u``),
-so step sizes and noise mean the same for any ``value_range`` and any image size.
+so step sizes and noise mean the same for any ``value_range``. The images returned are the chains' states
+after the last step: no denoising step, no averaging over the chain.
 
 This module imports no Lightning.
 """
@@ -16,9 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
-from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,8 +27,10 @@ from torch import nn
 
 from lightning_ldam import _validation as V
 from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
+from lightning_ldam.chains import LangevinChains, Objective
+from lightning_ldam.config import DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig, resolve_config
 from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator
-from lightning_ldam.reservoir import extract_input
+from lightning_ldam.inputs import extract_input
 from lightning_ldam.result import SampleResult
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons, resolve_neurons
 
@@ -35,66 +38,13 @@ __all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "WARM_DISC_STEPS"]
 
 log = logging.getLogger(__name__)
 
-#: λ used when ``real_data`` is given and ``disc_weight`` is not: chosen on benchmarks/quality.py.
-DEFAULT_DISC_WEIGHT = 1.75
-#: Steps enough with a warm discriminator (one trained by earlier calls): on benchmarks/quality.py with
-#: ``--warm-d`` they meet every MNIST quality target that a fresh discriminator needs the default 512 for.
+#: Steps enough with a warm discriminator (one trained by earlier calls), for the callback's later rounds.
 WARM_DISC_STEPS = 256
 #: Real images kept (at most) from ``real_data`` for the discriminator and data initialisation.
 MAX_REAL_IMAGES = 4096
+#: Real images whose activations set each neuron's target in ``adapt_disc`` (the strongest of them).
+TARGET_REAL_IMAGES = 512
 
-PRECONDITIONERS = ("rms", "psgld", "none")
-SCHEDULES = ("cosine", "linear", "constant")
-INITS = ("noise", "data")
-SPATIAL = ("mean", "center")
-
-
-@dataclass(frozen=True)
-class LangevinConfig:
-    """Resolved sampler settings (all in unit-box coordinates).
-
-    Attributes:
-        steps: Langevin steps.
-        step_size: ε at the first step (annealed by ``schedule`` down to ``final_step_fraction·ε``).
-        noise: σ at the first step (annealed to 0 by ``schedule``): the per-step noise is ``√ε·σ``.
-        temperature: T; the activation drift is divided by it.
-        disc_weight: λ, weight of the ``log D`` drift.
-        precondition: ``"rms"`` (default): each drift term is divided by its per-chain RMS, so ε is a
-            step in pixels whatever the network's activation scale (the figures in benchmarks/README.md
-            support it: with raw gradients no single ε works across layers and models); ``"psgld"``:
-            RMSprop-preconditioned drift (pSGLD-style); ``"none"``: raw gradients (plain SGLD).
-        schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` annealing of ε and σ.
-        final_step_fraction: ε at the last step as a fraction of the first.
-        disc_every: train D every this many Langevin steps.
-        disc_steps: D updates each time it is trained.
-        disc_warmup: D updates on real vs initial chains before the first Langevin step.
-    """
-
-    steps: int = 512
-    step_size: float = 0.1
-    noise: float = 0.1
-    temperature: float = 1.0
-    disc_weight: float = 0.0
-    precondition: str = "rms"
-    schedule: str = "cosine"
-    final_step_fraction: float = 0.1
-    disc_every: int = 1
-    disc_steps: int = 2
-    disc_warmup: int = 50
-
-    def factor(self, t: int) -> float:
-        """Annealing factor in [0, 1] at step ``t`` (1 at the start)."""
-        if self.schedule == "constant" or self.steps <= 1:
-            return 1.0
-        frac = t / (self.steps - 1)
-        return 0.5 * (1 + math.cos(math.pi * frac)) if self.schedule == "cosine" else 1 - frac
-
-    def eps(self, t: int) -> float:
-        f = self.factor(t)
-        return self.step_size * (self.final_step_fraction + (1 - self.final_step_fraction) * f)
-
-    def sigma(self, t: int) -> float:
-        return self.noise * self.factor(t)
 
 
 def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.Tensor:
@@ -159,22 +109,23 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
     return resolve_neurons(neurons, units, aliases)
 
 
-def _inv_rms(g: torch.Tensor, weight: float) -> torch.Tensor:
-    """``weight / RMS(g)`` per chain, shaped to broadcast over ``g`` (the RMS preconditioner)."""
-    norm = torch.linalg.vector_norm(g.flatten(1), dim=1).clamp_min_(1e-12)
-    return (weight * math.sqrt(g[0].numel()) / norm).view(-1, *([1] * (g.dim() - 1)))
-
-
 def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int], chains: int = 8,
            steps: Optional[int] = None, real_data=None, disc_weight: Optional[float] = None,
            value_range: Tuple[float, float] = (0.0, 1.0), normalize=None, init: str = "noise",
-           seed: int = 0, device: Union[str, torch.device, None] = None, step_size: Optional[float] = None,
-           noise: Optional[float] = None, temperature: float = 1.0, precondition: str = "rms",
-           schedule: str = "cosine", spatial: str = "mean", discriminator: Optional[nn.Module] = None,
-           disc_lr: float = 1e-3, disc_every: int = 1, disc_steps: int = 2, disc_warmup: Optional[int] = None,
+           seed: int = 0, device: Union[str, torch.device, None] = None, method: str = "langevin",
+           burn_in: Optional[int] = None, step_size: Optional[float] = None, temperature: float = 1.0,
+           scale: Union[str, float] = "auto", adapt_disc: bool = True, smoothness: Optional[float] = None, burn_in_boost: Optional[float] = None,
+           noise: Optional[float] = None, precondition: Optional[str] = None, schedule: Optional[str] = None,
+           spatial: str = "mean", discriminator: Optional[nn.Module] = None, disc_lr: float = 1e-3,
+           disc_every: int = 1, disc_steps: Optional[int] = None, disc_warmup: Optional[int] = None,
            autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, cuda_graph: bool = False,
            progress: Union[bool, float] = False) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
+
+    With the defaults (``method="langevin"``) the returned images are the states, after ``steps`` steps, of
+    Langevin chains whose law from step ``burn_in`` on is ``p_k(x) ∝ exp(a_k(x)/(c_k·T) + λ_k·log D(x))`` in the
+    box; ``result.scales`` and ``result.disc_weights`` hold ``c_k`` and ``λ_k``. :mod:`lightning_ldam.config`
+    says how they are set and what ``"mala"`` and ``"annealed"`` do.
 
     Args:
         model: the network; left exactly as found (modes, ``requires_grad``, ``.grad``, buffers).
@@ -182,36 +133,43 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             ``{"fc": [1, 2]}`` (see :mod:`lightning_ldam.targets`).
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
         chains: chains per neuron.
-        steps: Langevin steps (default 512).
+        steps: steps in all, burn-in included (default 512).
         real_data: real images in pixel space (a tensor ``[N, *input_shape]`` or an iterable of batches)
-            to train the discriminator on and to start ``init="data"`` chains from.
-        disc_weight: λ. Default :data:`DEFAULT_DISC_WEIGHT` when ``real_data`` or ``discriminator`` is
-            given, else 0 (no discriminator is built: it costs nothing).
+            to train the discriminator on, to set each neuron's target for ``adapt_disc`` and to start
+            ``init="data"`` chains from.
+        disc_weight: λ, the weight of log D's drift against the unit's (see :mod:`lightning_ldam.config`).
+            Default :data:`DEFAULT_DISC_WEIGHT` when ``real_data`` or ``discriminator`` is given, else 0
+            (no discriminator is built: it costs nothing).
         value_range: the pixel box ``(lo, hi)`` samples stay in.
         normalize: ``(mean, std)`` applied to pixel-space chains before the model (per channel or scalar).
         init: ``"noise"`` (uniform in the box) or ``"data"`` (real images).
-        seed: seed of the private generator; the global RNG is never used.
+        seed: seed of the private generators; the global RNG is never used. The chains' noise has its own
+            generator, so variants sampled with one seed share their starts and noise.
         device: where to sample; default the model's device (a copy of the model is moved otherwise).
-        step_size: ε at the first step, in unit-box pixels (default 0.1).
-        noise: σ at the first step (default 0.1); per-step noise is ``√ε·σ``, annealed to 0.
-        temperature: T, divides the activation drift.
-        precondition: ``"rms"`` (default), ``"psgld"`` or ``"none"`` (see :class:`LangevinConfig`).
-        schedule: annealing of ε and σ: ``"cosine"`` (default), ``"linear"``, ``"constant"``.
+        method: ``"langevin"`` (default), ``"mala"`` (exact: Metropolis-adjusted) or ``"annealed"`` (the
+            earlier releases' annealed search; not a sampler of a fixed law).
+        burn_in: steps before the law is fixed (default ``steps // 2``; not for ``"annealed"``).
+        step_size: noise std per pixel and step in the sampling phase, unit box (default 0.005);
+            ``"annealed"``: ε at the first step (default 0.1).
+        temperature: T.
+        scale: ``"auto"`` (``c_k`` from the unit's input-gradient scale in burn-in) or a number (``c_k`` for all).
+        adapt_disc: lower a neuron's log D weight during burn-in while it is below its strongest real input.
+        burn_in_boost: ε at the first burn-in step over the sampling ε (default 40, cosine decay to 1).
+        noise, precondition, schedule: ``"annealed"`` only: σ (default 0.1), ``"rms"``/``"psgld"``/``"none"``,
+            ``"cosine"``/``"linear"``/``"constant"``.
         spatial: conv channels reduce by ``"mean"`` over positions (default) or take the ``"center"`` unit.
-        discriminator: a discriminator to use (and keep training if ``real_data`` is given), e.g. the
-            ``result.discriminator`` of an earlier call (warm start). Takes unit-box images ``[B, C, H, W]``
+        discriminator: a discriminator to use (and to train further in burn-in if ``real_data`` is given), e.g.
+            the ``result.discriminator`` of an earlier call (warm start). Takes unit-box images ``[B, C, H, W]``
             and returns logits ``[B]``.
         disc_lr: discriminator learning rate (Adam).
-        disc_every: train D every this many Langevin steps.
-        disc_steps: D updates each time it is trained (default 2: on MNIST a D that keeps up with the
-            chains lowered the realism ratio from 1.32 to 1.16 at equal λ; benchmarks/README.md).
+        disc_every: train D every this many steps (in burn-in; ``"annealed"``: throughout).
+        disc_steps: D updates each time it is trained (default 1; ``"annealed"``: 2).
         disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option).
         channels_last: run convolutions in NHWC memory layout (a GPU speed option with autocast; the
             model's tensors get their layout back afterwards, values are never touched).
-        cuda_graph: replay each Langevin step as one CUDA graph (CUDA only): for small networks, whose steps
-            are bound by kernel launches, not arithmetic. The discriminator's updates stay eager between
-            replays. Same dynamics; the noise stream differs from the eager one.
+        cuda_graph: replay each step as a CUDA graph (CUDA only; one graph per phase): for small networks,
+            whose steps are bound by kernel launches. D's updates stay eager between replays.
         progress: ``True``: a progress bar; a number of seconds: a bar that appears only once sampling
             has taken that long (for callers that do not know in advance whether a call is slow).
 
@@ -226,25 +184,11 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         (torch.Size([2, 2, 1, 28, 28]), torch.Size([2, 2]), [('3', 0), ('3', 1)])
     """
     started = time.perf_counter()
-    # ---- validate everything before any work -------------------------------------------------------
     V.check_model(model)
     shape = V.check_input_shape(input_shape)
     V.check_positive("chains", chains, integer=True)
-    defaults = LangevinConfig()
-    steps = defaults.steps if steps is None else steps
-    V.check_positive("steps", steps, integer=True)
-    step_size = defaults.step_size if step_size is None else step_size
-    V.check_positive("step_size", step_size)
-    noise = defaults.noise if noise is None else noise
-    V.check_positive("noise", noise, allow_zero=True)
-    V.check_positive("temperature", temperature)
-    V.check_positive("disc_lr", disc_lr)
-    V.check_positive("disc_every", disc_every, integer=True)
-    V.check_positive("disc_steps", disc_steps, integer=True)
     lo, hi = V.check_value_range(value_range)
     V.check_choice("init", init, INITS)
-    V.check_choice("precondition", precondition, PRECONDITIONERS)
-    V.check_choice("schedule", schedule, SCHEDULES)
     V.check_choice("spatial", spatial, SPATIAL)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r}")
@@ -256,6 +200,13 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     if disc_weight > 0 and real_data is None and discriminator is None:
         raise ValueError(f"disc_weight: {disc_weight} > 0 needs real_data (to train a discriminator) or a "
                          f"trained discriminator; pass one of them, or disc_weight=0.0")
+    cfg = resolve_config(method=method, steps=steps, burn_in=burn_in, step_size=step_size,
+                         burn_in_boost=burn_in_boost, temperature=temperature, scale=scale,
+                         disc_weight=disc_weight, adapt_disc=adapt_disc,
+                         smoothness=_default_smoothness(smoothness, method, shape, disc_weight), precondition=precondition, noise=noise,
+                         schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
+                         disc_warmup=(disc_warmup if disc_warmup is not None
+                                      else (50 if discriminator is None else 0)), disc_lr=disc_lr)
     if init == "data" and real_data is None:
         raise ValueError("init: 'data' starts chains from real images; pass real_data=..., or use init='noise'")
     for name, flag in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
@@ -263,18 +214,12 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             raise TypeError(f"{name}: expected True or False, got {flag!r}")
     if not isinstance(progress, bool):
         V.check_positive("progress", progress, allow_zero=True)
-    if disc_warmup is not None:
-        V.check_positive("disc_warmup", disc_warmup, integer=True, allow_zero=True)
-    if len(shape) != 3 and (disc_weight > 0 or discriminator is not None):
+    if len(shape) != 3 and (cfg.disc_weight > 0 or discriminator is not None):
         raise ValueError(f"disc_weight: the discriminator needs image inputs (C, H, W); input_shape={shape}")
     norm = V.check_normalize(normalize, shape[0])
     real_cpu = _collect_real(real_data, shape, MAX_REAL_IMAGES) if real_data is not None else None
     if real_cpu is not None:
-        span_tol = 1e-3 * (hi - lo)
-        rmin, rmax = float(real_cpu.min()), float(real_cpu.max())
-        if rmin < lo - span_tol or rmax > hi + span_tol:
-            raise ValueError(f"real_data: values span [{rmin:.4g}, {rmax:.4g}], outside value_range=({lo}, {hi}); "
-                             f"pass pixel-space images (before normalisation) and set value_range to their box")
+        _check_real_box(real_cpu, lo, hi)
 
     model_dev = V.model_device(model)
     device = model_dev if device is None else torch.device(device)
@@ -283,11 +228,6 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     if cuda_graph and not _graphs_supported(device):
         raise ValueError(f"cuda_graph: CUDA graphs need a CUDA device; sampling runs on {device}. "
                          f"Pass cuda_graph=False (or device='cuda')")
-    cfg = LangevinConfig(steps=steps, step_size=float(step_size), noise=float(noise),
-                         temperature=float(temperature), disc_weight=float(disc_weight),
-                         precondition=precondition, schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
-                         disc_warmup=(disc_warmup if disc_warmup is not None
-                                      else (50 if discriminator is None else 0)))
 
     with torch.inference_mode(False), torch.enable_grad():
         net = model if device == model_dev else copy.deepcopy(model).to(device)
@@ -298,8 +238,175 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         with _frozen(net, channels_last=nhwc):
             dtype = V.model_dtype(net)
             resolved = _resolve(net, neurons, shape, device, norm, dtype)
-            return _run(net, resolved, shape, chains, cfg, lo, hi, norm, real_cpu, init, seed, device,
-                        spatial, discriminator, disc_lr, autocast_dtype, nhwc, progress, started, dtype, cuda_graph)
+            to_model = _ModelInput(lo, hi, norm, dtype, nhwc, autocast_dtype, device, cuda_graph)
+            run = _Run(net, resolved, shape, chains, cfg, real_cpu, (lo, hi), to_model, spatial, device, seed)
+            return run(init, discriminator, cuda_graph, progress, started)
+
+
+def _default_smoothness(smoothness, method, shape, disc_weight) -> float:
+    """The smoothness prior comes with the discriminator (λ > 0) on images, for the Langevin methods: λ = 0 is the
+    paper's pixel-level end of the trade-off, with no prior at all."""
+    if smoothness is not None:
+        if smoothness and len(shape) != 3:
+            raise ValueError(f"smoothness: the smoothness prior needs image inputs (C, H, W); input_shape={shape}")
+        return smoothness
+    return DEFAULT_SMOOTHNESS if (method != "annealed" and len(shape) == 3 and disc_weight > 0) else 0.0
+
+
+def _check_real_box(real_cpu: torch.Tensor, lo: float, hi: float) -> None:
+    span_tol = 1e-3 * (hi - lo)
+    rmin, rmax = float(real_cpu.min()), float(real_cpu.max())
+    if rmin < lo - span_tol or rmax > hi + span_tol:
+        raise ValueError(f"real_data: values span [{rmin:.4g}, {rmax:.4g}], outside value_range=({lo}, {hi}); "
+                         f"pass pixel-space images (before normalisation) and set value_range to their box")
+
+
+class _ModelInput:
+    """Unit-box chains -> what the model takes (pixels, normalised, its dtype and layout), run under autocast."""
+
+    def __init__(self, lo, hi, norm, dtype, channels_last, autocast_dtype, device, cuda_graph):
+        self.lo, self.span, self.norm, self.dtype = lo, hi - lo, norm, dtype
+        self.channels_last, self.autocast_dtype, self.device, self.cuda_graph = (
+            channels_last, autocast_dtype, device, cuda_graph)
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        x = self.lo + self.span * u
+        x = x if self.norm is None else (x - self.norm[0]) / self.norm[1]
+        x = x.to(self.dtype)  # chains stay float32; a float64/half model gets its own dtype
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def run(self, reader: ActivationReader, u: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return reader(self(u))
+        # a CUDA graph must not keep autocast's cache of cast weights across replays
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=not self.cuda_graph):
+            return reader(self(u))
+
+
+class _Run:
+    """One sampling call: the chains, the discriminator and the loop over steps."""
+
+    def __init__(self, net, neurons, shape, chains, cfg: LangevinConfig, real_cpu, box, to_model: _ModelInput,
+                 spatial, device, seed):
+        self.net, self.neurons, self.shape, self.chains, self.cfg = net, neurons, shape, chains, cfg
+        self.box, self.to_model, self.spatial, self.device, self.seed = box, to_model, spatial, device, seed
+        lo, hi = box
+        self.real = None if real_cpu is None else ((real_cpu - lo) / (hi - lo)).clamp_(0, 1).to(device)
+        # Separate streams: the chains' starts and noise never depend on how much D was trained.
+        self.chain_gen = torch.Generator(device=device).manual_seed(seed)
+        self.disc_gen = torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + 0x7F4A7C15) % 2 ** 62)
+
+    def _initial(self, init: str) -> torch.Tensor:
+        batch = len(self.neurons) * self.chains
+        if init == "data":
+            idx = torch.randint(self.real.shape[0], (batch,), generator=self.chain_gen, device=self.device)
+            return self.real[idx.to(self.real.device)].clone()
+        return torch.rand((batch, *self.shape), generator=self.chain_gen, device=self.device)
+
+    def _discriminator(self, given, u0):
+        """D (built fresh or the one given) and its trainer (``None`` without real data), warmed up on ``u0``."""
+        cfg = self.cfg
+        if cfg.disc_weight == 0 and given is None:
+            return None, None
+        disc = given if given is not None else build_discriminator(self.shape[0], self.shape[1:], self.seed,
+                                                                    self.device)
+        disc = disc.to(self.device)
+        trainer = None
+        if self.real is not None:
+            trainer = DiscriminatorTrainer(disc, self.real, self.disc_gen, lr=cfg.disc_lr)
+            for _ in range(cfg.disc_warmup):
+                trainer.step(u0)
+        return disc, trainer
+
+    def _real_targets(self):
+        """``(mean, max)`` activation per neuron over up to TARGET_REAL_IMAGES real inputs (for ``adapt_disc``)."""
+        if self.real is None or not self.cfg.adapt_disc or self.cfg.method == "annealed" or self.cfg.disc_weight == 0:
+            return None
+        real = self.real[:TARGET_REAL_IMAGES]
+        acts = []
+        for neuron in self.neurons:  # every real image read by one neuron: a reader of one neuron, r "chains"
+            one = ActivationReader(self.net, [neuron], real.shape[0], spatial=self.spatial, device=self.device)
+            with one.attached(), torch.no_grad():
+                acts.append(self.to_model.run(one, real))
+        acts = torch.stack(acts)  # [n, r]
+        return acts.mean(1), acts.max(1).values
+
+    def __call__(self, init, given_disc, cuda_graph, progress, started) -> SampleResult:
+        cfg, neurons = self.cfg, self.neurons
+        u0 = self._initial(init)
+        disc, trainer = self._discriminator(given_disc, u0)
+        disc_flags = None if disc is None else ([(p, p.requires_grad) for p in disc.parameters()], disc.training)
+        if disc is not None:
+            disc.requires_grad_(True)
+        reader = ActivationReader(self.net, neurons, self.chains, spatial=self.spatial, device=self.device)
+        objective = Objective(lambda u: self.to_model.run(reader, u), disc if cfg.disc_weight > 0 else None)
+        targets = self._real_targets()
+        with reader.attached():
+            chains = LangevinChains(u0, objective, cfg, len(neurons), self.chain_gen, targets, graph=cuda_graph)
+            step_seconds = _loop(chains, trainer, cfg, cuda_graph, self.chain_gen, self.device, progress)
+            with torch.no_grad():
+                final = self.to_model.run(reader, chains.u)
+                scores = None if disc is None else torch.sigmoid(disc.eval()(chains.u)).float()
+        if disc_flags is not None:
+            for p, flag in disc_flags[0]:
+                p.requires_grad_(flag)
+            disc.train(disc_flags[1])
+        return self._result(chains, final, scores, disc, step_seconds, started, init)
+
+    def _result(self, chains: LangevinChains, final, scores, disc, step_seconds, started, init) -> SampleResult:
+        n, c, cfg = len(self.neurons), self.chains, self.cfg
+        lo, hi = self.box
+        total_resets = int(chains.resets.sum())
+        if total_resets:
+            log.warning("LDAM: %d chain states turned NaN/Inf and were re-initialised", total_resets)
+        fixed = cfg.method != "annealed"
+        return SampleResult(
+            neurons=list(self.neurons),
+            images=(lo + (hi - lo) * chains.u).clamp_(lo, hi).detach().cpu().view(n, c, *self.shape),
+            activations=final.detach().float().cpu().view(n, c),
+            trace=chains.trace.detach().cpu().t().reshape(n, c, cfg.steps),
+            disc_scores=None if scores is None else scores.cpu().view(n, c),
+            nonfinite_resets=chains.resets.view(n, c).sum(1).cpu(),
+            value_range=(lo, hi), discriminator=disc, seconds=time.perf_counter() - started,
+            step_seconds=step_seconds,
+            acceptance_rate=None if chains.acceptance_rate() is None else chains.acceptance_rate().cpu(),
+            scales=chains.scale.cpu() if fixed else None,
+            disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and cfg.disc_weight > 0 else None,
+            config={**cfg.__dict__, "chains": c, "init": init, "seed": self.seed, "spatial": self.spatial,
+                    "device": str(self.device)})
+
+
+def _loop(chains: LangevinChains, trainer, cfg: LangevinConfig, cuda_graph, gen, device, progress) -> float:
+    """Run every step (one phase after the other); returns the mean synchronised seconds per step after the first."""
+    phases = _phases(chains, cfg)
+    graphed = {name: _GraphedStep(step, gen, device) for name, step in phases.items()} if cuda_graph else None
+    bar = _progress_bar(cfg.steps, progress)
+    timed_from = 1 if cfg.steps > 1 else 0  # step 0 pays one-off costs (allocator, cuDNN algorithm choice)
+    timer = 0.0
+    for t in range(cfg.steps):
+        if t == timed_from:
+            timer = _synchronized_clock(device)
+        phase = "search" if t < cfg.burn_in else "sample"
+        if t == cfg.burn_in and cfg.method != "annealed":
+            chains.freeze()
+        if graphed is not None:
+            graphed[phase]()
+        else:
+            phases[phase](t)
+        if trainer is not None and (phase == "search" or cfg.method == "annealed") and (t + 1) % cfg.disc_every == 0:
+            for _ in range(cfg.disc_steps):
+                trainer.step(chains.u)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return (_synchronized_clock(device) - timer) / (cfg.steps - timed_from)
+
+
+def _phases(chains: LangevinChains, cfg: LangevinConfig):
+    """The step function of each phase: burn-in search, then the method's sampling step."""
+    sampling = {"langevin": chains.langevin_step, "mala": chains.mala_step, "annealed": chains.annealed_step}
+    return {"search": chains.search_step, "sample": sampling[cfg.method]}
 
 
 class _frozen:
@@ -333,170 +440,9 @@ class _frozen:
         return False
 
 
-def _run(net, neurons, shape, chains, cfg: LangevinConfig, lo, hi, norm, real_cpu, init, seed, device,
-         spatial, discriminator, disc_lr, autocast_dtype, channels_last, progress, started, dtype,
-         cuda_graph: bool) -> SampleResult:
-    span = hi - lo
-    n = len(neurons)
-    batch = n * chains
-    gen = torch.Generator(device=device).manual_seed(seed)
-    real = None if real_cpu is None else ((real_cpu - lo) / span).clamp_(0, 1).to(device)
-
-    if init == "data":
-        idx = torch.randint(real.shape[0], (batch,), generator=gen, device=device)
-        u = real[idx.to(real.device)].clone()
-    else:
-        u = torch.rand((batch, *shape), generator=gen, device=device)
-    u0 = u.clone()  # non-finite chains restart here (no extra RNG, no host sync)
-
-    trainer = None
-    disc = None
-    if cfg.disc_weight > 0 or discriminator is not None:
-        disc = discriminator if discriminator is not None else build_discriminator(shape[0], shape[1:], seed, device)
-        disc = disc.to(device)
-        disc_flags = [(p, p.requires_grad) for p in disc.parameters()]
-        disc_mode = disc.training
-        disc.requires_grad_(True)
-        if real is not None:
-            trainer = DiscriminatorTrainer(disc, real, gen, lr=disc_lr)
-            for _ in range(cfg.disc_warmup):
-                trainer.step(u)
-
-    reader = ActivationReader(net, neurons, chains, spatial=spatial, device=device)
-    trace = torch.empty((cfg.steps, batch), device=device)
-    resets = torch.zeros(batch, dtype=torch.long, device=device)
-    second_moment = torch.zeros_like(u) if cfg.precondition == "psgld" else None
-    view = (-1,) + (1,) * len(shape)
-
-    def to_model(x_unit):
-        x = lo + span * x_unit
-        x = x if norm is None else (x - norm[0]) / norm[1]
-        x = x.to(dtype)  # chains stay float32; a float64/half model gets its own dtype
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-    def activations(x_unit):
-        if autocast_dtype is None:
-            return reader(to_model(x_unit))
-        # a CUDA graph must not keep autocast's cache of cast weights across replays
-        with torch.autocast(device.type, dtype=autocast_dtype, cache_enabled=not cuda_graph):
-            return reader(to_model(x_unit))
-
-    # Per-step scalars. Eager steps read them as Python floats; a graphed step reads them from device tables
-    # at a device-side step counter, because a CUDA graph replays fixed kernels with fixed arguments.
-    half_eps = [0.5 * cfg.eps(t) for t in range(cfg.steps)]
-    noise_scale = [math.sqrt(cfg.eps(t)) * cfg.sigma(t) for t in range(cfg.steps)]
-    psgld_scale = [1.0 / (1 - 0.99 ** (t + 1)) for t in range(cfg.steps)]
-    tables = counter = None
-    if cuda_graph:
-        tables = {k: torch.tensor(v, device=device) for k, v in
-                  (("half_eps", half_eps), ("noise_scale", noise_scale), ("psgld_scale", psgld_scale))}
-        counter = torch.zeros(1, dtype=torch.long, device=device)
-
-    def langevin_step(t: Optional[int]) -> None:
-        """One step, in place on ``u`` (and ``trace``, ``resets``, ``second_moment``). ``t=None``: the
-        graph form (scalars and the trace row at the device counter, noise drawn at every step)."""
-        def at(name, values):
-            return values[t] if t is not None else tables[name].index_select(0, counter)
-
-        x = u.detach().requires_grad_(True)
-        acts = activations(x)
-        if t is not None:
-            trace[t] = acts.detach()
-        else:
-            trace.index_copy_(0, counter, acts.detach().unsqueeze(0))
-        (g_act,) = torch.autograd.grad(acts.sum(), x)
-        # Few, fused in-place kernels: on small GPU models the step is launch-bound.
-        if cfg.precondition == "rms":
-            drift = g_act.mul_(_inv_rms(g_act, 1.0 / cfg.temperature))
-        else:
-            drift = g_act if cfg.temperature == 1.0 else g_act.div_(cfg.temperature)
-        if disc is not None and cfg.disc_weight > 0:
-            disc.eval()  # no spectral-norm power iteration while reading D
-            x_d = u.detach().requires_grad_(True)
-            (g_d,) = torch.autograd.grad(torch.nn.functional.logsigmoid(disc(x_d)).sum(), x_d)
-            if cfg.precondition == "rms":
-                drift.addcmul_(g_d, _inv_rms(g_d, cfg.disc_weight))
-            else:
-                drift.add_(g_d, alpha=cfg.disc_weight)
-        if cfg.precondition == "psgld":
-            second_moment.mul_(0.99).addcmul_(drift, drift, value=0.01)
-            drift = drift / (second_moment * at("psgld_scale", psgld_scale)).sqrt().add_(1e-8)
-        _axpy(u, drift, at("half_eps", half_eps))
-        scale = at("noise_scale", noise_scale)
-        if t is None or scale > 0:
-            _axpy(u, torch.randn(u.shape, generator=gen, device=device), scale)
-        # Before the clamp (which would turn +-Inf into the box edge): a row sum is non-finite iff the
-        # row holds a NaN/Inf.
-        bad = ~torch.isfinite(u.flatten(1).sum(1) + acts.detach())
-        torch.where(bad.view(view), u0, u.clamp_(0.0, 1.0), out=u)
-        resets.add_(bad)
-        if second_moment is not None:  # a reset chain must not keep a NaN preconditioner
-            second_moment.masked_fill_(bad.view(view), 0.0)
-        if t is None:
-            counter.add_(1)
-
-    graphed = _GraphedStep(langevin_step, gen, device) if cuda_graph else None
-    bar = _progress_bar(cfg.steps, progress)
-    timed_from = 1 if cfg.steps > 1 else 0  # step 0 pays one-off costs (allocator, cuDNN algorithm choice)
-    timer = 0.0
-    with reader.attached():
-        for t in range(cfg.steps):
-            if t == timed_from:
-                timer = _synchronized_clock(device)
-            if graphed is not None:
-                graphed()
-            else:
-                langevin_step(t)
-            if trainer is not None and (t + 1) % cfg.disc_every == 0:
-                for _ in range(cfg.disc_steps):
-                    trainer.step(u)
-            if bar is not None:
-                bar.update(1)
-        step_seconds = (_synchronized_clock(device) - timer) / (cfg.steps - timed_from)
-        if bar is not None:
-            bar.close()
-        with torch.no_grad():
-            final = activations(u)
-            scores = None
-            if disc is not None:
-                disc.eval()
-                scores = torch.sigmoid(disc(u)).float()
-
-    total_resets = int(resets.sum())
-    if total_resets:
-        log.warning("LDAM: %d chain states turned NaN/Inf and were re-initialised", total_resets)
-    images = (lo + span * u).clamp_(lo, hi).detach().cpu().view(n, chains, *shape)
-    if disc is not None:
-        for p, flag in disc_flags:
-            p.requires_grad_(flag)
-        disc.train(disc_mode)
-    return SampleResult(
-        neurons=list(neurons),
-        images=images,
-        activations=final.detach().float().cpu().view(n, chains),
-        trace=trace.detach().cpu().t().reshape(n, chains, cfg.steps),
-        disc_scores=None if scores is None else scores.cpu().view(n, chains),
-        nonfinite_resets=resets.view(n, chains).sum(1).cpu(),
-        value_range=(lo, hi),
-        discriminator=disc,
-        seconds=time.perf_counter() - started,
-        step_seconds=step_seconds,
-        config={**cfg.__dict__, "chains": chains, "init": init, "seed": seed, "spatial": spatial,
-                "device": str(device)},
-    )
-
-
 def _graphs_supported(device: torch.device) -> bool:
     # One place for the check, so the CPU tests can run the graph form of the step without a GPU.
     return device.type == "cuda"
-
-
-def _axpy(u: torch.Tensor, v: torch.Tensor, a) -> None:
-    """``u += a·v`` in one kernel, for a Python float ``a`` or a one-element tensor (the graphed step)."""
-    if isinstance(a, torch.Tensor):
-        u.addcmul_(v, a)
-    else:
-        u.add_(v, alpha=a)
 
 
 class _GraphedStep:

@@ -6,7 +6,8 @@
 * images ``ldam/{variant}/{layer}``: one row per neuron, one column per chain;
 * images ``ldam/compare/{layer}``: per neuron, the variants' chains side by side (+ mean and std maps);
 * scalars ``ldam/{variant}/{layer}/activation``, ``.../diversity``, ``.../realism`` (D score, when a
-  discriminator was used) and ``ldam/nonfinite_resets``.
+  discriminator was used), ``.../acceptance`` (MALA's acceptance rate, ``method="mala"``) and
+  ``ldam/nonfinite_resets``.
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def summarize(results: Mapping[str, SampleResult],
             scalars[f"ldam/{variant}/{layer}/diversity"] = res.diversity[rows].mean().item()
             if res.disc_scores is not None:
                 scalars[f"ldam/{variant}/{layer}/realism"] = res.disc_scores[rows].mean().item()
+            if res.acceptance_rate is not None:
+                scalars[f"ldam/{variant}/{layer}/acceptance"] = res.acceptance_rate[rows].mean().item()
     if len(results) > 1:
         for layer in layers:
             rows = first.layer_slice(layer)

@@ -1,4 +1,4 @@
-"""Langevin dynamics: ascent without noise, activation goes up, non-finite chains reset."""
+"""Langevin dynamics: the annealed search climbs without noise, activation goes up, non-finite chains reset."""
 import logging
 
 import pytest
@@ -17,7 +17,7 @@ TARGETS = {"linear": "classifier.2:0-1", "conv-channel": "features.3:2-3"}
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_noise_free_small_steps_never_decrease_the_activation(smooth_net, target, precondition, seed):
     res = ldam.sample(smooth_net, TARGETS[target], input_shape=INPUT_SHAPE, chains=4, steps=25, noise=0.0,
-                      step_size=0.01, schedule="constant", precondition=precondition, seed=seed)
+                      step_size=0.01, schedule="constant", precondition=precondition, seed=seed, method="annealed")
     path = torch.cat([res.trace, res.activations.unsqueeze(-1)], dim=-1)  # [n, c, steps + 1]
     diffs = path.diff(dim=-1)
     tol = 1e-5 * path[..., 1:].abs() + 1e-6
@@ -25,19 +25,19 @@ def test_noise_free_small_steps_never_decrease_the_activation(smooth_net, target
     assert (path[..., -1] > path[..., 0]).all()  # and it did climb
 
 
-def test_activation_goes_up_with_default_settings(tiny_net):
+@pytest.mark.parametrize("method", ["langevin", "mala", "annealed"])
+def test_activation_goes_up_with_default_settings(tiny_net, method):
     res = ldam.sample(tiny_net, ["classifier.2:0-4", "features.3:0-1", "features.0:2"],
-                      input_shape=INPUT_SHAPE, chains=4, steps=40)
+                      input_shape=INPUT_SHAPE, chains=4, steps=40, method=method)
     initial = res.trace[..., 0]
     assert (res.activations.mean(1) > initial.mean(1)).all()
     assert (res.activations > initial).float().mean() > 0.9
-    assert res.config["noise"] == 0.1 and res.config["schedule"] == "cosine"
 
 
 @pytest.mark.parametrize("precondition", ["rms", "psgld", "none"])
 def test_every_preconditioner_climbs(tiny_net, precondition):
     res = ldam.sample(tiny_net, "classifier.2:0-1", input_shape=INPUT_SHAPE, chains=4, steps=30,
-                      precondition=precondition)
+                      precondition=precondition, method="annealed")
     assert torch.isfinite(res.images).all()
     assert res.activations.mean() > res.trace[..., 0].mean()
 
@@ -81,7 +81,8 @@ def test_always_nan_neuron_is_reset_every_step_others_untouched(caplog):
     assert len(records) == 1 and f"{steps * chains} chain states" in records[0].getMessage()
 
 
-def test_chains_climbing_into_a_nan_region_are_reset(caplog):
+@pytest.mark.parametrize("method,step_size", [("langevin", 0.005), ("annealed", 0.1)])
+def test_chains_climbing_into_a_nan_region_are_reset(caplog, method, step_size):
     # maximising channel 0 (positive weights) brightens the input into the NaN region;
     # channel 1 (negative weights) darkens it and never gets there.
     conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
@@ -90,7 +91,8 @@ def test_chains_climbing_into_a_nan_region_are_reset(caplog):
         conv.weight[1].fill_(-0.1)
     net = nn.Sequential(NaNAbove(0.6), conv)
     with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampler"):
-        res = ldam.sample(net, "1:0-1", input_shape=INPUT_SHAPE, chains=4, steps=30, step_size=0.1)
+        res = ldam.sample(net, "1:0-1", input_shape=INPUT_SHAPE, chains=4, steps=30, step_size=step_size,
+                          method=method)
     assert res.nonfinite_resets[0] > 0 and res.nonfinite_resets[1] == 0
     assert torch.isfinite(res.images).all()
     assert res.images.min() >= 0 and res.images.max() <= 1
@@ -106,7 +108,7 @@ def test_no_warning_without_nonfinite_values(tiny_net, caplog):
 
 def test_temperature_slows_the_climb_without_preconditioning(smooth_net):
     kwargs = dict(input_shape=INPUT_SHAPE, chains=4, steps=15, noise=0.0, precondition="none",
-                  schedule="constant", step_size=0.05)
+                  schedule="constant", step_size=0.05, method="annealed")
     hot = ldam.sample(smooth_net, "classifier.2:0", temperature=100.0, **kwargs)
     cold = ldam.sample(smooth_net, "classifier.2:0", temperature=1.0, **kwargs)
     gain = lambda r: (r.activations - r.trace[..., 0]).mean()  # noqa: E731
@@ -114,14 +116,23 @@ def test_temperature_slows_the_climb_without_preconditioning(smooth_net):
 
 
 def test_config_schedule_factors():
-    cfg = ldam.LangevinConfig(steps=11, step_size=0.1, noise=0.2, schedule="cosine", final_step_fraction=0.1)
+    cfg = ldam.LangevinConfig(method="annealed", steps=11, step_size=0.1, noise=0.2, schedule="cosine",
+                              final_step_fraction=0.1, burn_in=0)
     assert cfg.factor(0) == 1.0 and abs(cfg.factor(10)) < 1e-12 and abs(cfg.factor(5) - 0.5) < 1e-12
     assert abs(cfg.eps(0) - 0.1) < 1e-12 and abs(cfg.eps(10) - 0.01) < 1e-12
-    assert cfg.sigma(0) == 0.2 and abs(cfg.sigma(10)) < 1e-12
-    lin = ldam.LangevinConfig(steps=11, schedule="linear")
+    assert cfg.noise_std(0) == pytest.approx(0.2 * 0.1 ** 0.5) and abs(cfg.noise_std(10)) < 1e-12
+    lin = ldam.LangevinConfig(method="annealed", steps=11, schedule="linear", burn_in=0)
     assert abs(lin.factor(5) - 0.5) < 1e-12 and abs(lin.factor(10)) < 1e-12
-    const = ldam.LangevinConfig(steps=11, step_size=0.1, schedule="constant")
+    const = ldam.LangevinConfig(method="annealed", steps=11, step_size=0.1, schedule="constant", burn_in=0)
     assert all(const.eps(t) == 0.1 for t in range(11))
+
+
+def test_langevin_steps_never_anneal_the_noise_to_zero():
+    """Burn-in starts boost times wider in ε and decays to the sampling ε, which then stays: the noise never hits 0."""
+    cfg = ldam.LangevinConfig(steps=20, burn_in=10, step_size=0.01, burn_in_boost=9.0)
+    assert cfg.noise_std(0) == pytest.approx(0.03) and cfg.noise_std(9) == pytest.approx(0.01)
+    assert [cfg.noise_std(t) for t in range(10, 20)] == pytest.approx([0.01] * 10)
+    assert all(cfg.noise_std(t) >= cfg.noise_std(t + 1) > 0 for t in range(19))
 
 
 class NaNOnce(nn.Module):
@@ -139,13 +150,15 @@ class NaNOnce(nn.Module):
 
 def test_a_transient_nan_costs_one_reset_per_chain():
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), NaNOnce(at=5))  # call 1 is the dry forward
-    res = ldam.sample(net, "2:0-1", input_shape=INPUT_SHAPE, chains=3, steps=20, precondition="rms")
+    res = ldam.sample(net, "2:0-1", input_shape=INPUT_SHAPE, chains=3, steps=20, precondition="rms",
+                      method="annealed")
     assert res.nonfinite_resets.tolist() == [3, 3]
     assert torch.isfinite(res.trace[..., 4:]).all()
 
 
 def test_a_transient_nan_costs_one_reset_per_chain_with_psgld():
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), NaNOnce(at=5))
-    res = ldam.sample(net, "2:0-1", input_shape=INPUT_SHAPE, chains=3, steps=20, precondition="psgld")
+    res = ldam.sample(net, "2:0-1", input_shape=INPUT_SHAPE, chains=3, steps=20, precondition="psgld",
+                      method="annealed")
     assert res.nonfinite_resets.tolist() == [3, 3]
     assert not torch.equal(res.trace[..., -1], res.trace[..., -2])  # the chains still move after the reset

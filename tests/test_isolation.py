@@ -59,9 +59,9 @@ def prepared_net():
 @pytest.mark.parametrize("extra", [
     {},
     {"real_data": "real", "disc_weight": 1.0, "disc_warmup": 2},
-    {"real_data": "real", "init": "data", "disc_weight": 0.0, "normalize": (0.5, 0.5),
-     "precondition": "psgld"},
-], ids=["plain", "discriminator", "init-data"])
+    {"real_data": "real", "init": "data", "disc_weight": 0.0, "normalize": (0.5, 0.5), "method": "mala"},
+    {"method": "annealed", "precondition": "psgld"},
+], ids=["plain", "discriminator", "init-data-mala", "annealed"])
 def test_model_is_left_exactly_as_found(prepared_net, extra):
     extra = {k: (torch.rand(16, *INPUT_SHAPE) if v == "real" else v) for k, v in extra.items()}
     before = _snapshot(prepared_net)

@@ -121,7 +121,7 @@ def test_init_data_starts_from_real_images(tiny_net, value_range):
     g = torch.Generator().manual_seed(0)
     real = lo + (hi - lo) * torch.rand(6, *INPUT_SHAPE, generator=g)
     res = ldam.sample(tiny_net, ["classifier.2:1", "features.3:0"], input_shape=INPUT_SHAPE, chains=4,
-                      steps=1, step_size=1e-6, noise=0.0, init="data", real_data=real, disc_weight=0.0,
+                      steps=1, step_size=1e-6, init="data", real_data=real, disc_weight=0.0,
                       value_range=value_range)
     dist = torch.cdist(res.images.flatten(2).flatten(0, 1), real.flatten(1))  # [8 chains, 6 real]
     nearest = dist.min(1).values
@@ -134,7 +134,7 @@ def test_init_data_accepts_an_iterable_of_batches(tiny_net):
     real = torch.rand(6, *INPUT_SHAPE)
     batches = [(real[:3], torch.zeros(3)), {"image": real[3:5]}, real[5]]  # (x, y), dict and a single image
     res = ldam.sample(tiny_net, "classifier.2:1", input_shape=INPUT_SHAPE, chains=5, steps=1, step_size=1e-6,
-                      noise=0.0, init="data", real_data=batches, disc_weight=0.0)
+                      init="data", real_data=batches, disc_weight=0.0)
     nearest = torch.cdist(res.images.flatten(2)[0], real.flatten(1)).min(1).values
     assert nearest.max() < 1e-3
 

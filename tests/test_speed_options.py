@@ -64,10 +64,13 @@ def graph_form_on_cpu(monkeypatch):
     monkeypatch.setattr(sampler_module, "_GraphedStep", _EagerGraphForm)
 
 
-@pytest.mark.parametrize("precondition", ["rms", "psgld", "none"])
-def test_the_graph_form_of_the_step_gives_the_eager_samples(graph_form_on_cpu, precondition):
+@pytest.mark.parametrize("kw", [{"method": "langevin"}, {"method": "mala"},
+                                {"method": "annealed", "precondition": "rms"},
+                                {"method": "annealed", "precondition": "psgld"},
+                                {"method": "annealed", "precondition": "none"}], ids=lambda kw: "-".join(kw.values()))
+def test_the_graph_form_of_the_step_gives_the_eager_samples(graph_form_on_cpu, kw):
     spec = ["features.0:0-1", "classifier.2:all"]
-    kwargs = dict(KW, steps=12, precondition=precondition)
+    kwargs = dict(KW, steps=12, **kw)
     ref = ldam.sample(make_tiny_net(), spec, **kwargs)
     res = ldam.sample(make_tiny_net(), spec, cuda_graph=True, **kwargs)
     torch.testing.assert_close(res.images, ref.images, atol=1e-5, rtol=1e-4)

@@ -116,7 +116,8 @@ def test_non_positive_numbers(name, value):
 
 
 @pytest.mark.parametrize("name, value", [("chains", 2.5), ("steps", 3.0), ("chains", True),
-                                         ("step_size", float("nan")), ("noise", -0.1), ("disc_warmup", -1)])
+                                         ("step_size", float("nan")), ("burn_in", -1), ("disc_warmup", -1),
+                                         ("temperature", 0.0), ("scale", -1.0), ("burn_in_boost", float("inf"))])
 def test_wrong_numbers(name, value):
     _raises_before_sampling(ValueError, rf"{name}: expected", **{name: value})
 
@@ -152,10 +153,32 @@ def test_discriminator_needs_image_inputs():
 
 
 @pytest.mark.parametrize("name, value", [
-    ("precondition", "adam"), ("schedule", "exp"), ("spatial", "max"), ("init", "zeros"), ("init", None),
+    ("spatial", "max"), ("init", "zeros"), ("init", None), ("method", "hmc"), ("scale", "std"),
 ])
 def test_bad_choices_list_the_accepted_values(name, value):
     _raises_before_sampling(ValueError, rf"{name}: expected one of \[.*\], got {value!r}", **{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("precondition", "adam"), ("schedule", "exp"), ("noise", -0.1)])
+def test_the_annealed_search_checks_its_own_knobs(name, value):
+    match = rf"{name}: expected one of \[.*\], got {value!r}" if name != "noise" else r"noise: expected a finite"
+    _raises_before_sampling(ValueError, match, method="annealed", **{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("precondition", "rms"), ("schedule", "cosine"), ("noise", 0.1)])
+def test_annealed_only_knobs_are_refused_by_the_langevin_methods(name, value):
+    _raises_before_sampling(ValueError, rf"^{name}: only method='annealed' takes it \(got {name}={value!r} with "
+                            rf"method='langevin'\)", **{name: value})
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"burn_in": 8, "steps": 8}, r"^burn_in: expected fewer than steps=8 burn-in steps, got 8$"),
+    ({"burn_in": 2, "method": "annealed"}, r"^burn_in: method='annealed' has no burn-in \(got burn_in=2\)$"),
+    ({"burn_in_boost": 0.5}, r"^burn_in_boost: expected a number >= 1"),
+    ({"adapt_disc": "yes"}, r"^adapt_disc: expected True or False, got 'yes'$"),
+])
+def test_burn_in_settings(kw, match):
+    _raises_before_sampling((ValueError, TypeError), match, **kw)
 
 
 @pytest.mark.parametrize("normalize, match", [

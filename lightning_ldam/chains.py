@@ -1,0 +1,297 @@
+"""LDAM's Langevin chains: their state and one step of each phase (burn-in search, Langevin, MALA, annealed).
+
+The chains of all neurons live in one neuron-major batch (``chains`` consecutive rows per neuron) in the unit box
+``u ∈ [0, 1]^d``. What each method samples is stated in :mod:`lightning_ldam.config`. Every step is written
+graph-safe: no host sync, state updated in place, per-step scalars read through :meth:`LangevinChains.at` (a
+Python float in an eager step, a device-table entry at a device counter in a CUDA-graph replay).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from lightning_ldam.config import PIXEL_SCALE, LangevinConfig
+
+__all__ = ["Terms", "Objective", "LangevinChains", "fold"]
+
+
+class Terms(NamedTuple):
+    """The objective at one batch of chain states (all detached)."""
+
+    acts: torch.Tensor  # [B] each chain's own neuron
+    g_act: torch.Tensor  # [B, *shape] ∂a/∂u
+    log_d: Optional[torch.Tensor]  # [B] log D(u), or None without a discriminator in the drift
+    g_disc: Optional[torch.Tensor]  # [B, *shape] ∂ log D/∂u
+
+
+class Objective:
+    """Each chain's activation and log D, with their input gradients in unit-box coordinates.
+
+    Args:
+        activations: ``u -> [B]`` activations (differentiable; pixel mapping, normalisation, autocast inside).
+        discriminator: D taking unit-box images, or ``None`` (no log D term).
+    """
+
+    def __init__(self, activations: Callable[[torch.Tensor], torch.Tensor],
+                 discriminator: Optional[torch.nn.Module] = None):
+        self.activations = activations
+        self.discriminator = discriminator
+
+    def __call__(self, u: torch.Tensor) -> Terms:
+        x = u.detach().requires_grad_(True)
+        acts = self.activations(x)
+        (g_act,) = torch.autograd.grad(acts.sum(), x)
+        log_d = g_disc = None
+        if self.discriminator is not None:
+            self.discriminator.eval()  # no spectral-norm power iteration while reading D
+            x_d = u.detach().requires_grad_(True)
+            log_d = F.logsigmoid(self.discriminator(x_d)).float()
+            (g_disc,) = torch.autograd.grad(log_d.sum(), x_d)
+            log_d = log_d.detach()
+        return Terms(acts.detach(), g_act, log_d, g_disc)
+
+
+def fold(v: torch.Tensor) -> torch.Tensor:
+    """Reflect ``v`` into [0, 1] (a step that leaves the box bounces back off its wall)."""
+    v = v.remainder(2.0)
+    return torch.where(v > 1.0, 2.0 - v, v)
+
+
+def _log_fold_density(y: torch.Tensor, mean: torch.Tensor, std) -> torch.Tensor:
+    """Per row, ``log`` of the density of ``fold(mean + std·ξ)`` at ``y`` (up to a constant shared by every call
+    with the same ``std``): the Gaussian summed over the preimages of ``y`` nearest ``mean`` (±3 box widths)."""
+    base = 2.0 * torch.round(mean / 2.0)
+    pre = torch.stack([base + y, base - y, base + y - 2, base - y + 2, base + y + 2, base - y - 2])
+    log_k = -0.5 * ((pre - mean) / std).square()
+    return torch.logsumexp(log_k, dim=0).flatten(1).sum(1)
+
+
+def roughness(u: torch.Tensor) -> torch.Tensor:
+    """Per image, ``E_s(u) = ½·Σ (u_i − u_j)²`` over horizontally and vertically adjacent pixels (per channel)."""
+    dh = (u[..., :, 1:] - u[..., :, :-1]).square().flatten(1).sum(1)
+    dv = (u[..., 1:, :] - u[..., :-1, :]).square().flatten(1).sum(1)
+    return 0.5 * (dh + dv)
+
+
+def roughness_grad(u: torch.Tensor) -> torch.Tensor:
+    """``∂E_s/∂u``: each pixel minus its neighbours, summed (the graph Laplacian; no neighbour past the border)."""
+    padded = F.pad(u, (1, 1, 1, 1), mode="replicate")  # a missing neighbour counts as the pixel itself: adds 0
+    return (4 * u - padded[..., :-2, 1:-1] - padded[..., 2:, 1:-1]
+            - padded[..., 1:-1, :-2] - padded[..., 1:-1, 2:])
+
+
+def _row_rms(g: torch.Tensor) -> torch.Tensor:
+    """Per-row RMS over pixels, ``[B]``."""
+    return g.flatten(1).square().mean(1).sqrt()
+
+
+class LangevinChains:
+    """Chain state, the per-neuron constants of the law, and the steps that move the chains.
+
+    Args:
+        u0: ``[B, *shape]`` initial states in the unit box (``B = neurons·chains``, neuron-major).
+        objective: what the chains climb.
+        cfg: resolved settings.
+        neurons: number of neurons.
+        generator: the chains' private RNG (noise and MALA's uniforms; nothing else draws from it, so variants
+            sampled with the same seed share their noise whatever their discriminators do).
+        real_acts: ``(mean, max)`` per neuron over real inputs, for ``adapt_disc`` (``None``: no adaptation).
+        tables: per-step scalars on the device, for the CUDA-graph form of the steps (``None``: eager only).
+    """
+
+    def __init__(self, u0: torch.Tensor, objective: Objective, cfg: LangevinConfig, neurons: int,
+                 generator: torch.Generator, real_acts: Optional[Sequence[torch.Tensor]] = None,
+                 graph: bool = False):
+        self.u, self.u0 = u0.clone(), u0
+        self.objective, self.cfg, self.n, self.gen = objective, cfg, neurons, generator
+        batch, dev = u0.shape[0], u0.device
+        self.chains = batch // neurons
+        self.view = (-1,) + (1,) * (u0.dim() - 1)
+        self.trace = torch.empty((cfg.steps, batch), device=dev)
+        self.resets = torch.zeros(batch, dtype=torch.long, device=dev)
+        self.accepted = torch.zeros(batch, device=dev)
+        self.ms_act = torch.zeros(neurons, device=dev)  # mean-square input gradients over burn-in
+        self.ms_disc = torch.zeros(neurons, device=dev)
+        self.weight = torch.ones(neurons, device=dev)  # w_k, the adapted share of λ
+        self.real_acts = real_acts
+        self.inv_scale = self.disc_weight = None  # per row, fixed by freeze()
+        self.current: Optional[Terms] = None  # MALA: the objective at the current states
+        self.second_moment = torch.zeros_like(u0) if cfg.precondition == "psgld" else None
+        # weight of the smoothness prior −γ·E_s(u) in log p (images only); per row once w_k is fixed
+        self.smooth = cfg.smoothness / PIXEL_SCALE if (u0.dim() == 4 and cfg.method != "annealed") else 0.0
+        self.smooth_row = None
+        self.scalars = self._scalars()
+        self.tables = {k: torch.tensor(v, device=dev) for k, v in self.scalars.items()} if graph else None
+        self.counter = torch.zeros(1, dtype=torch.long, device=dev) if graph else None
+
+    # ---- per-step scalars ---------------------------------------------------------------------------------
+    def _scalars(self) -> Dict[str, list]:
+        cfg = self.cfg
+        track = [max(1.0 / (t + 1), 4.0 / max(cfg.burn_in, 1)) for t in range(cfg.steps)]
+        return {"half_eps": [0.5 * cfg.eps(t) for t in range(cfg.steps)],
+                "noise": [cfg.noise_std(t) for t in range(cfg.steps)],
+                "track": track,  # running mean over the first steps, then an EMA over ~¼ of burn-in
+                "psgld": [1.0 / (1 - 0.99 ** (t + 1)) for t in range(cfg.steps)]}
+
+    def at(self, name: str, t: Optional[int]):
+        """Per-step scalar ``name`` at step ``t`` (``None``: the graph form, read at the device counter)."""
+        if t is None:
+            return self.tables[name].index_select(0, self.counter)
+        return self.scalars[name][t]
+
+    def _per_row(self, v: torch.Tensor) -> torch.Tensor:
+        return v.repeat_interleave(self.chains).view(self.view)
+
+    def _record(self, t: Optional[int], acts: torch.Tensor) -> None:
+        if t is not None:
+            self.trace[t] = acts
+        else:
+            self.trace.index_copy_(0, self.counter, acts.unsqueeze(0))
+
+    def _tick(self, t: Optional[int]) -> None:
+        """End of a step in the graph form: the device counter moves on (eager steps know their ``t``)."""
+        if t is None:
+            self.counter.add_(1)
+
+    # ---- moving -------------------------------------------------------------------------------------------
+    def _move(self, drift: torch.Tensor, t: Optional[int], acts: torch.Tensor, reflect: bool = True) -> None:
+        """``u ← boundary(u + (ε/2)·drift + noise·ξ)``; a chain that turns non-finite restarts from its start."""
+        y = self.u.add(drift * self.at("half_eps", t))
+        y.add_(torch.randn(y.shape, generator=self.gen, device=y.device) * self.at("noise", t))
+        # Before the boundary (which would map +-Inf into the box): a row sum is non-finite iff the row is.
+        bad = ~torch.isfinite(y.flatten(1).sum(1) + acts)
+        y = fold(y) if reflect else y.clamp_(0.0, 1.0)
+        torch.where(bad.view(self.view), self.u0, y, out=self.u)
+        self.resets.add_(bad)
+        if self.second_moment is not None:  # a reset chain must not keep a NaN preconditioner
+            self.second_moment.masked_fill_(bad.view(self.view), 0.0)
+
+    def _per_neuron(self, v: torch.Tensor) -> torch.Tensor:
+        return v.view(self.n, self.chains).mean(1)
+
+    def search_step(self, t: Optional[int]) -> None:
+        """A burn-in step: per-chain RMS-normalised drifts, gradient scales tracked, w_k adapted."""
+        terms = self.objective(self.u)
+        self._record(t, terms.acts)
+        rate = self.at("track", t)
+        rms = _row_rms(terms.g_act)
+        self.ms_act.lerp_(self._per_neuron(rms.square()).nan_to_num_(0.0), rate)
+        drift = terms.g_act / rms.clamp_min(1e-12).view(self.view)
+        if terms.g_disc is not None:
+            rms_d = _row_rms(terms.g_disc)
+            self.ms_disc.lerp_(self._per_neuron(rms_d.square()).nan_to_num_(0.0), rate)
+            self._adapt_weight(terms.acts)
+            share = self._per_row(self.weight).view(-1) * self.cfg.disc_weight / rms_d.clamp_min(1e-12)
+            drift.addcmul_(terms.g_disc, share.view(self.view))
+        drift.div_(PIXEL_SCALE)
+        if self.smooth:
+            drift.sub_(roughness_grad(self.u) * (self.smooth * self._per_row(self.weight)))
+        self._move(drift, t, terms.acts)
+        self._tick(t)
+
+    def _adapt_weight(self, acts: torch.Tensor) -> None:
+        """Dual ascent on "activation ≥ the strongest real input": w_k falls while the neuron is below it."""
+        if self.real_acts is None or not self.cfg.adapt_disc:
+            return
+        mean, top = self.real_acts
+        progress = (self._per_neuron(acts) - top) / (top - mean).clamp_min(1e-12)
+        rate = 4.0 / max(self.cfg.burn_in, 1)
+        self.weight.add_(progress.nan_to_num(0.0).clamp(-1.0, 1.0), alpha=rate).clamp_(0.0, 1.0)
+
+    def freeze(self) -> None:
+        """Fix the law's constants (``c_k``, ``λ_k``) at the end of burn-in (see :mod:`lightning_ldam.config`)."""
+        cfg = self.cfg
+        if cfg.burn_in == 0:  # nothing tracked: measure the gradient scales at the initial chains
+            terms = self.objective(self.u)
+            self.ms_act.copy_(self._per_neuron(_row_rms(terms.g_act).square()))
+            if terms.g_disc is not None:
+                self.ms_disc.copy_(self._per_neuron(_row_rms(terms.g_disc).square()))
+        if cfg.scale is not None:
+            scale = torch.full_like(self.ms_act, cfg.scale)
+        else:  # a unit with no gradient anywhere in burn-in: its law is flat whatever c_k is
+            scale = torch.where(self.ms_act > 0, PIXEL_SCALE * self.ms_act.sqrt(), torch.ones_like(self.ms_act))
+        self.scale = scale
+        self.inv_scale = self._per_row(1.0 / (scale * cfg.temperature))
+        disc = torch.where(self.ms_disc > 0, cfg.disc_weight * self.weight / (PIXEL_SCALE * self.ms_disc.sqrt()),
+                           torch.zeros_like(self.ms_disc))
+        self.disc_weights = disc
+        self.disc_weight = self._per_row(disc)
+        self.smoothness = self.smooth * self.weight  # the prior goes with D: both scaled by w_k
+        self.smooth_row = self._per_row(self.smoothness)
+        if cfg.method == "mala":
+            self.current = self.objective(self.u)
+
+    def _drift(self, terms: Terms, u: torch.Tensor) -> torch.Tensor:
+        """``∇ᵤ log p`` of the fixed law at ``u`` (``terms`` evaluated there)."""
+        drift = terms.g_act * self.inv_scale
+        if terms.g_disc is not None:
+            drift.addcmul_(terms.g_disc, self.disc_weight)
+        if self.smooth:
+            drift.sub_(roughness_grad(u) * self.smooth_row)
+        return drift
+
+    def _log_p(self, terms: Terms, u: torch.Tensor) -> torch.Tensor:
+        """``log p`` of the fixed law at ``u``, per chain, up to the normalising constant."""
+        log_p = terms.acts * self.inv_scale.view(-1)
+        if terms.log_d is not None:
+            log_p = log_p + terms.log_d * self.disc_weight.view(-1)
+        if self.smooth:
+            log_p = log_p - self.smooth_row.view(-1) * roughness(u)
+        return log_p
+
+    def langevin_step(self, t: Optional[int]) -> None:
+        """An unadjusted Langevin step of the fixed law (after :meth:`freeze`)."""
+        terms = self.objective(self.u)
+        self._record(t, terms.acts)
+        self._move(self._drift(terms, self.u), t, terms.acts)
+        self._tick(t)
+
+    def mala_step(self, t: Optional[int]) -> None:
+        """A Metropolis-adjusted Langevin step of the fixed law: the reflected proposal, accepted with the exact
+        density ratio; a non-finite proposal is rejected."""
+        cur, u = self.current, self.u
+        self._record(t, cur.acts)
+        half_eps, std = self.at("half_eps", t), self.at("noise", t)
+        mean = u + self._drift(cur, u) * half_eps
+        y = fold(mean + torch.randn(u.shape, generator=self.gen, device=u.device) * std)
+        prop = self.objective(y)
+        back = y + self._drift(prop, y) * half_eps
+        log_alpha = (self._log_p(prop, y) - self._log_p(cur, u)
+                     + _log_fold_density(u, back, std) - _log_fold_density(y, mean, std))
+        log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf)
+        accept = torch.rand(log_alpha.shape, generator=self.gen, device=u.device).log_() < log_alpha
+        self.accepted.add_(accept)
+        torch.where(accept.view(self.view), y, u, out=self.u)
+        for old, new in zip(cur, prop):
+            if old is not None:
+                torch.where(accept.view((-1,) + (1,) * (old.dim() - 1)), new, old, out=old)
+        self._tick(t)
+
+    def annealed_step(self, t: Optional[int]) -> None:
+        """A step of the opt-in annealed search (the earlier releases' dynamics: not a sampler of a fixed law)."""
+        cfg = self.cfg
+        terms = self.objective(self.u)
+        self._record(t, terms.acts)
+        g = terms.g_act
+        if cfg.precondition == "rms":
+            drift = g.mul_((1.0 / (cfg.temperature * _row_rms(g).clamp_min(1e-12))).view(self.view))
+        else:
+            drift = g.div_(cfg.temperature)
+        if terms.g_disc is not None and cfg.disc_weight > 0:
+            scale = (cfg.disc_weight / _row_rms(terms.g_disc).clamp_min(1e-12)).view(self.view) \
+                if cfg.precondition == "rms" else cfg.disc_weight
+            drift.add_(terms.g_disc * scale)
+        if self.second_moment is not None:
+            self.second_moment.mul_(0.99).addcmul_(drift, drift, value=0.01)
+            drift = drift / (self.second_moment * self.at("psgld", t)).sqrt().add_(1e-8)
+        self._move(drift, t, terms.acts, reflect=False)
+        self._tick(t)
+
+    def acceptance_rate(self) -> Optional[torch.Tensor]:
+        """``[neurons]`` share of MALA proposals accepted after burn-in (``None`` for the other methods)."""
+        if self.cfg.method != "mala":
+            return None
+        return self._per_neuron(self.accepted) / max(self.cfg.sampling_steps, 1)

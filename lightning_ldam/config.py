@@ -1,0 +1,191 @@
+"""The sampler's settings: what each method samples, the defaults, and the one function that checks them.
+
+Three methods (``method=``):
+
+- ``"langevin"`` (default): unadjusted Langevin dynamics. After ``burn_in`` steps the chains follow
+
+      u ← fold(u + (ε/2)·∇ᵤ log p(u) + √ε·ξ),   ξ ~ N(0, I),   √ε = ``step_size``,
+
+  with ``log p(u) = a_k(x(u)) / (c_k·T) + λ_k·log D(u)`` in the unit box ``u ∈ [0, 1]^d`` (pixels
+  ``x = lo + (hi − lo)·u``; ``fold`` reflects a step that leaves the box back into it). ``c_k``, ``λ_k`` and D
+  are fixed at the end of burn-in, so the sampling phase has one stationary law (up to the O(ε) bias of an
+  unadjusted step).
+- ``"mala"``: the same proposal, accepted or rejected with the exact (reflected) proposal densities
+  (Metropolis-adjusted Langevin): the sampling phase leaves p exactly invariant. The acceptance rate is reported.
+- ``"annealed"``: the search of earlier releases, opt-in: each drift term divided by its per-chain RMS at every
+  step, ε and the noise annealed (the noise to exactly 0), the discriminator trained at every step. A multi-start
+  optimiser with noise, not a sampler of any fixed law.
+
+Burn-in (``"langevin"`` and ``"mala"``) is a search that may adapt: per-chain RMS-normalised drifts (so it climbs
+at the same pace on any layer), a step that starts ``burn_in_boost`` times larger in ε and decays to the
+sampling step, the discriminator trained on the chains, and, with ``adapt_disc``, a per-neuron weight on log D
+lowered while the unit sits below its strongest real input. Over burn-in it measures each neuron's input-gradient
+scale; at its end the law's constants are fixed:
+
+- ``c_k = PIXEL_SCALE · RMS(∂a_k/∂u)`` (per pixel, over the neuron's chains, averaged over burn-in). A rise of
+  ``a_k`` that a typical pixel's gradient gives over 1% of the box (``PIXEL_SCALE``) is worth one unit of
+  ``log p`` at T = 1, whatever the layer or model: a pixel held by a typical gradient spreads over ≈ ``T·1%``
+  of the box. Without burn-in (``burn_in=0``) the RMS is taken at the initial chains.
+- ``λ_k = λ · w_k / (PIXEL_SCALE · RMS(∂ log D/∂u))``: λ is the ratio of log D's drift to the unit's drift (at
+  T = 1, at the burn-in states), ``w_k`` in [0, 1] the adapted per-neuron weight (1 without ``adapt_disc``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional, Union
+
+from lightning_ldam import _validation as V
+
+__all__ = ["LangevinConfig", "resolve_config", "METHODS", "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT", "DEFAULT_SMOOTHNESS"]
+
+METHODS = ("langevin", "mala", "annealed")
+PRECONDITIONERS = ("rms", "psgld", "none")
+SCHEDULES = ("cosine", "linear", "constant")
+INITS = ("noise", "data")
+SPATIAL = ("mean", "center")
+#: Per-pixel length (fraction of the box) that one unit of ``log p`` buys at T = 1: sets ``c_k`` (see above).
+PIXEL_SCALE = 0.01
+#: λ used when ``real_data`` is given and ``disc_weight`` is not: chosen on benchmarks/quality.py.
+DEFAULT_DISC_WEIGHT = 1.75
+#: κ of the smoothness prior on image inputs when ``smoothness`` is not given.
+DEFAULT_SMOOTHNESS = 1.5
+
+
+@dataclass(frozen=True)
+class LangevinConfig:
+    """Resolved sampler settings (unit-box coordinates). See the module docstring for what each method samples.
+
+    Attributes:
+        method: ``"langevin"``, ``"mala"`` or ``"annealed"``.
+        steps: Langevin steps in all (burn-in included).
+        burn_in: steps before the law is fixed (``"langevin"``/``"mala"``); the samples are the states after
+            ``steps``. 0 for ``"annealed"``.
+        step_size: ``"langevin"``/``"mala"``: √ε, the noise standard deviation per pixel and step in the sampling
+            phase (unit box). ``"annealed"``: ε at the first step.
+        burn_in_boost: ε at the first burn-in step as a multiple of the sampling ε (cosine decay to 1).
+        temperature: T.
+        scale: ``None``: ``c_k`` measured in burn-in (see the module docstring); a number: ``c_k`` for every neuron.
+        disc_weight: λ.
+        adapt_disc: lower a neuron's log D weight during burn-in while the neuron is below its strongest real
+            input (needs real data).
+        smoothness: κ, weight of the smoothness prior ``−(κ/PIXEL_SCALE)·E_s(u)`` in log p (image inputs).
+        precondition, noise, schedule, final_step_fraction: ``"annealed"`` only (the earlier search's knobs).
+        disc_every: train D every this many steps (burn-in only, except ``"annealed"``: every step).
+        disc_steps: D updates each time it is trained.
+        disc_warmup: D updates on real vs initial chains before the first step.
+        disc_lr: D's learning rate (Adam).
+    """
+
+    method: str = "langevin"
+    steps: int = 512
+    burn_in: int = 256
+    step_size: float = 0.005
+    burn_in_boost: float = 40.0
+    temperature: float = 1.0
+    scale: Optional[float] = None
+    disc_weight: float = 0.0
+    adapt_disc: bool = True
+    smoothness: float = 0.0
+    precondition: str = "rms"
+    noise: float = 0.1
+    schedule: str = "cosine"
+    final_step_fraction: float = 0.1
+    disc_every: int = 1
+    disc_steps: int = 2
+    disc_warmup: int = 50
+    disc_lr: float = 1e-3
+
+    @property
+    def sampling_steps(self) -> int:
+        """Steps after burn-in (the ones whose law is fixed)."""
+        return self.steps - self.burn_in
+
+    def factor(self, t: int) -> float:
+        """``"annealed"``: annealing factor in [0, 1] at step ``t`` (1 at the start)."""
+        if self.schedule == "constant" or self.steps <= 1:
+            return 1.0
+        frac = t / (self.steps - 1)
+        return 0.5 * (1 + math.cos(math.pi * frac)) if self.schedule == "cosine" else 1 - frac
+
+    def eps(self, t: int) -> float:
+        """ε at step ``t``."""
+        if self.method == "annealed":
+            f = self.factor(t)
+            return self.step_size * (self.final_step_fraction + (1 - self.final_step_fraction) * f)
+        base = self.step_size ** 2
+        if t >= self.burn_in or self.burn_in <= 1:
+            return base
+        f = 0.5 * (1 + math.cos(math.pi * t / (self.burn_in - 1)))
+        return base * (1 + (self.burn_in_boost - 1) * f)
+
+    def noise_std(self, t: int) -> float:
+        """Standard deviation of the noise added at step ``t`` (per pixel, unit box)."""
+        if self.method == "annealed":
+            return math.sqrt(self.eps(t)) * self.noise * self.factor(t)
+        return self.step_size
+
+
+def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, burn_in: Optional[int] = None,
+                   step_size: Optional[float] = None, burn_in_boost: Optional[float] = None,
+                   temperature: float = 1.0, scale: Union[str, float, None] = "auto", disc_weight: float = 0.0,
+                   adapt_disc: bool = True, smoothness: float = 0.0, precondition: Optional[str] = None, noise: Optional[float] = None,
+                   schedule: Optional[str] = None, disc_every: int = 1, disc_steps: Optional[int] = None,
+                   disc_warmup: int = 50, disc_lr: float = 1e-3) -> LangevinConfig:
+    """Check every sampler setting and return the resolved :class:`LangevinConfig`.
+
+    Raises ``ValueError``/``TypeError`` naming the argument, the accepted values and the value given.
+    ``None`` means "the method's default".
+    """
+    V.check_choice("method", method, METHODS)
+    annealed = method == "annealed"
+    if not annealed:
+        for name, value in (("precondition", precondition), ("noise", noise), ("schedule", schedule)):
+            if value is not None:
+                raise ValueError(f"{name}: only method='annealed' takes it (got {name}={value!r} with "
+                                 f"method={method!r}); the Langevin methods' noise is √ε = step_size and their "
+                                 f"drift is the gradient of the stated log-density")
+    cfg = LangevinConfig(method=method, step_size=0.1 if annealed else LangevinConfig.step_size,
+                         disc_steps=2 if annealed else LangevinConfig.disc_steps)
+    steps = cfg.steps if steps is None else steps
+    V.check_positive("steps", steps, integer=True)
+    if burn_in is None:
+        burn_in = 0 if annealed else steps // 2
+    V.check_positive("burn_in", burn_in, integer=True, allow_zero=True)
+    if annealed and burn_in:
+        raise ValueError(f"burn_in: method='annealed' has no burn-in (got burn_in={burn_in})")
+    if burn_in >= steps:
+        raise ValueError(f"burn_in: expected fewer than steps={steps} burn-in steps, got {burn_in}")
+    if isinstance(scale, str):
+        V.check_choice("scale", scale, ("auto",))
+        scale = None
+    elif scale is not None:
+        V.check_positive("scale", scale)
+        scale = float(scale)
+    if not isinstance(adapt_disc, bool):
+        raise TypeError(f"adapt_disc: expected True or False, got {adapt_disc!r}")
+    values = dict(step_size=step_size, burn_in_boost=burn_in_boost, noise=noise, disc_steps=disc_steps)
+    for name, value in values.items():
+        if value is not None:
+            V.check_positive(name, value, allow_zero=name == "noise", integer=name == "disc_steps")
+    V.check_positive("temperature", temperature)
+    V.check_positive("smoothness", smoothness, allow_zero=True)
+    if annealed and smoothness:
+        raise ValueError(f"smoothness: method='annealed' has no smoothness prior (got smoothness={smoothness})")
+    V.check_positive("disc_weight", disc_weight, allow_zero=True)
+    V.check_positive("disc_every", disc_every, integer=True)
+    V.check_positive("disc_warmup", disc_warmup, integer=True, allow_zero=True)
+    V.check_positive("disc_lr", disc_lr)
+    if burn_in_boost is not None and burn_in_boost < 1:
+        raise ValueError(f"burn_in_boost: expected a number >= 1 (ε at the first burn-in step over the "
+                         f"sampling ε), got {burn_in_boost!r}")
+    if precondition is not None:
+        V.check_choice("precondition", precondition, PRECONDITIONERS)
+    if schedule is not None:
+        V.check_choice("schedule", schedule, SCHEDULES)
+    given = {k: v for k, v in dict(values, precondition=precondition, schedule=schedule).items() if v is not None}
+    return replace(cfg, steps=steps, burn_in=burn_in, temperature=float(temperature), scale=scale,
+                   disc_weight=float(disc_weight), adapt_disc=adapt_disc, smoothness=float(smoothness),
+                   disc_every=disc_every,
+                   disc_warmup=disc_warmup, disc_lr=float(disc_lr),
+                   **{k: (float(v) if isinstance(v, float) else v) for k, v in given.items()})

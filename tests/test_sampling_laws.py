@@ -1,0 +1,136 @@
+"""The sampler against laws whose answer is known: p(x) ∝ exp(a(x)/(c·T)) for toy "networks" a(x).
+
+Each toy is an ``nn.Sequential`` whose one module returns ``[B, 1]`` (one neuron, ``"0:0"``) from a 1- or 2-pixel
+input in a box wide enough that the walls do not matter. 256-1024 chains, a few hundred to a few thousand steps:
+each test runs in a few seconds on a CPU.
+"""
+import pytest
+import torch
+from torch import nn
+
+import lightning_ldam as ldam
+from lightning_ldam.chains import _log_fold_density, fold
+
+
+class Quadratic(nn.Module):
+    """a(x) = −|x|²/2: p ∝ exp(a/(c·T)) is N(0, c·T) per pixel."""
+
+    def forward(self, x):
+        return -(x.flatten(1) ** 2).sum(1, keepdim=True) / 2
+
+
+class DoubleWell(nn.Module):
+    """a(x) = −h·(x² − 1)²: two symmetric wells at ±1 with a barrier of height h/(c·T) in log p."""
+
+    def __init__(self, height: float):
+        super().__init__()
+        self.height = height
+
+    def forward(self, x):
+        return -self.height * ((x.flatten(1) ** 2 - 1) ** 2).sum(1, keepdim=True)
+
+
+BOX = (-6.0, 6.0)
+QUAD = dict(input_shape=(1, 1, 2), value_range=BOX, chains=512)
+
+
+def _variance(res) -> float:
+    return res.images[0].flatten(1).var(0).mean().item()
+
+
+@pytest.mark.parametrize("method", ["langevin", "mala"])
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_quadratic_variance_is_c_times_t_with_the_measured_scale(method, temperature):
+    res = ldam.sample(nn.Sequential(Quadratic()), "0:0", method=method, temperature=temperature, steps=800, **QUAD)
+    c = res.scales[0].item()
+    assert c > 0
+    assert _variance(res) == pytest.approx(c * temperature, rel=0.10)
+
+
+@pytest.mark.parametrize("method", ["langevin", "mala"])
+def test_quadratic_variance_with_a_given_scale_and_its_ratio_across_temperatures(method):
+    kw = dict(QUAD, method=method, scale=1.0, step_size=0.02, steps=800, seed=3)
+    cold = _variance(ldam.sample(nn.Sequential(Quadratic()), "0:0", temperature=1.0, **kw))
+    hot = _variance(ldam.sample(nn.Sequential(Quadratic()), "0:0", temperature=4.0, **kw))
+    assert cold == pytest.approx(1.0, rel=0.10)
+    assert hot == pytest.approx(4.0, rel=0.10)
+    assert hot / cold == pytest.approx(4.0, rel=0.15)
+
+
+def test_the_measured_scale_does_not_depend_on_the_temperature():
+    """c_k is fixed by the burn-in search, which ignores T: so T alone sets the spread (var ∝ T)."""
+    kw = dict(QUAD, steps=800, seed=5)
+    cold = ldam.sample(nn.Sequential(Quadratic()), "0:0", temperature=1.0, **kw)
+    hot = ldam.sample(nn.Sequential(Quadratic()), "0:0", temperature=4.0, **kw)
+    assert hot.scales[0].item() == pytest.approx(cold.scales[0].item(), rel=1e-6)
+    assert _variance(hot) / _variance(cold) == pytest.approx(4.0, rel=0.15)
+
+
+def test_mala_is_exact_where_an_unadjusted_step_is_biased():
+    """σ_step = 1.2·σ_target: ULA's stationary variance is σ²/(1 − ε/(4σ²)) = 1.56·σ²; MALA's is σ²."""
+    kw = dict(QUAD, scale=1.0, burn_in=0, step_size=1.2 / 12, steps=1500, chains=1024)
+    ula = ldam.sample(nn.Sequential(Quadratic()), "0:0", method="langevin", **kw)
+    mala = ldam.sample(nn.Sequential(Quadratic()), "0:0", method="mala", **kw)
+    assert _variance(ula) == pytest.approx(1 / (1 - 1.44 / 4), rel=0.10)
+    assert _variance(mala) == pytest.approx(1.0, rel=0.10)
+    assert 0.3 < mala.acceptance_rate[0].item() < 0.95
+    assert ula.acceptance_rate is None
+
+
+def test_mala_acceptance_falls_as_the_step_grows():
+    kw = dict(QUAD, scale=1.0, method="mala", steps=300, chains=256)
+    rates = [ldam.sample(nn.Sequential(Quadratic()), "0:0", step_size=s / 12, **kw).acceptance_rate[0].item()
+             for s in (0.2, 1.0, 3.0)]
+    assert rates[0] > rates[1] > rates[2]
+    assert rates[0] > 0.95 and rates[2] < 0.3
+
+
+@pytest.mark.parametrize("method", ["langevin", "mala"])
+def test_chains_from_one_point_spread_as_far_as_chains_from_noise(method):
+    kw = dict(QUAD, method=method, scale=1.0, step_size=0.02, steps=800, seed=1)
+    one_point = torch.full((1, 1, 1, 2), 3.0)
+    shared = ldam.sample(nn.Sequential(Quadratic()), "0:0", init="data", real_data=one_point, disc_weight=0.0, **kw)
+    noise = ldam.sample(nn.Sequential(Quadratic()), "0:0", **kw)
+    assert _variance(shared) == pytest.approx(_variance(noise), rel=0.15)
+    assert _variance(shared) == pytest.approx(1.0, rel=0.10)
+
+
+@pytest.mark.parametrize("method", ["langevin", "mala"])
+def test_a_symmetric_double_well_splits_the_chains_evenly_and_they_cross(method):
+    """All chains start in the right-hand well; with a barrier of 1 nat (h = 1, T = 1) they cross, and each well
+    ends with 50 ± 10% of them. With a barrier of 16 nats none crosses: the crossing is the barrier's doing."""
+    right = torch.full((1, 1, 1, 1), 1.0)
+    kw = dict(input_shape=(1, 1, 1), value_range=(-3.0, 3.0), chains=512, method=method, scale=1.0, burn_in=0,
+              step_size=0.01, init="data", real_data=right, disc_weight=0.0)
+    low = ldam.sample(nn.Sequential(DoubleWell(1.0)), "0:0", steps=3000, **kw)
+    share_left = (low.images.flatten() < 0).float().mean().item()
+    assert share_left == pytest.approx(0.5, abs=0.10)
+    high = ldam.sample(nn.Sequential(DoubleWell(16.0)), "0:0", steps=600, **kw)
+    assert (high.images.flatten() > 0).float().mean().item() > 0.99
+
+
+def test_the_noise_moves_the_chains():
+    """From one shared start, the chains must part: a sampler without noise would keep them identical."""
+    start = torch.full((1, 1, 1, 2), 1.0)
+    res = ldam.sample(nn.Sequential(Quadratic()), "0:0", init="data", real_data=start, disc_weight=0.0,
+                      input_shape=(1, 1, 2), value_range=BOX, chains=8, steps=20, scale=1.0, step_size=0.01)
+    assert res.images[0].flatten(1).std(0).min().item() > 0.05
+
+
+def test_fold_reflects_into_the_box_and_its_density_is_a_density():
+    v = torch.tensor([-0.25, 0.25, 1.25, 2.5, -1.75])
+    torch.testing.assert_close(fold(v), torch.tensor([0.25, 0.25, 0.75, 0.5, 0.25]))
+    # the reflected Gaussian's density integrates to 1 over the box, even for a mean outside it
+    y = torch.linspace(0, 1, 20001).view(-1, 1)
+    for mean, std in ((0.02, 0.05), (1.1, 0.2), (-0.4, 0.3)):
+        log_q = _log_fold_density(y, torch.full_like(y, mean), std)  # up to the Gaussian's constant
+        dens = torch.exp(log_q) / (std * (2 * torch.pi) ** 0.5)
+        assert torch.trapezoid(dens, y.flatten()).item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_reported_law_constants():
+    res = ldam.sample(nn.Sequential(Quadratic()), "0:0", steps=20, **QUAD)
+    assert res.scales.shape == (1,) and res.disc_weights is None and res.acceptance_rate is None
+    assert res.config["method"] == "langevin" and res.config["burn_in"] == 10
+    annealed = ldam.sample(nn.Sequential(Quadratic()), "0:0", steps=20, method="annealed", **QUAD)
+    assert annealed.scales is None and annealed.config["burn_in"] == 0
