@@ -16,6 +16,8 @@ Sections (``--only`` picks some):
   128 px, the same step count, whole calls timed. lucent runs one channel at a time with a batch of 8
   and its standard transforms minus the rotation (its kornia call no longer exists): pad, jitter, scale.
 * ``disc``: the discriminator's cost per step by width (32, 16 = the default, 8) and update cadence.
+* ``methods``: per-step cost of ``method="langevin"`` (default), ``"mala"`` and ``"annealed"`` at λ = 0 and at
+  the default λ, and the discriminator's share of the default-λ step (1 − λ=0 step / default step).
 * ``options``: fp32 vs bf16 autocast vs channels_last vs both (and, on CUDA, ``cuda_graph`` alone and with
   both), for each model of ``main``; λ = 0, plus the default λ for fp32 and ``cuda_graph``.
 
@@ -39,7 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import lightning_ldam as ldam  # noqa: E402
 from mnist_models import TargetCNN  # noqa: E402
 
-SECTIONS = ("main", "early", "batching", "lucent", "options", "disc")
+SECTIONS = ("main", "early", "batching", "lucent", "options", "disc", "methods")
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -260,6 +262,26 @@ def section_disc(args, device):
                       discriminator=build_discriminator(1, shape[1:], seed=0, device=device, width=width))
         t = ldam_step_seconds(model, spec, shape, chains, args.steps, device, **kw)
         print(f"| {label} | {1e3 * t:.1f} | {bare / t:.2f} |", flush=True)
+
+
+def section_methods(args, device):
+    print("\n## methods: cost per step of each sampler method (fp32), and D's share of the default-λ step\n")
+    print("| model | method | λ=0 vs bare loop | default λ vs bare loop | D's share of the default-λ step |")
+    print("|---|---|---:|---:|---:|")
+    for label, model, spec, shape, chains, batch, real in models(args.quick, device):
+        if label.startswith("ResNet-50") and args.quick:
+            continue
+        for method in ("langevin", "mala", "annealed"):
+            runs = []
+            for _ in range(args.repeats):
+                runs.append((bare_loop(model, (batch, *shape), args.steps, device),
+                             ldam_step_seconds(model, spec, shape, chains, args.steps, device, disc_weight=0.0,
+                                               method=method),
+                             ldam_step_seconds(model, spec, shape, chains, args.steps, device, real_data=real,
+                                               disc_warmup=0, method=method)))
+            bare, s0, sd = (statistics.median(r[i] for r in runs) for i in range(3))
+            print(f"| {label} | {method} | {bare / s0:.2f} | {bare / sd:.2f} | {max(0.0, 1 - s0 / sd):.0%} |",
+                  flush=True)
 
 
 def main(argv=None):

@@ -15,7 +15,12 @@ import torch.nn.functional as F
 
 from lightning_ldam.config import PIXEL_SCALE, LangevinConfig
 
-__all__ = ["Terms", "Objective", "LangevinChains", "fold"]
+__all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT"]
+
+#: ``adapt_disc`` lowers a neuron's prior weight while its chains sit below this lift: (mean activation − real
+#: mean) / (real max − real mean) over the real inputs given. Above 1 so that held-out real inputs, whose max
+#: is a little off the given ones', are beaten too.
+TARGET_LIFT = 1.2
 
 
 class Terms(NamedTuple):
@@ -130,10 +135,10 @@ class LangevinChains:
     # ---- per-step scalars ---------------------------------------------------------------------------------
     def _scalars(self) -> Dict[str, list]:
         cfg = self.cfg
-        track = [max(1.0 / (t + 1), 4.0 / max(cfg.burn_in, 1)) for t in range(cfg.steps)]
+        track = [max(1.0 / (t + 1), 8.0 / max(cfg.burn_in, 1)) for t in range(cfg.steps)]
         return {"half_eps": [0.5 * cfg.eps(t) for t in range(cfg.steps)],
                 "noise": [cfg.noise_std(t) for t in range(cfg.steps)],
-                "track": track,  # running mean over the first steps, then an EMA over ~¼ of burn-in
+                "track": track,  # running mean over the first steps, then an EMA over ~⅛ of burn-in
                 "psgld": [1.0 / (1 - 0.99 ** (t + 1)) for t in range(cfg.steps)]}
 
     def at(self, name: str, t: Optional[int]):
@@ -173,7 +178,7 @@ class LangevinChains:
         return v.view(self.n, self.chains).mean(1)
 
     def search_step(self, t: Optional[int]) -> None:
-        """A burn-in step: per-chain RMS-normalised drifts, gradient scales tracked, w_k adapted."""
+        """A step of burn-in's first half: per-chain RMS-normalised drifts, gradient scales tracked."""
         terms = self.objective(self.u)
         self._record(t, terms.acts)
         rate = self.at("track", t)
@@ -183,28 +188,29 @@ class LangevinChains:
         if terms.g_disc is not None:
             rms_d = _row_rms(terms.g_disc)
             self.ms_disc.lerp_(self._per_neuron(rms_d.square()).nan_to_num_(0.0), rate)
-            self._adapt_weight(terms.acts)
-            share = self._per_row(self.weight).view(-1) * self.cfg.disc_weight / rms_d.clamp_min(1e-12)
+            share = self.cfg.disc_weight / rms_d.clamp_min(1e-12)
             drift.addcmul_(terms.g_disc, share.view(self.view))
         drift.div_(PIXEL_SCALE)
         if self.smooth:
-            drift.sub_(roughness_grad(self.u) * (self.smooth * self._per_row(self.weight)))
+            drift.sub_(roughness_grad(self.u), alpha=self.smooth)
         self._move(drift, t, terms.acts)
         self._tick(t)
 
     def _adapt_weight(self, acts: torch.Tensor) -> None:
-        """Dual ascent on "activation ≥ the strongest real input": w_k falls while the neuron is below it."""
+        """Dual ascent on "lift ≥ TARGET_LIFT": w_k falls while the neuron is below it, rises back above."""
         if self.real_acts is None or not self.cfg.adapt_disc:
             return
         mean, top = self.real_acts
-        progress = (self._per_neuron(acts) - top) / (top - mean).clamp_min(1e-12)
-        rate = 4.0 / max(self.cfg.burn_in, 1)
+        spread = (top - mean).clamp_min(1e-12)
+        progress = (self._per_neuron(acts) - (mean + TARGET_LIFT * spread)) / spread
+        rate = 8.0 / max(self.cfg.burn_in, 1)  # w can cross [0, 1] within the adapting half of burn-in
         self.weight.add_(progress.nan_to_num(0.0).clamp(-1.0, 1.0), alpha=rate).clamp_(0.0, 1.0)
 
-    def freeze(self) -> None:
-        """Fix the law's constants (``c_k``, ``λ_k``) at the end of burn-in (see :mod:`lightning_ldam.config`)."""
+    def freeze_scales(self) -> None:
+        """Fix ``c_k`` and D's gradient scale halfway through burn-in, from the search's states (which do not
+        depend on T, so neither does ``c_k``); the second half of burn-in samples the law while ``w_k`` adapts."""
         cfg = self.cfg
-        if cfg.burn_in == 0:  # nothing tracked: measure the gradient scales at the initial chains
+        if cfg.burn_in // 2 == 0:  # no search step tracked anything: measure at the initial chains
             terms = self.objective(self.u)
             self.ms_act.copy_(self._per_neuron(_row_rms(terms.g_act).square()))
             if terms.g_disc is not None:
@@ -215,13 +221,36 @@ class LangevinChains:
             scale = torch.where(self.ms_act > 0, PIXEL_SCALE * self.ms_act.sqrt(), torch.ones_like(self.ms_act))
         self.scale = scale
         self.inv_scale = self._per_row(1.0 / (scale * cfg.temperature))
-        disc = torch.where(self.ms_disc > 0, cfg.disc_weight * self.weight / (PIXEL_SCALE * self.ms_disc.sqrt()),
-                           torch.zeros_like(self.ms_disc))
-        self.disc_weights = disc
-        self.disc_weight = self._per_row(disc)
-        self.smoothness = self.smooth * self.weight  # the prior goes with D: both scaled by w_k
+        self._set_weights()
+
+    def _set_weights(self) -> None:
+        """``λ_k`` and ``γ_k`` from the current ``w_k`` and D's gradient scale (the priors go together: both
+        scaled by w_k)."""
+        disc_unit = torch.where(self.ms_disc > 0, self.cfg.disc_weight / (PIXEL_SCALE * self.ms_disc.sqrt()),
+                                torch.zeros_like(self.ms_disc))
+        self.disc_weights = disc_unit * self.weight
+        self.disc_weight = self._per_row(self.disc_weights)
+        self.smoothness = self.smooth * self.weight
         self.smooth_row = self._per_row(self.smoothness)
-        if cfg.method == "mala":
+
+    def adapt_step(self, t: Optional[int]) -> None:
+        """A step of the law with the current ``w_k`` and D's current gradient scale, then ``w_k`` adapted (second half
+        of burn-in)."""
+        terms = self.objective(self.u)
+        self._record(t, terms.acts)
+        if terms.g_disc is not None:  # D still trains: its gradient scale is followed until burn-in ends
+            self.ms_disc.lerp_(self._per_neuron(_row_rms(terms.g_disc).square()).nan_to_num_(0.0),
+                               self.at("track", t))
+        self._set_weights()
+        self._move(self._drift(terms, self.u), t, terms.acts)
+        if terms.g_disc is not None or self.smooth:
+            self._adapt_weight(terms.acts)
+        self._tick(t)
+
+    def freeze(self) -> None:
+        """Fix ``λ_k`` and ``γ_k`` at the end of burn-in: from here on the law is fixed."""
+        self._set_weights()
+        if self.cfg.method == "mala":
             self.current = self.objective(self.u)
 
     def _drift(self, terms: Terms, u: torch.Tensor) -> torch.Tensor:

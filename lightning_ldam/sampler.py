@@ -386,14 +386,16 @@ def _loop(chains: LangevinChains, trainer, cfg: LangevinConfig, cuda_graph, gen,
     for t in range(cfg.steps):
         if t == timed_from:
             timer = _synchronized_clock(device)
-        phase = "search" if t < cfg.burn_in else "sample"
-        if t == cfg.burn_in and cfg.method != "annealed":
+        phase = "sample" if t >= cfg.burn_in else ("search" if t < cfg.burn_in // 2 else "adapt")
+        if cfg.method != "annealed" and t == cfg.burn_in // 2:
+            chains.freeze_scales()
+        if cfg.method != "annealed" and t == cfg.burn_in:
             chains.freeze()
         if graphed is not None:
             graphed[phase]()
         else:
             phases[phase](t)
-        if trainer is not None and (phase == "search" or cfg.method == "annealed") and (t + 1) % cfg.disc_every == 0:
+        if trainer is not None and (phase != "sample" or cfg.method == "annealed") and (t + 1) % cfg.disc_every == 0:
             for _ in range(cfg.disc_steps):
                 trainer.step(chains.u)
         if bar is not None:
@@ -404,9 +406,9 @@ def _loop(chains: LangevinChains, trainer, cfg: LangevinConfig, cuda_graph, gen,
 
 
 def _phases(chains: LangevinChains, cfg: LangevinConfig):
-    """The step function of each phase: burn-in search, then the method's sampling step."""
+    """The step function of each phase: burn-in's search, burn-in's adapting half, then the method's step."""
     sampling = {"langevin": chains.langevin_step, "mala": chains.mala_step, "annealed": chains.annealed_step}
-    return {"search": chains.search_step, "sample": sampling[cfg.method]}
+    return {"search": chains.search_step, "adapt": chains.adapt_step, "sample": sampling[cfg.method]}
 
 
 class _frozen:

@@ -128,11 +128,13 @@ def test_config_schedule_factors():
 
 
 def test_langevin_steps_never_anneal_the_noise_to_zero():
-    """Burn-in starts boost times wider in ε and decays to the sampling ε, which then stays: the noise never hits 0."""
+    """Burn-in's drift step starts boost times larger in ε and decays to the sampling ε; the noise is the sampling
+    noise at every step (burn-in runs colder, then warms to the law's temperature): it never reaches 0."""
     cfg = ldam.LangevinConfig(steps=20, burn_in=10, step_size=0.01, burn_in_boost=9.0)
-    assert cfg.noise_std(0) == pytest.approx(0.03) and cfg.noise_std(9) == pytest.approx(0.01)
-    assert [cfg.noise_std(t) for t in range(10, 20)] == pytest.approx([0.01] * 10)
-    assert all(cfg.noise_std(t) >= cfg.noise_std(t + 1) > 0 for t in range(19))
+    assert cfg.eps(0) == pytest.approx(9e-4) and cfg.eps(9) == pytest.approx(1e-4)
+    assert [cfg.eps(t) for t in range(10, 20)] == pytest.approx([1e-4] * 10)
+    assert all(cfg.eps(t) >= cfg.eps(t + 1) for t in range(19))
+    assert [cfg.noise_std(t) for t in range(20)] == pytest.approx([0.01] * 20)
 
 
 class NaNOnce(nn.Module):
