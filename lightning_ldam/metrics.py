@@ -1,0 +1,185 @@
+"""Sample-quality measures for LDAM samples (lift, realism, diversity) and the real-data activations they need."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from lightning_ldam import _validation as V
+from lightning_ldam.capture import capture_outputs, run_to_targets
+from lightning_ldam.targets import Neuron
+
+__all__ = ["lift", "realism", "diversity", "unit_activations"]
+
+
+def lift(sample_acts: torch.Tensor, real_acts: torch.Tensor) -> torch.Tensor:
+    """How far the samples push each neuron beyond real data, on the scale of real data.
+
+    Per neuron ``(mean sample activation - mean real activation) / (max real activation - mean real
+    activation)``: 1.0 means the samples excite the neuron as much as its best real input does, 0 as much
+    as an average real input, above 1 more than any real input.
+
+    Args:
+        sample_acts: ``[n, chains]`` activation of each neuron's own chains (``SampleResult.activations``).
+        real_acts: ``[N_real, n]`` activations of the same neurons on real images (:func:`unit_activations`).
+
+    Returns:
+        ``[n]`` float32 lifts. A neuron that is constant over the real images (zero denominator, e.g. a dead
+        ReLU) gets NaN: no scale exists to measure it on, and a NaN cannot pass for a good or bad figure
+        (use ``torch.nanmedian`` to summarise).
+
+    Raises:
+        ValueError: the two tensors disagree on ``n``, or ``real_acts`` holds no image.
+    """
+    sample_acts = torch.as_tensor(sample_acts).float()
+    real_acts = torch.as_tensor(real_acts).float()
+    if sample_acts.dim() != 2 or real_acts.dim() != 2 or sample_acts.shape[0] != real_acts.shape[1]:
+        raise ValueError(f"lift: expected sample_acts [n, chains] and real_acts [N_real, n], got "
+                         f"{tuple(sample_acts.shape)} and {tuple(real_acts.shape)}")
+    if real_acts.shape[0] == 0:
+        raise ValueError("lift: real_acts holds no image")
+    real_mean = real_acts.mean(0)
+    real_max = real_acts.max(0).values
+    # max == min, not max - mean == 0: the mean of N equal floats can be off by a rounding error
+    constant = real_max == real_acts.min(0).values
+    out = (sample_acts.mean(1) - real_mean) / (real_max - real_mean)
+    return torch.where(constant, torch.full_like(out, float("nan")), out)
+
+
+def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dim() < 2:
+        raise ValueError(f"{name}: expected a batch [M, D] (or [M, C, H, W]), got shape {tuple(x.shape)}")
+    return x.detach().float().flatten(1)
+
+
+def _mean_pairwise(flat: torch.Tensor) -> torch.Tensor:
+    """Mean L2 distance over ordered pairs of distinct rows (the diagonal is left out, not assumed 0)."""
+    n = flat.shape[0]
+    dist = torch.cdist(flat, flat)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    return dist[off_diagonal].mean()
+
+
+def realism(samples: torch.Tensor, real: torch.Tensor) -> float:
+    """How close samples lie to real images, relative to how close real images lie to each other.
+
+    Mean L2 distance from each sample to its nearest real image, divided by the mean distance from each
+    real image to its nearest *other* real image. About 1 for samples as close to the real set as real
+    images are; 0 for copies of real images; large for images far from every real one.
+
+    Args:
+        samples: ``[M, D]`` samples (any ``[M, ...]`` is flattened).
+        real: ``[N, D]`` real images, ``N >= 2``, same pixel space as ``samples``.
+
+    Returns:
+        The ratio, a Python float.
+
+    Raises:
+        ValueError: fewer than two real images, or mismatched sizes.
+    """
+    s, r = _flat(samples, "samples"), _flat(real, "real")
+    if r.shape[0] < 2:
+        raise ValueError(f"realism: needs at least 2 real images (a nearest *other* one), got {r.shape[0]}")
+    if s.shape[1] != r.shape[1]:
+        raise ValueError(f"realism: samples have {s.shape[1]} values each, real images {r.shape[1]}")
+    nearest = torch.cdist(s, r).min(1).values.mean()
+    real_dist = torch.cdist(r, r)
+    real_dist.fill_diagonal_(float("inf"))
+    return (nearest / real_dist.min(1).values.mean()).item()
+
+
+def diversity(samples_per_neuron: torch.Tensor, real: torch.Tensor) -> float:
+    """Spread of one neuron's chains relative to the spread of real images.
+
+    Mean pairwise L2 distance between the chains, divided by the mean pairwise L2 distance among ``real``.
+    The caller picks ``real``: e.g. the held-out images of the class a logit stands for. 0 when every
+    chain ended in the same image; about 1 when the chains are as varied as those real images.
+
+    Args:
+        samples_per_neuron: ``[chains, D]`` one neuron's samples (any ``[chains, ...]`` is flattened).
+        real: ``[N, D]`` real images, ``N >= 2``.
+
+    Returns:
+        The ratio, a Python float (0.0 with a single chain: there is no pair).
+
+    Raises:
+        ValueError: fewer than two real images, or mismatched sizes.
+    """
+    s, r = _flat(samples_per_neuron, "samples_per_neuron"), _flat(real, "real")
+    if r.shape[0] < 2:
+        raise ValueError(f"diversity: needs at least 2 real images (a pair), got {r.shape[0]}")
+    if s.shape[1] != r.shape[1]:
+        raise ValueError(f"diversity: samples have {s.shape[1]} values each, real images {r.shape[1]}")
+    if s.shape[0] < 2:
+        return 0.0
+    return (_mean_pairwise(s) / _mean_pairwise(r)).item()
+
+
+def _reduce(out: torch.Tensor, spatial: str) -> torch.Tensor:
+    """``[B, k, *positions]`` -> ``[B, k]``, as the sampler's ActivationReader reduces a conv channel."""
+    if out.dim() == 2:
+        return out
+    if spatial == "center":
+        while out.dim() > 2:
+            out = out.select(2, out.shape[2] // 2)
+        return out
+    return out.flatten(2).mean(2)
+
+
+@torch.no_grad()
+def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch.Tensor, spatial: str = "mean",
+                     normalize: Optional[Tuple] = None, batch_size: int = 256) -> torch.Tensor:
+    """Activations of resolved neurons on real images, read as the sampler reads them.
+
+    Conv channels reduce to the mean over positions (``spatial="mean"``) or the centre unit
+    (``spatial="center"``), linear units are read as they are. The model runs in eval mode (as it does
+    while sampling: BN uses running statistics, Dropout is off) and is left in the mode it was found in;
+    the forward stops at the deepest target layer.
+
+    Args:
+        model: the network.
+        layer_neurons: resolved ``(layer_path, index)`` pairs, e.g. ``SampleResult.neurons``.
+        x: ``[N, *input_shape]`` real images in pixel space.
+        spatial: ``"mean"`` or ``"center"``.
+        normalize: ``(mean, std)`` (per channel or scalar) applied to ``x`` before the model.
+        batch_size: images per forward.
+
+    Returns:
+        ``[N, n]`` float32 activations on the CPU, column ``j`` for ``layer_neurons[j]``.
+
+    Raises:
+        ValueError: an unknown ``spatial``, an empty neuron list, or a layer the forward never calls.
+    """
+    V.check_choice("spatial", spatial, ("mean", "center"))
+    V.check_positive("batch_size", batch_size, integer=True)
+    neurons = [(str(layer), int(index)) for layer, index in layer_neurons]
+    if not neurons:
+        raise ValueError("layer_neurons: expected at least one (layer_path, index) pair")
+    layers: List[str] = list(dict.fromkeys(layer for layer, _ in neurons))
+    columns: Dict[str, List[int]] = {layer: [j for j, (l, _) in enumerate(neurons) if l == layer] for layer in layers}
+    device, dtype = V.model_device(model), V.model_dtype(model)
+    index = {layer: torch.tensor([neurons[j][1] for j in columns[layer]], device=device) for layer in layers}
+    norm = None
+    if normalize is not None:
+        mean, std = V.check_normalize(normalize, x.shape[1])
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        norm = (mean.to(device).view(view), std.to(device).view(view))
+    result = torch.empty((x.shape[0], len(neurons)))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with capture_outputs(model, layers) as outputs:
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start:start + batch_size].to(device, torch.float32)
+                if norm is not None:
+                    xb = (xb - norm[0]) / norm[1]
+                captured = run_to_targets(model, xb.to(dtype), outputs, layers)
+                for layer in layers:
+                    picked = _reduce(captured[layer].index_select(1, index[layer]), spatial)
+                    result[start:start + xb.shape[0], columns[layer]] = picked.float().cpu()
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return result
