@@ -20,7 +20,7 @@ __all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT"]
 #: ``adapt_disc`` lowers a neuron's prior weight while its chains sit below this lift: (mean activation − real
 #: mean) / (real max − real mean) over the real inputs given. Above 1 so that held-out real inputs, whose max
 #: is a little off the given ones', are beaten too.
-TARGET_LIFT = 1.2
+TARGET_LIFT = 1.25
 
 
 class Terms(NamedTuple):

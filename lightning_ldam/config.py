@@ -46,7 +46,8 @@ from typing import Optional, Union
 
 from lightning_ldam import _validation as V
 
-__all__ = ["LangevinConfig", "resolve_config", "METHODS", "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT", "DEFAULT_SMOOTHNESS"]
+__all__ = ["LangevinConfig", "resolve_config", "METHODS", "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT",
+           "DEFAULT_SMOOTHNESS"]
 
 METHODS = ("langevin", "mala", "annealed")
 PRECONDITIONERS = ("rms", "psgld", "none")
@@ -56,7 +57,7 @@ SPATIAL = ("mean", "center")
 #: Per-pixel length (fraction of the box) that one unit of ``log p`` buys at T = 1: sets ``c_k`` (see above).
 PIXEL_SCALE = 0.01
 #: λ used when ``real_data`` is given and ``disc_weight`` is not: chosen on benchmarks/quality.py.
-DEFAULT_DISC_WEIGHT = 1.75
+DEFAULT_DISC_WEIGHT = 2.25
 #: κ of the smoothness prior on image inputs when ``smoothness`` is not given.
 DEFAULT_SMOOTHNESS = 1.5
 
@@ -140,7 +141,8 @@ class LangevinConfig:
 def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, burn_in: Optional[int] = None,
                    step_size: Optional[float] = None, burn_in_boost: Optional[float] = None,
                    temperature: float = 1.0, scale: Union[str, float, None] = "auto", disc_weight: float = 0.0,
-                   adapt_disc: bool = True, smoothness: float = 0.0, precondition: Optional[str] = None, noise: Optional[float] = None,
+                   adapt_disc: bool = True, smoothness: float = 0.0, precondition: Optional[str] = None,
+                   noise: Optional[float] = None,
                    schedule: Optional[str] = None, disc_every: int = 1, disc_steps: Optional[int] = None,
                    disc_warmup: int = 50, disc_lr: float = 1e-3) -> LangevinConfig:
     """Check every sampler setting and return the resolved :class:`LangevinConfig`.

@@ -28,7 +28,8 @@ from torch import nn
 from lightning_ldam import _validation as V
 from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
 from lightning_ldam.chains import LangevinChains, Objective
-from lightning_ldam.config import DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig, resolve_config
+from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig,
+                                   resolve_config)
 from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator
 from lightning_ldam.inputs import extract_input
 from lightning_ldam.result import SampleResult
@@ -114,7 +115,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            value_range: Tuple[float, float] = (0.0, 1.0), normalize=None, init: str = "noise",
            seed: int = 0, device: Union[str, torch.device, None] = None, method: str = "langevin",
            burn_in: Optional[int] = None, step_size: Optional[float] = None, temperature: float = 1.0,
-           scale: Union[str, float] = "auto", adapt_disc: bool = True, smoothness: Optional[float] = None, burn_in_boost: Optional[float] = None,
+           scale: Union[str, float] = "auto", adapt_disc: bool = True, smoothness: Optional[float] = None,
+           burn_in_boost: Optional[float] = None,
            noise: Optional[float] = None, precondition: Optional[str] = None, schedule: Optional[str] = None,
            spatial: str = "mean", discriminator: Optional[nn.Module] = None, disc_lr: float = 1e-3,
            disc_every: int = 1, disc_steps: Optional[int] = None, disc_warmup: Optional[int] = None,
@@ -153,8 +155,11 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             ``"annealed"``: ε at the first step (default 0.1).
         temperature: T.
         scale: ``"auto"`` (``c_k`` from the unit's input-gradient scale in burn-in) or a number (``c_k`` for all).
-        adapt_disc: lower a neuron's log D weight during burn-in while it is below its strongest real input.
-        burn_in_boost: ε at the first burn-in step over the sampling ε (default 40, cosine decay to 1).
+        adapt_disc: in burn-in's second half, lower a neuron's prior weight w_k (log D and smoothness) while its
+            lift over the real inputs is below 1.25, raise it back above (needs real data).
+        smoothness: κ of the smoothness prior (image inputs; default 1.5 with the discriminator, else 0).
+        burn_in_boost: the drift's ε at the first burn-in step over the sampling ε (default 40, cosine decay to 1
+            over burn-in's first half; the noise stays at ``step_size``).
         noise, precondition, schedule: ``"annealed"`` only: σ (default 0.1), ``"rms"``/``"psgld"``/``"none"``,
             ``"cosine"``/``"linear"``/``"constant"``.
         spatial: conv channels reduce by ``"mean"`` over positions (default) or take the ``"center"`` unit.
@@ -163,7 +168,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             and returns logits ``[B]``.
         disc_lr: discriminator learning rate (Adam).
         disc_every: train D every this many steps (in burn-in; ``"annealed"``: throughout).
-        disc_steps: D updates each time it is trained (default 1; ``"annealed"``: 2).
+        disc_steps: D updates each time it is trained (default 2).
         disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option).
         channels_last: run convolutions in NHWC memory layout (a GPU speed option with autocast; the
@@ -184,16 +189,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         (torch.Size([2, 2, 1, 28, 28]), torch.Size([2, 2]), [('3', 0), ('3', 1)])
     """
     started = time.perf_counter()
-    V.check_model(model)
-    shape = V.check_input_shape(input_shape)
-    V.check_positive("chains", chains, integer=True)
-    lo, hi = V.check_value_range(value_range)
-    V.check_choice("init", init, INITS)
-    V.check_choice("spatial", spatial, SPATIAL)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int, got {seed!r}")
-    if discriminator is not None and not isinstance(discriminator, nn.Module):
-        raise TypeError(f"discriminator: expected a torch.nn.Module or None, got {type(discriminator).__name__}")
+    shape, (lo, hi) = _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator,
+                                  channels_last, cuda_graph, progress)
     if disc_weight is None:
         disc_weight = DEFAULT_DISC_WEIGHT if (real_data is not None or discriminator is not None) else 0.0
     V.check_positive("disc_weight", disc_weight, allow_zero=True)
@@ -203,17 +200,13 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     cfg = resolve_config(method=method, steps=steps, burn_in=burn_in, step_size=step_size,
                          burn_in_boost=burn_in_boost, temperature=temperature, scale=scale,
                          disc_weight=disc_weight, adapt_disc=adapt_disc,
-                         smoothness=_default_smoothness(smoothness, method, shape, disc_weight), precondition=precondition, noise=noise,
+                         smoothness=_default_smoothness(smoothness, method, shape, disc_weight),
+                         precondition=precondition, noise=noise,
                          schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
                          disc_warmup=(disc_warmup if disc_warmup is not None
                                       else (50 if discriminator is None else 0)), disc_lr=disc_lr)
     if init == "data" and real_data is None:
         raise ValueError("init: 'data' starts chains from real images; pass real_data=..., or use init='noise'")
-    for name, flag in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name}: expected True or False, got {flag!r}")
-    if not isinstance(progress, bool):
-        V.check_positive("progress", progress, allow_zero=True)
     if len(shape) != 3 and (cfg.disc_weight > 0 or discriminator is not None):
         raise ValueError(f"disc_weight: the discriminator needs image inputs (C, H, W); input_shape={shape}")
     norm = V.check_normalize(normalize, shape[0])
@@ -241,6 +234,27 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             to_model = _ModelInput(lo, hi, norm, dtype, nhwc, autocast_dtype, device, cuda_graph)
             run = _Run(net, resolved, shape, chains, cfg, real_cpu, (lo, hi), to_model, spatial, device, seed)
             return run(init, discriminator, cuda_graph, progress, started)
+
+
+def _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator, channels_last,
+                cuda_graph, progress):
+    """The checks of ``sample``'s arguments that are not sampler settings; returns the shape and the box."""
+    V.check_model(model)
+    shape = V.check_input_shape(input_shape)
+    V.check_positive("chains", chains, integer=True)
+    box = V.check_value_range(value_range)
+    V.check_choice("init", init, INITS)
+    V.check_choice("spatial", spatial, SPATIAL)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int, got {seed!r}")
+    if discriminator is not None and not isinstance(discriminator, nn.Module):
+        raise TypeError(f"discriminator: expected a torch.nn.Module or None, got {type(discriminator).__name__}")
+    for name, flag in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+    if not isinstance(progress, bool):
+        V.check_positive("progress", progress, allow_zero=True)
+    return shape, box
 
 
 def _default_smoothness(smoothness, method, shape, disc_weight) -> float:
