@@ -258,7 +258,7 @@ def run_layers(bench: Bench, args, lambdas, extra, argv) -> str:
                    for t in layers)
     net = "MNIST CNN" if args.case == "mnist-layers" else "RGB CNN (normalised inputs)"
     calls = ", ".join(f"{secs:.1f} at λ {lam:g}" for lam, secs in zip(lambdas, times))
-    what = f"{sum(map(len, spec.values()))} neurons of the {net} (all layers in one call)"
+    what = f"{sum(map(len, spec.values()))} neurons of the {net}, all layers in one call,"
     return head + body + footer(args, bench, what, argv, note=f"s / call: {calls}")
 
 
@@ -325,7 +325,11 @@ def main(argv=None):
                    "earlier default call (as in the callback's later rounds)")
     p.add_argument("--save-grid", default=None, help="write sample grids to PREFIX_lamX.png")
     p.add_argument("--write", action="store_true", help="write the table into benchmarks/README.md")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); on a "
+                   "CPU shared with other jobs, 1 thread avoids OpenMP oversubscription (2 threads ran 15x slower)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     text = run(args, argv)
     print(text)
     if args.write:

@@ -180,5 +180,6 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
                     picked = _reduce(captured[layer].index_select(1, index[layer]), spatial)
                     result[start:start + xb.shape[0], columns[layer]] = picked.float().cpu()
     finally:
-        model.train(modes[0][1])
+        for m, mode in modes:
+            m.training = mode
     return result

@@ -115,10 +115,13 @@ def test_unit_activations_matches_a_manual_forward_for_conv_means_and_linear_uni
 
 def test_unit_activations_leaves_the_mode_and_agrees_with_the_test_suite_reader():
     net = make_tiny_net()
+    net.features[1].eval()  # a mixed-mode model: each module's own mode must come back, not the root's
+    modes = {name: m.training for name, m in net.named_modules()}
     x = torch.rand(6, *INPUT_SHAPE, generator=torch.Generator().manual_seed(4))
     neurons = [("features.0", 2), ("classifier.2", 0)]
     got = unit_activations(net, neurons, x)
-    assert net.training and all(m.training for m in net.modules())
+    assert {name: m.training for name, m in net.named_modules()} == modes
+    assert all(not m._forward_hooks for m in net.modules())
     expected = neuron_activations(net, x.unsqueeze(0).expand(2, -1, -1, -1, -1), neurons).t()
     assert torch.allclose(got, expected, atol=1e-5)
 
