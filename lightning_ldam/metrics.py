@@ -62,6 +62,16 @@ def _mean_pairwise(flat: torch.Tensor) -> torch.Tensor:
     return dist[off_diagonal].mean()
 
 
+def _checked_pair(metric: str, samples: torch.Tensor, name: str, real: torch.Tensor, why: str):
+    """Flattened ``samples`` and ``real``, after checking there are two real images and the sizes agree."""
+    s, r = _flat(samples, name), _flat(real, "real")
+    if r.shape[0] < 2:
+        raise ValueError(f"{metric}: needs at least 2 real images ({why}), got {r.shape[0]}")
+    if s.shape[1] != r.shape[1]:
+        raise ValueError(f"{metric}: samples have {s.shape[1]} values each, real images {r.shape[1]}")
+    return s, r
+
+
 def realism(samples: torch.Tensor, real: torch.Tensor) -> float:
     """How close samples lie to real images, relative to how close real images lie to each other.
 
@@ -79,11 +89,7 @@ def realism(samples: torch.Tensor, real: torch.Tensor) -> float:
     Raises:
         ValueError: fewer than two real images, or mismatched sizes.
     """
-    s, r = _flat(samples, "samples"), _flat(real, "real")
-    if r.shape[0] < 2:
-        raise ValueError(f"realism: needs at least 2 real images (a nearest *other* one), got {r.shape[0]}")
-    if s.shape[1] != r.shape[1]:
-        raise ValueError(f"realism: samples have {s.shape[1]} values each, real images {r.shape[1]}")
+    s, r = _checked_pair("realism", samples, "samples", real, "a nearest *other* one")
     nearest = torch.cdist(s, r).min(1).values.mean()
     real_dist = torch.cdist(r, r)
     real_dist.fill_diagonal_(float("inf"))
@@ -107,11 +113,7 @@ def diversity(samples_per_neuron: torch.Tensor, real: torch.Tensor) -> float:
     Raises:
         ValueError: fewer than two real images, or mismatched sizes.
     """
-    s, r = _flat(samples_per_neuron, "samples_per_neuron"), _flat(real, "real")
-    if r.shape[0] < 2:
-        raise ValueError(f"diversity: needs at least 2 real images (a pair), got {r.shape[0]}")
-    if s.shape[1] != r.shape[1]:
-        raise ValueError(f"diversity: samples have {s.shape[1]} values each, real images {r.shape[1]}")
+    s, r = _checked_pair("diversity", samples_per_neuron, "samples_per_neuron", real, "a pair")
     if s.shape[0] < 2:
         return 0.0
     return (_mean_pairwise(s) / _mean_pairwise(r)).item()
