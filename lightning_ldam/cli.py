@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disc-weight", type=float, metavar="LAMBDA",
                    help="discriminator weight λ (default: the sampler's with the checkpoint's real inputs, "
                         "else 0)")
+    c.add_argument("--method", choices=("langevin", "mala", "annealed"), default="langevin",
+                   help="sampler method (default langevin; mala: Metropolis-adjusted; annealed: the earlier search)")
     c.add_argument("--seed", type=int, default=0, help="seed shared by every variant (default 0)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     c.add_argument("--out", default=os.path.join("runs", "compare"), metavar="DIR",
@@ -478,7 +480,7 @@ def _sample_variants(args, ckpts, variants, params_only, neurons, module, inputs
                                    seed=args.seed, device=device, discriminator=disc,
                                    progress=not args.no_progress, channels_last=args.channels_last,
                                    autocast_dtype=torch.bfloat16 if args.bf16 else None,
-                                   cuda_graph=args.cuda_graph)
+                                   cuda_graph=args.cuda_graph, method=args.method)
         except (ValueError, TypeError) as err:
             raise type(err)(_cli_message(err)) from None
     return results
