@@ -104,7 +104,7 @@ class LangevinChains:
         generator: the chains' private RNG (noise and MALA's uniforms; nothing else draws from it, so variants
             sampled with the same seed share their noise whatever their discriminators do).
         real_acts: ``(mean, max)`` per neuron over real inputs, for ``adapt_disc`` (``None``: no adaptation).
-        tables: per-step scalars on the device, for the CUDA-graph form of the steps (``None``: eager only).
+        graph: also keep the per-step scalars in device tables, for the CUDA-graph form of the steps.
     """
 
     def __init__(self, u0: torch.Tensor, objective: Objective, cfg: LangevinConfig, neurons: int,
@@ -122,12 +122,14 @@ class LangevinChains:
         self.ms_disc = torch.zeros(neurons, device=dev)
         self.weight = torch.ones(neurons, device=dev)  # w_k, the adapted share of λ
         self.real_acts = real_acts
-        self.inv_scale = self.disc_weight = None  # per row, fixed by freeze()
+        # The law's constants: c_k (``scale``) from freeze_scales(); λ_k and γ_k per neuron and per row, set by
+        # _set_weights() while w_k adapts and fixed by freeze().
+        self.scale = self.inv_scale = None
+        self.disc_weights = self.disc_weight = self.smoothness = self.smooth_row = None
         self.current: Optional[Terms] = None  # MALA: the objective at the current states
         self.second_moment = torch.zeros_like(u0) if cfg.precondition == "psgld" else None
-        # weight of the smoothness prior −γ·E_s(u) in log p (images only); per row once w_k is fixed
+        # κ/PIXEL_SCALE: the smoothness prior's weight before w_k (images only; the annealed search has none)
         self.smooth = cfg.smoothness / PIXEL_SCALE if (u0.dim() == 4 and cfg.method != "annealed") else 0.0
-        self.smooth_row = None
         self.scalars = self._scalars()
         self.tables = {k: torch.tensor(v, device=dev) for k, v in self.scalars.items()} if graph else None
         self.counter = torch.zeros(1, dtype=torch.long, device=dev) if graph else None
@@ -181,13 +183,9 @@ class LangevinChains:
         """A step of burn-in's first half: per-chain RMS-normalised drifts, gradient scales tracked."""
         terms = self.objective(self.u)
         self._record(t, terms.acts)
-        rate = self.at("track", t)
-        rms = _row_rms(terms.g_act)
-        self.ms_act.lerp_(self._per_neuron(rms.square()).nan_to_num_(0.0), rate)
+        rms, rms_d = self._track_scales(terms, self.at("track", t))
         drift = terms.g_act / rms.clamp_min(1e-12).view(self.view)
         if terms.g_disc is not None:
-            rms_d = _row_rms(terms.g_disc)
-            self.ms_disc.lerp_(self._per_neuron(rms_d.square()).nan_to_num_(0.0), rate)
             share = self.cfg.disc_weight / rms_d.clamp_min(1e-12)
             drift.addcmul_(terms.g_disc, share.view(self.view))
         drift.div_(PIXEL_SCALE)
@@ -195,6 +193,18 @@ class LangevinChains:
             drift.sub_(roughness_grad(self.u), alpha=self.smooth)
         self._move(drift, t, terms.acts)
         self._tick(t)
+
+    def _track_scales(self, terms: Terms, rate, act: bool = True):
+        """Move the per-neuron mean-square input gradients toward this step's (``rate`` 1: replace them).
+        Returns the per-row RMS of the activation's and D's gradients (``None`` where not computed)."""
+        rms = rms_d = None
+        if act:
+            rms = _row_rms(terms.g_act)
+            self.ms_act.lerp_(self._per_neuron(rms.square()).nan_to_num_(0.0), rate)
+        if terms.g_disc is not None:
+            rms_d = _row_rms(terms.g_disc)
+            self.ms_disc.lerp_(self._per_neuron(rms_d.square()).nan_to_num_(0.0), rate)
+        return rms, rms_d
 
     def _adapt_weight(self, acts: torch.Tensor) -> None:
         """Dual ascent on "lift ≥ TARGET_LIFT": w_k falls while the neuron is below it, rises back above."""
@@ -211,10 +221,7 @@ class LangevinChains:
         depend on T, so neither does ``c_k``); the second half of burn-in samples the law while ``w_k`` adapts."""
         cfg = self.cfg
         if cfg.burn_in // 2 == 0:  # no search step tracked anything: measure at the initial chains
-            terms = self.objective(self.u)
-            self.ms_act.copy_(self._per_neuron(_row_rms(terms.g_act).square()))
-            if terms.g_disc is not None:
-                self.ms_disc.copy_(self._per_neuron(_row_rms(terms.g_disc).square()))
+            self._track_scales(self.objective(self.u), 1.0)
         if cfg.scale is not None:
             scale = torch.full_like(self.ms_act, cfg.scale)
         else:  # a unit with no gradient anywhere in burn-in: its law is flat whatever c_k is
@@ -238,9 +245,7 @@ class LangevinChains:
         of burn-in)."""
         terms = self.objective(self.u)
         self._record(t, terms.acts)
-        if terms.g_disc is not None:  # D still trains: its gradient scale is followed until burn-in ends
-            self.ms_disc.lerp_(self._per_neuron(_row_rms(terms.g_disc).square()).nan_to_num_(0.0),
-                               self.at("track", t))
+        self._track_scales(terms, self.at("track", t), act=False)  # D still trains: follow its gradient scale
         self._set_weights()
         self._move(self._drift(terms, self.u), t, terms.acts)
         if terms.g_disc is not None or self.smooth:

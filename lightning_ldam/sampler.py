@@ -32,6 +32,7 @@ from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INIT
                                    resolve_config)
 from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator
 from lightning_ldam.inputs import extract_input
+from lightning_ldam.metrics import unit_activations
 from lightning_ldam.result import SampleResult
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons, resolve_neurons
 
@@ -336,14 +337,10 @@ class _Run:
         """``(mean, max)`` activation per neuron over up to TARGET_REAL_IMAGES real inputs (for ``adapt_disc``)."""
         if self.real is None or not self.cfg.adapt_disc or self.cfg.method == "annealed" or self.cfg.disc_weight == 0:
             return None
-        real = self.real[:TARGET_REAL_IMAGES]
-        acts = []
-        for neuron in self.neurons:  # every real image read by one neuron: a reader of one neuron, r "chains"
-            one = ActivationReader(self.net, [neuron], real.shape[0], spatial=self.spatial, device=self.device)
-            with one.attached(), torch.no_grad():
-                acts.append(self.to_model.run(one, real))
-        acts = torch.stack(acts)  # [n, r]
-        return acts.mean(1), acts.max(1).values
+        lo, hi = self.box
+        real = lo + (hi - lo) * self.real[:TARGET_REAL_IMAGES]  # back to pixel space
+        acts = unit_activations(self.net, self.neurons, real, spatial=self.spatial, normalize=self.to_model.norm)
+        return acts.mean(0).to(self.device), acts.max(0).values.to(self.device)
 
     def __call__(self, init, given_disc, cuda_graph, progress, started) -> SampleResult:
         cfg, neurons = self.cfg, self.neurons
@@ -383,11 +380,15 @@ class _Run:
             nonfinite_resets=chains.resets.view(n, c).sum(1).cpu(),
             value_range=(lo, hi), discriminator=disc, seconds=time.perf_counter() - started,
             step_seconds=step_seconds,
-            acceptance_rate=None if chains.acceptance_rate() is None else chains.acceptance_rate().cpu(),
+            acceptance_rate=_cpu(chains.acceptance_rate()),
             scales=chains.scale.cpu() if fixed else None,
             disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and cfg.disc_weight > 0 else None,
             config={**cfg.__dict__, "chains": c, "init": init, "seed": self.seed, "spatial": self.spatial,
                     "device": str(self.device)})
+
+
+def _cpu(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.cpu()
 
 
 def _loop(chains: LangevinChains, trainer, cfg: LangevinConfig, cuda_graph, gen, device, progress) -> float:
