@@ -13,6 +13,7 @@ Example::
     (3, 4, 1, 28, 28)
 """
 from lightning_ldam.averaging import EMA
+from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.discriminator import Discriminator, DiscriminatorTrainer
 from lightning_ldam.result import SampleResult
 from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT, LangevinConfig, sample
@@ -21,7 +22,7 @@ from lightning_ldam.targets import LayerInfo, list_targets, parse_neurons, resol
 __version__ = "0.1.0"
 
 __all__ = [
-    "LDAMCallback", "EMA", "sample", "list_targets", "SampleResult", "LangevinConfig", "Discriminator",
+    "LDAMCallback", "LDAMArgumentError", "EMA", "sample", "list_targets", "SampleResult", "LangevinConfig", "Discriminator",
     "DiscriminatorTrainer",
     "LayerInfo", "parse_neurons", "resolve_neurons", "DEFAULT_DISC_WEIGHT", "__version__",
 ]

@@ -12,10 +12,12 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from lightning_ldam.errors import LDAMArgumentError
+
 
 def check_model(model) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise LDAMArgumentError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     return model
 
 
@@ -24,7 +26,7 @@ def check_input_shape(input_shape) -> Tuple[int, ...]:
         input_shape = tuple(input_shape)
     if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or not input_shape
             or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)):
-        raise ValueError(f"input_shape: expected a per-sample shape of positive ints such as (3, 32, 32), "
+        raise LDAMArgumentError("input_shape", f"expected a per-sample shape of positive ints such as (3, 32, 32), "
                          f"got {input_shape!r}")
     return tuple(int(s) for s in input_shape)
 
@@ -35,7 +37,7 @@ def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool 
     bound = ">= 0" if allow_zero else "> 0"
     if (isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < 0
             or (value == 0 and not allow_zero)):
-        raise ValueError(f"{name}: expected a finite {kind} {bound}, got {value!r}")
+        raise LDAMArgumentError(name, f"expected a finite {kind} {bound}, got {value!r}")
     return value
 
 
@@ -43,15 +45,15 @@ def check_value_range(value_range) -> Tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value_range)
     except (TypeError, ValueError):
-        raise ValueError(f"value_range: expected (lo, hi) with lo < hi, got {value_range!r}") from None
+        raise LDAMArgumentError("value_range", f"expected (lo, hi) with lo < hi, got {value_range!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"value_range: expected (lo, hi) with lo < hi, got {value_range!r}")
+        raise LDAMArgumentError("value_range", f"expected (lo, hi) with lo < hi, got {value_range!r}")
     return lo, hi
 
 
 def check_choice(name: str, value, choices: Sequence):
     if value not in choices:
-        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+        raise LDAMArgumentError(name, f"expected one of {list(choices)}, got {value!r}")
     return value
 
 
@@ -60,7 +62,7 @@ def normalize_channels(normalize) -> int:
     try:
         return max(torch.as_tensor(v, dtype=torch.float32).numel() for v in normalize)
     except (TypeError, ValueError):
-        raise ValueError(f"normalize: expected (mean, std), each a float or one value per channel, "
+        raise LDAMArgumentError("normalize", f"expected (mean, std), each a float or one value per channel, "
                          f"got {normalize!r}") from None
 
 
@@ -73,13 +75,14 @@ def check_normalize(normalize, channels: int) -> Optional[Tuple[torch.Tensor, to
         mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
         std = torch.as_tensor(std, dtype=torch.float32).flatten()
     except (TypeError, ValueError):
-        raise ValueError(f"normalize: expected (mean, std), each a float or one value per channel, "
+        raise LDAMArgumentError("normalize", f"expected (mean, std), each a float or one value per channel, "
                          f"got {normalize!r}") from None
     for name, t in (("mean", mean), ("std", std)):
         if t.numel() not in (1, channels):
-            raise ValueError(f"normalize: {name} must have 1 or {channels} (channels) values, got {t.tolist()}")
+            raise LDAMArgumentError("normalize",
+                f"{name} must have 1 or {channels} (channels) values, got {t.tolist()}")
     if not torch.all(std > 0):
-        raise ValueError(f"normalize: std must be > 0, got {std.tolist()}")
+        raise LDAMArgumentError("normalize", f"std must be > 0, got {std.tolist()}")
     return mean, std
 
 
@@ -103,5 +106,5 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 def check_decay(name: str, value) -> float:
     """A decay in [0, 1) (EMA weights)."""
     if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: expected a float in [0, 1), got {value!r}")
+        raise LDAMArgumentError(name, f"expected a float in [0, 1), got {value!r}")
     return float(value)

@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
 
+from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 from lightning_ldam.averaging import EMA, has_batchnorm, refresh_batchnorm
 from lightning_ldam.budget import OverheadBudget
@@ -75,12 +76,13 @@ class LDAMCallbackLogic:
             if value is not None:
                 V.check_positive(name, value, integer=True, allow_zero=True)
         if not (every_n_epochs or every_n_train_steps or on_fit_end or during_validation):
-            raise ValueError(f"every_n_epochs/every_n_train_steps/on_fit_end/during_validation: every schedule is "
+            raise LDAMArgumentError("every_n_epochs/every_n_train_steps/on_fit_end/during_validation",
+                f"every schedule is "
                              f"off (every_n_epochs={every_n_epochs!r}, every_n_train_steps={every_n_train_steps!r}, "
                              f"on_fit_end={on_fit_end!r}, during_validation={during_validation!r}); set at least one")
         for name, value in (("on_fit_end", on_fit_end), ("during_validation", during_validation)):
             if not isinstance(value, bool):
-                raise TypeError(f"{name}: expected True or False, got {value!r}")
+                raise LDAMArgumentError(name, f"expected True or False, got {value!r}")
         if max_overhead is not None:
             V.check_positive("max_overhead", max_overhead)
         V.check_positive("chains", chains, integer=True)
@@ -95,11 +97,11 @@ class LDAMCallbackLogic:
         V.check_decay("ema_decay", ema_decay)
         V.check_positive("ema_every_n_steps", ema_every_n_steps, integer=True)
         if module is not None and (not isinstance(module, str) or not module):
-            raise ValueError(f"module: expected a dotted attribute path such as 'net', got {module!r}")
+            raise LDAMArgumentError("module", f"expected a dotted attribute path such as 'net', got {module!r}")
         if input_key is not None and not (callable(input_key) or isinstance(input_key, (int, str))):
-            raise TypeError(f"input_key: expected None, an int, a str or a callable, got {input_key!r}")
+            raise LDAMArgumentError("input_key", f"expected None, an int, a str or a callable, got {input_key!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed: expected an int, got {seed!r}")
+            raise LDAMArgumentError("seed", f"expected an int, got {seed!r}")
         if upscale is not None:
             V.check_positive("upscale", upscale, integer=True)
         if disc_weight is not None:
@@ -108,7 +110,8 @@ class LDAMCallbackLogic:
             V.check_normalize(normalize, input_shape[0] if input_shape else V.normalize_channels(normalize))
         unknown = sorted(set(sampler_kwargs or {}) - _SAMPLER_EXTRA_KWARGS)
         if unknown:
-            raise ValueError(f"sampler_kwargs: unknown keys {unknown}; accepted: {sorted(_SAMPLER_EXTRA_KWARGS)} "
+            raise LDAMArgumentError("sampler_kwargs",
+                f"unknown keys {unknown}; accepted: {sorted(_SAMPLER_EXTRA_KWARGS)} "
                              f"(the other lightning_ldam.sample arguments are the callback's own)")
         self.neurons = neurons
         self.every_n_epochs = every_n_epochs or 0
@@ -180,11 +183,12 @@ class LDAMCallbackLogic:
                 return pl_module.get_submodule(self.module)
             except AttributeError:
                 names = [n for n, _ in pl_module.named_children()]
-                raise ValueError(f"module: {type(pl_module).__name__} has no submodule {self.module!r}; "
+                raise LDAMArgumentError("module", f"{type(pl_module).__name__} has no submodule {self.module!r}; "
                                  f"its children are {names}") from None
         if _forward_is_lightnings(type(pl_module)):
             names = [n for n, _ in pl_module.named_children()]
-            raise ValueError(f"module: {type(pl_module).__name__} defines no forward(), so LDAM cannot run it; "
+            raise LDAMArgumentError("module",
+                f"{type(pl_module).__name__} defines no forward(), so LDAM cannot run it; "
                              f"pass module=<name of the network submodule> (children: {names})")
         return pl_module
 
@@ -193,7 +197,8 @@ class LDAMCallbackLogic:
             return
         strategy = type(trainer.strategy).__name__
         if "FSDP" in strategy or "DeepSpeed" in strategy:
-            raise ValueError(f"strategy: LDAMCallback needs full parameters on each rank; {strategy} shards them. "
+            raise LDAMArgumentError("strategy",
+                f"LDAMCallback needs full parameters on each rank; {strategy} shards them. "
                              f"Use DDP or a single device, or run lightning-ldam on the saved checkpoint")
         net = self.network(pl_module)
         for layer, _ in parse_neurons(self.neurons):

@@ -12,6 +12,7 @@ from typing import Dict, Iterator, List, Sequence
 import torch
 from torch import nn
 
+from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.targets import Neuron, find_module, first_tensor
 
 __all__ = ["ActivationReader", "capture_outputs"]
@@ -25,7 +26,7 @@ def _as_tensor(path: str, output) -> torch.Tensor:
     out = first_tensor(output)
     if out is not None:
         return out
-    raise TypeError(f"neurons: layer {path!r} returns {type(output).__name__}, not a tensor; "
+    raise LDAMArgumentError("neurons", f"layer {path!r} returns {type(output).__name__}, not a tensor; "
                     f"choose a layer whose output is a tensor of shape [batch, channels, ...]")
 
 
@@ -71,7 +72,7 @@ def run_to_targets(model: nn.Module, x: torch.Tensor, outputs: Dict[str, torch.T
         pass
     missing = [p for p in paths if p not in outputs]
     if missing:
-        raise ValueError(f"neurons: layers {missing} were not called in the model's forward; "
+        raise LDAMArgumentError("neurons", f"layers {missing} were not called in the model's forward; "
                          f"choose modules that run in forward (see lightning_ldam.list_targets)")
     return dict(outputs)
 

@@ -311,10 +311,7 @@ def _compare(args) -> int:
         print(f"neurons: {neurons!r} (from the checkpoint's LDAMCallback)")
     elif len(neurons) == 1:
         neurons = neurons[0]
-    try:
-        parse_neurons(neurons)
-    except (ValueError, TypeError) as err:
-        raise type(err)(_cli_message(err)) from None
+    parse_neurons(neurons)
     module = args.module
     if module is None and settings.get("module"):
         module = settings["module"]
@@ -459,11 +456,8 @@ def _sample_variants(args, ckpts, variants, params_only, neurons, module, inputs
                       f"recompute its BatchNorm statistics; they are those of the averaged copy's creation",
                       file=sys.stderr)
         if not checked:  # neuron paths and indices, before any real work (one 1-step chain)
-            try:
-                sample(net, neurons, input_shape=shape, chains=1, steps=1, disc_weight=0.0, value_range=box,
-                       normalize=normalize, seed=args.seed, device=device)
-            except (ValueError, TypeError) as err:
-                raise type(err)(_cli_message(err)) from None
+            sample(net, neurons, input_shape=shape, chains=1, steps=1, disc_weight=0.0, value_range=box,
+                   normalize=normalize, seed=args.seed, device=device)
             checked = True
         disc = None
         if disc_state is not None and (real is not None or (weight or 0) > 0):
@@ -474,15 +468,12 @@ def _sample_variants(args, ckpts, variants, params_only, neurons, module, inputs
                       f"training a fresh one", file=sys.stderr)
                 disc = None
         print(f"sampling {name!r} ...")
-        try:
-            results[name] = sample(net, neurons, input_shape=shape, chains=args.chains, steps=steps,
-                                   real_data=real, disc_weight=weight, value_range=box, normalize=normalize,
-                                   seed=args.seed, device=device, discriminator=disc,
-                                   progress=not args.no_progress, channels_last=args.channels_last,
-                                   autocast_dtype=torch.bfloat16 if args.bf16 else None,
-                                   cuda_graph=args.cuda_graph, method=args.method)
-        except (ValueError, TypeError) as err:
-            raise type(err)(_cli_message(err)) from None
+        results[name] = sample(net, neurons, input_shape=shape, chains=args.chains, steps=steps,
+                               real_data=real, disc_weight=weight, value_range=box, normalize=normalize,
+                               seed=args.seed, device=device, discriminator=disc,
+                               progress=not args.no_progress, channels_last=args.channels_last,
+                               autocast_dtype=torch.bfloat16 if args.bf16 else None,
+                               cuda_graph=args.cuda_graph, method=args.method)
     return results
 
 

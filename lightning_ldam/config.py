@@ -44,6 +44,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional, Union
 
+from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 
 __all__ = ["LangevinConfig", "resolve_config", "METHODS", "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT",
@@ -155,7 +156,7 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
     if not annealed:
         for name, value in (("precondition", precondition), ("noise", noise), ("schedule", schedule)):
             if value is not None:
-                raise ValueError(f"{name}: only method='annealed' takes it (got {name}={value!r} with "
+                raise LDAMArgumentError(name, f"only method='annealed' takes it (got {name}={value!r} with "
                                  f"method={method!r}); the Langevin methods' noise is √ε = step_size and their "
                                  f"drift is the gradient of the stated log-density")
     cfg = LangevinConfig(method=method, step_size=0.1 if annealed else LangevinConfig.step_size,
@@ -166,9 +167,9 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
         burn_in = 0 if annealed else steps // 2
     V.check_positive("burn_in", burn_in, integer=True, allow_zero=True)
     if annealed and burn_in:
-        raise ValueError(f"burn_in: method='annealed' has no burn-in (got burn_in={burn_in})")
+        raise LDAMArgumentError("burn_in", f"method='annealed' has no burn-in (got burn_in={burn_in})")
     if burn_in >= steps:
-        raise ValueError(f"burn_in: expected fewer than steps={steps} burn-in steps, got {burn_in}")
+        raise LDAMArgumentError("burn_in", f"expected fewer than steps={steps} burn-in steps, got {burn_in}")
     if isinstance(scale, str):
         V.check_choice("scale", scale, ("auto",))
         scale = None
@@ -176,7 +177,7 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
         V.check_positive("scale", scale)
         scale = float(scale)
     if not isinstance(adapt_disc, bool):
-        raise TypeError(f"adapt_disc: expected True or False, got {adapt_disc!r}")
+        raise LDAMArgumentError("adapt_disc", f"expected True or False, got {adapt_disc!r}")
     values = dict(step_size=step_size, burn_in_boost=burn_in_boost, noise=noise, disc_steps=disc_steps)
     for name, value in values.items():
         if value is not None:
@@ -184,13 +185,14 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
     V.check_positive("temperature", temperature)
     V.check_positive("smoothness", smoothness, allow_zero=True)
     if annealed and smoothness:
-        raise ValueError(f"smoothness: method='annealed' has no smoothness prior (got smoothness={smoothness})")
+        raise LDAMArgumentError("smoothness",
+            f"method='annealed' has no smoothness prior (got smoothness={smoothness})")
     V.check_positive("disc_weight", disc_weight, allow_zero=True)
     V.check_positive("disc_every", disc_every, integer=True)
     V.check_positive("disc_warmup", disc_warmup, integer=True, allow_zero=True)
     V.check_positive("disc_lr", disc_lr)
     if burn_in_boost is not None and burn_in_boost < 1:
-        raise ValueError(f"burn_in_boost: expected a number >= 1 (ε at the first burn-in step over the "
+        raise LDAMArgumentError("burn_in_boost", f"expected a number >= 1 (ε at the first burn-in step over the "
                          f"sampling ε), got {burn_in_boost!r}")
     if precondition is not None:
         V.check_choice("precondition", precondition, PRECONDITIONERS)

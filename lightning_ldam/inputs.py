@@ -5,6 +5,8 @@ from typing import Any, Callable, Tuple, Union
 
 import torch
 
+from lightning_ldam.errors import LDAMArgumentError
+
 __all__ = ["InputKey", "extract_input", "value_box"]
 
 InputKey = Union[None, int, str, Callable[[Any], torch.Tensor]]
@@ -34,12 +36,12 @@ def extract_input(batch: Any, input_key: InputKey = None) -> torch.Tensor:
         else:
             out = None
     except (KeyError, IndexError, TypeError) as err:
-        raise ValueError(f"input_key: cannot read the inputs of a {type(batch).__name__} batch with "
+        raise LDAMArgumentError("input_key", f"cannot read the inputs of a {type(batch).__name__} batch with "
                          f"input_key={input_key!r} ({type(err).__name__}: {err}); pass an int index, a dict key "
                          f"or a callable batch -> tensor") from err
     if not isinstance(out, torch.Tensor) or out.dim() < 2 or not out.is_floating_point():
         keys = list(batch) if isinstance(batch, dict) else None
-        raise ValueError(f"input_key: input_key={input_key!r} does not give a floating-point image tensor "
+        raise LDAMArgumentError("input_key", f"input_key={input_key!r} does not give a floating-point image tensor "
                          f"[B, C, H, W] from a {type(batch).__name__} batch"
                          f"{f' with keys {keys}' if keys else ''} (got {type(out).__name__}); the default reads "
                          f"a tensor, the first element of a tuple/list, or a dict's {list(_DICT_KEYS)}: pass "

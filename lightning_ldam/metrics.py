@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 from lightning_ldam.capture import capture_outputs, run_to_targets
 from lightning_ldam.targets import Neuron
@@ -35,10 +36,10 @@ def lift(sample_acts: torch.Tensor, real_acts: torch.Tensor) -> torch.Tensor:
     sample_acts = torch.as_tensor(sample_acts).float()
     real_acts = torch.as_tensor(real_acts).float()
     if sample_acts.dim() != 2 or real_acts.dim() != 2 or sample_acts.shape[0] != real_acts.shape[1]:
-        raise ValueError(f"lift: expected sample_acts [n, chains] and real_acts [N_real, n], got "
+        raise LDAMArgumentError("lift", f"expected sample_acts [n, chains] and real_acts [N_real, n], got "
                          f"{tuple(sample_acts.shape)} and {tuple(real_acts.shape)}")
     if real_acts.shape[0] == 0:
-        raise ValueError("lift: real_acts holds no image")
+        raise LDAMArgumentError("lift", "real_acts holds no image")
     real_mean = real_acts.mean(0)
     real_max = real_acts.max(0).values
     # max == min, not max - mean == 0: the mean of N equal floats can be off by a rounding error
@@ -50,7 +51,7 @@ def lift(sample_acts: torch.Tensor, real_acts: torch.Tensor) -> torch.Tensor:
 def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.dim() < 2:
-        raise ValueError(f"{name}: expected a batch [M, D] (or [M, C, H, W]), got shape {tuple(x.shape)}")
+        raise LDAMArgumentError(name, f"expected a batch [M, D] (or [M, C, H, W]), got shape {tuple(x.shape)}")
     return x.detach().float().flatten(1)
 
 
@@ -66,9 +67,9 @@ def _checked_pair(metric: str, samples: torch.Tensor, name: str, real: torch.Ten
     """Flattened ``samples`` and ``real``, after checking there are two real images and the sizes agree."""
     s, r = _flat(samples, name), _flat(real, "real")
     if r.shape[0] < 2:
-        raise ValueError(f"{metric}: needs at least 2 real images ({why}), got {r.shape[0]}")
+        raise LDAMArgumentError(metric, f"needs at least 2 real images ({why}), got {r.shape[0]}")
     if s.shape[1] != r.shape[1]:
-        raise ValueError(f"{metric}: samples have {s.shape[1]} values each, real images {r.shape[1]}")
+        raise LDAMArgumentError(metric, f"samples have {s.shape[1]} values each, real images {r.shape[1]}")
     return s, r
 
 
@@ -158,7 +159,7 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
     V.check_positive("batch_size", batch_size, integer=True)
     neurons = [(str(layer), int(index)) for layer, index in layer_neurons]
     if not neurons:
-        raise ValueError("layer_neurons: expected at least one (layer_path, index) pair")
+        raise LDAMArgumentError("layer_neurons", "expected at least one (layer_path, index) pair")
     layers: List[str] = list(dict.fromkeys(layer for layer, _ in neurons))
     columns: Dict[str, List[int]] = {layer: [j for j, (l, _) in enumerate(neurons) if l == layer] for layer in layers}
     device, dtype = V.model_device(model), V.model_dtype(model)

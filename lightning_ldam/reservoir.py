@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 # extract_input and value_box lived here before lightning_ldam.inputs: re-imported for older imports.
+from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.inputs import InputKey, extract_input, value_box  # noqa: F401
 
 __all__ = ["Reservoir", "extract_input", "value_box"]
@@ -34,7 +35,7 @@ class Reservoir:
 
     def __init__(self, size: int = 256, seed: int = 0):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"reservoir_size: expected an int >= 1, got {size!r}")
+            raise LDAMArgumentError("reservoir_size", f"expected an int >= 1, got {size!r}")
         self.size = size
         self.seen = 0
         self.data: Optional[torch.Tensor] = None

@@ -25,6 +25,7 @@ from typing import Iterable, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
 from lightning_ldam.chains import LangevinChains, Objective
@@ -55,7 +56,8 @@ def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.
         try:
             return extract_input(batch)
         except ValueError as err:  # same reading rules as the callback's reservoir; name this argument
-            raise TypeError(f"real_data: expected a tensor [N, {', '.join(map(str, input_shape))}] or an iterable "
+            raise LDAMArgumentError("real_data",
+                f"expected a tensor [N, {', '.join(map(str, input_shape))}] or an iterable "
                             f"of such batches (tensors, (x, y) tuples or dicts with 'image'/'input'/'x'); got an "
                             f"item of type {type(batch).__name__}") from err
 
@@ -72,17 +74,18 @@ def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.
             if count >= limit:
                 break
         if not chunks:
-            raise ValueError("real_data: the iterable yielded no batches")
+            raise LDAMArgumentError("real_data", "the iterable yielded no batches")
     else:
-        raise TypeError(f"real_data: expected a tensor or an iterable of batches, got {type(real_data).__name__}")
+        raise LDAMArgumentError("real_data",
+            f"expected a tensor or an iterable of batches, got {type(real_data).__name__}")
     for t in chunks:
         if not isinstance(t, torch.Tensor) or tuple(t.shape[1:]) != tuple(input_shape):
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"real_data: expected images of shape [N, {', '.join(map(str, input_shape))}] "
+            raise LDAMArgumentError("real_data", f"expected images of shape [N, {', '.join(map(str, input_shape))}] "
                              f"(input_shape={tuple(input_shape)}), got {shape}")
     real = torch.cat([t.detach().to("cpu", torch.float32) for t in chunks])[:limit]
     if real.shape[0] == 0:
-        raise ValueError("real_data: got zero images")
+        raise LDAMArgumentError("real_data", "got zero images")
     return real
 
 
@@ -100,12 +103,12 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
         except Exception as err:  # the model's own error, re-raised with the shape we tried
             if str(err).startswith("neurons:"):  # ours: a target layer that is not usable
                 raise
-            raise ValueError(f"input_shape: the model rejected an input of shape {tuple(probe.shape)} "
+            raise LDAMArgumentError("input_shape", f"the model rejected an input of shape {tuple(probe.shape)} "
                              f"(input_shape={tuple(input_shape)}): {type(err).__name__}: {err}") from err
     units = {}
     for p, out in captured.items():
         if out.dim() < 2:
-            raise ValueError(f"neurons: layer {p!r} outputs shape {tuple(out.shape)}; a target needs "
+            raise LDAMArgumentError("neurons", f"layer {p!r} outputs shape {tuple(out.shape)}; a target needs "
                              f"[batch, channels, ...]")
         units[p] = int(out.shape[1])
     return resolve_neurons(neurons, units, aliases)
@@ -196,7 +199,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         disc_weight = DEFAULT_DISC_WEIGHT if (real_data is not None or discriminator is not None) else 0.0
     V.check_positive("disc_weight", disc_weight, allow_zero=True)
     if disc_weight > 0 and real_data is None and discriminator is None:
-        raise ValueError(f"disc_weight: {disc_weight} > 0 needs real_data (to train a discriminator) or a "
+        raise LDAMArgumentError("disc_weight", f"{disc_weight} > 0 needs real_data (to train a discriminator) or a "
                          f"trained discriminator; pass one of them, or disc_weight=0.0")
     cfg = resolve_config(method=method, steps=steps, burn_in=burn_in, step_size=step_size,
                          burn_in_boost=burn_in_boost, temperature=temperature, scale=scale,
@@ -207,9 +210,10 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
                          disc_warmup=(disc_warmup if disc_warmup is not None
                                       else (50 if discriminator is None else 0)), disc_lr=disc_lr)
     if init == "data" and real_data is None:
-        raise ValueError("init: 'data' starts chains from real images; pass real_data=..., or use init='noise'")
+        raise LDAMArgumentError("init",
+            "'data' starts chains from real images; pass real_data=..., or use init='noise'")
     if len(shape) != 3 and (cfg.disc_weight > 0 or discriminator is not None):
-        raise ValueError(f"disc_weight: the discriminator needs image inputs (C, H, W); input_shape={shape}")
+        raise LDAMArgumentError("disc_weight", f"the discriminator needs image inputs (C, H, W); input_shape={shape}")
     norm = V.check_normalize(normalize, shape[0])
     real_cpu = _collect_real(real_data, shape, MAX_REAL_IMAGES) if real_data is not None else None
     if real_cpu is not None:
@@ -220,7 +224,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if cuda_graph and not _graphs_supported(device):
-        raise ValueError(f"cuda_graph: CUDA graphs need a CUDA device; sampling runs on {device}. "
+        raise LDAMArgumentError("cuda_graph", f"CUDA graphs need a CUDA device; sampling runs on {device}. "
                          f"Pass cuda_graph=False (or device='cuda')")
 
     with torch.inference_mode(False), torch.enable_grad():
@@ -247,12 +251,13 @@ def _check_call(model, input_shape, chains, value_range, init, spatial, seed, di
     V.check_choice("init", init, INITS)
     V.check_choice("spatial", spatial, SPATIAL)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int, got {seed!r}")
+        raise LDAMArgumentError("seed", f"expected an int, got {seed!r}")
     if discriminator is not None and not isinstance(discriminator, nn.Module):
-        raise TypeError(f"discriminator: expected a torch.nn.Module or None, got {type(discriminator).__name__}")
+        raise LDAMArgumentError("discriminator",
+            f"expected a torch.nn.Module or None, got {type(discriminator).__name__}")
     for name, flag in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
         if not isinstance(flag, bool):
-            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+            raise LDAMArgumentError(name, f"expected True or False, got {flag!r}")
     if not isinstance(progress, bool):
         V.check_positive("progress", progress, allow_zero=True)
     return shape, box
@@ -263,7 +268,8 @@ def _default_smoothness(smoothness, method, shape, disc_weight) -> float:
     paper's pixel-level end of the trade-off, with no prior at all."""
     if smoothness is not None:
         if smoothness and len(shape) != 3:
-            raise ValueError(f"smoothness: the smoothness prior needs image inputs (C, H, W); input_shape={shape}")
+            raise LDAMArgumentError("smoothness",
+                f"the smoothness prior needs image inputs (C, H, W); input_shape={shape}")
         return smoothness
     return DEFAULT_SMOOTHNESS if (method != "annealed" and len(shape) == 3 and disc_weight > 0) else 0.0
 
@@ -272,7 +278,7 @@ def _check_real_box(real_cpu: torch.Tensor, lo: float, hi: float) -> None:
     span_tol = 1e-3 * (hi - lo)
     rmin, rmax = float(real_cpu.min()), float(real_cpu.max())
     if rmin < lo - span_tol or rmax > hi + span_tol:
-        raise ValueError(f"real_data: values span [{rmin:.4g}, {rmax:.4g}], outside value_range=({lo}, {hi}); "
+        raise LDAMArgumentError("real_data", f"values span [{rmin:.4g}, {rmax:.4g}], outside value_range=({lo}, {hi}); "
                          f"pass pixel-space images (before normalisation) and set value_range to their box")
 
 

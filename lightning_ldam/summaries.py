@@ -15,6 +15,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
+from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.render import compare_grid, neuron_grid
 from lightning_ldam.result import SampleResult
 
@@ -30,7 +31,7 @@ def summarize(results: Mapping[str, SampleResult],
         upscale: nearest-neighbour factor for the grids (default: tiles at least 56 px high).
     """
     if not results:
-        raise ValueError("results: expected at least one variant, got none")
+        raise LDAMArgumentError("results", "expected at least one variant, got none")
     first = next(iter(results.values()))
     layers = list(dict.fromkeys(layer for layer, _ in first.neurons))
     images: Dict[str, torch.Tensor] = {}
@@ -38,7 +39,7 @@ def summarize(results: Mapping[str, SampleResult],
     resets = 0
     for variant, res in results.items():
         if res.neurons != first.neurons:
-            raise ValueError(f"results: variant {variant!r} sampled other neurons than the first variant")
+            raise LDAMArgumentError("results", f"variant {variant!r} sampled other neurons than the first variant")
         resets += int(res.nonfinite_resets.sum())
         for layer in layers:
             rows = res.layer_slice(layer)

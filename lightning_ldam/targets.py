@@ -26,6 +26,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import nn
 
+from lightning_ldam.errors import LDAMArgumentError
+
 __all__ = ["Neuron", "LayerInfo", "NeuronSpec", "parse_neurons", "resolve_neurons", "find_module",
            "find_layer", "list_targets", "canonical_path"]
 
@@ -108,8 +110,8 @@ def find_layer(model: nn.Module, path: str) -> Tuple[str, nn.Module]:
         return key, table[key]
     close = difflib.get_close_matches(key, list(table), n=5, cutoff=0.5)
     hint = f" Close matches: {close}." if close else ""
-    raise ValueError(
-        f"neurons: layer path {path!r} is not a module of {type(model).__name__}.{hint} "
+    raise LDAMArgumentError(
+        "neurons", f"layer path {path!r} is not a module of {type(model).__name__}.{hint} "
         f"Hint: use lightning_ldam.list_targets(model, input_shape) to list valid paths.")
 
 
@@ -121,7 +123,7 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
 def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int]]:
     """Turn one layer's index spec into a list of ints or the marker ``"all"``."""
     if isinstance(spec, bool):
-        raise TypeError(f"neurons: index for layer {layer!r} must be an int, a range, a list or 'all'; "
+        raise LDAMArgumentError("neurons", f"index for layer {layer!r} must be an int, a range, a list or 'all'; "
                         f"got {spec!r}")
     if isinstance(spec, int):
         return [spec]
@@ -135,23 +137,25 @@ def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int]]:
         if match:
             lo, hi = int(match.group(1)), int(match.group(2))
             if hi < lo:
-                raise ValueError(f"neurons: range {text!r} for layer {layer!r} is empty (end < start); "
+                raise LDAMArgumentError("neurons", f"range {text!r} for layer {layer!r} is empty (end < start); "
                                  f"{_SPEC_HINT}")
             return list(range(lo, hi + 1))
         parts = [p.strip() for p in text.split(",")]
         if parts and all(p.isdigit() for p in parts):
             return [int(p) for p in parts]
-        raise ValueError(f"neurons: cannot read index {spec!r} for layer {layer!r}; {_SPEC_HINT}")
+        raise LDAMArgumentError("neurons", f"cannot read index {spec!r} for layer {layer!r}; {_SPEC_HINT}")
     if isinstance(spec, Sequence) and not isinstance(spec, (bytes, bytearray)):
         out = []
         for item in spec:
             if isinstance(item, bool) or not isinstance(item, int):
-                raise TypeError(f"neurons: indices for layer {layer!r} must be ints; got {item!r} in {spec!r}")
+                raise LDAMArgumentError("neurons",
+                    f"indices for layer {layer!r} must be ints; got {item!r} in {spec!r}")
             out.append(int(item))
         if not out:
-            raise ValueError(f"neurons: empty index list for layer {layer!r}; {_SPEC_HINT}")
+            raise LDAMArgumentError("neurons", f"empty index list for layer {layer!r}; {_SPEC_HINT}")
         return out
-    raise TypeError(f"neurons: index for layer {layer!r} must be an int, a range, a list or 'all'; got {spec!r}")
+    raise LDAMArgumentError("neurons",
+        f"index for layer {layer!r} must be an int, a range, a list or 'all'; got {spec!r}")
 
 
 def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int]]]]:
@@ -167,19 +171,19 @@ def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int]]]]:
     items: List[Tuple[str, Union[str, List[int]]]] = []
     if isinstance(spec, Mapping):
         if not spec:
-            raise ValueError(f"neurons: got an empty dict; {_SPEC_HINT}")
+            raise LDAMArgumentError("neurons", f"got an empty dict; {_SPEC_HINT}")
         for layer, idx in spec.items():
             if not isinstance(layer, str) or not layer.strip():
-                raise TypeError(f"neurons: dict keys must be layer paths (str); got {layer!r}")
+                raise LDAMArgumentError("neurons", f"dict keys must be layer paths (str); got {layer!r}")
             items.append((layer.strip(), _parse_indices(layer, idx)))
         return items
     if isinstance(spec, str):
         text = spec.strip()
         if ":" not in text:
-            raise ValueError(f"neurons: spec {spec!r} has no ':' between layer path and index; {_SPEC_HINT}")
+            raise LDAMArgumentError("neurons", f"spec {spec!r} has no ':' between layer path and index; {_SPEC_HINT}")
         layer, _, idx = text.rpartition(":")
         if not layer.strip():
-            raise ValueError(f"neurons: spec {spec!r} has an empty layer path; {_SPEC_HINT}")
+            raise LDAMArgumentError("neurons", f"spec {spec!r} has an empty layer path; {_SPEC_HINT}")
         return [(layer.strip(), _parse_indices(layer, idx))]
     if (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)
             and (not isinstance(spec[1], str) or ":" not in spec[0])):
@@ -187,14 +191,14 @@ def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int]]]]:
     if isinstance(spec, Iterable) and not isinstance(spec, (bytes, bytearray)):
         spec_list = list(spec)
         if not spec_list:
-            raise ValueError(f"neurons: got an empty list; {_SPEC_HINT}")
+            raise LDAMArgumentError("neurons", f"got an empty list; {_SPEC_HINT}")
         for item in spec_list:
             if isinstance(item, Mapping):
-                raise TypeError(f"neurons: a list may hold strings and (layer, index) tuples, not dicts; "
+                raise LDAMArgumentError("neurons", f"a list may hold strings and (layer, index) tuples, not dicts; "
                                 f"got {item!r}")
             items.extend(parse_neurons(item))
         return items
-    raise TypeError(f"neurons: expected a str, a (layer, index) tuple, a list or a dict; got "
+    raise LDAMArgumentError("neurons", f"expected a str, a (layer, index) tuple, a list or a dict; got "
                     f"{type(spec).__name__} {spec!r}")
 
 
@@ -217,13 +221,13 @@ def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int],
         if key not in units:
             close = difflib.get_close_matches(key, list(units), n=5, cutoff=0.5)
             hint = f" Close matches: {close}." if close else ""
-            raise ValueError(f"neurons: layer path {layer!r} is not a targetable module.{hint} "
+            raise LDAMArgumentError("neurons", f"layer path {layer!r} is not a targetable module.{hint} "
                              f"Hint: use lightning_ldam.list_targets(model, input_shape) to list valid paths.")
         count = units[key]
         indices = list(range(count)) if idx == "all" else idx
         for i in indices:
             if not 0 <= i < count:
-                raise ValueError(f"neurons: index {i} is out of range for layer {layer!r}, which has {count} "
+                raise LDAMArgumentError("neurons", f"index {i} is out of range for layer {layer!r}, which has {count} "
                                  f"units (valid: 0-{count - 1})")
             resolved.append((key, i))
     return resolved
@@ -286,7 +290,7 @@ def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> L
             try:
                 model(torch.zeros((1, *shape), device=device))
             except Exception as err:  # the model's own error, re-raised with the shape we tried
-                raise ValueError(f"input_shape: the model rejected an input of shape {(1, *shape)} "
+                raise LDAMArgumentError("input_shape", f"the model rejected an input of shape {(1, *shape)} "
                                  f"(input_shape={tuple(shape)}): {type(err).__name__}: {err}") from err
     finally:
         for h in handles:
