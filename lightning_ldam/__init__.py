@@ -22,9 +22,9 @@ from lightning_ldam.targets import LayerInfo, list_targets, parse_neurons, resol
 __version__ = "0.1.0"
 
 __all__ = [
-    "LDAMCallback", "LDAMArgumentError", "EMA", "sample", "list_targets", "SampleResult", "LangevinConfig", "Discriminator",
-    "DiscriminatorTrainer",
-    "LayerInfo", "parse_neurons", "resolve_neurons", "DEFAULT_DISC_WEIGHT", "__version__",
+    "LDAMCallback", "LDAMArgumentError", "EMA", "sample", "list_targets", "SampleResult", "LangevinConfig",
+    "Discriminator", "DiscriminatorTrainer", "LayerInfo", "parse_neurons", "resolve_neurons", "DEFAULT_DISC_WEIGHT",
+    "__version__",
 ]
 
 

@@ -15,7 +15,7 @@ for the first update) on every call.
 from __future__ import annotations
 
 import weakref
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -166,7 +166,8 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
 
 
-def refresh_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> None:
+def refresh_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64,
+                      normalize: Optional[Tuple[Any, Any]] = None) -> None:
     """Recompute ``model``'s BatchNorm running statistics from ``inputs`` (in place; for a frozen copy).
 
     An average of weights comes with no matching BatchNorm statistics when only parameters were
@@ -174,13 +175,41 @@ def refresh_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 
     are those of the copy's creation. This is ``torch.optim.swa_utils.update_bn`` on ``inputs`` (a cumulative
     average over one pass), without touching the global RNG (Dropout runs in train mode meanwhile) and
     usable under a caller's ``no_grad``/``inference_mode``. Modes and momenta are restored.
+
+    Args:
+        model: the network whose BatchNorm buffers are recomputed.
+        inputs: pixel-space inputs ``[N, C, ...]`` on any device and of any dtype; each batch is moved to the
+            model's device and cast to its floating dtype (a bf16 model gets bf16 inputs).
+        batch_size: inputs per forward pass.
+        normalize: ``(mean, std)``, each a float or one value per channel: the network sees
+            ``(x - mean) / std``, as in training, so the statistics are those of the normalised inputs.
+
+    Raises:
+        LDAMArgumentError: a ``batch_size`` that is not an int > 0, or a malformed ``normalize``.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.BatchNorm2d(1))
+        >>> refresh_batchnorm(net, torch.full((4, 1, 2, 2), 0.75), normalize=(0.5, 0.25))
+        >>> net[0].running_mean
+        tensor([1.])
     """
+    V.check_positive("batch_size", batch_size, integer=True)
+    norm = None
+    if normalize is not None:
+        mean, std = V.check_normalize(normalize, inputs.shape[1] if inputs.dim() > 1 else 1)
+        view = (1, -1) + (1,) * (inputs.dim() - 2) if inputs.dim() > 1 else (-1,)  # channels on dim 1
+        norm = (mean.view(view), std.view(view))
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns or inputs.shape[0] == 0:
         return
     modes = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in bns]
     device = next((t.device for t in model.state_dict().values()), inputs.device)
+    dtype = V.model_dtype(model)
+    work = torch.promote_types(dtype, torch.float32)  # normalise in float32 at least, then cast
+    if norm is not None:
+        norm = tuple(t.to(device) for t in norm)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 torch.inference_mode(False), torch.no_grad():
@@ -189,7 +218,10 @@ def refresh_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 
                 m.momentum = None  # cumulative moving average: every batch weighs the same
             model.train()
             for start in range(0, inputs.shape[0], batch_size):
-                model(inputs[start:start + batch_size].to(device))
+                x = inputs[start:start + batch_size].to(device, work)
+                if norm is not None:
+                    x = (x - norm[0]) / norm[1]
+                model(x.to(dtype))
     finally:
         for m, momentum in momenta:
             m.momentum = momentum

@@ -15,12 +15,15 @@ import torch.nn.functional as F
 
 from lightning_ldam.config import PIXEL_SCALE, LangevinConfig
 
-__all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT"]
+__all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "RESTART_SEED_OFFSET"]
 
 #: ``adapt_disc`` lowers a neuron's prior weight while its chains sit below this lift: (mean activation − real
 #: mean) / (real max − real mean) over the real inputs given. Above 1 so that held-out real inputs, whose max
 #: is a little off the given ones', are beaten too.
 TARGET_LIFT = 1.25
+#: The fresh starts of chains that turn NaN/Inf come from their own generator, seeded with the chains' seed plus
+#: this offset: the noise of the chains that never turn non-finite is the same whether or not others do.
+RESTART_SEED_OFFSET = 0x5EED0F5
 
 
 class Terms(NamedTuple):
@@ -102,7 +105,9 @@ class LangevinChains:
         cfg: resolved settings.
         neurons: number of neurons.
         generator: the chains' private RNG (noise and MALA's uniforms; nothing else draws from it, so variants
-            sampled with the same seed share their noise whatever their discriminators do).
+            sampled with the same seed share their noise whatever their discriminators do). The fresh starts of
+            chains that turn non-finite come from :attr:`restart_gen`, seeded from it (see
+            :data:`RESTART_SEED_OFFSET`).
         real_acts: ``(mean, max)`` per neuron over real inputs, for ``adapt_disc`` (``None``: no adaptation).
         graph: also keep the per-step scalars in device tables, for the CUDA-graph form of the steps.
     """
@@ -110,8 +115,10 @@ class LangevinChains:
     def __init__(self, u0: torch.Tensor, objective: Objective, cfg: LangevinConfig, neurons: int,
                  generator: torch.Generator, real_acts: Optional[Sequence[torch.Tensor]] = None,
                  graph: bool = False):
-        self.u, self.u0 = u0.clone(), u0
+        self.u = u0.clone()
         self.objective, self.cfg, self.n, self.gen = objective, cfg, neurons, generator
+        self.restart_gen = torch.Generator(device=generator.device).manual_seed(
+            (generator.initial_seed() + RESTART_SEED_OFFSET) % 2 ** 63)
         batch, dev = u0.shape[0], u0.device
         self.chains = batch // neurons
         self.view = (-1,) + (1,) * (u0.dim() - 1)
@@ -165,13 +172,16 @@ class LangevinChains:
 
     # ---- moving -------------------------------------------------------------------------------------------
     def _move(self, drift: torch.Tensor, t: Optional[int], acts: torch.Tensor, reflect: bool = True) -> None:
-        """``u ← boundary(u + (ε/2)·drift + noise·ξ)``; a chain that turns non-finite restarts from its start."""
+        """``u ← boundary(u + (ε/2)·drift + noise·ξ)``; a chain that turns non-finite restarts from a fresh
+        uniform state (not its own start, which may lie where the model itself is NaN: it would reset every step)."""
         y = self.u.add(drift * self.at("half_eps", t))
         y.add_(torch.randn(y.shape, generator=self.gen, device=y.device) * self.at("noise", t))
         # Before the boundary (which would map +-Inf into the box): a row sum is non-finite iff the row is.
         bad = ~torch.isfinite(y.flatten(1).sum(1) + acts)
         y = fold(y) if reflect else y.clamp_(0.0, 1.0)
-        torch.where(bad.view(self.view), self.u0, y, out=self.u)
+        # Drawn for every row at every step: choosing the rows would need a host sync (and break CUDA graphs).
+        fresh = torch.rand(y.shape, generator=self.restart_gen, device=y.device)
+        torch.where(bad.view(self.view), fresh, y, out=self.u)
         self.resets.add_(bad)
         if self.second_moment is not None:  # a reset chain must not keep a NaN preconditioner
             self.second_moment.masked_fill_(bad.view(self.view), 0.0)
@@ -257,6 +267,16 @@ class LangevinChains:
         self._set_weights()
         if self.cfg.method == "mala":
             self.current = self.objective(self.u)
+
+    def replace_discriminator(self, discriminator: torch.nn.Module) -> None:
+        """Read ``discriminator`` from here on (it replaces one whose weights turned NaN/Inf), with D's gradient scale
+        measured anew at the current states: the broken D's tracked scale must not set ``λ_k``. Call before
+        :meth:`freeze`; a no-op when the objective has no D in its drift."""
+        if self.objective.discriminator is None:
+            return
+        self.objective.discriminator = discriminator
+        if self.cfg.method != "annealed":
+            self._track_scales(self.objective(self.u), 1.0, act=False)
 
     def _drift(self, terms: Terms, u: torch.Tensor) -> torch.Tensor:
         """``∇ᵤ log p`` of the fixed law at ``u`` (``terms`` evaluated there)."""

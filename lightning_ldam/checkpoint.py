@@ -3,7 +3,8 @@
 Layouts understood (checked against lightning 2.6):
 
 * plain: ``ckpt["state_dict"]`` holds the LightningModule's weights;
-* ``LDAMCallback``: its state at ``ckpt["callbacks"]["LDAMCallback{...}"]`` holds an own EMA
+* ``LDAMCallback`` (or a subclass): its state at ``ckpt["callbacks"][<its state key>]``, marked
+  ``"format": "lightning_ldam"``, holds its settings, an own EMA
   (``average.module.<name>`` keys, relative to the network the callback ran), the discriminators and the
   reservoir of real inputs;
 * Lightning's ``WeightAveraging``/``EMAWeightAveraging``: ``ckpt["state_dict"]`` holds the *averaged*
@@ -23,9 +24,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from lightning_ldam.variants import averager_kind
+
 __all__ = ["load_checkpoint", "weight_variants", "params_only_variants", "ldam_state", "ldam_settings", "real_inputs"]
 
 _LDAM = "LDAMCallback"
+_FORMAT = "lightning_ldam"  # the "format" entry of the callback's state
 _EMA_PREFIX = "average.module."
 
 
@@ -58,8 +62,14 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
 
 
 def _ldam_entry(ckpt: Mapping[str, Any]) -> Optional[Tuple[str, Dict[str, Any]]]:
-    for key, state in (ckpt.get("callbacks") or {}).items():
-        if isinstance(key, str) and key.startswith(_LDAM) and isinstance(state, Mapping):
+    """The first callback state an ``LDAMCallback`` (or a subclass: any state key) wrote: its state says
+    ``"format": "lightning_ldam"``; older checkpoints are recognised by the ``LDAMCallback`` key prefix."""
+    states = [(k, v) for k, v in (ckpt.get("callbacks") or {}).items() if isinstance(k, str) and isinstance(v, Mapping)]
+    for key, state in states:
+        if state.get("format") == _FORMAT:
+            return key, state
+    for key, state in states:
+        if key.startswith(_LDAM):
             return key, state
     return None
 
@@ -75,26 +85,48 @@ def ldam_state(ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def ldam_settings(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
-    """The settings the (first) ``LDAMCallback`` put in its state key: ``neurons``, ``module``, ``seed``, ...
+    """The settings the (first) ``LDAMCallback`` ran with: ``neurons``, ``module``, ``seed``, ``value_range``, ...
 
-    Parsed from the key (``LDAMCallback{'neurons': "'fc:all'", 'module': None, ...}``); ``neurons`` comes back
-    as the spec the callback was given. Empty when there is no callback or the key cannot be read.
+    From its state's ``"settings"`` dict; checkpoints written before it existed have them parsed from the state
+    key (``LDAMCallback{'neurons': "'fc:all'", 'module': None, ...}``) plus the state's ``value_range`` and
+    ``normalize``. ``neurons`` comes back as a spec :func:`~lightning_ldam.targets.parse_neurons` takes. Empty when
+    there is no callback state.
     """
     entry = _ldam_entry(ckpt)
     if entry is None:
         return {}
-    try:
-        settings = ast.literal_eval(entry[0][len(_LDAM):])
-    except (ValueError, SyntaxError):
-        return {}
-    if not isinstance(settings, dict):
-        return {}
-    if isinstance(settings.get("neurons"), str):
-        try:
-            settings["neurons"] = ast.literal_eval(settings["neurons"])
-        except (ValueError, SyntaxError):  # e.g. a dict holding range(...): not a literal
+    key, state = entry
+    if isinstance(state.get("settings"), Mapping):
+        settings = dict(state["settings"])
+    else:
+        settings = _settings_from_key(key)
+        settings.update({k: state[k] for k in ("value_range", "normalize") if state.get(k) is not None})
+    if "neurons" in settings:
+        settings["neurons"] = _as_spec(settings["neurons"])
+        if settings["neurons"] is None:
             del settings["neurons"]
     return settings
+
+
+def _settings_from_key(key: str) -> Dict[str, Any]:
+    try:
+        settings = ast.literal_eval(key[key.index("{"):]) if "{" in key else {}
+    except (ValueError, SyntaxError):
+        return {}
+    return dict(settings) if isinstance(settings, dict) else {}
+
+
+def _as_spec(neurons: Any) -> Any:
+    """A neuron spec back from the checkpoint: older keys hold its repr; lists of ``[layer, index]`` pairs
+    (how the settings dict stores tuples) become tuples again. ``None`` when it cannot be read."""
+    if isinstance(neurons, str) and neurons[:1] in "'\"[{(":
+        try:
+            neurons = ast.literal_eval(neurons)
+        except (ValueError, SyntaxError):  # e.g. a dict holding range(...): not a literal
+            return None
+    if isinstance(neurons, list):
+        return [tuple(n) if isinstance(n, list) and len(n) == 2 and isinstance(n[0], str) else n for n in neurons]
+    return neurons
 
 
 def real_inputs(ckpt: Mapping[str, Any]) -> Optional[torch.Tensor]:
@@ -180,12 +212,11 @@ def _variants(ckpt: Mapping[str, Any]) -> List[Tuple[str, Dict[str, torch.Tensor
             add("ema", {**raw, **{prefix + k: v for k, v in ema.items()}})
 
     if lightning_avg and _count((ckpt.get("averaging_state") or {}).get("n_averaged")) > 0:
-        names: List[str] = [k for k in callbacks if "WeightAveraging" in k and "StochasticWeightAveraging" not in k]
-        names = names or [k for k in callbacks if not k.startswith(_LDAM)]
-        add("ema" if any("EMA" in k.split("{")[0] for k in names) else "swa", dict(ckpt["state_dict"]))
+        kinds = [averager_kind(k) for k in callbacks if averager_kind(k) not in (None, "swa")]
+        add(kinds[0] if kinds else "swa", dict(ckpt["state_dict"]))
 
     for key, state in callbacks.items():
-        if "StochasticWeightAveraging" in key and isinstance(state, Mapping):
+        if averager_kind(key) == "swa" and isinstance(state, Mapping):
             avg = state.get("average_model_state")
             if avg and _count(state.get("n_averaged")) > 0:
                 add("swa", {k: v for k, v in avg.items() if k in raw}, params_only=True)

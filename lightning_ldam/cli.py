@@ -12,7 +12,6 @@ import importlib
 import inspect
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -31,7 +30,7 @@ _IMPORT_NOTE = ("The current working directory is put first on sys.path before i
 _OPTION_OF = {"neurons": "--neurons", "input_shape": "--input-shape", "value_range": "--value-range",
               "normalize": "--mean/--std", "chains": "--chains", "steps": "--steps", "seed": "--seed",
               "disc_weight": "--disc-weight", "real_data": "--input-shape/--value-range (checkpoint reservoir)",
-              "module": "--module"}
+              "module": "--module", "device": "--device", "method": "--method", "model": "--model"}
 
 
 # ---- argument types (argparse turns their ValueError/TypeError into a usage error naming the option) ---------
@@ -99,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt", metavar="CKPT", help="checkpoint whose hyper_parameters build the model")
     t.add_argument("--module", metavar="NAME", help=module_help)
 
+    _add_compare(sub, model_help, init_help, module_help)
+    return parser
+
+
+def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None:
+    """The ``compare`` subcommand's options."""
     c = sub.add_parser(
         "compare", help="LDAM samples of a checkpoint's raw vs averaged weights, or of two checkpoints",
         description="One checkpoint: sample its raw and averaged weights (LDAMCallback's EMA, Lightning's "
@@ -134,12 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (TensorBoard run and PNGs; default runs/compare)")
     c.add_argument("--variants", type=_variants, metavar="NAMES",
                    help="comma-separated subset of the variants to sample, e.g. raw,ema (default: all found)")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--no-progress", action="store_true",
+                   help="no progress (default: a bar on a terminal, a line every 10%% or 30 s in a log file)")
     c.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast (GPU speed option)")
     c.add_argument("--channels-last", action="store_true", help="NHWC convolutions (GPU speed option)")
     c.add_argument("--cuda-graph", action="store_true",
                    help="replay each Langevin step as a CUDA graph (CUDA only; for small, launch-bound networks)")
-    return parser
 
 
 # ---- model ------------------------------------------------------------------------------------------------
@@ -204,14 +209,9 @@ def build_model(path: str, init_args: Dict[str, Any], ckpt: Optional[Dict[str, A
 
 
 def _submodule(model: nn.Module, name: Optional[str]) -> nn.Module:
-    if not name:
-        return model
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        children = [n for n, _ in model.named_children()]
-        raise ValueError(f"--module: {type(model).__name__} has no submodule {name!r}; its children are "
-                         f"{children}") from None
+    from lightning_ldam.rounds import submodule
+
+    return submodule(model, name, "--module")
 
 
 # ---- targets ----------------------------------------------------------------------------------------------
@@ -248,13 +248,10 @@ def _load(path: str, option: str) -> Dict[str, Any]:
         raise type(err)(f"{option}: {err}") from None
 
 
-def _file_safe(text: str) -> str:
-    """``text`` with every run of characters other than letters, digits and ``_.=+-`` turned into ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
-
-
 def _tag_name(text: str) -> str:
-    return _file_safe(text).strip("_") or "ckpt"
+    from lightning_ldam.outputs import file_safe
+
+    return file_safe(text).strip("_") or "ckpt"
 
 
 def _unique(names: Sequence[str]) -> List[str]:
@@ -277,19 +274,43 @@ def _load_weights(model: nn.Module, state: Dict[str, torch.Tensor], what: str, m
 
 
 def _cli_message(err: BaseException) -> str:
-    """The library's ``"name: ..."`` messages, with ``name`` replaced by the CLI option it comes from."""
-    text = str(err)
-    name, sep, rest = text.partition(": ")
-    if sep and name in _OPTION_OF:
-        return f"{_OPTION_OF[name]}: {rest}"
-    return text
+    """One line for a user error; a library argument error names the CLI option it comes from."""
+    from lightning_ldam.errors import LDAMArgumentError
+
+    if isinstance(err, LDAMArgumentError):
+        option = _OPTION_OF.get(err.argument, err.argument)
+        return f"{option}: {err.message}"
+    text = " ".join(str(err).split())  # one line, whatever the error's own layout
+    return text if isinstance(err, (ValueError, TypeError, FileNotFoundError, ImportError)) \
+        else f"{type(err).__name__}: {text}"
 
 
 def _compare(args) -> int:
     """``lightning-ldam compare``: check the options, then variants, inputs, sampling and output in turn."""
     from lightning_ldam.checkpoint import ldam_settings
-    from lightning_ldam.targets import parse_neurons
+    from lightning_ldam.progress import Progress
+    from lightning_ldam.rounds import resolve_targets, sample_variants
 
+    _check_compare_options(args)
+    ckpts = [_load(p, "CKPT") for p in args.ckpts]
+    settings = ldam_settings(ckpts[0])
+    neurons, module = _neurons_and_module(args, settings)
+    variants, params_only = _compare_variants(args, ckpts, settings, module)
+    inputs = _compare_inputs(args, ckpts, settings)
+    plan = _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs)
+    resolve_targets(plan.variants[0].network, plan)  # neuron paths and indices, before any real work
+    # a bar on a terminal, plain progress lines in a log file
+    results = sample_variants(plan, progress=False if args.no_progress else Progress(), note=_note)
+    return _write_comparison(args, ckpts, results)
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _check_compare_options(args) -> None:
+    """Everything checkable before loading anything, ``--out`` included (a conflict found after sampling would
+    throw the work away)."""
     if len(args.ckpts) > 2:
         raise ValueError(f"CKPT: expected one or two checkpoints, got {len(args.ckpts)}: {args.ckpts}")
     if (args.mean is None) != (args.std is None):
@@ -300,8 +321,29 @@ def _compare(args) -> int:
     if args.cuda_graph and (args.device == "cpu" or not torch.cuda.is_available()):
         raise ValueError(f"--cuda-graph: CUDA graphs need a CUDA device (--device {args.device}, "
                          f"torch.cuda.is_available() is {torch.cuda.is_available()}); drop --cuda-graph")
-    ckpts = [_load(p, "CKPT") for p in args.ckpts]
-    settings = ldam_settings(ckpts[0])
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: 'cuda' requested but torch.cuda.is_available() is False; use cpu or auto")
+    _check_out(args.out)
+
+
+def _check_out(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out: {out!r} exists and is not a directory; pass a directory (it is created if missing)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".lightning-ldam-write-test-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError(f"--out: cannot write to {out!r} ({err.strerror or err}); pass a writable directory") \
+            from None
+
+
+def _neurons_and_module(args, settings: Dict[str, Any]) -> Tuple[Any, Optional[str]]:
+    """``--neurons`` and ``--module``, else what the checkpoint's LDAMCallback ran with."""
+    from lightning_ldam.targets import parse_neurons
+
     neurons: Any = args.neurons
     if neurons is None:
         if "neurons" not in settings:
@@ -316,11 +358,7 @@ def _compare(args) -> int:
     if module is None and settings.get("module"):
         module = settings["module"]
         print(f"module: {module!r} (from the checkpoint's LDAMCallback)")
-
-    variants, params_only = _compare_variants(args, ckpts, settings, module)
-    inputs = _compare_inputs(args, ckpts)
-    results = _sample_variants(args, ckpts, variants, params_only, neurons, module, inputs)
-    return _write_comparison(args, ckpts, results)
+    return neurons, module
 
 
 def _compare_variants(args, ckpts, settings, module):
@@ -376,18 +414,14 @@ class _Inputs:
     device: torch.device
 
 
-def _compare_inputs(args, ckpts) -> _Inputs:
+def _compare_inputs(args, ckpts, settings: Dict[str, Any]) -> _Inputs:
     """Real inputs from the first checkpoint with a reservoir, then shape, value range, λ, normalisation."""
-    from lightning_ldam.checkpoint import ldam_state, real_inputs
+    from lightning_ldam.checkpoint import real_inputs
     from lightning_ldam.inputs import value_box
     from lightning_ldam.sampler import DEFAULT_DISC_WEIGHT
 
-    real, real_from = None, None
-    for path, ckpt in zip(args.ckpts, ckpts):
-        real = real_inputs(ckpt)
-        if real is not None:
-            real_from = path
-            break
+    real, real_from = next(((r, p) for r, p in ((real_inputs(c), p) for c, p in zip(ckpts, args.ckpts))
+                            if r is not None), (None, None))
     shape = args.input_shape
     if shape is None:
         if real is None:
@@ -398,90 +432,60 @@ def _compare_inputs(args, ckpts) -> _Inputs:
         raise ValueError(f"--input-shape: {','.join(map(str, shape))} does not match the inputs saved in "
                          f"{real_from} ({','.join(map(str, real.shape[1:]))})")
     box = args.value_range
-    saved_box = (ldam_state(ckpts[0]) or {}).get("value_range")
-    if box is None and saved_box is not None:
-        box = tuple(saved_box)
+    if box is None and settings.get("value_range") is not None:
+        box = tuple(settings["value_range"])
         print(f"value range: {box} (the callback's value_range)")
     if box is None:
         box = value_box(real) if real is not None else (0.0, 1.0)  # the callback's rule
         print(f"value range: {box} ({'from the reservoir' if real is not None else 'default; set --value-range'})")
     weight = args.disc_weight
     if real is None and weight is None:
-        weight = 0.0
         print("no real inputs in the checkpoint (no LDAMCallback reservoir): sampling without a discriminator "
               "(λ = 0)")
     elif real is not None:
         print(f"real inputs: {real.shape[0]} from {real_from}'s reservoir; λ = "
               f"{DEFAULT_DISC_WEIGHT if weight is None else weight:g}")
     normalize = None
-    saved_normalize = (ldam_state(ckpts[0]) or {}).get("normalize")
     if args.mean is not None:
         normalize = V.check_normalize((args.mean, args.std), shape[0])
-    elif saved_normalize is not None:
-        normalize = V.check_normalize(tuple(saved_normalize), shape[0])
-        print(f"normalisation from the checkpoint: mean {saved_normalize[0]}, std {saved_normalize[1]} "
+    elif settings.get("normalize") is not None:
+        normalize = V.check_normalize(tuple(settings["normalize"]), shape[0])
+        print(f"normalisation from the checkpoint: mean {settings['normalize'][0]}, std {settings['normalize'][1]} "
               f"(--mean/--std override)")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device: 'cuda' requested but torch.cuda.is_available() is False; use cpu or auto")
     return _Inputs(real, tuple(shape), tuple(box), weight, normalize, device)
 
 
-def _sample_variants(args, ckpts, variants, params_only, neurons, module, inputs: _Inputs) -> Dict[str, Any]:
-    """Build, load and sample each variant (same chains and noise for all); results by variant name."""
-    from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
-    from lightning_ldam.discriminator import restore_discriminator
-    from lightning_ldam.sampler import WARM_DISC_STEPS, sample
+def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _Inputs):
+    """Build and load each variant's network; one :class:`~lightning_ldam.rounds.RoundPlan` for all of them."""
+    from lightning_ldam.rounds import Variant, plan_round
 
-    real, shape, box, weight, normalize, device = (inputs.real, inputs.shape, inputs.box, inputs.weight,
-                                                   inputs.normalize, inputs.device)
-    results = {}
-    checked = False
-    steps = args.steps
-    if steps is None and variants and all(d is not None for _, _, d, _ in variants) and real is not None:
-        steps = WARM_DISC_STEPS  # every variant resumes a trained discriminator, as the callback's later rounds
-        print(f"steps: {steps} (every variant has a warm discriminator from the checkpoint; --steps overrides)")
+    built = []
     for name, state, disc_state, idx in variants:
         model = build_model(args.model, args.init_args, ckpts[idx])
         _load_weights(model, state, f"{name!r}", args.model)
-        net = _submodule(model, module).to(device).eval()
-        if name in params_only and has_batchnorm(net):
-            # As the callback does: an average of parameters only carries the BN statistics of its creation.
-            if real is not None:
-                refresh_batchnorm(net, real)
-                print(f"{name!r}: BatchNorm statistics recomputed on the {real.shape[0]} saved real inputs")
-            else:
-                print(f"note: {name!r} averages parameters only and the checkpoint holds no real inputs to "
-                      f"recompute its BatchNorm statistics; they are those of the averaged copy's creation",
-                      file=sys.stderr)
-        if not checked:  # neuron paths and indices, before any real work (one 1-step chain)
-            sample(net, neurons, input_shape=shape, chains=1, steps=1, disc_weight=0.0, value_range=box,
-                   normalize=normalize, seed=args.seed, device=device)
-            checked = True
-        disc = None
-        if disc_state is not None and (real is not None or (weight or 0) > 0):
-            try:
-                disc = restore_discriminator(disc_state, shape[0], shape[1:], args.seed)
-            except (RuntimeError, ValueError, IndexError, KeyError) as err:
-                print(f"note: the checkpoint's {name!r} discriminator does not fit input {shape} ({err}); "
-                      f"training a fresh one", file=sys.stderr)
-                disc = None
-        print(f"sampling {name!r} ...")
-        results[name] = sample(net, neurons, input_shape=shape, chains=args.chains, steps=steps,
-                               real_data=real, disc_weight=weight, value_range=box, normalize=normalize,
-                               seed=args.seed, device=device, discriminator=disc,
-                               progress=not args.no_progress, channels_last=args.channels_last,
-                               autocast_dtype=torch.bfloat16 if args.bf16 else None,
-                               cuda_graph=args.cuda_graph, method=args.method)
-    return results
+        net = _submodule(model, module).to(inputs.device).eval()
+        built.append(Variant(name, net, refresh_bn=name in params_only, disc_state=disc_state))
+    plan = plan_round(built, neurons, input_shape=inputs.shape, value_range=inputs.box, chains=args.chains,
+                      seed=args.seed, device=inputs.device, steps=args.steps, real=inputs.real,
+                      disc_weight=inputs.weight, normalize=inputs.normalize,
+                      sampler_kwargs=dict(channels_last=args.channels_last, cuda_graph=args.cuda_graph,
+                                          autocast_dtype=torch.bfloat16 if args.bf16 else None,
+                                          method=args.method))
+    if args.steps is None and plan.real is not None and all(v.warm for v in built):
+        print(f"steps: {plan.steps} (every variant has a warm discriminator from the checkpoint; --steps overrides)")
+    for v in built:
+        if v.refresh_bn and plan.real is not None:
+            print(f"{v.name!r}: BatchNorm statistics recomputed on the {plan.real.shape[0]} saved real inputs")
+    return plan
 
 
 def _write_comparison(args, ckpts, results) -> int:
     """The TensorBoard run (the callback's tag layout) and one PNG contact sheet per layer under ``--out``."""
+    from lightning_ldam.outputs import png_path, save_png
     from lightning_ldam.summaries import summarize, write_tensorboard
     from torch.utils.tensorboard import SummaryWriter
-    from torchvision.utils import save_image
 
     step = int(ckpts[0].get("global_step", 0) or 0)
     images, scalars = summarize(results)
@@ -496,8 +500,8 @@ def _write_comparison(args, ckpts, results) -> int:
     pngs = []
     for layer in layers:
         tag = f"ldam/compare/{layer}" if len(results) > 1 else f"ldam/{next(iter(results))}/{layer}"
-        path = os.path.join(args.out, f"compare_{_file_safe(layer)}.png")
-        save_image(images[tag], path)
+        path = png_path(args.out, f"compare/{layer}")
+        save_png(images[tag], path)
         pngs.append(path)
     print(f"wrote {len(images)} images and {len(scalars)} scalars for {', '.join(results)} at step {step} "
           f"to {args.out}")
@@ -508,7 +512,8 @@ def _write_comparison(args, ckpts, results) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``lightning-ldam``; returns the exit code (2 for usage errors and bad inputs)."""
+    """Run ``lightning-ldam``; returns the exit code: 2 for usage errors and bad inputs, 1 for any other failure
+    (one line on stderr either way, never a traceback)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -519,3 +524,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"{PROG}: error: {_cli_message(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # the model's own failure, out of memory, ...: still one line
+        print(f"{PROG}: error: {_cli_message(err)}", file=sys.stderr)
+        return 1

@@ -7,6 +7,7 @@ adds stays well scaled) trained online against real images (label 1) and the cur
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Dict, Optional, Sequence
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["Discriminator", "DiscriminatorTrainer", "build_discriminator", "restore_discriminator"]
+__all__ = ["Discriminator", "DiscriminatorTrainer", "build_discriminator", "restore_discriminator", "finite_weights"]
 
 
 class Discriminator(nn.Module):
@@ -130,3 +131,26 @@ def restore_discriminator(state: Dict[str, torch.Tensor], in_channels: int, imag
     d = build_discriminator(in_channels, image_size, seed, width=width)
     d.load_state_dict(state)
     return d
+
+
+def finite_weights(module: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``module`` is finite (one host sync).
+
+    A discriminator with a NaN/Inf weight (or spectral-norm vector) scores every image NaN, and its gradient drives
+    every chain to NaN: the sampler rebuilds such a D rather than use or return it.
+
+    Example::
+
+        >>> d = build_discriminator(1, (12, 12), seed=0)
+        >>> finite_weights(d)
+        True
+        >>> with torch.no_grad():
+        ...     d.head.parametrizations.weight.original[0, 0] = float("nan")
+        >>> finite_weights(d)
+        False
+    """
+    tensors = [t for t in itertools.chain(module.parameters(), module.buffers()) if t.is_floating_point()]
+    if not tensors:
+        return True
+    device = tensors[0].device
+    return bool(torch.stack([torch.isfinite(t.detach()).all().to(device) for t in tensors]).all())

@@ -39,7 +39,14 @@ def extract_input(batch: Any, input_key: InputKey = None) -> torch.Tensor:
         raise LDAMArgumentError("input_key", f"cannot read the inputs of a {type(batch).__name__} batch with "
                          f"input_key={input_key!r} ({type(err).__name__}: {err}); pass an int index, a dict key "
                          f"or a callable batch -> tensor") from err
-    if not isinstance(out, torch.Tensor) or out.dim() < 2 or not out.is_floating_point():
+    if isinstance(out, torch.Tensor) and out.dim() >= 2 and not out.is_floating_point():
+        # The key found the images; their dtype is the problem (8-bit pixels, as torchvision's PILToTensor gives).
+        box = "[0, 255]" if out.dtype == torch.uint8 else "their range"
+        raise LDAMArgumentError("input_key", f"the batch's inputs are {out.dtype} {list(out.shape)}: LDAM samples "
+                                             f"floating-point images, so convert them to float in [lo, hi] (e.g. "
+                                             f"x.float() / 255 for [0, 1], or x.float() with value_range=(0, 255) for "
+                                             f"{box}) in the dataset, or pass input_key=<callable returning floats>")
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
         keys = list(batch) if isinstance(batch, dict) else None
         raise LDAMArgumentError("input_key", f"input_key={input_key!r} does not give a floating-point image tensor "
                          f"[B, C, H, W] from a {type(batch).__name__} batch"

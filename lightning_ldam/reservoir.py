@@ -28,9 +28,15 @@ class Reservoir:
     keep (most of them, late in training) costs an integer comparison: this runs after every training
     batch, and on a GPU its cost is host time next to a few-millisecond step.
 
+    Rows with a NaN or an infinity never enter: they are skipped as if absent from the stream.
+
     Args:
         size: capacity.
         seed: seed of the private generator.
+
+    Attributes:
+        seen: finite inputs offered so far (the stream's length).
+        nonfinite_skipped: inputs skipped so far because they held a NaN or an infinity.
     """
 
     def __init__(self, size: int = 256, seed: int = 0):
@@ -38,6 +44,7 @@ class Reservoir:
             raise LDAMArgumentError("reservoir_size", f"expected an int >= 1, got {size!r}")
         self.size = size
         self.seen = 0
+        self.nonfinite_skipped = 0
         self.data: Optional[torch.Tensor] = None
         self.generator = torch.Generator().manual_seed(seed)
         self._pending: List[Tuple[torch.Tensor, torch.Tensor]] = []  # (slots on CPU, rows on the batch's device)
@@ -55,20 +62,48 @@ class Reservoir:
     def __setstate__(self, state: Dict[str, Any]) -> None:
         generator = torch.Generator()
         generator.set_state(torch.frombuffer(bytearray(state["generator"]), dtype=torch.uint8))
+        self.nonfinite_skipped = 0  # pickled before the count existed
         self.__dict__.update(state, generator=generator)
 
     def __len__(self) -> int:
         self._flush()
-        return 0 if self.data is None else self.data.shape[0]
+        return 0 if self.data is None else min(self.seen, self.size)  # the store is allocated whole
 
     @torch.no_grad()
-    def add(self, inputs: torch.Tensor) -> None:
-        """Offer a batch ``[B, ...]``; rows are kept with the reservoir's probabilities."""
-        b = inputs.shape[0]
-        start, end = self.seen, self.seen + b
+    def add(self, inputs: torch.Tensor) -> int:
+        """Offer a batch ``[B, ...]``; rows are kept with the reservoir's probabilities.
+
+        Rows holding a NaN or an infinity are skipped as if they were not in the stream, and counted in
+        ``nonfinite_skipped``: one of them would make :meth:`value_range` NaN and reach the discriminator.
+
+        Args:
+            inputs: the batch's inputs, on any device.
+
+        Returns:
+            How many rows of this batch were skipped as non-finite (0 for a clean batch), for the caller to
+            warn about.
+        """
+        finite = _finite_rows(inputs)
+        skipped = 0 if finite is None else inputs.shape[0] - finite.numel()
+        self.nonfinite_skipped += skipped
+        start, end = self.seen, self.seen + inputs.shape[0] - skipped
         self.seen = end
         if start >= self.size and end <= self._next:
-            return  # the common case once full: nothing in this batch is kept
+            return skipped  # the common case once full: nothing in this batch is kept
+        positions, slots = _last_writes(*self._choose(start, end))
+        if not positions:
+            return skipped
+        index = (torch.tensor(positions) - start).to(inputs.device, non_blocking=True)
+        if finite is not None:
+            index = finite[index]  # stream positions count the finite rows only
+        # Advanced indexing copies the rows on the batch's device; no host sync here.
+        self._pending.append((torch.tensor(slots), inputs.detach()[index]))
+        if sum(r.shape[0] for _, r in self._pending) >= self.size:
+            self._flush()  # bounds what waits on the device to about one reservoir
+        return skipped
+
+    def _choose(self, start: int, end: int) -> Tuple[List[int], List[int]]:
+        """The stream positions in ``[start, end)`` that are kept and the slot each one takes, in order."""
         positions, slots = [], []
         for pos in range(start, min(end, self.size)):  # filling: input n goes to slot n
             positions.append(pos)
@@ -84,14 +119,7 @@ class Reservoir:
                 slots.append(min(int(self._uniform() * self.size), self.size - 1))
                 self._w *= math.exp(math.log(self._uniform()) / self.size)
                 self._next += self._skip()
-        if not positions:
-            return
-        index = torch.tensor(positions) - start
-        # Advanced indexing copies the rows on the batch's device; no host sync here.
-        rows = inputs.detach()[index.to(inputs.device, non_blocking=True)]
-        self._pending.append((torch.tensor(slots), rows))
-        if sum(r.shape[0] for _, r in self._pending) >= self.size:
-            self._flush()  # bounds what waits on the device to about one reservoir
+        return positions, slots
 
     def _uniform(self) -> float:
         """A draw in (0, 1) from the private generator."""
@@ -104,7 +132,8 @@ class Reservoir:
         return int(math.floor(math.log(self._uniform()) / math.log1p(-self._w))) + 1
 
     def _flush(self) -> None:
-        """Write the pending rows into the CPU store, in arrival order (a later row wins its slot)."""
+        """Write the pending rows into the CPU store, in arrival order (a later batch's row wins its slot;
+        within a batch, slots are distinct: see :func:`_last_writes`)."""
         if not self._pending:
             return
         rows = torch.cat([r for _, r in self._pending]).to("cpu", torch.float32)  # one device->host copy
@@ -134,11 +163,13 @@ class Reservoir:
     def state_dict(self) -> Dict[str, Any]:
         self._flush()
         return {"seen": self.seen, "data": None if self.data is None else self.images.clone(),
-                "generator": self.generator.get_state(), "w": self._w, "next": self._next}
+                "generator": self.generator.get_state(), "w": self._w, "next": self._next,
+                "nonfinite_skipped": self.nonfinite_skipped}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self._pending.clear()
         self.seen = state["seen"]
+        self.nonfinite_skipped = state.get("nonfinite_skipped", 0)  # older states: none counted
         self.generator.set_state(state["generator"])
         self._w, self._next = state.get("w"), state.get("next", 0)  # older states: restarted at the next batch
         data = state["data"]
@@ -146,3 +177,25 @@ class Reservoir:
         if data is not None:
             self.data = torch.empty((self.size, *data.shape[1:]))
             self.data[: data.shape[0]] = data
+
+
+def _finite_rows(inputs: torch.Tensor) -> Optional[torch.Tensor]:
+    """Indices of the rows of ``inputs`` without NaN or infinity, or ``None`` when all rows are finite.
+
+    A floating batch costs one reduction and one host sync here (the stream positions depend on how
+    many rows are finite); an integer batch (``uint8`` pixels) costs nothing.
+    """
+    if not (inputs.is_floating_point() or inputs.is_complex()) or inputs.numel() == 0:
+        return None
+    rows = torch.isfinite(inputs.detach()).reshape(inputs.shape[0], -1).all(1).nonzero().squeeze(1)
+    return None if rows.numel() == inputs.shape[0] else rows
+
+
+def _last_writes(positions: List[int], slots: List[int]) -> Tuple[List[int], List[int]]:
+    """Drop the writes that a later input of the same batch overwrites (the later one wins, as in sequential
+    algorithm R): ``data[slots] = rows`` with a repeated slot is undefined and can splice two rows."""
+    last = {slot: i for i, slot in enumerate(slots)}  # dict assignment: the last occurrence stays
+    if len(last) == len(slots):
+        return positions, slots  # the usual case: every slot once
+    keep = sorted(last.values())
+    return [positions[i] for i in keep], [slots[i] for i in keep]

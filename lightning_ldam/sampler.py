@@ -18,8 +18,11 @@ This module imports no Lightning.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+import sys
 import time
+import warnings
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,9 +34,10 @@ from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_tar
 from lightning_ldam.chains import LangevinChains, Objective
 from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig,
                                    resolve_config)
-from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator
+from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
 from lightning_ldam.inputs import extract_input
 from lightning_ldam.metrics import unit_activations
+from lightning_ldam.progress import Progress
 from lightning_ldam.result import SampleResult
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons, resolve_neurons
 
@@ -47,7 +51,8 @@ WARM_DISC_STEPS = 256
 MAX_REAL_IMAGES = 4096
 #: Real images whose activations set each neuron's target in ``adapt_disc`` (the strongest of them).
 TARGET_REAL_IMAGES = 512
-
+#: Updates that warm up a discriminator built during a call (one given with NaN/Inf weights, or one rebuilt).
+FRESH_DISC_WARMUP = 50
 
 
 def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.Tensor:
@@ -104,14 +109,27 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
             if str(err).startswith("neurons:"):  # ours: a target layer that is not usable
                 raise
             raise LDAMArgumentError("input_shape", f"the model rejected an input of shape {tuple(probe.shape)} "
-                             f"(input_shape={tuple(input_shape)}): {type(err).__name__}: {err}") from err
+                             f"(input_shape={tuple(input_shape)}): {type(err).__name__}: {err}; "
+                             f"{_input_shape_hint(input_shape)}") from err
     units = {}
     for p, out in captured.items():
-        if out.dim() < 2:
-            raise LDAMArgumentError("neurons", f"layer {p!r} outputs shape {tuple(out.shape)}; a target needs "
-                             f"[batch, channels, ...]")
+        if out.dim() >= 1 and out.shape[0] != 1 and len(input_shape) == 2:
+            # e.g. (28, 28) for a conv net: Conv2d takes [1, 28, 28] as one unbatched image and runs
+            raise LDAMArgumentError("input_shape", f"layer {p!r} returned shape {tuple(out.shape)} for a batch "
+                                    f"of one input (input_shape={tuple(input_shape)}); "
+                                    f"{_input_shape_hint(input_shape)}")
+        if out.dim() < 2 or out.shape[0] != 1:
+            raise LDAMArgumentError("neurons", f"layer {p!r} outputs shape {tuple(out.shape)} for a batch of one; "
+                                    f"a target needs [batch, channels, ...]")
         units[p] = int(out.shape[1])
     return resolve_neurons(neurons, units, aliases)
+
+
+def _input_shape_hint(input_shape) -> str:
+    hint = "input_shape is one sample's shape, (C, H, W) for images, without the batch dimension"
+    if len(input_shape) == 2:
+        hint += f"; {tuple(input_shape)} has no channel dimension: did you mean {(1, *input_shape)}?"
+    return hint
 
 
 def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int], chains: int = 8,
@@ -125,7 +143,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            spatial: str = "mean", discriminator: Optional[nn.Module] = None, disc_lr: float = 1e-3,
            disc_every: int = 1, disc_steps: Optional[int] = None, disc_warmup: Optional[int] = None,
            autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, cuda_graph: bool = False,
-           progress: Union[bool, float] = False) -> SampleResult:
+           progress: Union[bool, float, Progress] = False) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
     With the defaults (``method="langevin"``) the returned images are the states, after ``steps`` steps, of
@@ -169,7 +187,10 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         spatial: conv channels reduce by ``"mean"`` over positions (default) or take the ``"center"`` unit.
         discriminator: a discriminator to use (and to train further in burn-in if ``real_data`` is given), e.g.
             the ``result.discriminator`` of an earlier call (warm start). Takes unit-box images ``[B, C, H, W]``
-            and returns logits ``[B]``.
+            and returns logits ``[B]``. One with NaN/Inf weights is left alone and a fresh one used (with a
+            warning); one whose weights turn NaN/Inf while training is rebuilt at the end of burn-in (and of an
+            ``"annealed"`` call): ``result.discriminator`` is never non-finite, ``result.config["disc_rebuilt"]``
+            says whether it was replaced.
         disc_lr: discriminator learning rate (Adam).
         disc_every: train D every this many steps (in burn-in; ``"annealed"``: throughout).
         disc_steps: D updates each time it is trained (default 2).
@@ -179,8 +200,10 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             model's tensors get their layout back afterwards, values are never touched).
         cuda_graph: replay each step as a CUDA graph (CUDA only; one graph per phase): for small networks,
             whose steps are bound by kernel launches. D's updates stay eager between replays.
-        progress: ``True``: a progress bar; a number of seconds: a bar that appears only once sampling
-            has taken that long (for callers that do not know in advance whether a call is slow).
+        progress: ``True``: a progress bar on a terminal (nothing when stderr is not one); a number of seconds:
+            the same bar, appearing only once sampling has taken that long (for callers that do not know in
+            advance whether a call is slow); a :class:`~lightning_ldam.progress.Progress`: its bar on a
+            terminal, else plain lines for log files (e.g. ``Progress(delay=3.0, write=log.info)``).
 
     Returns:
         :class:`~lightning_ldam.result.SampleResult`.
@@ -217,12 +240,11 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     norm = V.check_normalize(normalize, shape[0])
     real_cpu = _collect_real(real_data, shape, MAX_REAL_IMAGES) if real_data is not None else None
     if real_cpu is not None:
+        _check_real_finite(real_cpu)
         _check_real_box(real_cpu, lo, hi)
 
     model_dev = V.model_device(model)
-    device = model_dev if device is None else torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = _sampling_device(device, model_dev)
     if cuda_graph and not _graphs_supported(device):
         raise LDAMArgumentError("cuda_graph", f"CUDA graphs need a CUDA device; sampling runs on {device}. "
                          f"Pass cuda_graph=False (or device='cuda')")
@@ -245,6 +267,10 @@ def _check_call(model, input_shape, chains, value_range, init, spatial, seed, di
                 cuda_graph, progress):
     """The checks of ``sample``'s arguments that are not sampler settings; returns the shape and the box."""
     V.check_model(model)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise LDAMArgumentError("model", "expected a model with weights, got one whose tensors are on the meta "
+                                "device (shapes without values); load its weights first, e.g. "
+                                "model.to_empty(device='cpu') then model.load_state_dict(...)")
     shape = V.check_input_shape(input_shape)
     V.check_positive("chains", chains, integer=True)
     box = V.check_value_range(value_range)
@@ -255,10 +281,13 @@ def _check_call(model, input_shape, chains, value_range, init, spatial, seed, di
     if discriminator is not None and not isinstance(discriminator, nn.Module):
         raise LDAMArgumentError("discriminator",
             f"expected a torch.nn.Module or None, got {type(discriminator).__name__}")
+    if discriminator is not None and any(p.is_meta for p in discriminator.parameters()):
+        raise LDAMArgumentError("discriminator", "expected a discriminator with weights, got one whose "
+                                "parameters are on the meta device")
     for name, flag in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
         if not isinstance(flag, bool):
             raise LDAMArgumentError(name, f"expected True or False, got {flag!r}")
-    if not isinstance(progress, bool):
+    if not isinstance(progress, (bool, Progress)):
         V.check_positive("progress", progress, allow_zero=True)
     return shape, box
 
@@ -272,6 +301,46 @@ def _default_smoothness(smoothness, method, shape, disc_weight) -> float:
                 f"the smoothness prior needs image inputs (C, H, W); input_shape={shape}")
         return smoothness
     return DEFAULT_SMOOTHNESS if (method != "annealed" and len(shape) == 3 and disc_weight > 0) else 0.0
+
+
+def _check_real_finite(real_cpu: torch.Tensor) -> None:
+    """NaN/Inf real images would make D (and every chain started from them) non-finite: refuse them up front."""
+    bad = ~torch.isfinite(real_cpu)
+    if bad.any():
+        images = bad.flatten(1).any(1)
+        raise LDAMArgumentError("real_data", f"expected finite pixel values, got {int(bad.sum())} NaN/Inf values in "
+                                f"{int(images.sum())} of {real_cpu.shape[0]} images (the first at index "
+                                f"{int(images.nonzero()[0])}); drop or repair those images")
+
+
+def _sampling_device(device, model_dev: torch.device) -> torch.device:
+    """``device`` (default: the model's) as a usable ``torch.device`` with an index for CUDA."""
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise LDAMArgumentError("device", f"expected a torch.device or a string such as 'cpu', 'cuda' or "
+                                    f"'cuda:1', got {device!r}") from err
+    device = model_dev if device is None else device
+    if device.type == "meta":
+        raise LDAMArgumentError("device", "expected a device that holds values ('cpu', 'cuda', ...), got 'meta'")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise LDAMArgumentError("device", f"CUDA is not available here (torch.cuda.is_available() is False), "
+                                    f"got device={str(device)!r}; pass device='cpu', or None for the model's device")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.index >= count:
+            raise LDAMArgumentError("device", f"expected one of cuda:0 to cuda:{count - 1} (this machine's CUDA "
+                                    f"devices), got {str(device)!r}")
+    elif device.type != "cpu":
+        try:
+            torch.empty(0, device=device)
+        except Exception as err:  # the backend's own message says why (not built, no driver, ...)
+            raise LDAMArgumentError("device", f"expected a device usable here, got {str(device)!r} "
+                                    f"({type(err).__name__}: {err})") from err
+    return device
 
 
 def _check_real_box(real_cpu: torch.Tensor, lo: float, hi: float) -> None:
@@ -324,21 +393,6 @@ class _Run:
             return self.real[idx.to(self.real.device)].clone()
         return torch.rand((batch, *self.shape), generator=self.chain_gen, device=self.device)
 
-    def _discriminator(self, given, u0):
-        """D (built fresh or the one given) and its trainer (``None`` without real data), warmed up on ``u0``."""
-        cfg = self.cfg
-        if cfg.disc_weight == 0 and given is None:
-            return None, None
-        disc = given if given is not None else build_discriminator(self.shape[0], self.shape[1:], self.seed,
-                                                                    self.device)
-        disc = disc.to(self.device)
-        trainer = None
-        if self.real is not None:
-            trainer = DiscriminatorTrainer(disc, self.real, self.disc_gen, lr=cfg.disc_lr)
-            for _ in range(cfg.disc_warmup):
-                trainer.step(u0)
-        return disc, trainer
-
     def _real_targets(self):
         """``(mean, max)`` activation per neuron over up to TARGET_REAL_IMAGES real inputs (for ``adapt_disc``)."""
         if self.real is None or not self.cfg.adapt_disc or self.cfg.method == "annealed" or self.cfg.disc_weight == 0:
@@ -351,27 +405,25 @@ class _Run:
     def __call__(self, init, given_disc, cuda_graph, progress, started) -> SampleResult:
         cfg, neurons = self.cfg, self.neurons
         u0 = self._initial(init)
-        disc, trainer = self._discriminator(given_disc, u0)
-        disc_flags = None if disc is None else ([(p, p.requires_grad) for p in disc.parameters()], disc.training)
-        if disc is not None:
-            disc.requires_grad_(True)
+        disc = _DiscriminatorKeeper(self, given_disc, u0)
         reader = ActivationReader(self.net, neurons, self.chains, spatial=self.spatial, device=self.device)
-        objective = Objective(lambda u: self.to_model.run(reader, u), disc if cfg.disc_weight > 0 else None)
+        objective = Objective(lambda u: self.to_model.run(reader, u), disc.module if cfg.disc_weight > 0 else None)
         targets = self._real_targets()
-        with reader.attached():
-            chains = LangevinChains(u0, objective, cfg, len(neurons), self.chain_gen, targets, graph=cuda_graph)
-            step_seconds = _loop(chains, trainer, cfg, cuda_graph, self.chain_gen, self.device, progress)
-            with torch.no_grad():
-                final = self.to_model.run(reader, chains.u)
-                scores = None if disc is None else torch.sigmoid(disc.eval()(chains.u)).float()
-        if disc_flags is not None:
-            for p, flag in disc_flags[0]:
-                p.requires_grad_(flag)
-            disc.train(disc_flags[1])
+        try:
+            with reader.attached():
+                chains = LangevinChains(u0, objective, cfg, len(neurons), self.chain_gen, targets, graph=cuda_graph)
+                step_seconds = _loop(chains, disc, cfg, cuda_graph, self.device, progress)
+                disc.ensure_finite(chains.u)  # "annealed" trains D to the end: never return a broken one
+                with torch.no_grad():
+                    final = self.to_model.run(reader, chains.u)
+                    scores = disc.scores(chains.u)
+        finally:
+            disc.restore()
         return self._result(chains, final, scores, disc, step_seconds, started, init)
 
-    def _result(self, chains: LangevinChains, final, scores, disc, step_seconds, started, init) -> SampleResult:
-        n, c, cfg = len(self.neurons), self.chains, self.cfg
+    def _result(self, chains: LangevinChains, final, scores, keeper: _DiscriminatorKeeper, step_seconds, started,
+                init) -> SampleResult:
+        n, c, cfg, disc = len(self.neurons), self.chains, self.cfg, keeper.module
         lo, hi = self.box
         total_resets = int(chains.resets.sum())
         if total_resets:
@@ -390,39 +442,140 @@ class _Run:
             scales=chains.scale.cpu() if fixed else None,
             disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and cfg.disc_weight > 0 else None,
             config={**cfg.__dict__, "chains": c, "init": init, "seed": self.seed, "spatial": self.spatial,
-                    "device": str(self.device)})
+                    "device": str(self.device), "disc_rebuilt": keeper.rebuilt})
+
+
+class _DiscriminatorKeeper:
+    """The call's D and its trainer: the one given or a fresh one, rebuilt whenever its weights are NaN/Inf.
+
+    A non-finite D scores every image NaN and its gradient drives every chain to NaN; returned, it would spoil the
+    warm start of every later call. So a given one is replaced (with a warning: the caller's argument) and one that
+    breaks while training is rebuilt at the end of burn-in and of the call (logged, like the chains' resets).
+    """
+
+    def __init__(self, run: _Run, given: Optional[nn.Module], u0: torch.Tensor):
+        self.run, self.module, self.trainer, self.rebuilt, self.flags = run, None, None, False, None
+        cfg = run.cfg
+        if cfg.disc_weight == 0 and given is None:
+            return
+        warmup = cfg.disc_warmup
+        if given is not None and not finite_weights(given):
+            if run.real is None:
+                raise LDAMArgumentError("discriminator", "expected finite weights, got a discriminator with NaN/Inf "
+                                        "weights and no real_data to train a fresh one; pass real_data=..., or "
+                                        "discriminator=None")
+            warmup = cfg.disc_warmup or FRESH_DISC_WARMUP
+            warnings.warn(f"The discriminator given to sample() has NaN/Inf weights; it is left as it is and a fresh "
+                          f"one (seed {run.seed}, {warmup} warm-up updates) is used and returned instead.",
+                          RuntimeWarning, stacklevel=4)
+            given, self.rebuilt = None, True
+        if given is not None:
+            given = given.to(run.device)
+            _check_discriminator(given, run.shape, run.device)
+        self._use(given if given is not None else self._build(), u0, warmup)
+
+    def _build(self) -> nn.Module:
+        run = self.run
+        return build_discriminator(run.shape[0], run.shape[1:], run.seed, run.device)
+
+    def _use(self, disc: nn.Module, u: torch.Tensor, warmup: int) -> None:
+        """Take ``disc`` (on the device) and warm it up on the chain states ``u`` (with real data only)."""
+        run = self.run
+        self.module = disc.to(run.device)
+        if run.real is not None:
+            self.trainer = DiscriminatorTrainer(self.module, run.real, run.disc_gen, lr=run.cfg.disc_lr)
+            for _ in range(warmup):
+                self.trainer.step(u)
+        self.flags = ([(p, p.requires_grad) for p in self.module.parameters()], self.module.training)
+        self.module.requires_grad_(True)
+
+    def ensure_finite(self, u: torch.Tensor) -> bool:
+        """Rebuild D if a weight turned NaN/Inf (one host sync), warmed up on the chain states ``u``; whether it was."""
+        if self.module is None or finite_weights(self.module):
+            return False
+        self.restore()
+        self.rebuilt = True
+        if self.trainer is None:  # an untrained D cannot turn non-finite; were it to, return none rather than it
+            self.module = None
+            return False
+        warmup = self.run.cfg.disc_warmup or FRESH_DISC_WARMUP
+        log.warning("LDAM: the discriminator's weights turned NaN/Inf while training; rebuilt it (seed %d) and warmed "
+                    "it up on the current chains (%d updates)", self.run.seed, warmup)
+        self._use(self._build(), u, warmup)
+        return True
+
+    def train(self, u: torch.Tensor) -> None:
+        """``disc_steps`` updates against the chain states ``u`` (none without real data)."""
+        if self.trainer is not None:
+            for _ in range(self.run.cfg.disc_steps):
+                self.trainer.step(u)
+
+    def scores(self, u: torch.Tensor) -> Optional[torch.Tensor]:
+        return None if self.module is None else torch.sigmoid(self.module.eval()(u)).float()
+
+    def restore(self) -> None:
+        """``requires_grad`` and the mode of the D in use back as they were when it was taken."""
+        if self.flags is not None:
+            for p, flag in self.flags[0]:
+                p.requires_grad_(flag)
+            self.module.train(self.flags[1])
+            self.flags = None
+
+
+def _check_discriminator(disc: nn.Module, shape: Tuple[int, ...], device: torch.device) -> None:
+    """Does D fit the input? One forward of two unit-box images, in eval mode without grad (no state changes)."""
+    probe = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0)).to(device)
+    expected = f"a module taking unit-box images [B, {', '.join(map(str, shape))}] and returning logits [B]"
+    training = disc.training
+    try:
+        with torch.no_grad():
+            out = disc.eval()(probe)
+    except Exception as err:
+        raise LDAMArgumentError("discriminator", f"expected {expected}; its forward raised on a batch of shape "
+                                f"{tuple(probe.shape)}: {type(err).__name__}: {err}") from err
+    finally:
+        disc.train(training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise LDAMArgumentError("discriminator", f"expected {expected}; got {got} for a batch of shape "
+                                f"{tuple(probe.shape)}")
 
 
 def _cpu(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.cpu()
 
 
-def _loop(chains: LangevinChains, trainer, cfg: LangevinConfig, cuda_graph, gen, device, progress) -> float:
+def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfig, cuda_graph, device,
+          progress) -> float:
     """Run every step (one phase after the other); returns the mean synchronised seconds per step after the first."""
     phases = _phases(chains, cfg)
-    graphed = {name: _GraphedStep(step, gen, device) for name, step in phases.items()} if cuda_graph else None
-    bar = _progress_bar(cfg.steps, progress)
+    generators = (chains.gen, chains.restart_gen)
+    graphed = {name: _GraphedStep(step, generators, device) for name, step in phases.items()} if cuda_graph else None
+    tracker = _progress_tracker(progress, cfg.steps)
     timed_from = 1 if cfg.steps > 1 else 0  # step 0 pays one-off costs (allocator, cuDNN algorithm choice)
     timer = 0.0
-    for t in range(cfg.steps):
-        if t == timed_from:
-            timer = _synchronized_clock(device)
-        phase = "sample" if t >= cfg.burn_in else ("search" if t < cfg.burn_in // 2 else "adapt")
-        if cfg.method != "annealed" and t == cfg.burn_in // 2:
-            chains.freeze_scales()
-        if cfg.method != "annealed" and t == cfg.burn_in:
-            chains.freeze()
-        if graphed is not None:
-            graphed[phase]()
-        else:
-            phases[phase](t)
-        if trainer is not None and (phase != "sample" or cfg.method == "annealed") and (t + 1) % cfg.disc_every == 0:
-            for _ in range(cfg.disc_steps):
-                trainer.step(chains.u)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    try:
+        for t in range(cfg.steps):
+            if t == timed_from:
+                timer = _synchronized_clock(device)
+            phase = "sample" if t >= cfg.burn_in else ("search" if t < cfg.burn_in // 2 else "adapt")
+            if cfg.method != "annealed" and t == cfg.burn_in // 2:
+                chains.freeze_scales()
+            if cfg.method != "annealed" and t == cfg.burn_in:
+                if disc.ensure_finite(chains.u):  # D is frozen from here on: one check, one sync
+                    chains.replace_discriminator(disc.module)
+                chains.freeze()
+            if graphed is not None:
+                graphed[phase]()
+            else:
+                phases[phase](t)
+            if (phase != "sample" or cfg.method == "annealed") and (t + 1) % cfg.disc_every == 0:
+                disc.train(chains.u)
+            if tracker is not None:
+                tracker.update(1)
+    finally:
+        if tracker is not None:
+            tracker.close()
     return (_synchronized_clock(device) - timer) / (cfg.steps - timed_from)
 
 
@@ -473,13 +626,15 @@ class _GraphedStep:
     libraries and the allocator settle), the next one is captured, then every call is one graph launch.
 
     The step must be graph-safe: fixed shapes, no host sync, state updated in place, per-step scalars read
-    on the device. ``generator`` is registered with the graph, so replays draw fresh noise from it.
+    on the device. ``generators`` (one or a sequence: the step's RNGs) are registered with the graph, so replays
+    draw fresh numbers from them.
     """
 
     WARMUP = 3
 
-    def __init__(self, step, generator: torch.Generator, device: torch.device):
-        self.step, self.generator, self.device = step, generator, device
+    def __init__(self, step, generators: Union[torch.Generator, Sequence[torch.Generator]], device: torch.device):
+        self.step, self.device = step, device
+        self.generators = (generators,) if isinstance(generators, torch.Generator) else tuple(generators)
         self.calls = 0
         self.graph = None
         self.stream = torch.cuda.Stream(device)
@@ -495,7 +650,8 @@ class _GraphedStep:
                 self.step(None)
             else:
                 graph = torch.cuda.CUDAGraph()
-                graph.register_generator_state(self.generator)
+                for generator in self.generators:
+                    graph.register_generator_state(generator)
                 try:
                     with torch.cuda.graph(graph, stream=self.stream):
                         self.step(None)
@@ -515,13 +671,14 @@ def _synchronized_clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _progress_bar(total: int, progress: Union[bool, float]):
+def _progress_tracker(progress: Union[bool, float, Progress], total: int):
+    """The tracker of ``total`` steps for ``sample``'s ``progress`` (``None``: nothing shown)."""
     if progress is False:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm ships with Lightning; without it, no bar
-        return None
-    delay = 0.0 if progress is True else float(progress)
-    # disable=None: no bar when stderr is not a terminal (CI logs, files), where every refresh is a new line
-    return tqdm(total=total, desc="LDAM", unit="step", leave=False, delay=delay, disable=None)
+    if not isinstance(progress, Progress):
+        # True or seconds: a bar on a terminal only, as before Progress existed; plain lines are asked for by
+        # passing a Progress (a log file would otherwise get lines from every call that once showed nothing)
+        if not sys.stderr.isatty():
+            return None
+        progress = Progress(delay=0.0 if progress is True else float(progress), terminal=True)
+    return progress.start(total)

@@ -223,3 +223,85 @@ def test_the_update_follows_tensors_the_model_replaces():
     for (k, a), b in zip(ema.module.state_dict().items(), ref.module.state_dict().values()):
         assert torch.allclose(a, b, rtol=0, atol=1e-7), k
     assert float(ema.module[1].running_mean[0]) > 0.5  # the new buffer's 2.0 came in
+
+
+# ---- refresh_batchnorm ------------------------------------------------------------------------------
+def _bn_first_net(dtype=torch.float32) -> nn.Module:
+    """BatchNorm on the inputs themselves, so its running statistics are those of what the network sees."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(64, 2))
+    return net.to(dtype).eval()
+
+
+def _pixels(n: int = 24) -> torch.Tensor:
+    """Pixel images in [0, 1] whose channels differ (means about 0.25, 0.5, 0.75)."""
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(n, 3, 6, 6, generator=g) * 0.5 + torch.tensor([0.0, 0.25, 0.5]).view(1, 3, 1, 1))
+
+
+@pytest.mark.parametrize("normalize", [(0.5, 0.25), ((0.4, 0.5, 0.6), (0.2, 0.25, 0.5))],
+                         ids=["scalar", "per-channel"])
+def test_refresh_batchnorm_recomputes_statistics_of_the_normalised_inputs(normalize):
+    from lightning_ldam.averaging import refresh_batchnorm
+
+    net, x = _bn_first_net(), _pixels()
+    net[0].momentum = 0.3
+    refresh_batchnorm(net, x, batch_size=8, normalize=normalize)
+    mean, std = (torch.as_tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in normalize)
+    seen = (x - mean) / std
+    # momentum=None: the cumulative average of three equal batches' statistics (unbiased variances)
+    expected_var = torch.stack([b.var(dim=(0, 2, 3)) for b in seen.split(8)]).mean(0)
+    torch.testing.assert_close(net[0].running_mean, seen.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net[0].running_var, expected_var, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(net[0].running_mean, x.mean(dim=(0, 2, 3)), atol=0.1)  # not the raw pixels'
+    assert not net.training and net[0].momentum == 0.3 and net[2].momentum == 0.1
+
+
+@pytest.mark.parametrize("normalize", [None, (0.5, 0.25)], ids=["raw", "normalized"])
+@pytest.mark.parametrize("model_dtype, input_dtype", [(torch.bfloat16, torch.float32),
+                                                      (torch.float32, torch.float64)], ids=["bf16", "f64-inputs"])
+def test_refresh_batchnorm_casts_the_inputs_to_the_models_dtype(model_dtype, input_dtype, normalize):
+    """A bf16 model (or float64 inputs) must not fail on a dtype mismatch, and must get float32's statistics
+    up to its precision."""
+    from lightning_ldam.averaging import refresh_batchnorm
+
+    x = _pixels()
+    reference, net = _bn_first_net(), _bn_first_net(model_dtype)
+    kwargs = {} if normalize is None else {"normalize": normalize}
+    refresh_batchnorm(reference, x, batch_size=8, **kwargs)
+    refresh_batchnorm(net, x.to(input_dtype), batch_size=8, **kwargs)
+    tol = 2e-2 if model_dtype == torch.bfloat16 else 1e-5
+    for i in (0, 2):  # on the inputs, and after a bf16 convolution
+        for name in ("running_mean", "running_var"):
+            got = getattr(net[i], name)
+            assert got.dtype == model_dtype
+            torch.testing.assert_close(got.float(), getattr(reference[i], name), rtol=tol, atol=tol)
+    assert int(net[0].num_batches_tracked) == 3 and not net.training
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"normalize": (0.5, (0.2, 0.3))}, r"^normalize: std must have 1 or 3 \(channels\) values"),
+    ({"normalize": (0.5, 0.0)}, r"^normalize: std must be > 0"),
+    ({"normalize": 0.5}, r"^normalize: expected \(mean, std\)"),
+    ({"batch_size": 0}, r"^batch_size: expected a finite int > 0, got 0$"),
+])
+def test_refresh_batchnorm_bad_arguments_name_the_argument(kwargs, match):
+    from lightning_ldam.averaging import refresh_batchnorm
+    from lightning_ldam.errors import LDAMArgumentError
+
+    net = _bn_first_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(LDAMArgumentError, match=match):
+        refresh_batchnorm(net, _pixels(), **kwargs)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # checked before any change
+
+
+def test_averaging_docstring_examples_run():
+    import doctest
+
+    from lightning_ldam import averaging
+
+    results = doctest.testmod(averaging, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert results.attempted > 0 and results.failed == 0

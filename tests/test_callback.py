@@ -189,7 +189,7 @@ def test_every_schedule_off_raises_naming_the_arguments(epochs, steps):
              rf"\(every_n_epochs={epochs}, every_n_train_steps={steps}, on_fit_end=False, "
              r"during_validation=False\); set at least one")
     with pytest.raises(ValueError, match=match):
-        LDAMCallback(NEURONS, every_n_epochs=epochs, every_n_train_steps=steps)
+        LDAMCallback(NEURONS, every_n_epochs=epochs, every_n_train_steps=steps, on_fit_end=False)
 
 
 @pytest.mark.parametrize("name", ["every_n_epochs", "every_n_train_steps"])
@@ -253,7 +253,7 @@ def test_sampler_arguments_are_validated_at_construction(kwargs, match):
 @pytest.mark.parametrize("normalize", [((0.5, 0.5, 0.5), 0.2), ([0.1, 0.2, 0.3], [0.2, 0.2, 0.2]),
                                        (0.5, 0.2)])
 def test_valid_normalize_specs_are_accepted(normalize):
-    assert LDAMCallback(NEURONS, normalize=normalize).normalize == normalize
+    assert LDAMCallback(NEURONS, normalize=normalize).settings.normalize == normalize
 
 
 @pytest.mark.parametrize("normalize", [(0.5, (0.2, 0.2, 0.2)), ((0.5,), (0.2, 0.2, 0.2))],
@@ -261,8 +261,9 @@ def test_valid_normalize_specs_are_accepted(normalize):
 def test_mixed_scalar_and_per_channel_normalize_is_accepted(normalize):
     from lightning_ldam import _validation as V
 
-    assert V.check_normalize(normalize, 3) is not None  # valid for the sampler on 3-channel inputs
-    LDAMCallback(NEURONS, normalize=normalize)
+    mean, std = V.check_normalize(normalize, 3)  # valid for the sampler on 3-channel inputs
+    assert mean.tolist() == [0.5] and std.tolist() == pytest.approx([0.2, 0.2, 0.2])
+    assert LDAMCallback(NEURONS, normalize=normalize).settings.normalize == normalize
 
 
 def test_state_keys_are_distinct_per_configuration():
@@ -505,7 +506,8 @@ def test_tensorboard_tags_counts_steps_and_sizes(tmp_path, no_failed_rounds):
     expected_images = {f"ldam/{v}/{layer}" for v in ("raw", "ema", "compare") for layer in layers}
     assert ldam_tags(acc, "images") == expected_images
     expected_scalars = {f"ldam/{v}/{layer}/{s}" for v in ("raw", "ema") for layer in layers
-                        for s in ("activation", "diversity", "realism")} | {"ldam/nonfinite_resets"}
+                        for s in ("activation", "diversity", "realism")} | {
+        "ldam/nonfinite_resets", "ldam/failed_rounds", "ldam/nonfinite_inputs"}
     assert ldam_tags(acc, "scalars") == expected_scalars
     for layer, n in layers.items():
         for variant, tiles_per_row in (("raw", 2), ("ema", 2), ("compare", 2 * (2 + 1) + 2 * 2)):
@@ -519,7 +521,8 @@ def test_tensorboard_tags_counts_steps_and_sizes(tmp_path, no_failed_rounds):
         assert all(np.isfinite(e.value) for e in values), tag
     assert all(0.0 < e.value < 1.0 for e in acc.Scalars("ldam/raw/features.0/realism"))
     assert all(e.value > 0 for e in acc.Scalars("ldam/ema/features.0/diversity"))
-    assert all(e.value == 0.0 for e in acc.Scalars("ldam/nonfinite_resets"))
+    for tag in ("ldam/nonfinite_resets", "ldam/failed_rounds", "ldam/nonfinite_inputs"):
+        assert all(e.value == 0.0 for e in acc.Scalars(tag)), tag
 
 
 def test_without_a_logger_pngs_go_under_default_root_dir_with_one_warning(tmp_path, no_failed_rounds):
@@ -871,7 +874,7 @@ def test_index_out_of_range_fails_at_the_first_batch(tmp_path):
     match = r"^neurons: index 7 is out of range for layer 'classifier.2', which has 5 units \(valid: 0-4\)"
     with pytest.raises(ValueError, match=match):
         make_trainer(tmp_path, [cb]).fit(module, loader())
-    assert len(module.seen) == 1
+    assert module.seen == []  # raised at the first batch's start: no training step ran
 
 
 @pytest.mark.parametrize("input_key, match", [
@@ -889,7 +892,7 @@ def test_unreadable_batch_fails_at_the_first_batch_naming_input_key(tmp_path, in
     with pytest.raises(ValueError, match=match):
         make_trainer(tmp_path, [cb]).fit(module, data)
     if input_key is not None:
-        assert len(module.seen) == 1
+        assert module.seen == []  # raised at the first batch's start: no training step ran
 
 
 def test_callback_is_picklable_after_fit(tmp_path):
@@ -898,3 +901,32 @@ def test_callback_is_picklable_after_fit(tmp_path):
     assert cb._ema is not None
     clone = pickle.loads(pickle.dumps(cb))
     assert_same(clone.state_dict(), cb.state_dict())
+
+
+class LoggedResults(LDAMCallback):
+    """Keeps what each round hands to the loggers, and the own EMA's weights at that moment."""
+
+    def _log(self, trainer, results, seconds):
+        self.logged = (dict(results), clone_state(self._ema.module), trainer.global_step)
+        super()._log(trainer, results, seconds)
+
+
+def test_what_is_logged_as_ema_is_sampled_from_the_emas_weights(tmp_path, no_failed_rounds):
+    import copy
+
+    import lightning_ldam as ldam
+
+    cb = LoggedResults(NEURONS, every_n_train_steps=4, every_n_epochs=None, disc_weight=0.0, ema_decay=0.5,
+                       value_range=(0.0, 1.0), **FAST)
+    _, module = fit(tmp_path, [cb], max_steps=4)
+    results, ema_state, step = cb.logged
+    assert step == 4
+    net = copy.deepcopy(module)
+    net.load_state_dict(ema_state)
+    settings = dict(input_shape=(1, SIZE, SIZE), chains=2, steps=3, disc_weight=0.0, value_range=(0.0, 1.0),
+                    seed=0, disc_warmup=1)
+    again = ldam.sample(net, NEURONS, **settings)
+    assert torch.equal(again.images, results["ema"].images)
+    raw = ldam.sample(module, NEURONS, **settings)  # the live weights after the last step: the raw variant
+    assert torch.equal(raw.images, results["raw"].images)
+    assert not torch.equal(results["raw"].images, results["ema"].images)  # decay 0.5 after 4 steps: not raw

@@ -38,11 +38,11 @@ def ddp_env():
 class CheckedLDAM(LDAMCallback):
     """Asserts inside the workers that only rank 0 logs, with every rank's shard merged in spec order."""
 
-    def _log(self, trainer, results):
+    def _log(self, trainer, results, seconds):
         assert trainer.is_global_zero
         for res in results.values():
             assert res.neurons == self._resolved and len(res.neurons) == 5
-        super()._log(trainer, results)
+        super()._log(trainer, results, seconds)
 
 
 class RankChecks(Callback):
@@ -72,7 +72,7 @@ class DestroyGroupAtExit(Callback):
 
 
 def _ddp_fit(root, with_callback: bool):
-    # A budget that always holds: rank 0 probes the cost and broadcasts every decision (no deadlock, no skip).
+    # A budget that always holds: rank 0 decides from the measured rounds and broadcasts (no deadlock, no skip).
     cb = CheckedLDAM(NEURONS, every_n_train_steps=2, every_n_epochs=1, **{**FAST, "max_overhead": 1e9}) \
         if with_callback else None
     if cb is not None:

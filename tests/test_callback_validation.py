@@ -6,7 +6,6 @@ true raw weights even while ``EMAWeightAveraging`` has swapped its average in fo
 """
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from typing import Any, Dict, List
 
@@ -18,9 +17,15 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning_ldam.callback as callback_module
+import lightning_ldam.rounds as rounds_module
+from lightning_ldam.progress import Progress
+from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig
+
 from lightning_ldam.callback import LDAMCallback
 from test_callback import (FAST, NEURONS, LiveAtBatchEnd, TinyModule, VariantLog, _live, assert_same, clone_state,
                            events, fit, ldam_tags, loader, make_trainer)
+
+DEFAULT = LangevinConfig().steps
 
 pytestmark = pytest.mark.usefixtures("lightning_env")
 
@@ -150,74 +155,51 @@ def test_max_overhead_defaults_to_five_percent():
     assert LDAMCallback(NEURONS, max_overhead=None)._budget is None
 
 
-def test_a_vanishing_budget_skips_every_round_without_probing_but_keeps_the_fit_end_round(
-        tmp_path, no_failed_rounds, caplog, monkeypatch):
-    probes = []
-    monkeypatch.setattr(LDAMCallback, "_probe", lambda self, *a: probes.append(a))
+def test_a_vanishing_budget_runs_the_first_round_then_skips_until_the_fit_end_round(
+        tmp_path, no_failed_rounds, caplog):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, on_fit_end=True,
                     **{**FAST, "max_overhead": 1e-9})
     trainer, _ = fit(tmp_path, [cb], max_steps=4, logger=logger)
-    # no estimate yet and an allowance far below any round's lower bound: no probe, every due round skipped
-    assert probes == []
-    assert cb.by_hook["batch_end"] == 0 and cb._skipped == 4 and cb._rounds == 1  # the fit-end round
+    # the first due round always runs (its cost is measured); then no round fits in 1e-9 of the training time
+    # until the fit-end round, which always runs
+    assert cb.by_hook["batch_end"] == 1 and cb._skipped == 3 and cb._rounds == 2
     acc = events(logger.log_dir)
-    assert [e.step for e in acc.Images("ldam/raw/features.0")] == [4]
-    assert [e.value for e in acc.Scalars("ldam/skipped_rounds")] == [4.0]
-    assert cb.state_dict()["skipped_rounds"] == 4
+    assert [e.step for e in acc.Images("ldam/raw/features.0")] == [1, 4]
+    assert [e.value for e in acc.Scalars("ldam/skipped_rounds")] == [0.0, 3.0]
+    assert cb.state_dict()["skipped_rounds"] == 3
     assert "max_overhead=1e-09" in caplog.text or any("max_overhead" in str(w.message) for w in no_failed_rounds)
 
 
-def test_a_run_too_short_for_the_default_budget_says_so_at_the_end(tmp_path):
-    cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, chains=2, steps=3, reservoir_size=16)
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        fit(tmp_path, [cb], max_steps=2)
-    assert cb._rounds == 0 and cb._skipped == 2
-    messages = [str(w.message) for w in seen if "no round fit" in str(w.message)]
-    assert len(messages) == 1 and "max_overhead=0.05" in messages[0] and "max_overhead=None" in messages[0]
+def test_a_short_run_under_the_default_budget_shows_images_in_its_first_epoch(tmp_path, no_failed_rounds):
+    """A newcomer's 2-epoch run with every_n_epochs=1: the first due round runs whatever the budget says."""
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    cb = LDAMCallback(NEURONS, every_n_epochs=1, chains=2, steps=3, reservoir_size=16)
+    trainer, _ = fit(tmp_path, [cb], max_epochs=2, max_steps=-1, logger=logger)
+    steps = [e.step for e in events(logger.log_dir).Images("ldam/raw/features.0")]
+    assert steps and steps[0] == trainer.global_step // 2  # the end of epoch 0
+    assert steps[-1] == trainer.global_step  # the fit-end round (or the last epoch's, at the same step)
 
 
-def test_skips_of_an_earlier_fit_do_not_make_this_one_warn(tmp_path):
-    """The end-of-fit warning is about this fit: a resumed callback carries its earlier skip count."""
-    cb = LDAMCallback(NEURONS, every_n_train_steps=100, every_n_epochs=None, chains=2, steps=3, reservoir_size=16)
-    cb._skipped = 3  # as loaded from a checkpoint of an earlier, budget-starved fit
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        fit(tmp_path, [cb], max_steps=2)  # no round due in this fit: nothing skipped, nothing to say
-    assert cb._skipped == 3 and not [w for w in seen if "no round fit" in str(w.message)]
-
-
-def test_a_generous_budget_probes_once_then_runs_every_round(tmp_path, no_failed_rounds, monkeypatch):
-    calls = []
-    real = callback_module.sample
-
-    def spy(net, neurons, **kwargs):
-        calls.append(kwargs)
-        return real(net, neurons, **kwargs)
-
-    monkeypatch.setattr(callback_module, "sample", spy)
+def test_a_generous_budget_runs_every_round_and_measures_them(tmp_path, no_failed_rounds):
     cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, **{**FAST, "max_overhead": 1e9})
     fit(tmp_path, [cb], max_steps=3)
     assert cb._rounds == 3 and cb._skipped == 0
-    probes = [c for c in calls if c.get("steps") == callback_module._PROBE_STEPS]
-    # one probe, with a throwaway fresh discriminator and no warm-up; the rounds' discriminators are their own
-    assert len(probes) == 1 and probes[0]["discriminator"] is None and probes[0]["disc_warmup"] == 0
-    assert probes[0]["progress"] is False
     assert set(cb._discriminators) == {"raw", "ema"}
     assert cb._budget.sampling > 0 and cb._budget.has_estimate
 
 
-def test_the_probe_estimate_decides_whether_the_first_round_runs(tmp_path, no_failed_rounds, monkeypatch):
-    """A probe that measures an expensive step makes the callback skip; a cheap one lets the round run."""
-    def fake_probe(step_seconds):
-        def probe(self, trainer, pl_module, sources):
-            self._budget.record_probe(4 * step_seconds, step_seconds, 4)  # no setup cost
-        return probe
+def test_the_measured_cost_of_a_round_decides_whether_later_rounds_run(tmp_path, no_failed_rounds, monkeypatch):
+    """A first round measured as expensive makes the callback skip the next; a cheap one lets it run."""
+    from lightning_ldam.budget import OverheadBudget
 
-    for step_seconds, rounds in ((1e6, 0), (0.0, 2)):
-        monkeypatch.setattr(LDAMCallback, "_probe", fake_probe(step_seconds))
-        cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, **{**FAST, "max_overhead": 1e6})
+    real = OverheadBudget.record_round
+    for seconds, rounds in ((1e12, 1), (0.0, 2)):
+        def fake(self, _seconds, variants, steps, seconds=seconds):
+            real(self, seconds or 1e-12, variants, steps)
+        monkeypatch.setattr(OverheadBudget, "record_round", fake)
+        cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, on_fit_end=False,
+                          **{**FAST, "max_overhead": 1e6})
         fit(tmp_path / str(rounds), [cb], max_steps=2)
         assert cb._rounds == rounds and cb._skipped == 2 - rounds
 
@@ -225,23 +207,30 @@ def test_the_probe_estimate_decides_whether_the_first_round_runs(tmp_path, no_fa
 # ---- progress bar ---------------------------------------------------------------------------------------
 def _progress_seen(monkeypatch) -> List[Any]:
     seen: List[Any] = []
-    real = callback_module.sample
+    real = rounds_module.sample
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("progress"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(callback_module, "sample", spy)
+    monkeypatch.setattr(rounds_module, "sample", spy)
     return seen
 
 
 @pytest.mark.parametrize("bar", [True, False])
-def test_rounds_show_a_delayed_bar_only_with_lightnings_progress_bar(tmp_path, monkeypatch, bar):
+@pytest.mark.parametrize("terminal", [True, False])
+def test_rounds_report_progress_as_a_bar_or_as_log_lines(tmp_path, monkeypatch, bar, terminal):
+    """A delayed bar where Lightning shows its own; plain log lines whenever stderr is not a terminal."""
     seen = _progress_seen(monkeypatch)
+    monkeypatch.setattr(callback_module, "_terminal", lambda: terminal)
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, **FAST)
     fit(tmp_path, [cb], max_steps=2, enable_progress_bar=bar)
-    rounds = seen[1:]  # seen[0] is the first batch's 1-step target check
-    assert rounds and all(p == (callback_module._PROGRESS_AFTER_S if bar else False) for p in rounds)
+    rounds = seen[1:]  # seen[0] is the first batch's dry run
+    assert rounds
+    if bar or not terminal:
+        assert all(isinstance(p, Progress) and p.delay == callback_module._PROGRESS_AFTER_S for p in rounds)
+    else:
+        assert all(p is False for p in rounds)
 
 
 def test_sampler_kwargs_progress_overrides_the_callbacks_choice(tmp_path, monkeypatch):
@@ -257,14 +246,14 @@ def test_sampler_kwargs_progress_overrides_the_callbacks_choice(tmp_path, monkey
 def _requested_steps(monkeypatch) -> List[Any]:
     """Records the ``steps`` each sampling call asked for, and runs it with 3 steps (fast)."""
     asked: List[Any] = []
-    real = callback_module.sample
+    real = rounds_module.sample
 
     def spy(*args, **kwargs):
         if kwargs.get("chains", 1) > 1:  # not the first batch's 1-chain target check
             asked.append((kwargs.get("steps"), kwargs.get("discriminator") is not None))
         return real(*args, **{**kwargs, "steps": 3, "disc_warmup": 1})
 
-    monkeypatch.setattr(callback_module, "sample", spy)
+    monkeypatch.setattr(rounds_module, "sample", spy)
     return asked
 
 
@@ -273,8 +262,8 @@ def test_rounds_with_warm_discriminators_take_half_the_default_steps(tmp_path, m
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, max_overhead=None,
                       chains=2, reservoir_size=16)
     fit(tmp_path, [cb], max_steps=6)
-    # step 2: raw and ema with fresh discriminators -> the sampler's default (None); steps 4, 6: warm -> 256
-    assert asked == [(None, False), (None, False)] + [(callback_module._WARM_D_STEPS, True)] * 4
+    # step 2: raw and ema with fresh discriminators -> the sampler's default; steps 4, 6: warm -> 256
+    assert asked == [(DEFAULT, False), (DEFAULT, False)] + [(WARM_DISC_STEPS, True)] * 4
 
 
 def test_explicit_steps_are_kept_in_every_round(tmp_path, monkeypatch, no_failed_rounds):
@@ -296,4 +285,4 @@ def test_a_variant_with_a_fresh_discriminator_keeps_the_round_at_the_default(
     fit(tmp_path, [cb], max_steps=3)
     # step 1: raw only (EMA not updated yet), fresh; step 2: raw warm + ema fresh -> default for both;
     # step 3: both warm -> 256
-    assert asked == [(None, False), (None, True), (None, False)] + [(callback_module._WARM_D_STEPS, True)] * 2
+    assert asked == [(DEFAULT, False), (DEFAULT, True), (DEFAULT, False)] + [(WARM_DISC_STEPS, True)] * 2

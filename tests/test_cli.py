@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from lightning_ldam.config import LangevinConfig
 from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
@@ -406,7 +408,7 @@ def test_console_script_help():
 
 def _spy_steps(monkeypatch):
     """Records the steps each full sampling call asks for (1-chain neuron checks aside) and runs 2."""
-    import lightning_ldam.sampler as sampler
+    import lightning_ldam.rounds as sampler  # the shared round calls sample()
 
     asked, real = [], sampler.sample
 
@@ -432,7 +434,7 @@ def test_compare_takes_the_warm_discriminator_steps_when_every_variant_has_one(
     code, out, err = _run(capsys, "compare", ckpts["b"], *MODEL, "--neurons", "fc:0", "--input-shape", "1,12,12",
                           "--chains", "2", "--out", tmp_path / "f", "--no-progress")
     assert code == 0, err
-    assert asked == [None, None]  # no saved discriminators: the sampler's default
+    assert asked == [LangevinConfig().steps] * 2  # no saved discriminators: the sampler's default
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -442,7 +444,7 @@ def test_compare_takes_the_warm_discriminator_steps_when_every_variant_has_one(
     (["--method", "mala"], {"autocast_dtype": None, "channels_last": False, "cuda_graph": False, "method": "mala"}),
 ])
 def test_speed_flags_reach_the_sampler(ckpts, tmp_path, capsys, monkeypatch, flags, expected):
-    import lightning_ldam.sampler as sampler
+    import lightning_ldam.rounds as sampler  # the shared round calls sample()
 
     seen, real = [], sampler.sample
 
@@ -484,7 +486,7 @@ def test_swa_variant_gets_batchnorm_statistics_recomputed_on_the_saved_inputs(tm
     assert params_only_variants(ckpt) == ["swa"] and "swa" in weight_variants(ckpt)
 
     seen = {}
-    import lightning_ldam.sampler as sampler
+    import lightning_ldam.rounds as sampler  # the shared round calls sample()
     real_sample = sampler.sample
 
     def spy(net, *args, **kwargs):
@@ -513,9 +515,10 @@ def test_compare_reuses_the_callbacks_normalize_and_value_range(tmp_path, capsys
     trainer, _ = _fit(tmp_path, [cb])
     path = tmp_path / "norm.ckpt"
     trainer.save_checkpoint(str(path))
-    assert cb.state_dict()["normalize"] == [[0.5], [0.25]] and cb.state_dict()["value_range"] == [0.0, 1.0]
+    settings = cb.state_dict()["settings"]
+    assert settings["normalize"] == [[0.5], [0.25]] and settings["value_range"] == [0.0, 1.0]
 
-    import lightning_ldam.sampler as sampler
+    import lightning_ldam.rounds as sampler  # the shared round calls sample()
     seen, real_sample = [], sampler.sample
 
     def spy(*args, **kwargs):
@@ -533,3 +536,101 @@ def test_compare_reuses_the_callbacks_normalize_and_value_range(tmp_path, capsys
                           "--mean", "0.1", "--std", "0.2")
     assert code == 0, err
     assert float(seen[-1][0][0].flatten()[0]) == pytest.approx(0.1)  # the flags win
+
+
+def test_compare_seed_sets_the_samples(ckpts, tmp_path, capsys):
+    """``--seed`` reaches the sampler: the same seed twice gives the same contact sheet and scalars, another seed
+    a different one (a CLI that always sampled with one fixed seed would give three identical runs)."""
+    import numpy as np
+    from PIL import Image
+
+    def run(name, seed):
+        out_dir = tmp_path / name
+        code, _, err = _run(capsys, "compare", ckpts["b"], *MODEL, "--neurons", "fc:0-1", "--input-shape", "1,12,12",
+                            "--variants", "ema", "--seed", seed, "--out", out_dir, *FAST)
+        assert code == 0, err
+        with Image.open(out_dir / "compare_fc.png") as img:
+            pixels = np.asarray(img.convert("RGB")).copy()
+        return pixels, [s.value for s in _events(out_dir).Scalars("ldam/ema/fc/activation")]
+
+    first, again, other = run("s3", 3), run("s3-again", 3), run("s5", 5)
+    assert np.array_equal(first[0], again[0]) and first[1] == again[1]
+    assert not np.array_equal(first[0], other[0])
+    assert first[1] != other[1]
+
+
+# ---- issue #11: --out and shapes checked before sampling; the callback's state found by its format -------------
+def _count_sampling(monkeypatch):
+    import lightning_ldam.rounds as rounds
+
+    calls, real = [], rounds.sample
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("chains"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rounds, "sample", spy)
+    return calls
+
+
+def test_an_out_path_that_is_a_file_fails_before_any_sampling(ckpts, tmp_path, capsys, monkeypatch):
+    calls = _count_sampling(monkeypatch)
+    target = tmp_path / "taken.txt"
+    target.write_text("not a directory")
+    code, _, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--neurons", "fc:0", *FAST, "--out", target)
+    assert code == 2 and calls == []
+    assert err.strip().splitlines() == [f"lightning-ldam: error: --out: {str(target)!r} exists and is not a "
+                                        f"directory; pass a directory (it is created if missing)"]
+
+
+def test_an_out_path_that_cannot_be_created_fails_before_any_sampling(ckpts, tmp_path, capsys, monkeypatch):
+    calls = _count_sampling(monkeypatch)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    code, _, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--neurons", "fc:0", *FAST,
+                        "--out", blocker / "sub")
+    assert code == 2 and calls == [] and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("lightning-ldam: error: --out: cannot write to")
+
+
+@pytest.mark.parametrize("shape", ["12,12", "1,1,12,12"])
+def test_a_wrong_rank_input_shape_is_one_line_naming_the_option(ckpts, tmp_path, capsys, shape):
+    code, _, err = _run(capsys, "compare", ckpts["b"], *MODEL, "--neurons", "fc:0", "--input-shape", shape, *FAST,
+                        "--out", tmp_path / "o")
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lightning-ldam: error: --input-shape: "), err
+
+
+def _resave(src, dst, edit):
+    ckpt = torch.load(str(src), map_location="cpu", weights_only=False)
+    edit(ckpt)
+    torch.save(ckpt, str(dst))
+    return dst
+
+
+def test_a_subclass_state_key_is_found_by_the_states_format(ckpts, tmp_path, capsys):
+    def rename(ckpt):
+        key = next(k for k in ckpt["callbacks"] if k.startswith("LDAMCallback"))
+        ckpt["callbacks"]["MyDiagnostics{'anything': 1}"] = ckpt["callbacks"].pop(key)
+
+    path = _resave(ckpts["a"], tmp_path / "sub.ckpt", rename)
+    assert ldam_settings(load_checkpoint(path))["neurons"] == "conv:0-1"
+    code, out, err = _run(capsys, "compare", path, *MODEL, *FAST, "--out", tmp_path / "o")
+    assert code == 0, err
+    assert "neurons: 'conv:0-1' (from the checkpoint's LDAMCallback)" in out
+
+
+def test_a_checkpoint_from_before_the_settings_dict_still_gives_its_settings(ckpts, tmp_path):
+    def legacy(ckpt):
+        key = next(k for k in ckpt["callbacks"] if k.startswith("LDAMCallback"))
+        state = ckpt["callbacks"][key]
+        settings = state.pop("settings")
+        del state["format"]
+        state["value_range"] = settings["value_range"]
+        state["normalize"] = settings["normalize"]
+
+    ckpt = load_checkpoint(_resave(ckpts["a"], tmp_path / "old.ckpt", legacy))
+    settings = ldam_settings(ckpt)
+    assert settings["neurons"] == "conv:0-1" and settings["seed"] == 0 and settings["module"] is None
+    assert ldam_state(ckpt) is not None and real_inputs(ckpt) is not None

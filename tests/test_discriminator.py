@@ -68,18 +68,36 @@ def test_warm_start_returns_the_same_discriminator_and_keeps_training_it(trained
     assert again.discriminator is disc
     assert again.config["disc_weight"] == ldam.DEFAULT_DISC_WEIGHT and again.config["disc_warmup"] == 0
     assert again.disc_scores.shape == (1, 4)
-    assert ((again.disc_scores > 0) & (again.disc_scores < 1)).all()
+    with torch.no_grad():  # the warm D still tells real digits from the chains (≈0.9 vs ≈0.35), not just "in (0, 1)"
+        real_scores = torch.sigmoid(disc.eval()(mnist_14[:256]))
+    assert real_scores.mean() > again.disc_scores.max() + 0.3, (real_scores.mean(), again.disc_scores)
     assert any(not torch.equal(v, disc.state_dict()[k]) for k, v in before.items())  # trained further
 
 
-def test_discriminator_shapes_and_scores_in_unit_interval():
+def _squares(n, seed=0):
+    """``n`` images of a bright 5x5 square at a random place on black: clearly not uniform noise."""
+    g = torch.Generator().manual_seed(seed)
+    real = torch.zeros(n, *SHAPE)
+    for i in range(n):
+        r, c = torch.randint(0, 9, (2,), generator=g).tolist()
+        real[i, :, r:r + 5, c:c + 5] = 1.0
+    return real
+
+
+def test_discriminator_shapes_and_the_sampler_trains_it_to_tell_real_from_chains():
     for size in [(12, 12), (14, 14), (28, 28), (130, 100)]:
         d = build_discriminator(2, size, seed=0)
         assert d(torch.rand(3, 2, *size)).shape == (3,)
-    res = ldam.sample(_digit_net(), "3:0", input_shape=SHAPE, chains=3, steps=3,
-                      real_data=torch.rand(8, *SHAPE), disc_warmup=2)
+    real = _squares(64)
+    res = ldam.sample(_digit_net(), "3:0", input_shape=SHAPE, chains=3, steps=3, real_data=real, disc_warmup=10)
     assert isinstance(res.discriminator, ldam.Discriminator)
-    assert ((res.disc_scores > 0) & (res.disc_scores < 1)).all()
+    assert res.disc_scores.shape == (1, 3)
+    # 10 warm-up updates (+2 in burn-in) on squares vs noise starts: D must separate them (an untrained D, or one
+    # trained the wrong way round, scores both about 0.5), not merely return numbers in (0, 1).
+    with torch.no_grad():
+        real_scores = torch.sigmoid(res.discriminator.eval()(real))
+    assert real_scores.min() > res.disc_scores.max() + 0.25, (real_scores.min(), res.disc_scores)
+    assert real_scores.mean() > 0.75 and res.disc_scores.mean() < 0.5
 
 
 def test_build_discriminator_is_seeded_and_leaves_the_global_rng_alone():

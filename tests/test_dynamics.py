@@ -164,3 +164,29 @@ def test_a_transient_nan_costs_one_reset_per_chain_with_psgld():
                       method="annealed")
     assert res.nonfinite_resets.tolist() == [3, 3]
     assert not torch.equal(res.trace[..., -1], res.trace[..., -2])  # the chains still move after the reset
+
+
+class Flat(nn.Module):
+    """a(x) = 0 with a zero input gradient: the annealed search's drift vanishes, only its noise moves a chain."""
+
+    def forward(self, x):
+        return x.flatten(1).sum(1, keepdim=True) * 0.0
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.02, 0.05])
+def test_the_annealed_noise_sets_the_spread_from_a_shared_start(noise):
+    """``noise`` is σ of the annealed search: with no drift, chains from one start spread by exactly the summed
+    per-step noise, √Σ_t (√ε_t·σ)² ∝ σ; σ = 0 keeps them on their start. (Reading ``config["noise"]`` back would
+    only check the argument was stored, not that it reached the steps.)"""
+    start = torch.full((1, 1, 8, 8), 0.5)
+    steps = 20
+    res = ldam.sample(nn.Sequential(Flat()), "0:0", input_shape=(1, 8, 8), chains=256, steps=steps, noise=noise,
+                      schedule="constant", method="annealed", init="data", real_data=start, disc_weight=0.0)
+    assert res.config["noise"] == noise
+    expected = (steps * 0.1) ** 0.5 * noise  # ε = 0.1 (the default, constant): 1.41·σ, the box 3.5 std away
+    spread = res.images[0].std(0)  # per pixel, across the 256 chains
+    if noise == 0:
+        assert torch.equal(res.images[0], start.expand_as(res.images[0]))  # no noise: nothing moves at all
+    else:
+        assert spread.mean().item() == pytest.approx(expected, rel=0.05)
+        assert (res.images[0].mean(0) - 0.5).abs().max() < 4 * expected / 256 ** 0.5  # unbiased: no drift

@@ -118,4 +118,4 @@ def test_demo_checkpoint_goes_straight_into_the_cli(tmp_path, monkeypatch, capsy
     assert ldam_tags(acc, "images") == {f"ldam/{v}/{layer}" for v in ("raw", "ema", "compare") for layer in layers}
     assert [e.step for e in acc.Images("ldam/compare/net.classifier.4")] == [8]
     assert "ldam/ema/net.classifier.4/realism" in ldam_tags(acc, "scalars")  # the reservoir switched D on
-    assert sorted(os.listdir(out))[:3] == [f"compare_{layer}.png" for layer in sorted(layers)]
+    assert sorted(os.listdir(out))[:3] == [f"compare_{layer.replace('.', '-')}.png" for layer in sorted(layers)]

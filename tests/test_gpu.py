@@ -41,9 +41,13 @@ def test_device_argument_moves_a_copy_not_the_callers_model():
 
 def test_bf16_autocast_gives_finite_samples():
     net = make_tiny_net().cuda().eval()
+    seen = []  # (rows, output dtype) of the last linear layer: bf16 for the sampling batches under autocast
+    net.classifier[2].register_forward_hook(lambda m, a, o: seen.append((a[0].shape[0], o.dtype)))
     res = ldam.sample(net, "classifier.2:all", input_shape=INPUT_SHAPE, chains=4, steps=20,
                       autocast_dtype=torch.bfloat16)
-    assert torch.isfinite(res.activations).all()
+    sampling = [dtype for rows, dtype in seen if rows == 5 * 4]
+    assert len(sampling) >= 20 and all(d == torch.bfloat16 for d in sampling), sampling  # autocast really applied
+    assert torch.isfinite(res.activations).all() and res.activations.dtype == torch.float32
     assert (res.activations.mean(1) > res.trace[:, :, 0].mean(1)).all()
 
 

@@ -1,4 +1,5 @@
 """The reservoir of real inputs and ``extract_input``, without a Trainer."""
+import math
 import pickle
 import random
 
@@ -76,6 +77,88 @@ def test_exact_keep_probability_on_a_tiny_stream(batches):
     torch.testing.assert_close(counts / trials, torch.full((4,), 0.5), atol=0.05, rtol=0)  # 4.5 sigma
 
 
+# ---- a slot written twice by one batch --------------------------------------------------------------
+def _constant_images(n: int, shape=(2, 32, 32)) -> torch.Tensor:
+    """``n`` images, image i filled with the value i: a row spliced from two images is not constant."""
+    return torch.arange(n, dtype=torch.float32).view(-1, 1, 1, 1).expand(n, *shape).contiguous()
+
+
+def _kept_whole(res: Reservoir, strict: bool = True) -> list:
+    """The stream positions of the whole images kept; ``strict``: assert that no stored row is spliced."""
+    rows = res.images.flatten(1)
+    whole = (rows == rows[:, :1]).all(1)
+    spliced = [rows[i].unique().tolist() for i in (~whole).nonzero().flatten()]
+    assert not (strict and spliced), f"rows spliced from several images: {spliced}"
+    return sorted(int(v) for v in rows[whole, 0])
+
+
+def test_a_slot_written_twice_in_one_batch_keeps_the_later_whole_image():
+    """Capacity 16, one batch of 128 images: about 55 writes into 16 slots, so slots repeat within the batch.
+    ``data[slots] = rows`` with repeated slots is undefined (a multi-threaded CPU copy spliced images); the
+    result must be sequential algorithm R's: whole images, the later write winning, as if fed one by one."""
+    images = _constant_images(128)
+    for seed in range(30):
+        batched, one_by_one = Reservoir(16, seed=seed), Reservoir(16, seed=seed)
+        batched.add(images)
+        for row in images.split(1):
+            one_by_one.add(row)
+        kept = _kept_whole(batched)
+        assert len(set(kept)) == 16 and kept == _kept_whole(one_by_one), seed
+
+
+def test_no_flush_writes_a_slot_twice(monkeypatch):
+    """What makes the write defined: each ``data[slots] = rows`` of a flush gets distinct slots (checked
+    directly, since whether repeated slots splice depends on the CPU threads' timing)."""
+    written = []
+    original = Reservoir._flush
+
+    def recording_flush(self):
+        written.extend(slots.tolist() for slots, _ in self._pending)
+        original(self)
+
+    monkeypatch.setattr(Reservoir, "_flush", recording_flush)
+    for seed in range(10):
+        res = Reservoir(16, seed=seed)
+        for b in torch.arange(400, dtype=torch.float32).view(-1, 1).split(100):
+            res.add(b)
+        len(res)
+    assert written and all(len(set(slots)) == len(slots) for slots in written), written
+
+
+def test_inclusion_is_uniform_over_each_half_of_the_batches():
+    """Every stream position is kept with probability size / n, whatever its place in its batch (the undefined
+    write favoured a batch's first half: 1.2x vs 0.7x of size / n)."""
+    size, n, batch, trials = 16, 128, 64, 100
+    counts = torch.zeros(n)
+    images = _constant_images(n, shape=(1, 32, 32))
+    for seed in range(trials):
+        res = Reservoir(size, seed=seed)
+        for b in images.split(batch):
+            res.add(b)
+        counts[_kept_whole(res, strict=False)] += 1  # a spliced row counts for no position
+    expected = trials * size / n  # 12.5 per position
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 181.0, f"chi-square {chi2:.1f} with 127 dof (p < 0.001): counts {counts.tolist()}"
+    offset = torch.arange(n) % batch
+    for half in (offset < batch // 2, offset >= batch // 2):  # each mean has a standard error of 3.5%
+        assert abs(float(counts[half].mean()) / expected - 1.0) < 0.15, (float(counts[half].mean()), expected)
+
+
+def test_selection_does_not_depend_on_how_the_stream_is_batched():
+    """The random draws depend on the stream positions only, so any batching keeps what one-by-one feeding
+    keeps (which is sequential reservoir sampling)."""
+    stream = torch.arange(300, dtype=torch.float32).view(-1, 1)
+    for seed in range(10):
+        reference = Reservoir(8, seed=seed)
+        for row in stream.split(1):
+            reference.add(row)
+        for sizes in ([300], [5, 3, 150, 142], [7] * 42 + [6]):
+            res = Reservoir(8, seed=seed)
+            for b in stream.split(sizes):
+                res.add(b)
+            assert _kept(res) == _kept(reference), (seed, sizes)
+
+
 def test_private_rng_leaves_the_global_rng_alone():
     torch.manual_seed(3)
     np.random.seed(3)
@@ -151,8 +234,9 @@ def test_kept_rows_wait_on_their_device_until_read_and_are_copies():
     x.zero_()
     torch.testing.assert_close(res.images, expected)  # reading flushes
     assert res._pending == []
-    res.add(torch.rand(8, 1, 2, 2))  # 8 pending rows >= size: flushed by add itself
-    assert res._pending == [] and len(res) == 8
+    full = Reservoir(8, seed=0)
+    full.add(torch.rand(8, 1, 2, 2))  # 8 pending rows >= size: flushed by add itself
+    assert full._pending == [] and len(full) == 8
 
 
 def test_pending_rows_reach_the_state_dict_and_pickles():
@@ -274,17 +358,24 @@ def test_selection_stays_uniform_over_a_long_stream_of_skips():
     assert chi2 < 27.9, f"chi-square {chi2:.1f} with 9 dof (p < 0.001): counts {counts.tolist()}"
 
 
-def test_a_batch_with_nothing_to_keep_costs_no_tensor_op():
+def test_a_batch_with_nothing_to_keep_costs_only_the_finiteness_check():
+    """A floating batch pays the NaN/inf check (no indexing, no copy); an integer batch pays no tensor op."""
     from torch.profiler import ProfilerActivity, profile
 
     res = Reservoir(8, seed=0)
     for b in _stream(400, 4):
         res.add(b)
-    while res._next < res.seen + 4:  # move on to a batch that the next kept position lies beyond
+    while res._next < res.seen + 8:  # move on to two batches that the next kept position lies beyond
         res.add(torch.zeros(4, 1))
-    batch = torch.zeros(4, 1)
+    floats, integers = torch.zeros(4, 1), torch.zeros(4, 1, dtype=torch.uint8)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        res.add(batch)
+        assert res.add(floats) == 0
+    top = {e.name for e in prof.events() if e.name.startswith("aten::")
+           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))}
+    assert top <= {"aten::detach", "aten::isfinite", "aten::reshape", "aten::all", "aten::nonzero",
+                   "aten::squeeze"}, top
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        assert res.add(integers) == 0
     assert [e.name for e in prof.events() if e.name.startswith("aten::")] == []
 
 
@@ -300,3 +391,61 @@ def test_a_state_saved_before_the_skips_resumes():
         old.add(b)
     kept = _kept(old)
     assert old.seen == 4000 and len(kept) == 8 and sum(k >= 400 for k in kept) >= 6  # ~7.2 expected
+
+
+# ---- non-finite inputs -----------------------------------------------------------------------------
+def _poisoned_stream():
+    """Rows 0..59 with value = position; rows 3, 10, 11, 40 hold a NaN, +inf or -inf (one pixel or all)."""
+    x = torch.arange(60, dtype=torch.float32).view(-1, 1, 1, 1).expand(60, 1, 2, 2).contiguous()
+    x[3, 0, 0, 0] = float("nan")
+    x[10] = float("inf")
+    x[11, 0, 1, 1] = float("-inf")
+    x[40] = float("nan")
+    return x, [3, 10, 11, 40]
+
+
+def test_nonfinite_rows_are_skipped_and_counted():
+    x, bad = _poisoned_stream()
+    res = Reservoir(64, seed=0)  # room for everything: exactly the finite rows are kept
+    returned = [res.add(b) for b in x.split(8)]
+    assert returned == [1, 2, 0, 0, 0, 1, 0, 0]  # per call: rows 3 | 10, 11 | 40
+    assert res.nonfinite_skipped == 4 and res.seen == 56
+    assert sorted(int(v) for v in res.images[:, 0, 0, 0]) == [i for i in range(60) if i not in bad]
+    assert torch.isfinite(res.images).all()
+    assert res.value_range() == (0.0, 255.0) and res.input_shape() == (1, 2, 2)
+
+
+def test_nonfinite_rows_are_as_if_absent_from_the_stream():
+    x, bad = _poisoned_stream()
+    clean = x[[i for i in range(60) if i not in bad]]
+    for seed in range(5):
+        res, ref = Reservoir(6, seed=seed), Reservoir(6, seed=seed)
+        for b in x.split(9):
+            res.add(b)
+        for b in clean.split(9):
+            ref.add(b)
+        assert torch.equal(res.images, ref.images) and torch.isfinite(res.images).all()
+        lo, hi = res.value_range()
+        assert math.isfinite(lo) and math.isfinite(hi)
+
+
+def test_an_all_nonfinite_first_batch_leaves_the_reservoir_empty():
+    res = Reservoir(4, seed=0)
+    assert res.add(torch.full((3, 1, 2, 2), float("nan"))) == 3
+    assert len(res) == 0 and res.seen == 0 and res.nonfinite_skipped == 3
+    assert res.add(torch.ones(2, 1, 2, 2)) == 0
+    assert len(res) == 2 and res.value_range() == (0.0, 1.0)
+
+
+def test_the_nonfinite_count_round_trips_and_older_states_load_with_zero():
+    res = Reservoir(4, seed=0)
+    res.add(torch.tensor([[1.0], [float("nan")], [2.0]]))
+    state = res.state_dict()
+    assert state["nonfinite_skipped"] == 1
+    other = Reservoir(4, seed=1)
+    other.load_state_dict(state)
+    assert other.nonfinite_skipped == 1
+    assert pickle.loads(pickle.dumps(res)).nonfinite_skipped == 1
+    del state["nonfinite_skipped"]  # the layout of earlier checkpoints
+    other.load_state_dict(state)
+    assert other.nonfinite_skipped == 0 and other.seen == 2

@@ -33,10 +33,23 @@ def test_channels_last_converts_the_conv_weights_during_sampling():
     assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_bf16_autocast_on_cpu_runs_and_stays_finite():
-    res = ldam.sample(make_tiny_net(), "classifier.2:all", autocast_dtype=torch.bfloat16, **KW)
+@pytest.mark.parametrize("autocast_dtype, compute_dtype", [(torch.bfloat16, torch.bfloat16), (None, torch.float32)],
+                         ids=["bf16", "off"])
+def test_autocast_runs_the_models_layers_in_the_compute_dtype_on_cpu(autocast_dtype, compute_dtype):
+    """The conv and linear layers see (and return) bf16 under autocast, float32 without: a sampler that ignored
+    ``autocast_dtype`` would still give finite float32 samples, so finiteness alone cannot tell."""
+    net = make_tiny_net()
+    seen = []
+    for path in ("features.0", "classifier.2"):
+        module = net.get_submodule(path)
+        module.register_forward_hook(lambda m, a, o, path=path: seen.append((path, a[0].shape[0], o.dtype)))
+    res = ldam.sample(net, "classifier.2:all", autocast_dtype=autocast_dtype, **KW)
+    batch = 5 * KW["chains"]  # every chain of the 5 neurons in one forward (the 1-image layer probe aside)
+    sampling = [(path, dtype) for path, rows, dtype in seen if rows == batch]
+    assert len(sampling) >= 2 * KW["steps"]  # both layers, at every step (and the final read-out)
+    assert all(dtype == compute_dtype for _, dtype in sampling), sampling
     assert torch.isfinite(res.images).all() and torch.isfinite(res.activations).all()
-    assert res.images.dtype == torch.float32  # chains stay float32 whatever the compute dtype
+    assert res.images.dtype == res.activations.dtype == torch.float32  # chains stay float32 whatever the compute
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])

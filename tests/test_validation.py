@@ -218,3 +218,27 @@ def test_progress_bar_appears_only_after_its_delay(capsys, monkeypatch, progress
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar is off on pipes and files
     ldam.sample(make_tiny_net(), "classifier.2:0", input_shape=INPUT_SHAPE, chains=2, steps=3, progress=progress)
     assert ("LDAM" in capsys.readouterr().err) is shown
+
+
+@pytest.mark.parametrize("normalize, mean, std", [
+    ((0.5, 0.25), [0.5], [0.25]),
+    (((0.5, 0.5, 0.5), 0.2), [0.5, 0.5, 0.5], [0.2]),
+    ((0.5, (0.2, 0.3, 0.4)), [0.5], [0.2, 0.3, 0.4]),  # mixed scalar and per-channel: each broadcasts on its own
+    (((0.5,), [0.2, 0.3, 0.4]), [0.5], [0.2, 0.3, 0.4]),
+    ((torch.tensor([[0.1], [0.2], [0.3]]), [0.2, 0.2, 0.2]), [0.1, 0.2, 0.3], [0.2, 0.2, 0.2]),
+], ids=["scalar", "per-channel-mean", "scalar-mean-per-channel-std", "one-value-mean", "nested-tensor"])
+def test_check_normalize_returns_flat_mean_and_std(normalize, mean, std):
+    """What the sampler normalises with: ``(mean, std)`` in that order, flat float tensors of 1 or C values."""
+    from lightning_ldam import _validation as V
+
+    got = V.check_normalize(normalize, 3)
+    assert isinstance(got, tuple) and len(got) == 2
+    for t, expected in zip(got, (mean, std)):
+        assert isinstance(t, torch.Tensor) and t.is_floating_point() and t.shape == (len(expected),)
+        torch.testing.assert_close(t, torch.tensor(expected))
+    assert V.check_normalize(None, 3) is None
+    # and the sampler feeds the model (x − mean) / std with them: a constant image maps to the expected input
+    x = torch.full((1, 3, 2, 2), 0.7)
+    m, s = (t.view(1, -1, 1, 1) for t in got)
+    torch.testing.assert_close(((x - m) / s)[0, :, 0, 0],
+                               ((0.7 - torch.tensor(mean)) / torch.tensor(std)).expand(3))

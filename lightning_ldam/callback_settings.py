@@ -1,0 +1,222 @@
+"""``LDAMCallback``'s arguments: checked at construction, kept as one record, saved in its checkpoint state.
+
+Everything that can be checked without the model or a batch is checked here, so a bad argument fails
+when the callback is built, before ``fit``. The rest (neuron indices, ``input_shape`` and ``input_key`` against
+the batches, the sampler settings against the network) is checked by a one-step dry run on the first training
+batch, before its optimizer step (:meth:`LDAMCallback.on_train_batch_start`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+
+from lightning_ldam import _validation as V
+from lightning_ldam.config import INITS, SPATIAL, resolve_config
+from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.progress import Progress
+from lightning_ldam.rounds import RoundPlan, resolve_targets
+from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons
+
+__all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch"]
+
+#: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs`` (the rest are callback arguments).
+SAMPLER_EXTRA_KWARGS = frozenset({
+    "method", "burn_in", "step_size", "burn_in_boost", "temperature", "scale", "adapt_disc", "smoothness", "noise",
+    "precondition", "schedule", "spatial", "init", "disc_lr", "disc_every", "disc_steps", "disc_warmup",
+    "autocast_dtype", "channels_last", "cuda_graph", "progress"})
+_CONFIG_KWARGS = SAMPLER_EXTRA_KWARGS - {"spatial", "init", "autocast_dtype", "channels_last", "cuda_graph",
+                                         "progress"}
+AVERAGING = ("auto", "ema", None)
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    """The callback's arguments after checking (see :class:`~lightning_ldam.callback.LDAMCallback`)."""
+
+    neurons: NeuronSpec
+    every_n_epochs: int = 1
+    every_n_train_steps: int = 0
+    on_fit_end: bool = True
+    during_validation: bool = False
+    max_overhead: Optional[float] = 0.05
+    chains: int = 8
+    steps: Optional[int] = None
+    input_shape: Optional[Tuple[int, ...]] = None
+    value_range: Optional[Tuple[float, float]] = None
+    normalize: Any = None
+    disc_weight: Optional[float] = None
+    reservoir_size: int = 256
+    input_key: Any = None
+    module: Optional[str] = None
+    averaging: Optional[str] = "auto"
+    ema_decay: float = 0.999
+    ema_every_n_steps: int = 1
+    ema_device: Optional[torch.device] = None
+    sample_device: Optional[torch.device] = None
+    seed: int = 0
+    upscale: Optional[int] = None
+    sampler_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def check(cls, **kwargs) -> "CallbackSettings":
+        """Check every argument (errors name it: :class:`~lightning_ldam.errors.LDAMArgumentError`)."""
+        s = dict(kwargs)
+        parse_neurons(s["neurons"])
+        _check_schedule(s)
+        for name in ("chains", "reservoir_size", "ema_every_n_steps"):
+            V.check_positive(name, s[name], integer=True)
+        for name in ("steps", "upscale"):
+            if s[name] is not None:
+                V.check_positive(name, s[name], integer=True)
+        for name in ("max_overhead", "disc_weight"):
+            if s[name] is not None:
+                V.check_positive(name, s[name], allow_zero=name == "disc_weight")
+        if s["input_shape"] is not None:
+            s["input_shape"] = V.check_input_shape(s["input_shape"])
+        if s["value_range"] is not None:
+            s["value_range"] = V.check_value_range(s["value_range"])
+        V.check_choice("averaging", s["averaging"], AVERAGING)
+        s["ema_decay"] = V.check_decay("ema_decay", s["ema_decay"])
+        _check_plain(s)
+        if s["normalize"] is not None:
+            shape = s["input_shape"]
+            V.check_normalize(s["normalize"], shape[0] if shape else V.normalize_channels(s["normalize"]))
+        for name in ("ema_device", "sample_device"):
+            s[name] = check_device(name, s[name])
+        s["sampler_kwargs"] = check_sampler_kwargs(s["sampler_kwargs"], s["steps"], s["disc_weight"])
+        s["every_n_epochs"], s["every_n_train_steps"] = s["every_n_epochs"] or 0, s["every_n_train_steps"] or 0
+        s["max_overhead"] = None if s["max_overhead"] is None else float(s["max_overhead"])
+        return cls(**s)
+
+    def as_state(self) -> Dict[str, Any]:
+        """Plain values for the checkpoint (what ``lightning-ldam compare`` reads back): no tensors, no callables."""
+        def plain(value):
+            if isinstance(value, (str, int, float, bool, type(None))):
+                return value
+            if isinstance(value, torch.device):
+                return str(value)
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            if isinstance(value, dict):
+                return {str(k): plain(v) for k, v in value.items()}
+            if isinstance(value, range):
+                return list(value)
+            return repr(value)
+
+        out = {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["normalize"] = None if self.normalize is None else \
+            [torch.as_tensor(t, dtype=torch.float32).flatten().tolist() for t in self.normalize]
+        return out
+
+
+def _check_schedule(s: Dict[str, Any]) -> None:
+    for name in ("every_n_epochs", "every_n_train_steps"):
+        if s[name] is not None:
+            V.check_positive(name, s[name], integer=True, allow_zero=True)
+    for name in ("on_fit_end", "during_validation"):
+        if not isinstance(s[name], bool):
+            raise LDAMArgumentError(name, f"expected True or False, got {s[name]!r}")
+    if not (s["every_n_epochs"] or s["every_n_train_steps"] or s["on_fit_end"] or s["during_validation"]):
+        raise LDAMArgumentError(
+            "every_n_epochs/every_n_train_steps/on_fit_end/during_validation",
+            f"every schedule is off (every_n_epochs={s['every_n_epochs']!r}, every_n_train_steps="
+            f"{s['every_n_train_steps']!r}, on_fit_end={s['on_fit_end']!r}, during_validation="
+            f"{s['during_validation']!r}); set at least one")
+
+
+def _check_plain(s: Dict[str, Any]) -> None:
+    """``module``, ``input_key``, ``seed``: type checks only."""
+    module = s["module"]
+    if module is not None and (not isinstance(module, str) or not module):
+        raise LDAMArgumentError("module", f"expected a dotted attribute path such as 'net', got {module!r}")
+    key = s["input_key"]
+    if key is not None and not (callable(key) or isinstance(key, (int, str))):
+        raise LDAMArgumentError("input_key", f"expected None, an int, a str or a callable, got {key!r}")
+    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int):
+        raise LDAMArgumentError("seed", f"expected an int, got {s['seed']!r}")
+
+
+def check_device(name: str, device: Union[str, torch.device, int, None]) -> Optional[torch.device]:
+    """A device that exists on this machine (``None`` stays ``None``: the model's device)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LDAMArgumentError(name, f"expected a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+                                      f"got {device!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise LDAMArgumentError(name, f"{device!r} requested but this machine has {count} CUDA device(s); "
+                                          f"pass 'cpu' or None (the model's device)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise LDAMArgumentError(name, f"expected a 'cpu' or 'cuda' device, got {device!r}")
+    return dev
+
+
+def check_sampler_kwargs(kwargs: Optional[Dict[str, Any]], steps: Optional[int],
+                         disc_weight: Optional[float]) -> Dict[str, Any]:
+    """Check ``sampler_kwargs`` as far as possible without a model (errors name ``sampler_kwargs['key']``)."""
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise LDAMArgumentError("sampler_kwargs", f"expected a dict of lightning_ldam.sample keywords, "
+                                                  f"got {type(kwargs).__name__}")
+    kwargs = dict(kwargs or {})
+    unknown = sorted(set(kwargs) - SAMPLER_EXTRA_KWARGS)
+    if unknown:
+        raise LDAMArgumentError("sampler_kwargs", f"unknown keys {unknown}; accepted: {sorted(SAMPLER_EXTRA_KWARGS)} "
+                                                  f"(the other lightning_ldam.sample arguments are the callback's own)")
+    config = {k: v for k, v in kwargs.items() if k in _CONFIG_KWARGS}
+    try:
+        resolve_config(**config, steps=steps, disc_weight=disc_weight or 0.0)
+        if "spatial" in kwargs:
+            V.check_choice("spatial", kwargs["spatial"], SPATIAL)
+        if "init" in kwargs:
+            V.check_choice("init", kwargs["init"], INITS)
+        for name in ("channels_last", "cuda_graph"):
+            if name in kwargs and not isinstance(kwargs[name], bool):
+                raise LDAMArgumentError(name, f"expected True or False, got {kwargs[name]!r}")
+        dtype = kwargs.get("autocast_dtype")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise LDAMArgumentError("autocast_dtype", f"expected a torch.dtype such as torch.bfloat16, got {dtype!r}")
+        if kwargs.get("cuda_graph") and not torch.cuda.is_available():
+            raise LDAMArgumentError("cuda_graph", "CUDA graphs need a CUDA device and torch.cuda.is_available() is "
+                                                  "False; drop it")
+        progress = kwargs.get("progress")
+        if progress is not None and not isinstance(progress, (bool, Progress)):
+            V.check_positive("progress", progress, allow_zero=True)
+    except LDAMArgumentError as err:
+        where = err.argument if err.argument == "steps" else f"sampler_kwargs[{err.argument!r}]"
+        raise LDAMArgumentError(where, err.message) from None
+    return kwargs
+
+
+def check_on_first_batch(network, plan: RoundPlan, settings: CallbackSettings, seen_shape) -> list:
+    """The checks that need the model and a batch: ``input_shape`` against the batch, then a one-chain, two-step
+    dry run of the round's sampler settings on this network and these real inputs (neuron paths and indices,
+    ``normalize``'s channels, the value box, the sampler keywords). Returns the resolved ``(layer, index)`` pairs.
+    """
+    given = settings.input_shape
+    if given is not None and seen_shape is not None and tuple(seen_shape) != tuple(given):
+        raise LDAMArgumentError("input_shape", f"{tuple(given)} does not match the training batches' per-sample "
+                                               f"shape {tuple(seen_shape)} (read with input_key="
+                                               f"{settings.input_key!r}); drop input_shape to infer it")
+    try:
+        return resolve_targets(network, plan, dry_run=True)
+    except LDAMArgumentError as err:
+        if err.argument == "real_data":  # the reservoir's inputs are the callback's; the box is the user's
+            raise LDAMArgumentError("value_range", f"the training inputs do not fit it: {err.message}") from None
+        raise
+
+
+def check_on_setup(strategy: str, network, neurons: NeuronSpec) -> None:
+    """At ``setup``: a strategy that keeps full parameters on each rank, and layer paths that exist."""
+    if "FSDP" in strategy or "DeepSpeed" in strategy:
+        raise LDAMArgumentError("strategy", f"LDAMCallback needs full parameters on each rank; {strategy} shards "
+                                            f"them. Use DDP or a single device, or run lightning-ldam on the saved "
+                                            f"checkpoint")
+    for layer, _ in parse_neurons(neurons):
+        find_layer(network, layer)

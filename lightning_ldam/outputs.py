@@ -1,0 +1,65 @@
+"""Where a round's images and scalars go: TensorBoard, any logger with ``log_image``, else PNG files.
+
+Duck-typed over loggers (no Lightning import). Errors propagate: the caller's failure boundary decides what a
+failed write means (the callback: a warning and a skipped round, never a crashed run).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+from lightning_ldam.summaries import write_tensorboard
+
+__all__ = ["write_round", "png_path", "save_png", "is_tensorboard"]
+
+
+def is_tensorboard(logger) -> bool:
+    return type(logger).__name__ == "TensorBoardLogger"
+
+
+def file_safe(text: str) -> str:
+    """``text`` with every run of characters other than letters, digits and ``_.=+-`` turned into ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
+
+
+def png_path(directory: str, tag: str, step: Optional[int] = None) -> str:
+    """``ldam/raw/features.0`` at step 12 -> ``<directory>/ldam_raw_features-0_step0000012.png``."""
+    name = file_safe(tag.replace("/", "_").replace(".", "-"))
+    return os.path.join(directory, name + ("" if step is None else f"_step{step:07d}") + ".png")
+
+
+def save_png(image: torch.Tensor, path: str) -> None:
+    """Write a ``[3, H, W]`` image in [0, 1] (creating the directory)."""
+    from torchvision.utils import save_image
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_image(image, path)
+
+
+def write_round(loggers: Iterable, images: Mapping[str, torch.Tensor], scalars: Mapping[str, float], step: int,
+                png_dir: str) -> bool:
+    """Write to every logger: TensorBoard gets images and scalars, others ``log_metrics`` and ``log_image`` if
+    they have it. Without an image-capable logger the images go to PNGs under ``png_dir``.
+
+    Returns:
+        Whether PNG files were written.
+    """
+    wrote_images = False
+    for logger in loggers:
+        if is_tensorboard(logger):
+            write_tensorboard(logger.experiment, images, scalars, step)
+            wrote_images = True
+            continue
+        logger.log_metrics(dict(scalars), step=step)
+        if hasattr(logger, "log_image"):
+            for tag, img in images.items():
+                logger.log_image(key=tag, images=[img], step=step)
+            wrote_images = True
+    if wrote_images:
+        return False
+    for tag, img in images.items():
+        save_png(img, png_path(png_dir, tag, step))
+    return True

@@ -1,0 +1,66 @@
+"""What the callback tells the user about its rounds: one line up front, one when done, warnings once per cause.
+
+A run that repeats a fault every round (a full disk) must not flood its log: :meth:`RoundReporter.warn_once`
+keys each message, and a failed round is keyed by its cause (the exception type and errno, else its message).
+No Lightning import: the rank-zero ``info``/``warn`` functions are given.
+"""
+from __future__ import annotations
+
+import errno
+from typing import Callable, Hashable, Mapping, Optional
+
+from lightning_ldam.result import SampleResult
+
+__all__ = ["RoundReporter"]
+
+
+class RoundReporter:
+    """Rank-zero messages about rounds, and the count of failed rounds.
+
+    Args:
+        info: writes an informational line (Lightning's ``rank_zero_info`` in the callback).
+        warn: writes a warning (``rank_zero_warn``).
+    """
+
+    def __init__(self, info: Callable[[str], None], warn: Callable[[str], None]):
+        self.info, self.warn = info, warn
+        self.failed = 0
+        self._said: set = set()
+
+    def __getstate__(self):  # the set of messages said belongs to one run; a copy (DDP spawn) starts afresh
+        return {**self.__dict__, "_said": set()}
+
+    def warn_once(self, key: Hashable, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self.warn(message)
+
+    def info_once(self, key: Hashable, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self.info(message)
+
+    def failure(self, step: int, err: BaseException) -> None:
+        """A failed round: counted, and a warning naming the cause, once per cause."""
+        self.failed += 1
+        code = getattr(err, "errno", None)
+        cause = (type(err).__name__, errno.errorcode.get(code, code) if code else str(err)[:160])
+        self.warn_once(("failed",) + cause, f"LDAMCallback: sampling failed at step {step} and the round was "
+                                            f"skipped (training goes on; the next round tries again; the count "
+                                            f"goes to ldam/failed_rounds): {type(err).__name__}: {err}")
+
+    def announce(self, step: int, what: str, estimate: Optional[float]) -> None:
+        """The round's size and expected cost, before it starts (a slow round is never a silent one)."""
+        cost = "first round: timing it" if estimate is None else f"≈ {estimate:.0f} s"
+        self.info(f"LDAMCallback: step {step}: sampling {what} ({cost})")
+
+    def done(self, step: int, results: Mapping[str, SampleResult], seconds: float) -> None:
+        first = next(iter(results.values()))
+        n, c = first.activations.shape
+        self.info(f"LDAMCallback: step {step}: {n} neurons x {c} chains x {first.config['steps']} steps for "
+                  f"{', '.join(results)} in {seconds:.1f}s")
+        for name, res in results.items():
+            resets = int(res.nonfinite_resets.sum())
+            if resets:
+                self.warn(f"LDAMCallback: {resets} chain states of the {name!r} weights turned NaN/Inf and were "
+                          f"re-initialised from fresh starts")

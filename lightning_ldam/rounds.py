@@ -1,0 +1,234 @@
+"""One LDAM round: sample named weight variants of one network with common random numbers (plain PyTorch).
+
+A round is what the callback does at a due step and what ``lightning-ldam compare`` does for a checkpoint:
+the same neurons, chains, steps, seed and real inputs for every variant (``raw``, ``ema``, ``swa``, or two
+checkpoints), so that the variants' samples differ only through their weights. :class:`RoundPlan` holds
+those settings, built once per round by :func:`plan_round`; :func:`sample_variants` runs it.
+
+This module imports no Lightning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
+from lightning_ldam.discriminator import restore_discriminator
+from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.result import SampleResult, merge_shards
+from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
+from lightning_ldam.targets import NeuronSpec
+
+__all__ = ["Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round", "resolve_targets",
+           "submodule", "prepare_network"]
+
+log = logging.getLogger(__name__)
+Note = Callable[[str], None]
+
+
+@dataclass
+class Variant:
+    """One set of weights to sample.
+
+    Args:
+        name: the tag name (``"raw"``, ``"ema"``, ``"swa"``, a checkpoint's name).
+        network: the network to run; a copy the round may modify (its BatchNorm statistics are
+            recomputed when ``refresh_bn``).
+        refresh_bn: recompute BatchNorm statistics on the round's real inputs first (an average of parameters
+            only carries the statistics of its creation).
+        discriminator: a warm discriminator from an earlier round, or ``None``.
+        disc_state: a saved discriminator ``state_dict`` to restore when ``discriminator`` is ``None``.
+    """
+
+    name: str
+    network: nn.Module
+    refresh_bn: bool = False
+    discriminator: Optional[nn.Module] = None
+    disc_state: Optional[Dict[str, Any]] = None
+
+    @property
+    def warm(self) -> bool:
+        return self.discriminator is not None or self.disc_state is not None
+
+
+@dataclass
+class RoundPlan:
+    """Everything a round samples with, the same for every variant (common random numbers)."""
+
+    variants: List[Variant]
+    neurons: NeuronSpec
+    input_shape: Tuple[int, ...]
+    value_range: Tuple[float, float]
+    chains: int
+    steps: int
+    real: Optional[torch.Tensor]
+    disc_weight: Optional[float]
+    normalize: Any
+    seed: int
+    device: torch.device
+    sampler_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> List[str]:
+        return [v.name for v in self.variants]
+
+    def describe(self, neurons: Optional[int] = None) -> str:
+        """``"8 neurons × 8 chains × 512 steps × 2 variants (raw, ema)"``."""
+        count = f"{neurons} neurons" if neurons is not None else "the neurons"
+        return (f"{count} × {self.chains} chains × {self.steps} steps × {len(self.variants)} variant"
+                f"{'s' if len(self.variants) != 1 else ''} ({', '.join(self.names)})")
+
+
+def plan_round(variants: Sequence[Variant], neurons: NeuronSpec, *, input_shape: Sequence[int],
+               value_range: Tuple[float, float], chains: int, seed: int, device, steps: Optional[int] = None,
+               real: Optional[torch.Tensor] = None, disc_weight: Optional[float] = None, normalize=None,
+               sampler_kwargs: Optional[Dict[str, Any]] = None) -> RoundPlan:
+    """Settle a round's settings once.
+
+    Steps: ``steps`` if given; else :data:`~lightning_ldam.sampler.WARM_DISC_STEPS` when every variant resumes a
+    trained discriminator and real inputs keep training it (the same for all, so they stay comparable); else
+    the sampler's default. Without real inputs, a discriminator or a given λ, λ is 0 (nothing to train D on).
+    """
+    variants = list(variants)
+    if steps is None:
+        warm = bool(variants) and real is not None and all(v.warm for v in variants)
+        steps = WARM_DISC_STEPS if warm else LangevinConfig().steps
+    if disc_weight is None and real is None and not any(v.warm for v in variants):
+        disc_weight = 0.0
+    return RoundPlan(variants, neurons, tuple(input_shape), tuple(value_range), chains, int(steps), real,
+                     disc_weight, normalize, seed, torch.device(device), dict(sampler_kwargs or {}))
+
+
+def submodule(model: nn.Module, path: Optional[str], argument: str = "module") -> nn.Module:
+    """``model.get_submodule(path)`` (``model`` itself for ``None``), with an error naming ``argument``."""
+    if not path:
+        return model
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        children = [n for n, _ in model.named_children()]
+        raise LDAMArgumentError(argument, f"{type(model).__name__} has no submodule {path!r}; its children are "
+                                          f"{children}") from None
+
+
+def prepare_network(network: nn.Module, refresh_bn: bool, real: Optional[torch.Tensor], normalize=None,
+                    note: Optional[Note] = None, name: str = "") -> nn.Module:
+    """Recompute ``network``'s BatchNorm statistics on ``real`` when ``refresh_bn`` (in place); returns it."""
+    if refresh_bn and has_batchnorm(network):
+        if real is not None:
+            refresh_batchnorm(network, real, normalize=normalize)
+        elif note is not None:
+            note(f"note: {name!r} averages parameters only and there are no real inputs to recompute its "
+                 f"BatchNorm statistics; they are those of the averaged copy's creation")
+    return network
+
+
+def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) -> List[Tuple[str, int]]:
+    """The ``(layer, index)`` pairs of ``plan.neurons`` on ``network``: one chain, one step (bad paths and indices
+    raise here, before any real work). ``dry_run`` also passes the plan's sampler settings, so that they are
+    checked against this network and input too (two steps, one of burn-in for the Langevin methods)."""
+    extra: Dict[str, Any] = {}
+    disc_weight = 0.0
+    if dry_run:
+        extra = {k: v for k, v in plan.sampler_kwargs.items() if k not in ("burn_in", "disc_warmup", "progress")}
+        if extra.get("method", "langevin") != "annealed":
+            extra["burn_in"] = 1
+        extra["disc_warmup"] = 1
+        disc_weight = plan.disc_weight
+    res = sample(network, plan.neurons, input_shape=plan.input_shape, chains=1, steps=2 if dry_run else 1,
+                 value_range=plan.value_range, normalize=plan.normalize, seed=plan.seed, device=plan.device,
+                 real_data=plan.real if dry_run else None, disc_weight=disc_weight, **extra)
+    return res.neurons
+
+
+def _discriminator(variant: Variant, plan: RoundPlan, note: Optional[Note]) -> Optional[nn.Module]:
+    """The variant's warm discriminator, restored from its saved state if need be (a fresh one if it does not fit)."""
+    if variant.discriminator is not None or variant.disc_state is None:
+        return variant.discriminator
+    if plan.real is None and not plan.disc_weight:
+        return None
+    shape = plan.input_shape
+    try:
+        return restore_discriminator(variant.disc_state, shape[0], shape[1:], plan.seed)
+    except (RuntimeError, ValueError, IndexError, KeyError) as err:
+        if note is not None:
+            note(f"note: the saved {variant.name!r} discriminator does not fit input {shape} ({err}); training a "
+                 f"fresh one")
+        return None
+
+
+def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, progress: Any = False,
+                    note: Optional[Note] = None) -> Dict[str, SampleResult]:
+    """Sample every variant of ``plan`` with the same chains, noise and settings.
+
+    Args:
+        plan: the round.
+        neurons: a subset of the plan's neurons to sample (a DDP rank's shard); default all.
+        progress: :func:`~lightning_ldam.sample`'s ``progress``.
+        note: where one-line notes go (a BatchNorm statistic that cannot be recomputed, a saved discriminator
+            that does not fit); default: the module logger.
+
+    Returns:
+        ``{variant name: result}``, in the plan's order. Each result's ``discriminator`` is the variant's D,
+        trained further: pass it back as ``Variant.discriminator`` next round.
+    """
+    note = note or log.info
+    out: Dict[str, SampleResult] = {}
+    for variant in plan.variants:
+        net = prepare_network(variant.network, variant.refresh_bn, plan.real, plan.normalize, note, variant.name)
+        out[variant.name] = sample(
+            net, plan.neurons if neurons is None else neurons, input_shape=plan.input_shape, chains=plan.chains,
+            steps=plan.steps, real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,
+            normalize=plan.normalize, seed=plan.seed, device=plan.device,
+            discriminator=_discriminator(variant, plan, note), progress=progress, **plan.sampler_kwargs)
+    return out
+
+
+def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, world: int, progress: Any = False
+                   ) -> Tuple[Dict[str, SampleResult], Dict[str, Optional[nn.Module]]]:
+    """Under ``torch.distributed``: each rank samples every ``world``-th neuron and rank 0 gathers the shards.
+
+    Every rank makes the same single collective call, also when its own sampling failed (the error travels
+    with the gather), so a fault on one rank can never leave the others waiting.
+
+    Returns:
+        ``(merged results on rank 0 and {} elsewhere, this rank's discriminators by variant)``. Raises on every
+        rank if any rank failed.
+    """
+    shard = resolved[rank::world]
+    local: Dict[str, SampleResult] = {}
+    error = None
+    try:
+        if shard:
+            local = sample_variants(plan, shard, progress=progress)
+    except Exception as err:  # reported after the gather, on every rank
+        error = f"rank {rank}: {type(err).__name__}: {err}"
+    discs = {name: res.discriminator for name, res in local.items()}
+    shipped = {name: dataclasses.replace(res, discriminator=None) for name, res in local.items()}
+    gathered: List[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, (shipped, error))
+    errors = [e for _, e in gathered if e]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    if rank != 0:
+        return {}, discs
+    return {name: merge_shards([g[0].get(name) for g in gathered]) for name in plan.names}, discs
+
+
+def run_round(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int = 0, world: int = 1, progress: Any = False,
+              note: Optional[Note] = None) -> Tuple[Dict[str, SampleResult], Dict[str, Optional[nn.Module]]]:
+    """:func:`sample_variants`, or :func:`sample_sharded` when ``world > 1`` under an initialised process group.
+
+    Returns:
+        ``(results, discriminators)``: the results (``{}`` on ranks other than 0 under DDP) and this process's
+        discriminators by variant (each rank trains its own on its shard's chains).
+    """
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return sample_sharded(plan, resolved, rank, world, progress)
+    results = sample_variants(plan, progress=progress, note=note)
+    return results, {name: res.discriminator for name, res in results.items()}
