@@ -257,8 +257,7 @@ class LDAMCallbackLogic:
                 self._skipped, self._last_skipped_step = self._skipped + 1, step
                 return
             plan = self._plan(self.variants(trainer, pl_module))
-            estimate = None if self._budget is None else self._budget.estimate(len(plan.variants), plan.steps)
-            self._report.announce(step, plan.describe(len(self._resolved) or None), estimate)
+            self._report.announce(step, plan.describe(len(self._resolved) or None), len(plan.variants), plan.steps)
             results = self._sample(trainer, plan)
             if trainer.is_global_zero and results:
                 self._log(trainer, results, time.perf_counter() - started)

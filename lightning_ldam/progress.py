@@ -40,6 +40,7 @@ class Progress:
         terminal: ``True``: a tqdm bar (none if tqdm is not installed); ``False``: plain lines. Default: whether
             ``sys.stderr`` is a terminal when :meth:`start` is called.
         clock: seconds, monotonic (tests pass a fake one).
+        desc: what the bar and the lines are labelled (``"LDAM"``; a round labels each variant's call).
 
     Example::
 
@@ -57,7 +58,7 @@ class Progress:
 
     def __init__(self, delay: float = 0.0, write: Optional[Callable[[str], None]] = None,
                  every_fraction: float = 0.1, every_seconds: float = 30.0, terminal: Optional[bool] = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, desc: str = "LDAM"):
         for name, value in (("delay", delay), ("every_seconds", every_seconds)):
             if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < math.inf:
                 raise LDAMArgumentError(name, f"expected a finite number of seconds >= 0, got {value!r}")
@@ -69,14 +70,21 @@ class Progress:
             raise LDAMArgumentError("terminal", f"expected True, False or None, got {terminal!r}")
         self.delay, self.every_fraction, self.every_seconds = float(delay), float(every_fraction), float(every_seconds)
         self.write = _to_stderr if write is None else write
-        self.terminal, self.clock = terminal, clock
+        self.terminal, self.clock, self.desc = terminal, clock, str(desc)
+
+    def labelled(self, desc: str) -> "Progress":
+        """The same settings under another label."""
+        copy = object.__new__(Progress)
+        copy.__dict__.update(self.__dict__, desc=desc)
+        return copy
 
     def __repr__(self) -> str:
         return (f"Progress(delay={self.delay}, every_fraction={self.every_fraction}, "
                 f"every_seconds={self.every_seconds}, terminal={self.terminal})")
 
-    def start(self, total: int, desc: str = "LDAM"):
+    def start(self, total: int, desc: Optional[str] = None):
         """A tracker of a loop of ``total`` steps: call ``update(n=1)`` after steps and ``close()`` at the end."""
+        desc = self.desc if desc is None else desc
         terminal = sys.stderr.isatty() if self.terminal is None else self.terminal
         if not terminal:
             return _Lines(self, int(total), desc) if total > 0 else _Silent()

@@ -26,6 +26,7 @@ class RoundReporter:
         self.info, self.warn = info, warn
         self.failed = 0
         self._said: set = set()
+        self._per_step: Optional[float] = None  # the last round's seconds per variant and step
 
     def __getstate__(self):  # the set of messages said belongs to one run; a copy (DDP spawn) starts afresh
         return {**self.__dict__, "_said": set()}
@@ -49,14 +50,18 @@ class RoundReporter:
                                             f"skipped (training goes on; the next round tries again; the count "
                                             f"goes to ldam/failed_rounds): {type(err).__name__}: {err}")
 
-    def announce(self, step: int, what: str, estimate: Optional[float]) -> None:
-        """The round's size and expected cost, before it starts (a slow round is never a silent one)."""
-        cost = "first round: timing it" if estimate is None else f"≈ {estimate:.0f} s"
+    def announce(self, step: int, what: str, variants: int, steps: int) -> None:
+        """The round's size and expected cost (from the last round's pace), before it starts: a slow round is
+        never a silent one."""
+        cost = "the first round: timing it" if self._per_step is None \
+            else f"≈ {self._per_step * variants * steps:.0f} s"
         self.info(f"LDAMCallback: step {step}: sampling {what} ({cost})")
 
     def done(self, step: int, results: Mapping[str, SampleResult], seconds: float) -> None:
         first = next(iter(results.values()))
         n, c = first.activations.shape
+        if first.config["steps"] > 0:
+            self._per_step = seconds / (len(results) * first.config["steps"])
         self.info(f"LDAMCallback: step {step}: {n} neurons x {c} chains x {first.config['steps']} steps for "
                   f"{', '.join(results)} in {seconds:.1f}s")
         for name, res in results.items():

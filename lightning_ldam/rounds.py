@@ -20,6 +20,7 @@ from torch import nn
 from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
 from lightning_ldam.discriminator import restore_discriminator
 from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.progress import Progress
 from lightning_ldam.result import SampleResult, merge_shards
 from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
 from lightning_ldam.targets import NeuronSpec
@@ -178,6 +179,7 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
         trained further: pass it back as ``Variant.discriminator`` next round.
     """
     note = note or log.info
+    kwargs = {k: v for k, v in plan.sampler_kwargs.items() if k != "progress"}  # the argument wins
     out: Dict[str, SampleResult] = {}
     for variant in plan.variants:
         net = prepare_network(variant.network, variant.refresh_bn, plan.real, plan.normalize, note, variant.name)
@@ -185,7 +187,8 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
             net, plan.neurons if neurons is None else neurons, input_shape=plan.input_shape, chains=plan.chains,
             steps=plan.steps, real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,
             normalize=plan.normalize, seed=plan.seed, device=plan.device,
-            discriminator=_discriminator(variant, plan, note), progress=progress, **plan.sampler_kwargs)
+            discriminator=_discriminator(variant, plan, note), **kwargs,
+            progress=progress.labelled(f"LDAM {variant.name}") if isinstance(progress, Progress) else progress)
     return out
 
 

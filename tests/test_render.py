@@ -92,3 +92,18 @@ def test_compare_grid_default_upscale_matches_neuron_grid():
     variants = [torch.rand(1, 2, 1, 12, 12) for _ in range(2)]
     grid = compare_grid(variants, (0.0, 1.0))
     assert grid.shape[1] == neuron_grid(variants[0], (0.0, 1.0)).shape[1] == 60 + 2 * PAD
+
+
+def test_non_image_inputs_are_drawn_as_strips_or_grey_images():
+    from lightning_ldam.render import compare_grid, neuron_grid
+
+    vectors = torch.linspace(0, 1, 10).expand(2, 3, 10)  # 2 neurons x 3 chains x 10 features
+    grid = neuron_grid(vectors, (0.0, 1.0))
+    assert grid.shape == (3, 2 * (56 + 2) + 2, 3 * (10 * 56 + 2) + 2)  # 1 x 10 strips, 56 px high
+    first = grid[0, 2:58, 2:2 + 560]  # the first strip: left to right, 10 blocks of 56 px, dark to bright
+    assert torch.allclose(first[:, ::56][0], torch.linspace(0, 1, 10))
+    long = neuron_grid(torch.rand(1, 2, 784), (0.0, 1.0))
+    assert long.shape[-1] <= 2 * (1024 + 2) + 2  # a long strip is not blown up past 1024 px a tile
+    planes = neuron_grid(torch.rand(1, 2, 8, 8), (0.0, 1.0))
+    assert planes.shape == (3, 56 + 4, 2 * (56 + 2) + 2)
+    assert compare_grid([vectors, vectors], (0.0, 1.0)).shape[0] == 3
