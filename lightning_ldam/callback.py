@@ -8,6 +8,7 @@ model. Nothing a round does can end the run: a failed round is a warning, counte
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -84,6 +85,7 @@ class LDAMCallbackLogic:
         self._at_train_end = False
         self._fit_rounds = 0  # rounds of this fit (a resumed run measures its first round again)
         self._collected_early = False
+        self._round_sources: Optional[Dict[str, Tuple[nn.Module, bool]]] = None
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -226,15 +228,18 @@ class LDAMCallbackLogic:
                 for name, (module, refresh) in sources.items()}
 
     def _variant_sources(self, trainer, pl_module) -> Dict[str, Tuple[nn.Module, bool]]:
-        return find_variants(self.network, pl_module, self._averagers, self._ema, trainer,
-                             self._at_train_end and self._raw_gone_at_end, self._report.info_once)
+        """``{name: (uncopied network, refresh BN)}``, found once per round (its budget check and copies share it)."""
+        if self._round_sources is None:
+            return find_variants(self.network, pl_module, self._averagers, self._ema, trainer,
+                                 self._at_train_end and self._raw_gone_at_end, self._report.info_once)
+        return self._round_sources
 
     def _plan(self, nets: Dict[str, nn.Module]) -> RoundPlan:
         """The round's settings for these networks, each with its warm discriminator if it has one."""
         s = self.settings
         variants = [Variant(n, net, discriminator=self._discriminators.get(n),
                             disc_state=self._pending_disc_state.get(n)) for n, net in nets.items()]
-        device = _model_device(variants[0].network) if variants else torch.device("cpu")
+        device = s.sample_device or (_model_device(variants[0].network) if variants else torch.device("cpu"))
         return plan_round(variants, s.neurons, input_shape=s.input_shape or self._reservoir.input_shape(),
                           value_range=s.value_range or self._reservoir.value_range(), chains=s.chains,
                           seed=s.seed, device=device, steps=s.steps, real=self._real(), disc_weight=s.disc_weight,
@@ -253,10 +258,13 @@ class LDAMCallbackLogic:
             return
         started, plan, done = time.perf_counter(), None, False
         try:
-            if budgeted and self._over_budget(trainer, pl_module):
+            self._round_sources = self._variant_sources(trainer, pl_module)
+            plan = self._plan({n: m for n, (m, _) in self._round_sources.items()})  # settled once, on the originals
+            if budgeted and self._over_budget(trainer, plan):
                 self._skipped, self._last_skipped_step = self._skipped + 1, step
                 return
-            plan = self._plan(self.variants(trainer, pl_module))
+            plan.variants = [dataclasses.replace(v, network=copy) for v, copy in
+                             zip(plan.variants, self.variants(trainer, pl_module).values())]
             self._report.announce(step, plan.describe(len(self._resolved) or None), len(plan.variants), plan.steps)
             results = self._sample(trainer, plan)
             if trainer.is_global_zero and results:
@@ -265,6 +273,7 @@ class LDAMCallbackLogic:
         except Exception as err:  # a failed round must never end the user's training run
             self._report.failure(step, err)
         finally:
+            self._round_sources = None
             seconds = time.perf_counter() - started
             if self._budget is not None:
                 self._budget.add_sampling(seconds)
@@ -273,16 +282,13 @@ class LDAMCallbackLogic:
         if done:
             self._rounds, self._fit_rounds = self._rounds + 1, self._fit_rounds + 1
 
-    def _over_budget(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> bool:
+    def _over_budget(self, trainer: "pl.Trainer", plan: RoundPlan) -> bool:
         """Whether the due round would take sampling above ``max_overhead``. The first round of a fit always runs
         (its cost is measured, not guessed); rank 0 decides and broadcasts, so every rank skips the same rounds."""
         if self._budget is None or self._fit_rounds == 0 or not _fitting(trainer):
             return False
-        skip = False
-        if trainer.is_global_zero:
-            plan = self._plan({n: m for n, (m, _) in self._variant_sources(trainer, pl_module).items()})
-            estimate = self._budget.estimate(len(plan.variants), plan.steps)
-            skip = estimate is not None and estimate > self._budget.allowance()
+        estimate = self._budget.estimate(len(plan.variants), plan.steps)
+        skip = trainer.is_global_zero and estimate is not None and estimate > self._budget.allowance()
         if trainer.world_size > 1:
             skip = bool(trainer.strategy.broadcast(skip, src=0))
         if skip:

@@ -286,3 +286,24 @@ def test_a_variant_with_a_fresh_discriminator_keeps_the_round_at_the_default(
     # step 1: raw only (EMA not updated yet), fresh; step 2: raw warm + ema fresh -> default for both;
     # step 3: both warm -> 256
     assert asked == [(DEFAULT, False), (DEFAULT, True), (DEFAULT, False)] + [(WARM_DISC_STEPS, True)] * 2
+
+
+def test_a_budgeted_round_finds_its_variants_once_and_settles_its_plan_once(tmp_path, no_failed_rounds, monkeypatch):
+    found, planned = [], []
+    real_find, real_plan = callback_module.find_variants, callback_module.plan_round
+
+    def find(*args, **kwargs):
+        found.append(1)
+        return real_find(*args, **kwargs)
+
+    def plan(*args, **kwargs):
+        planned.append(1)
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(callback_module, "find_variants", find)
+    monkeypatch.setattr(callback_module, "plan_round", plan)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, **{**FAST, "max_overhead": 1e9})
+    fit(tmp_path, [cb], max_steps=3)
+    assert cb._rounds == 3 and cb._skipped == 0
+    assert len(found) == 3  # one per round: the budget check, the copies and the plan share it
+    assert len(planned) == 1 + 3  # the first batch's dry run, then one plan per round
