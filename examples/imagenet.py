@@ -112,7 +112,7 @@ def main(argv=None) -> Dict[str, ldam.SampleResult]:
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import save_image
 
-    images, scalars = summarize(results)
+    images, scalars = summarize(results, real=real)  # realism and diversity against the real images, if any
     os.makedirs(args.logdir, exist_ok=True)
     with SummaryWriter(args.logdir) as writer:
         write_tensorboard(writer, images, scalars, step=0)

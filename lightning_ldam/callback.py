@@ -33,7 +33,7 @@ from lightning_ldam.result import SampleResult
 from lightning_ldam.reporting import RoundReporter
 from lightning_ldam.rounds import RoundPlan, Variant, plan_round, prepare_network, run_round, submodule
 from lightning_ldam.snapshot import snapshot
-from lightning_ldam.summaries import summarize
+from lightning_ldam.summaries import summarize, unhealthy_units
 from lightning_ldam.targets import NeuronSpec
 from lightning_ldam.variants import find_variants, is_averager
 
@@ -63,7 +63,8 @@ class LDAMCallbackLogic:
                  module: Optional[str] = None, averaging: Optional[str] = "auto", ema_decay: float = 0.999,
                  ema_every_n_steps: int = 1, ema_device: Optional[Union[str, torch.device]] = None,
                  sample_device: Optional[Union[str, torch.device]] = None, seed: int = 0,
-                 upscale: Optional[int] = None, sampler_kwargs: Optional[Dict[str, Any]] = None):
+                 upscale: Optional[int] = None, sampler_kwargs: Optional[Dict[str, Any]] = None, labels=None,
+                 layer_aliases: Optional[Dict[str, str]] = None):
         args = dict(locals())
         args.pop("self")
         args.pop("__class__", None)
@@ -86,6 +87,7 @@ class LDAMCallbackLogic:
         self._fit_rounds = 0  # rounds of this fit (a resumed run measures its first round again)
         self._collected_early = False
         self._round_sources: Optional[Dict[str, Tuple[nn.Module, bool]]] = None
+        self._previous: Dict[str, torch.Tensor] = {}  # the last round's images per variant (drift)
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -316,13 +318,22 @@ class LDAMCallbackLogic:
 
     # ---- logging -------------------------------------------------------------------------------------
     def _log(self, trainer: "pl.Trainer", results: Dict[str, SampleResult], seconds: float) -> None:
-        images, scalars = summarize(results, self.settings.upscale)
+        s = self.settings
+        images, scalars = summarize(results, s.upscale, real=self._real(), previous=self._previous,
+                                    labels=s.labeller(), aliases=s.layer_aliases)
         scalars.update({"ldam/failed_rounds": float(self._report.failed),
                         "ldam/nonfinite_inputs": float(self._reservoir.nonfinite_skipped)})
         if self._budget is not None:
             scalars["ldam/skipped_rounds"] = float(self._skipped)
         self._write(trainer, images, scalars, trainer.global_step)
         self._report.done(trainer.global_step, results, seconds)
+        self._report.health(trainer.global_step, unhealthy_units(results))
+        self._previous = {name: res.images for name, res in results.items()}  # for the next round's drift
+        self.on_round_end(trainer, results, scalars)
+
+    def on_round_end(self, trainer: "pl.Trainer", results: Dict[str, SampleResult], scalars: Dict[str, float]) -> None:
+        """Called on rank 0 after each logged round with every variant's result and the scalars logged; a no-op
+        to override (e.g. to score the samples with your own classifier). Exceptions count as a failed round."""
 
     def _write(self, trainer: "pl.Trainer", images: Dict[str, torch.Tensor], scalars: Dict[str, float],
                step: int) -> None:
@@ -401,6 +412,12 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
         seed: seed of every round (all variants start from the same chains and draw the same noise).
         upscale: nearest-neighbour factor for logged images (default: tiles at least 56 px high).
         sampler_kwargs: any other :func:`lightning_ldam.sample` keyword.
+        labels: row labels of the logged sheets: ``{layer path: [name of unit 0, ...]}`` or a callable
+            ``(layer, index) -> str``.
+        layer_aliases: ``{layer path: name}`` used in the tags instead of the path (e.g. ``"logits"``).
+
+    The checked arguments are ``cb.settings`` (a :class:`~lightning_ldam.callback_settings.CallbackSettings`);
+    :meth:`on_round_end` is a hook for subclasses that want each round's results.
 
     Example::
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -59,6 +59,8 @@ class CallbackSettings:
     seed: int = 0
     upscale: Optional[int] = None
     sampler_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    labels: Any = None
+    layer_aliases: Optional[Dict[str, str]] = None
 
     @classmethod
     def check(cls, **kwargs) -> "CallbackSettings":
@@ -87,9 +89,22 @@ class CallbackSettings:
         for name in ("ema_device", "sample_device"):
             s[name] = check_device(name, s[name])
         s["sampler_kwargs"] = check_sampler_kwargs(s["sampler_kwargs"], s["steps"], s["disc_weight"])
+        _check_labels(s["labels"], s["layer_aliases"])
         s["every_n_epochs"], s["every_n_train_steps"] = s["every_n_epochs"] or 0, s["every_n_train_steps"] or 0
         s["max_overhead"] = None if s["max_overhead"] is None else float(s["max_overhead"])
         return cls(**s)
+
+    def labeller(self) -> Optional[Callable[[str, int], Optional[str]]]:
+        """``labels`` as a function ``(layer, index) -> label or None``."""
+        labels = self.labels
+        if labels is None or callable(labels):
+            return labels
+
+        def lookup(layer: str, index: int) -> Optional[str]:
+            names = labels.get(layer)
+            return str(names[index]) if names is not None and 0 <= index < len(names) else None
+
+        return lookup
 
     def as_state(self) -> Dict[str, Any]:
         """Plain values for the checkpoint (what ``lightning-ldam compare`` reads back): no tensors, no callables."""
@@ -220,3 +235,19 @@ def check_on_setup(strategy: str, network, neurons: NeuronSpec) -> None:
                                             f"checkpoint")
     for layer, _ in parse_neurons(neurons):
         find_layer(network, layer)
+
+
+def _check_labels(labels: Any, aliases: Any) -> None:
+    if labels is not None and not callable(labels):
+        ok = isinstance(labels, dict) and all(
+            isinstance(k, str) and isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+            for k, v in labels.items())
+        if not ok:
+            raise LDAMArgumentError("labels", f"expected a dict {{layer path: [name of unit 0, name of unit 1, ...]}} "
+                                              f"or a callable (layer, index) -> str, got {labels!r}")
+    if aliases is not None:
+        ok = isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) and v and "/" not in v
+                                               for k, v in aliases.items())
+        if not ok or len(set(aliases.values())) != len(aliases):
+            raise LDAMArgumentError("layer_aliases", f"expected a dict {{layer path: distinct tag name without '/'}}, "
+                                                     f"got {aliases!r}")

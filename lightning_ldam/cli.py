@@ -301,7 +301,7 @@ def _compare(args) -> int:
     resolve_targets(plan.variants[0].network, plan)  # neuron paths and indices, before any real work
     # a bar on a terminal, plain progress lines in a log file
     results = sample_variants(plan, progress=False if args.no_progress else Progress(), note=_note)
-    return _write_comparison(args, ckpts, results)
+    return _write_comparison(args, ckpts, results, inputs.real)
 
 
 def _note(text: str) -> None:
@@ -481,14 +481,14 @@ def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _
     return plan
 
 
-def _write_comparison(args, ckpts, results) -> int:
+def _write_comparison(args, ckpts, results, real) -> int:
     """The TensorBoard run (the callback's tag layout) and one PNG contact sheet per layer under ``--out``."""
     from lightning_ldam.outputs import png_path, save_png
     from lightning_ldam.summaries import summarize, write_tensorboard
     from torch.utils.tensorboard import SummaryWriter
 
     step = int(ckpts[0].get("global_step", 0) or 0)
-    images, scalars = summarize(results)
+    images, scalars = summarize(results, real=real)
     os.makedirs(args.out, exist_ok=True)
     writer = SummaryWriter(log_dir=args.out)
     try:
@@ -505,10 +505,31 @@ def _write_comparison(args, ckpts, results) -> int:
         pngs.append(path)
     print(f"wrote {len(images)} images and {len(scalars)} scalars for {', '.join(results)} at step {step} "
           f"to {args.out}")
-    for path in pngs:
+    for path in pngs + _write_metrics(args.out, scalars):
         print(f"wrote {path}")
     print(f"view with: tensorboard --logdir {args.out}")
     return 0
+
+
+def _write_metrics(out: str, scalars: Dict[str, float]) -> List[str]:
+    """Print the per-layer, per-variant metrics and write them as ``metrics.csv`` and ``metrics.md`` in ``out``."""
+    import csv
+
+    from lightning_ldam.summaries import TABLE_COLUMNS, metrics_table
+
+    rows = metrics_table(scalars)
+    head = ["layer", "variant", *TABLE_COLUMNS]
+    cells = [[r["layer"], r["variant"]] + ["" if r[c] is None else f"{r[c]:.4g}" for c in TABLE_COLUMNS]
+             for r in rows]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * len(TABLE_COLUMNS)]
+    md += ["| " + " | ".join(c or "—" for c in line) + " |" for line in cells]
+    print("\n".join(md))
+    csv_path, md_path = os.path.join(out, "metrics.csv"), os.path.join(out, "metrics.md")
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows([head] + cells)
+    with open(md_path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    return [csv_path, md_path]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

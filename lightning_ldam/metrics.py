@@ -11,7 +11,15 @@ from lightning_ldam import _validation as V
 from lightning_ldam.capture import capture_outputs, run_to_targets
 from lightning_ldam.targets import Neuron
 
-__all__ = ["lift", "realism", "diversity", "unit_activations"]
+__all__ = ["lift", "realism", "diversity", "divergence", "health", "unit_activations", "UNDRIVEN_LIFT",
+           "EXPLODING_FACTOR"]
+
+#: A unit whose samples reach less than this lift is "undriven": the sampler cannot push it even halfway from an
+#: average real input to its best one.
+UNDRIVEN_LIFT = 0.5
+#: A unit is "saturated or exploding" when an activation is NaN/Inf, or its samples exceed the real inputs'
+#: range by this factor (a unit that grows without bound as the input moves: its images say nothing).
+EXPLODING_FACTOR = 1000.0
 
 
 def lift(sample_acts: torch.Tensor, real_acts: torch.Tensor) -> torch.Tensor:
@@ -118,6 +126,58 @@ def diversity(samples_per_neuron: torch.Tensor, real: torch.Tensor) -> float:
     if s.shape[0] < 2:
         return 0.0
     return (_mean_pairwise(s) / _mean_pairwise(r)).item()
+
+
+def divergence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How different two sets of chains of the same neurons are, on the scale of the chains' own spread.
+
+    Per neuron: the mean L2 distance between chain ``j`` of ``a`` and chain ``j`` of ``b`` (paired: same start,
+    same noise, as the callback's variants and rounds are), divided by the mean pairwise distance between
+    distinct chains within ``a`` and within ``b`` (averaged). 0: the same samples; about 1: as different as two
+    chains of one variant; above 1: a different concept.
+
+    Args:
+        a: ``[n, chains, ...]`` samples (e.g. the raw weights' ``SampleResult.images``).
+        b: ``[n, chains, ...]`` the paired samples (the averaged weights', or the previous round's).
+
+    Returns:
+        ``[n]`` float32 ratios; NaN for a neuron with fewer than 2 chains or chains that all coincide (no scale).
+    """
+    a, b = torch.as_tensor(a).float().flatten(2), torch.as_tensor(b).float().flatten(2)
+    if a.shape != b.shape:
+        raise LDAMArgumentError("divergence", f"expected paired samples of one shape, got {tuple(a.shape)} and "
+                                              f"{tuple(b.shape)}")
+    paired = (a - b).norm(dim=2).mean(1)
+    c = a.shape[1]
+    if c < 2:
+        return torch.full_like(paired, float("nan"))
+    within = [torch.cdist(x, x).sum(dim=(1, 2)) / (c * (c - 1)) for x in (a, b)]
+    spread = (within[0] + within[1]) / 2
+    return torch.where(spread > 0, paired / spread, torch.full_like(paired, float("nan")))
+
+
+def health(real_acts: torch.Tensor, sample_acts: torch.Tensor) -> Dict[str, List[int]]:
+    """Which neurons are dead, undriven or saturated/exploding (positions into the neuron axis).
+
+    * ``dead``: constant over the real inputs (e.g. a ReLU that never fires): nothing to visualise.
+    * ``undriven``: not dead, and the samples' lift (:func:`lift`) is below :data:`UNDRIVEN_LIFT`.
+    * ``saturated``: an activation on the real inputs or the samples is NaN/Inf, or the samples exceed the real
+      range by :data:`EXPLODING_FACTOR` (samples' mean minus the real mean over the real max minus min).
+
+    Args:
+        real_acts: ``[N_real, n]`` activations on real inputs (:func:`unit_activations`).
+        sample_acts: ``[n, chains]`` the samples' activations (``SampleResult.activations``).
+    """
+    real_acts, sample_acts = torch.as_tensor(real_acts).float(), torch.as_tensor(sample_acts).float()
+    finite = torch.isfinite(real_acts).all(0) & torch.isfinite(sample_acts).all(1)
+    lo, hi = real_acts.min(0).values, real_acts.max(0).values
+    dead = finite & (hi == lo)
+    lifts = lift(sample_acts, real_acts)
+    undriven = finite & ~dead & (lifts < UNDRIVEN_LIFT)
+    reach = (sample_acts.mean(1) - real_acts.mean(0)).abs() / (hi - lo)
+    saturated = ~finite | (~dead & (reach > EXPLODING_FACTOR))
+    return {name: torch.nonzero(mask).flatten().tolist()
+            for name, mask in (("dead", dead), ("undriven", undriven), ("saturated", saturated))}
 
 
 def _reduce(out: torch.Tensor, spatial: str) -> torch.Tensor:

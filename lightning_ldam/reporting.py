@@ -7,7 +7,7 @@ No Lightning import: the rank-zero ``info``/``warn`` functions are given.
 from __future__ import annotations
 
 import errno
-from typing import Callable, Hashable, Mapping, Optional
+from typing import Callable, Dict, Hashable, List, Mapping, Optional, Tuple
 
 from lightning_ldam.result import SampleResult
 
@@ -27,6 +27,7 @@ class RoundReporter:
         self.failed = 0
         self._said: set = set()
         self._per_step: Optional[float] = None  # the last round's seconds per variant and step
+        self._unhealthy: set = set()  # (kind, layer, index) already reported
 
     def __getstate__(self):  # the set of messages said belongs to one run; a copy (DDP spawn) starts afresh
         return {**self.__dict__, "_said": set()}
@@ -69,3 +70,18 @@ class RoundReporter:
             if resets:
                 self.warn(f"LDAMCallback: {resets} chain states of the {name!r} weights turned NaN/Inf and were "
                           f"re-initialised from fresh starts")
+
+    def health(self, step: int, found: Optional[Dict[str, List[Tuple[str, int]]]]) -> None:
+        """One warning line listing the dead, undriven and saturated units that appear for the first time."""
+        new = {kind: [u for u in units if (kind, *u) not in self._unhealthy] for kind, units in (found or {}).items()}
+        parts = []
+        for kind, units in new.items():
+            self._unhealthy.update((kind, *u) for u in units)
+            by_layer: Dict[str, List[int]] = {}
+            for layer, index in units:
+                by_layer.setdefault(layer, []).append(index)
+            parts += [f"{kind} {layer}:{indices}" for layer, indices in by_layer.items()]
+        if parts:
+            self.warn(f"LDAMCallback: step {step}: units of the raw weights newly found unhealthy: {'; '.join(parts)} "
+                      f"(dead: constant on the real inputs; undriven: lift < 0.5; saturated: NaN/Inf or exploding; "
+                      f"counts in ldam/health/<layer>/...)")

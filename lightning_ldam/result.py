@@ -31,6 +31,9 @@ class SampleResult:
             ``method="annealed"``, which samples no fixed law).
         disc_weights: ``[n]`` ``λ_k``, the weight of log D in that law (``None`` without a discriminator term).
         config: the resolved settings (steps, step size, noise, ...), for logging.
+        real_activations: ``[N_real, n]`` the same neurons' activations on the real inputs the call was given
+            (read as the sampler reads them; at most 256 images), or ``None``: the scale that lift and the
+            neuron-health counts are measured on.
     """
 
     neurons: List[Tuple[str, int]]
@@ -47,6 +50,7 @@ class SampleResult:
     scales: Optional[torch.Tensor] = None
     disc_weights: Optional[torch.Tensor] = None
     config: Dict[str, object] = field(default_factory=dict)
+    real_activations: Optional[torch.Tensor] = None
 
     @property
     def mean_images(self) -> torch.Tensor:
@@ -101,4 +105,6 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         nonfinite_resets=stack("nonfinite_resets"), value_range=first.value_range, discriminator=None,
         seconds=max(s.seconds for s in present), step_seconds=max(s.step_seconds for s in present),
         acceptance_rate=stack("acceptance_rate"), scales=stack("scales"), disc_weights=stack("disc_weights"),
-        config=dict(first.config))
+        config=dict(first.config),
+        real_activations=None if first.real_activations is None else
+        torch.stack([shards[r].real_activations[:, i] for r, i in order], dim=1))

@@ -20,6 +20,7 @@ from torch import nn
 from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
 from lightning_ldam.discriminator import restore_discriminator
 from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.metrics import unit_activations
 from lightning_ldam.progress import Progress
 from lightning_ldam.result import SampleResult, merge_shards
 from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
@@ -30,6 +31,8 @@ __all__ = ["Variant", "RoundPlan", "plan_round", "sample_variants", "sample_shar
 
 log = logging.getLogger(__name__)
 Note = Callable[[str], None]
+#: Real inputs each variant's units are read on after sampling (lift, health): one batched forward.
+REAL_FOR_METRICS = 256
 
 
 @dataclass
@@ -183,12 +186,16 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
     out: Dict[str, SampleResult] = {}
     for variant in plan.variants:
         net = prepare_network(variant.network, variant.refresh_bn, plan.real, plan.normalize, note, variant.name)
-        out[variant.name] = sample(
+        res = sample(
             net, plan.neurons if neurons is None else neurons, input_shape=plan.input_shape, chains=plan.chains,
             steps=plan.steps, real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,
             normalize=plan.normalize, seed=plan.seed, device=plan.device,
             discriminator=_discriminator(variant, plan, note), **kwargs,
             progress=progress.labelled(f"LDAM {variant.name}") if isinstance(progress, Progress) else progress)
+        if plan.real is not None:  # the scale of lift and of the health counts: this variant's units on real inputs
+            res.real_activations = unit_activations(net, res.neurons, plan.real[:REAL_FOR_METRICS],
+                                                    spatial=kwargs.get("spatial", "mean"), normalize=plan.normalize)
+        out[variant.name] = res
     return out
 
 

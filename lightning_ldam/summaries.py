@@ -1,62 +1,196 @@
 """The TensorBoard tag layout, in one place: what the callback and the CLI log for a set of variants.
 
 ``summarize`` turns ``{variant: SampleResult}`` into image grids and scalars keyed by tag;
-``write_tensorboard`` writes them with a ``SummaryWriter``. Tags (a documented contract):
+``write_tensorboard`` writes them with a ``SummaryWriter``. Tags (a documented contract; ``{layer}`` is the layer
+path, or its alias):
 
 * images ``ldam/{variant}/{layer}``: one row per neuron, one column per chain;
-* images ``ldam/compare/{layer}``: per neuron, the variants' chains side by side (+ mean and std maps);
-* scalars ``ldam/{variant}/{layer}/activation``, ``.../diversity``, ``.../realism`` (D score, when a
-  discriminator was used), ``.../acceptance`` (MALA's acceptance rate, ``method="mala"``) and
-  ``ldam/nonfinite_resets``.
+* images ``ldam/compare/{layer}``: per neuron, the variants' chains side by side and summary maps;
+* scalars ``ldam/{variant}/{layer}/...``: ``activation`` (mean), ``lift`` (median over the layer's neurons, against
+  the real inputs), ``realism`` (nearest-real distance ratio), ``diversity`` (chain spread over the real inputs'
+  spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA);
+* scalars ``ldam/divergence/{variant}/{layer}`` (averaged variant vs raw) and ``ldam/drift/{variant}/{layer}`` (this
+  round vs the previous one): :func:`lightning_ldam.metrics.divergence`, mean over the layer's neurons;
+* scalars ``ldam/health/{layer}/dead|undriven|saturated``: counts over the layer's neurons, raw weights
+  (:func:`lightning_ldam.metrics.health`);
+* scalar ``ldam/nonfinite_resets``.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+import math
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.metrics import divergence, health, lift, realism
 from lightning_ldam.render import compare_grid, neuron_grid
 from lightning_ldam.result import SampleResult
 
-__all__ = ["summarize", "write_tensorboard"]
+__all__ = ["summarize", "write_tensorboard", "unhealthy_units", "metrics_table", "Labeller"]
+
+#: ``(layer path, index) -> row label`` (or ``None`` for the default ``"index"``).
+Labeller = Callable[[str, int], Optional[str]]
+#: Real images the realism and diversity scales are measured on (pairwise distances: quadratic in this).
+_MAX_REAL = 256
 
 
-def summarize(results: Mapping[str, SampleResult],
-              upscale: Optional[int] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+def summarize(results: Mapping[str, SampleResult], upscale: Optional[int] = None, *,
+              real: Optional[torch.Tensor] = None, previous: Optional[Mapping[str, torch.Tensor]] = None,
+              labels: Optional[Labeller] = None,
+              aliases: Optional[Mapping[str, str]] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
     """Image grids ``[3, H, W]`` and scalars, keyed by tag, for results that share neurons and seeds.
 
     Args:
         results: ``{variant: result}``, e.g. ``{"raw": ..., "ema": ...}``; all for the same neurons.
         upscale: nearest-neighbour factor for the grids (default: tiles at least 56 px high).
+        real: real inputs in pixel space (the callback's reservoir): ``realism`` and ``diversity`` are measured
+            against them (without: ``diversity`` is the chains' mean pairwise L2 distance and no ``realism``).
+        previous: ``{variant: images}`` of the previous round (``SampleResult.images``), for ``drift``.
+        labels: row labels of the grids.
+        aliases: ``{layer path: name}`` used in the tags instead of the path.
     """
     if not results:
         raise LDAMArgumentError("results", "expected at least one variant, got none")
     first = next(iter(results.values()))
-    layers = list(dict.fromkeys(layer for layer, _ in first.neurons))
-    images: Dict[str, torch.Tensor] = {}
-    scalars: Dict[str, float] = {}
-    resets = 0
     for variant, res in results.items():
         if res.neurons != first.neurons:
             raise LDAMArgumentError("results", f"variant {variant!r} sampled other neurons than the first variant")
-        resets += int(res.nonfinite_resets.sum())
-        for layer in layers:
-            rows = res.layer_slice(layer)
-            images[f"ldam/{variant}/{layer}"] = neuron_grid(res.images[rows], res.value_range, upscale)
-            scalars[f"ldam/{variant}/{layer}/activation"] = res.activations[rows].mean().item()
-            scalars[f"ldam/{variant}/{layer}/diversity"] = res.diversity[rows].mean().item()
-            if res.disc_scores is not None:
-                scalars[f"ldam/{variant}/{layer}/realism"] = res.disc_scores[rows].mean().item()
-            if res.acceptance_rate is not None:
-                scalars[f"ldam/{variant}/{layer}/acceptance"] = res.acceptance_rate[rows].mean().item()
-    if len(results) > 1:
-        for layer in layers:
-            rows = first.layer_slice(layer)
-            images[f"ldam/compare/{layer}"] = compare_grid([r.images[rows] for r in results.values()],
-                                                           first.value_range, upscale)
-    scalars["ldam/nonfinite_resets"] = float(resets)
+    layers = list(dict.fromkeys(layer for layer, _ in first.neurons))
+    names = {layer: (aliases or {}).get(layer, layer) for layer in layers}
+    real = None if real is None or real.shape[0] < 2 else real[:_MAX_REAL].float()
+    real_spread = _mean_pairwise(real.flatten(1)) if real is not None else None
+    images: Dict[str, torch.Tensor] = {}
+    scalars: Dict[str, float] = {}
+    for layer in layers:
+        rows = first.layer_slice(layer)
+        row_labels = _row_labels(first, rows, labels)
+        for variant, res in results.items():
+            images[f"ldam/{variant}/{names[layer]}"] = _grid(neuron_grid, res.images[rows], res.value_range, upscale,
+                                                             row_labels)
+            scalars.update(_variant_scalars(f"ldam/{variant}/{names[layer]}", res, rows, real, real_spread))
+        if len(results) > 1:
+            images[f"ldam/compare/{names[layer]}"] = _grid(
+                compare_grid, [r.images[rows] for r in results.values()], first.value_range, upscale, row_labels,
+                names=list(results))
+        scalars.update(_pair_scalars(results, previous, rows, names[layer]))
+        scalars.update(_health_scalars(results, rows, names[layer]))
+    scalars["ldam/nonfinite_resets"] = float(sum(int(r.nonfinite_resets.sum()) for r in results.values()))
     return images, scalars
+
+
+def _grid(fn, samples, value_range, upscale, row_labels, **kwargs) -> torch.Tensor:
+    if row_labels is None:
+        return fn(samples, value_range, upscale, **kwargs) if kwargs and _takes(fn, "names") else \
+            fn(samples, value_range, upscale)
+    return fn(samples, value_range, upscale, row_labels=row_labels, **kwargs)
+
+
+def _takes(fn, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
+
+
+def _row_labels(res: SampleResult, rows: List[int], labels: Optional[Labeller]) -> Optional[List[str]]:
+    if labels is None:
+        return None
+    out = []
+    for i in rows:
+        layer, index = res.neurons[i]
+        name = labels(layer, index)
+        out.append(f"{index}: {name}" if name else str(index))
+    return out
+
+
+def _mean_pairwise(flat: torch.Tensor) -> float:
+    n = flat.shape[0]
+    return float(torch.cdist(flat, flat).sum() / (n * (n - 1)))
+
+
+def _variant_scalars(prefix: str, res: SampleResult, rows: List[int], real: Optional[torch.Tensor],
+                     real_spread: Optional[float]) -> Dict[str, float]:
+    out = {f"{prefix}/activation": res.activations[rows].mean().item()}
+    spread = res.diversity[rows].mean().item()
+    out[f"{prefix}/diversity"] = spread / real_spread if real_spread else spread
+    if real is not None:
+        out[f"{prefix}/realism"] = realism(res.images[rows].flatten(0, 1), real)
+    if res.real_activations is not None:
+        lifts = lift(res.activations[rows], res.real_activations[:, rows])
+        if not bool(torch.isnan(lifts).all()):
+            out[f"{prefix}/lift"] = float(torch.nanmedian(lifts))
+    if res.disc_scores is not None:
+        out[f"{prefix}/disc_score"] = res.disc_scores[rows].mean().item()
+    if res.acceptance_rate is not None:
+        out[f"{prefix}/acceptance"] = res.acceptance_rate[rows].mean().item()
+    return out
+
+
+def _nanmean(x: torch.Tensor) -> Optional[float]:
+    value = float(torch.nanmean(x)) if x.numel() else math.nan
+    return None if math.isnan(value) else value
+
+
+def _pair_scalars(results: Mapping[str, SampleResult], previous: Optional[Mapping[str, torch.Tensor]],
+                  rows: List[int], layer: str) -> Dict[str, float]:
+    """``divergence`` of each averaged variant from raw, ``drift`` of each variant from its previous round."""
+    out: Dict[str, float] = {}
+    raw = results.get("raw")
+    for variant, res in results.items():
+        if raw is not None and variant != "raw":
+            value = _nanmean(divergence(raw.images[rows], res.images[rows]))
+            if value is not None:
+                out[f"ldam/divergence/{variant}/{layer}"] = value
+        before = (previous or {}).get(variant)
+        if before is not None and tuple(before.shape) == tuple(res.images.shape):
+            value = _nanmean(divergence(before[rows], res.images[rows]))
+            if value is not None:
+                out[f"ldam/drift/{variant}/{layer}"] = value
+    return out
+
+
+def _health_scalars(results: Mapping[str, SampleResult], rows: List[int], layer: str) -> Dict[str, float]:
+    found = unhealthy_units(results, rows)
+    return {} if found is None else {f"ldam/health/{layer}/{kind}": float(len(units)) for kind, units in found.items()}
+
+
+def unhealthy_units(results: Mapping[str, SampleResult], rows: Optional[List[int]] = None
+                    ) -> Optional[Dict[str, List[Tuple[str, int]]]]:
+    """Dead, undriven and saturated neurons of the raw weights (the first variant without ``raw``), as
+    ``{kind: [(layer, index)]}``; ``None`` without real activations to measure them on."""
+    res = results.get("raw") or next(iter(results.values()))
+    if res.real_activations is None:
+        return None
+    rows = list(range(len(res.neurons))) if rows is None else rows
+    found = health(res.real_activations[:, rows], res.activations[rows])
+    return {kind: [res.neurons[rows[i]] for i in positions] for kind, positions in found.items()}
+
+
+#: Columns of :func:`metrics_table` after ``layer`` and ``variant``.
+TABLE_COLUMNS = ("lift", "realism", "diversity", "divergence", "drift", "activation", "disc_score", "dead",
+                 "undriven", "saturated")
+
+
+def metrics_table(scalars: Mapping[str, float]) -> List[Dict[str, object]]:
+    """:func:`summarize`'s scalars as rows ``{"layer", "variant", *TABLE_COLUMNS}`` (one per layer and variant;
+    ``divergence`` is from raw, the health counts are the raw weights' and sit on the raw row; missing: ``None``)."""
+    rows: Dict[Tuple[str, str], Dict[str, object]] = {}
+
+    def row(layer: str, variant: str) -> Dict[str, object]:
+        return rows.setdefault((layer, variant), {"layer": layer, "variant": variant,
+                                                  **{c: None for c in TABLE_COLUMNS}})
+
+    for tag, value in scalars.items():
+        parts = tag.split("/")
+        if len(parts) != 4 or parts[0] != "ldam":
+            continue
+        if parts[1] in ("divergence", "drift"):
+            row(parts[3], parts[2])[parts[1]] = value
+        elif parts[1] == "health":
+            row(parts[2], "raw")[parts[3]] = value
+        elif parts[3] in TABLE_COLUMNS:
+            row(parts[2], parts[1])[parts[3]] = value
+    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] != "raw", k[1]))]
 
 
 def write_tensorboard(writer, images: Mapping[str, torch.Tensor], scalars: Mapping[str, float], step: int) -> None:

@@ -506,20 +506,25 @@ def test_tensorboard_tags_counts_steps_and_sizes(tmp_path, no_failed_rounds):
     expected_images = {f"ldam/{v}/{layer}" for v in ("raw", "ema", "compare") for layer in layers}
     assert ldam_tags(acc, "images") == expected_images
     expected_scalars = {f"ldam/{v}/{layer}/{s}" for v in ("raw", "ema") for layer in layers
-                        for s in ("activation", "diversity", "realism")} | {
+                        for s in ("activation", "diversity", "realism", "lift", "disc_score")} | {
+        f"ldam/health/{layer}/{kind}" for layer in layers for kind in ("dead", "undriven", "saturated")} | {
+        f"ldam/divergence/ema/{layer}" for layer in layers} | {
         "ldam/nonfinite_resets", "ldam/failed_rounds", "ldam/nonfinite_inputs"}
-    assert ldam_tags(acc, "scalars") == expected_scalars
+    drift = {f"ldam/drift/{v}/{layer}" for v in ("raw", "ema") for layer in layers}
+    assert ldam_tags(acc, "scalars") == expected_scalars | drift
     for layer, n in layers.items():
         for variant, tiles_per_row in (("raw", 2), ("ema", 2), ("compare", 2 * (2 + 1) + 2 * 2)):
             imgs = acc.Images(f"ldam/{variant}/{layer}")
             assert [e.step for e in imgs] == cb.round_steps
             assert all(e.height == n * (TILE + PAD) + PAD for e in imgs), (variant, layer)
             assert all(e.width == tiles_per_row * (TILE + PAD) + PAD for e in imgs), (variant, layer)
-    for tag in expected_scalars:
+    for tag in expected_scalars | drift:
         values = acc.Scalars(tag)
-        assert [e.step for e in values] == cb.round_steps, tag
+        # drift compares a round with the one before: from the second round on
+        assert [e.step for e in values] == cb.round_steps[1 if tag in drift else 0:], tag
         assert all(np.isfinite(e.value) for e in values), tag
-    assert all(0.0 < e.value < 1.0 for e in acc.Scalars("ldam/raw/features.0/realism"))
+    assert all(0.0 < e.value < 1.0 for e in acc.Scalars("ldam/raw/features.0/disc_score"))
+    assert all(e.value > 0 for e in acc.Scalars("ldam/raw/features.0/realism"))
     assert all(e.value > 0 for e in acc.Scalars("ldam/ema/features.0/diversity"))
     for tag in ("ldam/nonfinite_resets", "ldam/failed_rounds", "ldam/nonfinite_inputs"):
         assert all(e.value == 0.0 for e in acc.Scalars(tag)), tag

@@ -634,3 +634,20 @@ def test_a_checkpoint_from_before_the_settings_dict_still_gives_its_settings(ckp
     settings = ldam_settings(ckpt)
     assert settings["neurons"] == "conv:0-1" and settings["seed"] == 0 and settings["module"] is None
     assert ldam_state(ckpt) is not None and real_inputs(ckpt) is not None
+
+
+def test_compare_prints_and_writes_the_metrics_table(ckpts, tmp_path, capsys):
+    out_dir = tmp_path / "m"
+    code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, *FAST, "--out", out_dir)
+    assert code == 0, err
+    import csv
+
+    rows = list(csv.DictReader(open(out_dir / "metrics.csv")))
+    assert [(r["layer"], r["variant"]) for r in rows] == [("conv", "raw"), ("conv", "ema")]
+    raw, ema = rows
+    assert ema["divergence"] != "" and float(ema["divergence"]) >= 0 and raw["divergence"] == ""
+    assert raw["dead"] != "" and ema["dead"] == ""  # health: the raw weights', on the raw row
+    for r in rows:
+        assert float(r["lift"]) == float(r["lift"]) and float(r["realism"]) > 0  # finite, against the reservoir
+    md = (out_dir / "metrics.md").read_text()
+    assert md.splitlines()[0].startswith("| layer | variant | lift | realism |") and md.strip() in out

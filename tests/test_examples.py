@@ -93,7 +93,7 @@ def test_imagenet_smoke_with_real_images_switches_the_discriminator_on(tmp_path)
     assert res.disc_scores is not None  # real images given: the discriminator was trained and used
     acc = events(str(tmp_path / "inet"))
     assert ldam_tags(acc, "images") == {"ldam/random/layer3", "ldam/random/fc"}
-    assert "ldam/random/fc/realism" in ldam_tags(acc, "scalars")
+    assert {"ldam/random/fc/realism", "ldam/random/fc/disc_score"} <= ldam_tags(acc, "scalars")
     assert os.path.exists(tmp_path / "inet" / "ldam_random_fc.png")
 
 
@@ -117,5 +117,6 @@ def test_demo_checkpoint_goes_straight_into_the_cli(tmp_path, monkeypatch, capsy
     layers = ("net.features.0", "net.classifier.1", "net.classifier.4")  # the callback's neurons, from the ckpt
     assert ldam_tags(acc, "images") == {f"ldam/{v}/{layer}" for v in ("raw", "ema", "compare") for layer in layers}
     assert [e.step for e in acc.Images("ldam/compare/net.classifier.4")] == [8]
-    assert "ldam/ema/net.classifier.4/realism" in ldam_tags(acc, "scalars")  # the reservoir switched D on
+    assert "ldam/ema/net.classifier.4/disc_score" in ldam_tags(acc, "scalars")  # the reservoir switched D on
+    assert "ldam/divergence/ema/net.classifier.4" in ldam_tags(acc, "scalars")
     assert sorted(os.listdir(out))[:3] == [f"compare_{layer.replace('.', '-')}.png" for layer in sorted(layers)]
