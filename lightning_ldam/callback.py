@@ -31,7 +31,8 @@ from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
 from lightning_ldam.result import SampleResult
 from lightning_ldam.reporting import RoundReporter
-from lightning_ldam.rounds import RoundPlan, Variant, plan_round, prepare_network, run_round, submodule
+from lightning_ldam.rounds import RoundPlan, Variant, plan_round, prepare_network, resolve_targets, run_round, \
+    submodule
 from lightning_ldam.snapshot import snapshot
 from lightning_ldam.summaries import summarize, unhealthy_units
 from lightning_ldam.targets import NeuronSpec
@@ -88,6 +89,7 @@ class LDAMCallbackLogic:
         self._collected_early = False
         self._round_sources: Optional[Dict[str, Tuple[nn.Module, bool]]] = None
         self._previous: Dict[str, torch.Tensor] = {}  # the last round's images per variant (drift)
+        self._fixed: list = []  # the neurons every round samples, fixed at the first round
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -267,6 +269,7 @@ class LDAMCallbackLogic:
                 return
             plan.variants = [dataclasses.replace(v, network=copy) for v, copy in
                              zip(plan.variants, self.variants(trainer, pl_module).values())]
+            plan.neurons = self._fix_neurons(trainer, plan)
             self._report.announce(step, plan.describe(len(self._resolved) or None), len(plan.variants), plan.steps)
             results = self._sample(trainer, plan)
             if trainer.is_global_zero and results:
@@ -283,6 +286,15 @@ class LDAMCallbackLogic:
                     self._budget.record_round(seconds, len(plan.variants), plan.steps)
         if done:
             self._rounds, self._fit_rounds = self._rounds + 1, self._fit_rounds + 1
+
+    def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> list:
+        """The neurons of every round: resolved at the first round on the raw weights and the reservoir (where
+        ``"layer:top8"`` ranks units), then fixed, so variants and rounds compare; rank 0's under DDP."""
+        if not self._fixed:
+            fixed = resolve_targets(plan.variants[0].network, plan) if plan.variants else []
+            self._fixed = trainer.strategy.broadcast(fixed, src=0) if trainer.world_size > 1 else fixed
+            self._resolved = list(self._fixed)
+        return list(self._fixed)
 
     def _over_budget(self, trainer: "pl.Trainer", plan: RoundPlan) -> bool:
         """Whether the due round would take sampling above ``max_overhead``. The first round of a fit always runs
@@ -356,12 +368,13 @@ class LDAMCallbackLogic:
                 "last_ema_step": self._last_ema_step,
                 "ema": self._ema.state_dict() if self._ema is not None else self._pending_ema_state,
                 "discriminators": discs, "reservoir": self._reservoir.state_dict(),
-                "settings": self.settings.as_state()}
+                "settings": self.settings.as_state(), "neurons": [list(n) for n in self._fixed]}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self._rounds = state_dict["rounds"]
         self._skipped = state_dict.get("skipped_rounds", 0)
         self._report.failed = state_dict.get("failed_rounds", 0)
+        self._fixed = [tuple(n) for n in state_dict.get("neurons", [])]
         self._last_sampled_step = state_dict["last_sampled_step"]
         self._last_ema_step = state_dict["last_ema_step"]
         self._reservoir.load_state_dict(state_dict["reservoir"])

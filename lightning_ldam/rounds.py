@@ -134,10 +134,11 @@ def prepare_network(network: nn.Module, refresh_bn: bool, real: Optional[torch.T
 
 def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) -> List[Tuple[str, int]]:
     """The ``(layer, index)`` pairs of ``plan.neurons`` on ``network``: one chain, one step (bad paths and indices
-    raise here, before any real work). ``dry_run`` also passes the plan's sampler settings, so that they are
-    checked against this network and input too (two steps, one of burn-in for the Langevin methods)."""
-    extra: Dict[str, Any] = {}
-    disc_weight = 0.0
+    raise here, before any real work; ``"layer:top8"`` is ranked on the plan's real inputs). ``dry_run`` also
+    passes the plan's sampler settings, so that they are checked against this network and input too (two
+    steps, one of burn-in for the Langevin methods)."""
+    extra: Dict[str, Any] = {k: v for k, v in plan.sampler_kwargs.items() if k == "spatial"}
+    disc_weight = 0.0  # no discriminator is built: the real inputs only rank units
     if dry_run:
         extra = {k: v for k, v in plan.sampler_kwargs.items() if k not in ("burn_in", "disc_warmup", "progress")}
         if extra.get("method", "langevin") != "annealed":
@@ -146,7 +147,7 @@ def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) 
         disc_weight = plan.disc_weight
     res = sample(network, plan.neurons, input_shape=plan.input_shape, chains=1, steps=2 if dry_run else 1,
                  value_range=plan.value_range, normalize=plan.normalize, seed=plan.seed, device=plan.device,
-                 real_data=plan.real if dry_run else None, disc_weight=disc_weight, **extra)
+                 real_data=plan.real, disc_weight=disc_weight, **extra)
     return res.neurons
 
 
