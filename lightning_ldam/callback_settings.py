@@ -20,7 +20,8 @@ from lightning_ldam.progress import Progress
 from lightning_ldam.rounds import RoundPlan, resolve_targets
 from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons
 
-__all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch"]
+__all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch",
+           "check_labels", "labeller_of"]
 
 #: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs`` (the rest are callback arguments).
 SAMPLER_EXTRA_KWARGS = frozenset({
@@ -89,22 +90,14 @@ class CallbackSettings:
         for name in ("ema_device", "sample_device"):
             s[name] = check_device(name, s[name])
         s["sampler_kwargs"] = check_sampler_kwargs(s["sampler_kwargs"], s["steps"], s["disc_weight"])
-        _check_labels(s["labels"], s["layer_aliases"])
+        check_labels(s["labels"], s["layer_aliases"])
         s["every_n_epochs"], s["every_n_train_steps"] = s["every_n_epochs"] or 0, s["every_n_train_steps"] or 0
         s["max_overhead"] = None if s["max_overhead"] is None else float(s["max_overhead"])
         return cls(**s)
 
     def labeller(self) -> Optional[Callable[[str, int], Optional[str]]]:
         """``labels`` as a function ``(layer, index) -> label or None``."""
-        labels = self.labels
-        if labels is None or callable(labels):
-            return labels
-
-        def lookup(layer: str, index: int) -> Optional[str]:
-            names = labels.get(layer)
-            return str(names[index]) if names is not None and 0 <= index < len(names) else None
-
-        return lookup
+        return labeller_of(self.labels)
 
     def as_state(self) -> Dict[str, Any]:
         """Plain values for the checkpoint (what ``lightning-ldam compare`` reads back): no tensors, no callables."""
@@ -237,7 +230,20 @@ def check_on_setup(strategy: str, network, neurons: NeuronSpec) -> None:
         find_layer(network, layer)
 
 
-def _check_labels(labels: Any, aliases: Any) -> None:
+def labeller_of(labels: Any) -> Optional[Callable[[str, int], Optional[str]]]:
+    """A ``labels`` argument (``None``, a callable, ``{layer: [names]}``) as ``(layer, index) -> label or None``."""
+    if labels is None or callable(labels):
+        return labels
+
+    def lookup(layer: str, index: int) -> Optional[str]:
+        names = labels.get(layer)
+        return str(names[index]) if names is not None and 0 <= index < len(names) else None
+
+    return lookup
+
+
+def check_labels(labels: Any, aliases: Any) -> None:
+    """``labels`` and ``layer_aliases`` as the callback takes them (errors name the argument)."""
     if labels is not None and not callable(labels):
         ok = isinstance(labels, dict) and all(
             isinstance(k, str) and isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)

@@ -139,6 +139,9 @@ def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None
                    help="output directory (TensorBoard run and PNGs; default runs/compare)")
     c.add_argument("--variants", type=_variants, metavar="NAMES",
                    help="comma-separated subset of the variants to sample, e.g. raw,ema (default: all found)")
+    c.add_argument("--labels", type=_json_object, metavar="JSON",
+                   help="row labels, e.g. '{\"fc\": [\"zero\", \"one\"]}' (default: the LDAMCallback's labels= dict "
+                        "recorded in the checkpoint)")
     c.add_argument("--no-progress", action="store_true",
                    help="no progress (default: a bar on a terminal, a line every 10%% or 30 s in a log file)")
     c.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast (GPU speed option)")
@@ -301,7 +304,7 @@ def _compare(args) -> int:
     resolve_targets(plan.variants[0].network, plan)  # neuron paths and indices, before any real work
     # a bar on a terminal, plain progress lines in a log file
     results = sample_variants(plan, progress=False if args.no_progress else Progress(), note=_note)
-    return _write_comparison(args, ckpts, results, inputs.real)
+    return _write_comparison(args, ckpts, results, inputs.real, _labeller(args.labels, settings))
 
 
 def _note(text: str) -> None:
@@ -481,14 +484,29 @@ def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _
     return plan
 
 
-def _write_comparison(args, ckpts, results, real) -> int:
+def _labeller(given: Optional[Dict[str, Any]], settings: Dict[str, Any]):
+    """``--labels``, else a ``labels=`` dict the callback recorded (a callable is not saved), as a labeller."""
+    from lightning_ldam.callback_settings import check_labels, labeller_of
+
+    labels = given if given is not None else (settings.get("labels") if isinstance(settings.get("labels"), dict)
+                                              else None)
+    if labels is None:
+        return None
+    try:
+        check_labels(labels, None)
+    except ValueError as err:
+        raise ValueError(f"--labels: {getattr(err, 'message', err)}") from None
+    return labeller_of(labels)
+
+
+def _write_comparison(args, ckpts, results, real, labeller=None) -> int:
     """The TensorBoard run (the callback's tag layout) and one PNG contact sheet per layer under ``--out``."""
     from lightning_ldam.outputs import png_path, save_png
     from lightning_ldam.summaries import summarize, write_tensorboard
     from torch.utils.tensorboard import SummaryWriter
 
     step = int(ckpts[0].get("global_step", 0) or 0)
-    images, scalars = summarize(results, real=real)
+    images, scalars = summarize(results, real=real, labels=labeller)
     os.makedirs(args.out, exist_ok=True)
     writer = SummaryWriter(log_dir=args.out)
     try:
