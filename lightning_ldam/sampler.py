@@ -39,7 +39,8 @@ from lightning_ldam.inputs import extract_input
 from lightning_ldam.metrics import unit_activations
 from lightning_ldam.progress import Progress
 from lightning_ldam.result import SampleResult
-from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons, resolve_neurons
+from lightning_ldam.targets import (TOP_REAL_IMAGES, NeuronSpec, UnitPick, find_layer, parse_neurons,
+                                    resolve_neurons)
 
 __all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "WARM_DISC_STEPS"]
 
@@ -94,10 +95,30 @@ def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.
     return real
 
 
-def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normalize, dtype) -> list:
-    """Check layer paths, then one dry forward (batch of one) to learn layer sizes and resolve indices."""
-    aliases = {layer: find_layer(model, layer)[0] for layer, _ in parse_neurons(neurons)}
-    paths = list(dict.fromkeys(aliases.values()))
+def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normalize, dtype, *,
+             real: Optional[torch.Tensor] = None, spatial: str = "mean", seed: int = 0) -> list:
+    """Check layer paths, then one dry forward (batch of one) to learn layer sizes and resolve indices.
+
+    ``"layer:topK"`` ranks the layer's units by their mean activation over the first :data:`TOP_REAL_IMAGES` of
+    ``real`` (pixel space), each read as the chains' energy reads it (``spatial``); ``"layer:randomK"`` draws with
+    ``seed``. The result names explicit ``(layer, index)`` pairs (``SampleResult.neurons``): a caller that wants
+    the same units later passes it back instead of the rule (the callback resolves once, at its first round, so
+    that every variant and round samples the same units).
+    """
+    parsed = parse_neurons(neurons)
+    aliases = {layer: find_layer(model, layer)[0] for layer, _ in parsed}
+    units = _layer_units(model, list(dict.fromkeys(aliases.values())), input_shape, device, normalize, dtype)
+    ranked = list(dict.fromkeys(aliases[layer] for layer, idx in parsed
+                                if isinstance(idx, UnitPick) and idx.rule == "top"))
+    means = None
+    if ranked and real is not None:  # without real data resolve_neurons says that "topK" needs it
+        means = _unit_means(model, {path: units[path] for path in ranked}, real[:TOP_REAL_IMAGES], spatial,
+                            normalize)
+    return resolve_neurons(neurons, units, aliases, means=means, seed=seed)
+
+
+def _layer_units(model: nn.Module, paths: list, input_shape, device, normalize, dtype) -> dict:
+    """Layer path -> unit count, from one forward of a batch of one zero input (it stops at the last target)."""
     probe = torch.zeros((1, *input_shape), device=device)
     if normalize is not None:
         probe = (probe - normalize[0]) / normalize[1]
@@ -122,7 +143,15 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
             raise LDAMArgumentError("neurons", f"layer {p!r} outputs shape {tuple(out.shape)} for a batch of one; "
                                     f"a target needs [batch, channels, ...]")
         units[p] = int(out.shape[1])
-    return resolve_neurons(neurons, units, aliases)
+    return units
+
+
+def _unit_means(model: nn.Module, units: dict, real: torch.Tensor, spatial: str, normalize) -> dict:
+    """Layer path -> ``[units]`` mean activation of each of its units over ``real`` (pixel space), read as the
+    sampler reads a unit: one batched pass over every unit of every ranked layer."""
+    every = [(path, i) for path, count in units.items() for i in range(count)]
+    acts = unit_activations(model, every, real, spatial=spatial, normalize=normalize)
+    return dict(zip(units, torch.split(acts.mean(0), list(units.values()))))
 
 
 def _input_shape_hint(input_shape) -> str:
@@ -154,13 +183,14 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     Args:
         model: the network; left exactly as found (modes, ``requires_grad``, ``.grad``, buffers).
         neurons: which neurons, e.g. ``"features.3:0-7"``, ``["conv1:0", "fc:all"]``,
-            ``{"fc": [1, 2]}`` (see :mod:`lightning_ldam.targets`).
+            ``{"fc": [1, 2]}``, ``"fc:top3"`` (the 3 units most active on ``real_data``), ``"fc:random3"`` (drawn
+            with ``seed``) (see :mod:`lightning_ldam.targets`). ``result.neurons`` names the units chosen.
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
         chains: chains per neuron.
         steps: steps in all, burn-in included (default 512).
         real_data: real images in pixel space (a tensor ``[N, *input_shape]`` or an iterable of batches)
-            to train the discriminator on, to set each neuron's target for ``adapt_disc`` and to start
-            ``init="data"`` chains from.
+            to train the discriminator on, to set each neuron's target for ``adapt_disc``, to start
+            ``init="data"`` chains from and to rank units for ``"layer:topK"``.
         disc_weight: λ, the weight of log D's drift against the unit's (see :mod:`lightning_ldam.config`).
             Default :data:`DEFAULT_DISC_WEIGHT` when ``real_data`` or ``discriminator`` is given, else 0
             (no discriminator is built: it costs nothing).
@@ -257,7 +287,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         nhwc = channels_last and len(shape) == 3  # a layout of 4-D (image) batches only
         with _frozen(net, channels_last=nhwc):
             dtype = V.model_dtype(net)
-            resolved = _resolve(net, neurons, shape, device, norm, dtype)
+            resolved = _resolve(net, neurons, shape, device, norm, dtype, real=real_cpu, spatial=spatial,
+                                seed=seed)
             to_model = _ModelInput(lo, hi, norm, dtype, nhwc, autocast_dtype, device, cuda_graph)
             run = _Run(net, resolved, shape, chains, cfg, real_cpu, (lo, hi), to_model, spatial, device, seed)
             return run(init, discriminator, cuda_graph, progress, started)

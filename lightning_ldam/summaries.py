@@ -5,7 +5,8 @@
 path, or its alias):
 
 * images ``ldam/{variant}/{layer}``: one row per neuron, one column per chain;
-* images ``ldam/compare/{layer}``: per neuron, the variants' chains side by side and summary maps;
+* images ``ldam/compare/{layer}``: per neuron a group of lines, one per variant (its first chains, its mean
+  over all chains, and |its mean − the first variant's mean|), under a header band naming the columns;
 * scalars ``ldam/{variant}/{layer}/...``: ``activation`` (mean), ``lift`` (median over the layer's neurons, against
   the real inputs), ``realism`` (nearest-real distance ratio), ``diversity`` (chain spread over the real inputs'
   spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA);
@@ -66,30 +67,17 @@ def summarize(results: Mapping[str, SampleResult], upscale: Optional[int] = None
         rows = first.layer_slice(layer)
         row_labels = _row_labels(first, rows, labels)
         for variant, res in results.items():
-            images[f"ldam/{variant}/{names[layer]}"] = _grid(neuron_grid, res.images[rows], res.value_range, upscale,
-                                                             row_labels)
+            images[f"ldam/{variant}/{names[layer]}"] = neuron_grid(res.images[rows], res.value_range, upscale,
+                                                                   row_labels=row_labels)
             scalars.update(_variant_scalars(f"ldam/{variant}/{names[layer]}", res, rows, real, real_spread))
         if len(results) > 1:
-            images[f"ldam/compare/{names[layer]}"] = _grid(
-                compare_grid, [r.images[rows] for r in results.values()], first.value_range, upscale, row_labels,
-                names=list(results))
+            images[f"ldam/compare/{names[layer]}"] = compare_grid(
+                [r.images[rows] for r in results.values()], first.value_range, upscale, names=list(results),
+                row_labels=row_labels)
         scalars.update(_pair_scalars(results, previous, rows, names[layer]))
         scalars.update(_health_scalars(results, rows, names[layer]))
     scalars["ldam/nonfinite_resets"] = float(sum(int(r.nonfinite_resets.sum()) for r in results.values()))
     return images, scalars
-
-
-def _grid(fn, samples, value_range, upscale, row_labels, **kwargs) -> torch.Tensor:
-    if row_labels is None:
-        return fn(samples, value_range, upscale, **kwargs) if kwargs and _takes(fn, "names") else \
-            fn(samples, value_range, upscale)
-    return fn(samples, value_range, upscale, row_labels=row_labels, **kwargs)
-
-
-def _takes(fn, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(fn).parameters
 
 
 def _row_labels(res: SampleResult, rows: List[int], labels: Optional[Labeller]) -> Optional[List[str]]:

@@ -10,8 +10,27 @@ Accepted specs (and lists of them)::
     "features.3:0-7"       # an inclusive range
     "features.3:1,5,9"     # a comma list
     "classifier.2:all"     # every unit of the layer
-    {"features.3": [0, 4], "classifier.2": "all"}
+    "classifier.2:top3"    # the 3 units most active on the real inputs, most active first
+    "features.0:random8"   # 8 distinct units drawn with the call's seed, in ascending order
+    {"features.3": [0, 4], "classifier.2": "all", "fc": "top3"}
+    {"fc": {"units": "top3"}}   # per-layer settings: only "units" for now
     ("features.3", 12)
+
+The grammar, one layer at a time (``K`` is an integer >= 1)::
+
+    spec    := item | [item, ...] | {layer: units | {"units": units}, ...}
+    item    := "layer:units" | (layer, units)
+    units   := N | "N" | "N-M" | "N,M,..." | [N, ...] | range(...) | "all" | "topK" | "randomK"
+
+``topK`` ranks a layer's units by their mean activation over the real inputs (``real_data`` of
+:func:`~lightning_ldam.sampler.sample`, at most 512 images), each read as the sampler reads it (a conv
+channel's mean over positions, or its centre with ``spatial="center"``); ties go to the lower index. It
+needs real inputs. ``randomK`` draws from a private generator seeded by the call's ``seed`` and the
+layer's path (never the global RNG): the same seed gives the same units, whatever else the spec holds.
+A ``K`` above the layer's size means all of its units. Both resolve to explicit ``(layer, index)``
+pairs (``SampleResult.neurons``), which can be passed back as a spec to sample the same units again.
+Every form can be mixed with the others, for the same layer too: the resolved list keeps the spec's
+order and drops repeats (the first occurrence stays).
 
 Paths written with the ``module.`` (DDP / DataParallel) or ``_orig_mod.`` (``torch.compile``)
 prefixes are accepted and mean the same layer.
@@ -20,6 +39,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -28,17 +48,38 @@ from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError
 
-__all__ = ["Neuron", "LayerInfo", "NeuronSpec", "parse_neurons", "resolve_neurons", "find_module",
-           "find_layer", "list_targets", "canonical_path"]
+__all__ = ["Neuron", "LayerInfo", "NeuronSpec", "UnitPick", "parse_neurons", "resolve_neurons", "top_units",
+           "random_units", "find_module", "find_layer", "list_targets", "canonical_path"]
 
 Neuron = Tuple[str, int]
 IndexSpec = Union[int, str, Sequence[int], range]
-NeuronSpec = Union[str, Neuron, Mapping[str, IndexSpec], Sequence[Union[str, Neuron]]]
+NeuronSpec = Union[str, Neuron, Mapping[str, Union[IndexSpec, Mapping[str, IndexSpec]]],
+                   Sequence[Union[str, Neuron]]]
 
 _WRAPPER_SEGMENTS = ("module", "_orig_mod")
 _RANGE_RE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
-_SPEC_HINT = ("accepted: 'layer:12', 'layer:0-7', 'layer:1,5,9', 'layer:all', a (layer, index) tuple, "
-              "a list of these, or a dict {layer: index | list | range | 'all'}")
+_PICK_RE = re.compile(r"^(top|random)(\d+)$")
+_SPEC_HINT = ("accepted: 'layer:12', 'layer:0-7', 'layer:1,5,9', 'layer:all', 'layer:top3', 'layer:random3', "
+              "a (layer, index) tuple, a list of these, or a dict {layer: index | list | range | 'all' | 'top3' | "
+              "'random3' | {'units': ...}}")
+#: Real images (at most) whose mean activations rank a layer's units for ``"layer:topK"``.
+TOP_REAL_IMAGES = 512
+
+
+@dataclass(frozen=True)
+class UnitPick:
+    """Units chosen by a rule rather than by index: ``"topK"`` or ``"randomK"`` (see the module docstring).
+
+    Attributes:
+        rule: ``"top"`` (most active on real inputs) or ``"random"`` (drawn with the call's seed).
+        count: K, at least 1; more than the layer has means all of its units.
+    """
+
+    rule: str
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.rule}{self.count}"
 
 
 @dataclass(frozen=True)
@@ -120,11 +161,36 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
     return find_layer(model, path)[1]
 
 
-def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int]]:
-    """Turn one layer's index spec into a list of ints or the marker ``"all"``."""
+def _parse_pick(layer: str, text: str) -> UnitPick:
+    """``"top3"`` / ``"random8"`` -> :class:`UnitPick`; any other word starting with top/random is an error."""
+    match = _PICK_RE.match(text)
+    if match is None:
+        raise LDAMArgumentError("neurons", f"expected 'topK' or 'randomK' with an integer K >= 1 (e.g. 'top3', "
+                                           f"'random8') for layer {layer!r}, got {text!r}")
+    count = int(match.group(2))
+    if count < 1:
+        raise LDAMArgumentError("neurons", f"K in {text!r} for layer {layer!r} must be >= 1 (e.g. "
+                                           f"'{match.group(1)}3'), got {count}")
+    return UnitPick(match.group(1), count)
+
+
+def _parse_layer_settings(layer: str, settings: Mapping) -> Union[str, List[int], UnitPick]:
+    """A dict value ``{"units": ...}``: the per-layer settings form. Only ``units`` exists so far."""
+    others = sorted(str(k) for k in settings if k != "units")
+    if others:
+        raise LDAMArgumentError("neurons", f"per-layer settings other than 'units' are not supported yet: got "
+                                           f"{others} for layer {layer!r}; write {{{layer!r}: {{'units': ...}}}}")
+    if "units" not in settings:
+        raise LDAMArgumentError("neurons", f"per-layer settings for layer {layer!r} need 'units' (e.g. "
+                                           f"{{'units': 'top3'}}), got {dict(settings)!r}")
+    return _parse_indices(layer, settings["units"])
+
+
+def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int], UnitPick]:
+    """Turn one layer's index spec into a list of ints, the marker ``"all"`` or a :class:`UnitPick`."""
     if isinstance(spec, bool):
-        raise LDAMArgumentError("neurons", f"index for layer {layer!r} must be an int, a range, a list or 'all'; "
-                        f"got {spec!r}")
+        raise LDAMArgumentError("neurons", f"index for layer {layer!r} must be an int, a range, a list, 'all', "
+                                           f"'topK' or 'randomK'; got {spec!r}")
     if isinstance(spec, int):
         return [spec]
     if isinstance(spec, range):
@@ -133,6 +199,8 @@ def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int]]:
         text = spec.strip()
         if text == "all":
             return "all"
+        if text.startswith(("top", "random")):
+            return _parse_pick(layer, text)
         match = _RANGE_RE.match(text)
         if match:
             lo, hi = int(match.group(1)), int(match.group(2))
@@ -155,27 +223,30 @@ def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int]]:
             raise LDAMArgumentError("neurons", f"empty index list for layer {layer!r}; {_SPEC_HINT}")
         return out
     raise LDAMArgumentError("neurons",
-        f"index for layer {layer!r} must be an int, a range, a list or 'all'; got {spec!r}")
+        f"index for layer {layer!r} must be an int, a range, a list, 'all', 'topK' or 'randomK'; got {spec!r}")
 
 
-def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int]]]]:
-    """Parse a neuron spec into ``[(layer_path, [indices] | "all"), ...]`` without a model.
+def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int], UnitPick]]]:
+    """Parse a neuron spec into ``[(layer_path, [indices] | "all" | UnitPick), ...]`` without a model.
 
     Order is kept; nothing is checked against a model yet (see :func:`resolve_neurons`).
 
     Example::
 
-        >>> parse_neurons(["conv1:0-2", "fc:all"])
-        [('conv1', [0, 1, 2]), ('fc', 'all')]
+        >>> parse_neurons(["conv1:0-2", "fc:all", "fc:top3"])
+        [('conv1', [0, 1, 2]), ('fc', 'all'), ('fc', UnitPick(rule='top', count=3))]
+        >>> parse_neurons({"fc": {"units": "random2"}})
+        [('fc', UnitPick(rule='random', count=2))]
     """
-    items: List[Tuple[str, Union[str, List[int]]]] = []
+    items: List[Tuple[str, Union[str, List[int], UnitPick]]] = []
     if isinstance(spec, Mapping):
         if not spec:
             raise LDAMArgumentError("neurons", f"got an empty dict; {_SPEC_HINT}")
         for layer, idx in spec.items():
             if not isinstance(layer, str) or not layer.strip():
                 raise LDAMArgumentError("neurons", f"dict keys must be layer paths (str); got {layer!r}")
-            items.append((layer.strip(), _parse_indices(layer, idx)))
+            parsed = _parse_layer_settings(layer, idx) if isinstance(idx, Mapping) else _parse_indices(layer, idx)
+            items.append((layer.strip(), parsed))
         return items
     if isinstance(spec, str):
         text = spec.strip()
@@ -202,20 +273,32 @@ def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int]]]]:
                     f"{type(spec).__name__} {spec!r}")
 
 
-def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int],
-                    aliases: Optional[Mapping[str, str]] = None) -> List[Neuron]:
+def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int], aliases: Optional[Mapping[str, str]] = None, *,
+                    means: Optional[Mapping[str, torch.Tensor]] = None, seed: int = 0) -> List[Neuron]:
     """Expand a spec against known layer sizes into ``[(canonical_path, index), ...]``.
+
+    The result keeps the spec's order and drops repeats (the first occurrence stays), so ``["fc:0-3",
+    "fc:top2"]`` samples each unit once. Every rule is resolved to explicit indices: the result is itself a
+    spec that names the same units.
 
     Args:
         spec: a neuron spec (see module docstring).
         units: layer path (canonical) -> number of channels/units, e.g. from :func:`list_targets`.
         aliases: spec path -> key of ``units`` (as :func:`find_layer` resolves it); default
             :func:`canonical_path`.
+        means: key of ``units`` -> ``[units]`` mean activation of each unit on real inputs, which ranks the
+            units of ``"layer:topK"`` (:func:`top_units`); the sampler computes it from ``real_data``.
+        seed: seeds the draw of ``"layer:randomK"`` (:func:`random_units`).
 
     Raises:
-        ValueError: an index is out of range, or a layer is unknown.
+        LDAMArgumentError: an index is out of range, a layer is unknown, or ``"topK"`` has no ``means``.
+
+    Example::
+
+        >>> resolve_neurons(["fc:2", "fc:top2"], {"fc": 4}, means={"fc": torch.tensor([0.1, 0.9, 0.5, 0.9])})
+        [('fc', 2), ('fc', 1), ('fc', 3)]
     """
-    resolved: List[Neuron] = []
+    resolved: Dict[Neuron, None] = {}  # an ordered set: the spec's order, repeats dropped
     for layer, idx in parse_neurons(spec):
         key = aliases[layer] if aliases and layer in aliases else canonical_path(layer)
         if key not in units:
@@ -223,14 +306,80 @@ def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int],
             hint = f" Close matches: {close}." if close else ""
             raise LDAMArgumentError("neurons", f"layer path {layer!r} is not a targetable module.{hint} "
                              f"Hint: use lightning_ldam.list_targets(model, input_shape) to list valid paths.")
-        count = units[key]
-        indices = list(range(count)) if idx == "all" else idx
-        for i in indices:
-            if not 0 <= i < count:
-                raise LDAMArgumentError("neurons", f"index {i} is out of range for layer {layer!r}, which has {count} "
-                                 f"units (valid: 0-{count - 1})")
-            resolved.append((key, i))
-    return resolved
+        for i in _layer_indices(layer, key, idx, units[key], means, seed):
+            resolved.setdefault((key, i))
+    return list(resolved)
+
+
+def _layer_indices(layer: str, key: str, idx: Union[str, List[int], UnitPick], count: int,
+                   means: Optional[Mapping[str, torch.Tensor]], seed: int) -> List[int]:
+    """One parsed layer entry as explicit indices into a layer of ``count`` units (checked against ``count``)."""
+    if isinstance(idx, UnitPick) and idx.rule == "random":
+        return random_units(count, idx.count, seed=seed, layer=key)
+    if isinstance(idx, UnitPick):
+        if means is None or key not in means:
+            raise LDAMArgumentError("neurons", f"'{idx}' needs real_data (the units are ranked on real inputs) "
+                                               f"for layer {layer!r}, got none; pass real images, or choose units "
+                                               f"without data, e.g. '{layer}:random{idx.count}' or "
+                                               f"'{layer}:0-{idx.count - 1}'")
+        if means[key].numel() != count:
+            raise LDAMArgumentError("means", f"expected {count} mean activations for layer {layer!r} (one per "
+                                             f"unit), got {means[key].numel()}")
+        return top_units(means[key], idx.count)
+    if isinstance(idx, str):  # "all"
+        return list(range(count))
+    for i in idx:
+        if not 0 <= i < count:
+            raise LDAMArgumentError("neurons", f"index {i} is out of range for layer {layer!r}, which has {count} "
+                                               f"units (valid: 0-{count - 1})")
+    return idx
+
+
+def top_units(means: torch.Tensor, k: int) -> List[int]:
+    """The ``k`` units with the highest mean activation, most active first; ties go to the lower index.
+
+    A ``k`` above the number of units gives all of them. NaN means rank last (a unit that is NaN on real
+    inputs is not "most active").
+
+    Args:
+        means: ``[units]`` mean activation of each unit (e.g. over real inputs).
+        k: how many, at least 1.
+
+    Example::
+
+        >>> top_units(torch.tensor([0.2, 0.7, 0.2, 0.9]), 3)
+        [3, 1, 0]
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise LDAMArgumentError("k", f"expected an int >= 1, got {k!r}")
+    means = torch.as_tensor(means).detach().flatten().float().cpu()
+    means = torch.where(torch.isnan(means), torch.full_like(means, float("-inf")), means)
+    # stable: among equal means the lower index comes first
+    order = torch.sort(means, descending=True, stable=True).indices
+    return order[:k].tolist()
+
+
+def random_units(units: int, k: int, *, seed: int = 0, layer: str = "") -> List[int]:
+    """``k`` distinct unit indices out of ``units``, drawn without the global RNG, in ascending order.
+
+    The draw depends on ``seed`` and ``layer`` only (a private generator seeded by both), so the same seed picks
+    the same units of a layer whatever else a spec holds, and two layers of one size get different units. The
+    ``k`` units are the first ``k`` of one permutation: a larger ``k`` keeps the smaller one's units. A ``k``
+    above ``units`` gives all of them.
+
+    Example::
+
+        >>> random_units(10, 3, seed=1, layer="fc") == random_units(10, 3, seed=1, layer="fc")
+        True
+        >>> random_units(4, 9)
+        [0, 1, 2, 3]
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise LDAMArgumentError("k", f"expected an int >= 1, got {k!r}")
+    # crc32, not hash(): Python salts str hashes per process, and the units must not change between runs
+    mixed = (int(seed) * 0x9E3779B1 + zlib.crc32(layer.encode())) % 2 ** 63
+    generator = torch.Generator(device="cpu").manual_seed(mixed)
+    return sorted(torch.randperm(units, generator=generator)[:k].tolist())
 
 
 def first_tensor(output) -> Optional[torch.Tensor]:

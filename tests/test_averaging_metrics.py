@@ -117,3 +117,10 @@ def test_drift_is_zero_for_weights_that_do_not_move_and_positive_for_training(tm
     for variant in ("raw", "ema"):
         assert [e.value for e in still.Scalars(f"ldam/drift/{variant}/classifier.2")] == [0.0]
         assert all(e.value > 0.0 for e in moving.Scalars(f"ldam/drift/{variant}/classifier.2"))
+def test_labels_and_aliases_name_the_tags_and_rows(tmp_path):
+    acc = _run(tmp_path, ema_decay=0.5, lr=0.5, layer_aliases={"classifier.2": "logits"},
+               labels={"classifier.2": ["zero", "one", "two", "three", "four"]})
+    tags = set(acc.Tags()["images"]) | set(acc.Tags()["scalars"])
+    assert {"ldam/raw/logits", "ldam/compare/logits", "ldam/divergence/ema/logits",
+            "ldam/health/logits/dead"} <= tags
+    assert not any("classifier.2" in t for t in tags)

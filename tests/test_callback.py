@@ -40,6 +40,9 @@ FAST: Dict[str, Any] = dict(chains=2, steps=3, sampler_kwargs={"disc_warmup": 1}
 SIZE = 12
 TILE = SIZE * 5  # render.upscale_factor(12) == 5
 PAD = 2
+# ldam/compare: a 2-line header band (names), then per neuron a group of 2 lines (raw, ema) of 36-px tiles (12 px
+# x 3: compare sheets upscale to >= 28 px), 6 px between groups
+COMPARE_HEADER, COMPARE_GROUP, COMPARE_GAP = 32, 2 * (SIZE * 3 + PAD) + PAD, 6
 
 
 # ---- a tiny LightningModule and Trainer helpers -------------------------------------------------------
@@ -513,11 +516,15 @@ def test_tensorboard_tags_counts_steps_and_sizes(tmp_path, no_failed_rounds):
     drift = {f"ldam/drift/{v}/{layer}" for v in ("raw", "ema") for layer in layers}
     assert ldam_tags(acc, "scalars") == expected_scalars | drift
     for layer, n in layers.items():
-        for variant, tiles_per_row in (("raw", 2), ("ema", 2), ("compare", 2 * (2 + 1) + 2 * 2)):
+        for variant in ("raw", "ema"):
             imgs = acc.Images(f"ldam/{variant}/{layer}")
             assert [e.step for e in imgs] == cb.round_steps
             assert all(e.height == n * (TILE + PAD) + PAD for e in imgs), (variant, layer)
-            assert all(e.width == tiles_per_row * (TILE + PAD) + PAD for e in imgs), (variant, layer)
+            assert all(e.width == 2 * (TILE + PAD) + PAD for e in imgs), (variant, layer)
+        imgs = acc.Images(f"ldam/compare/{layer}")
+        assert [e.step for e in imgs] == cb.round_steps
+        assert all(e.height == COMPARE_HEADER + n * COMPARE_GROUP + (n - 1) * COMPARE_GAP for e in imgs), layer
+        assert all(e.width <= 350 for e in imgs), layer
     for tag in expected_scalars | drift:
         values = acc.Scalars(tag)
         # drift compares a round with the one before: from the second round on

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
 from lightning_ldam.callback import LDAMCallback
+from test_callback import COMPARE_GAP, COMPARE_GROUP, COMPARE_HEADER  # noqa: E402
 from test_callback import (FAST, NEURONS, PAD, TILE, TinyModule, assert_same, clone_state, events, ldam_tags,
                            loader)
 
@@ -103,7 +104,9 @@ def test_ddp_spawn_one_writer_all_neurons_and_training_untouched(tmp_path):
         images = acc.Images(tag)
         assert [e.step for e in images] == ROUND_STEPS, tag  # one image per round, not one per rank
         n = layers[tag.rsplit("/", 1)[1]]
-        assert all(e.height == n * (TILE + PAD) + PAD for e in images), tag  # every neuron of every shard
+        height = (COMPARE_HEADER + n * COMPARE_GROUP + (n - 1) * COMPARE_GAP if "/compare/" in tag
+                  else n * (TILE + PAD) + PAD)
+        assert all(e.height == height for e in images), tag  # every neuron of every shard
     assert [e.step for e in acc.Scalars("ldam/nonfinite_resets")] == ROUND_STEPS
 
     ref = _ddp_fit(tmp_path / "without", with_callback=False)

@@ -151,7 +151,7 @@ def test_a_tabular_model_trains_to_the_end_with_the_callback(tmp_path):
     # 10 features are drawn as a 1 x 10 strip per chain: both rounds log their images
     assert cb._rounds == 2 and cb._report.failed == 0
     images = events(logger.log_dir).Images("ldam/raw/net.2")
-    assert [e.step for e in images] == [2, 4] and images[0].height == 2 * (56 + 2) + 2
+    assert [e.step for e in images] == [2, 4] and images[0].height == 2 * (31 + 2) + 2
 
 
 def _nan_loader(value_rows=(1, 6)):
