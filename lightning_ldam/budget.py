@@ -45,7 +45,7 @@ class OverheadBudget:
         self.started, self.sampling = self.clock(), 0.0
 
     def add_sampling(self, seconds: float) -> None:
-        """Seconds the callback spent (rounds, probes, per-batch work): they do not count as training time."""
+        """Seconds the callback spent (rounds, the dry run, per-batch work): they do not count as training time."""
         self.sampling += max(0.0, float(seconds))
 
     def training_seconds(self) -> float:

@@ -395,15 +395,15 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
             ``["conv1:0-3", "fc:all"]`` (see :mod:`lightning_ldam.targets`).
         every_n_epochs: sample at the end of every n-th training epoch (``None``/0: off).
         every_n_train_steps: sample every n optimizer steps (``None``/0: off).
-        on_fit_end: also sample once when ``fit`` ends.
+        on_fit_end: also sample once when ``fit`` ends (default ``True``; this round always runs).
         during_validation: also sample at the end of every validation run (the validation inside ``fit``,
             and ``trainer.validate``, whose batches then feed the reservoir); runs under Lightning's
             no_grad/inference_mode, nothing to configure.
         max_overhead: keep sampling under this share of the training wall time (default ``0.05``): a due
             round whose estimated cost would take sampling above it is skipped (counted in
-            ``ldam/skipped_rounds``). The first round's cost comes from a 4-step probe, made once the budget
-            could plausibly hold a round; a run too short for any round says so at the end. ``on_fit_end``'s
-            round always runs. ``None``: every due round runs, whatever it costs.
+            ``ldam/skipped_rounds``). The first due round of every fit always runs, so its cost is measured
+            (the estimate of later rounds); ``on_fit_end``'s round always runs too. ``None``: every due round
+            runs, whatever it costs.
         chains: chains per neuron.
         steps: Langevin steps per round (default: the sampler's 512 while a discriminator is fresh, 256 once
             every variant's discriminator is warm from earlier rounds: the same quality, half the cost).
