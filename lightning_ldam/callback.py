@@ -31,8 +31,8 @@ from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
 from lightning_ldam.result import SampleResult
 from lightning_ldam.reporting import RoundReporter
-from lightning_ldam.rounds import RoundPlan, Variant, plan_round, prepare_network, resolve_targets, run_round, \
-    submodule
+from lightning_ldam.rounds import (RoundPlan, Variant, fixed_spec, plan_round, prepare_network, resolve_targets,
+                                   run_round, submodule)
 from lightning_ldam.snapshot import snapshot
 from lightning_ldam.summaries import summarize, unhealthy_units
 from lightning_ldam.targets import NeuronSpec
@@ -287,14 +287,15 @@ class LDAMCallbackLogic:
         if done:
             self._rounds, self._fit_rounds = self._rounds + 1, self._fit_rounds + 1
 
-    def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> list:
+    def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> NeuronSpec:
         """The neurons of every round: resolved at the first round on the raw weights and the reservoir (where
-        ``"layer:top8"`` ranks units), then fixed, so variants and rounds compare; rank 0's under DDP."""
+        ``"layer:top8"`` ranks units), then fixed, so variants and rounds compare; rank 0's under DDP. Returned as a
+        spec that keeps the per-layer settings."""
         if not self._fixed:
             fixed = resolve_targets(plan.variants[0].network, plan) if plan.variants else []
             self._fixed = trainer.strategy.broadcast(fixed, src=0) if trainer.world_size > 1 else fixed
             self._resolved = list(self._fixed)
-        return list(self._fixed)
+        return fixed_spec(plan.variants[0].network, self.settings.neurons, self._fixed) if plan.variants else []
 
     def _over_budget(self, trainer: "pl.Trainer", plan: RoundPlan) -> bool:
         """Whether the due round would take sampling above ``max_overhead``. The first round of a fit always runs

@@ -7,7 +7,7 @@ target never run), and hooks are always removed in ``finally``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -15,7 +15,22 @@ from torch import nn
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.targets import Neuron, find_module, first_tensor
 
-__all__ = ["ActivationReader", "capture_outputs"]
+__all__ = ["ActivationReader", "capture_outputs", "spatial_mode", "Spatial"]
+
+#: How conv channels reduce to one number: ``"mean"``/``"center"`` for every layer, or ``{layer: mode}`` (a layer
+#: not in the dict reads ``"mean"``).
+Spatial = Union[str, Mapping[str, str]]
+
+
+def spatial_mode(spatial: Spatial, layer: str) -> str:
+    """The reduction of ``layer``'s channels under ``spatial``.
+
+    Example::
+
+        >>> spatial_mode("center", "conv1"), spatial_mode({"conv1": "center"}, "conv2")
+        ('center', 'mean')
+    """
+    return spatial if isinstance(spatial, str) else spatial.get(layer, "mean")
 
 
 class _TargetsCaptured(Exception):
@@ -87,11 +102,12 @@ class ActivationReader:
         model: the frozen network (eval mode).
         neurons: resolved ``(layer_path, index)`` pairs.
         chains: chains per neuron.
-        spatial: ``"mean"`` (mean over all positions of a conv channel) or ``"center"`` (centre unit).
+        spatial: ``"mean"`` (mean over all positions of a conv channel) or ``"center"`` (centre unit), or
+            ``{layer: mode}`` (see :data:`Spatial`).
         device: where index tensors live.
     """
 
-    def __init__(self, model: nn.Module, neurons: Sequence[Neuron], chains: int, spatial: str = "mean",
+    def __init__(self, model: nn.Module, neurons: Sequence[Neuron], chains: int, spatial: Spatial = "mean",
                  device=None):
         self.model = model
         self.spatial = spatial
@@ -126,7 +142,7 @@ class ActivationReader:
             out = outputs[layer]
             picked = out[self.rows[layer], self.channels[layer]]  # [n, *spatial]
             if picked.dim() > 1:
-                if self.spatial == "center":
+                if spatial_mode(self.spatial, layer) == "center":
                     while picked.dim() > 1:
                         picked = picked.select(1, picked.shape[1] // 2)
                 else:

@@ -8,7 +8,7 @@ Python float in an eager step, a device-table entry at a device counter in a CUD
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,11 +110,13 @@ class LangevinChains:
             :data:`RESTART_SEED_OFFSET`).
         real_acts: ``(mean, max)`` per neuron over real inputs, for ``adapt_disc`` (``None``: no adaptation).
         graph: also keep the per-step scalars in device tables, for the CUDA-graph form of the steps.
+        law: per-neuron ``"disc_weight"`` (λ), ``"temperature"`` (T) and ``"smoothness"`` (κ), each a sequence of
+            ``neurons`` values (per-layer settings of the neuron spec); ``None``: ``cfg``'s values for every neuron.
     """
 
     def __init__(self, u0: torch.Tensor, objective: Objective, cfg: LangevinConfig, neurons: int,
                  generator: torch.Generator, real_acts: Optional[Sequence[torch.Tensor]] = None,
-                 graph: bool = False):
+                 graph: bool = False, law: Optional[Mapping[str, Sequence[float]]] = None):
         self.u = u0.clone()
         self.objective, self.cfg, self.n, self.gen = objective, cfg, neurons, generator
         self.restart_gen = torch.Generator(device=generator.device).manual_seed(
@@ -135,8 +137,19 @@ class LangevinChains:
         self.disc_weights = self.disc_weight = self.smoothness = self.smooth_row = None
         self.current: Optional[Terms] = None  # MALA: the objective at the current states
         self.second_moment = torch.zeros_like(u0) if cfg.precondition == "psgld" else None
-        # κ/PIXEL_SCALE: the smoothness prior's weight before w_k (images only; the annealed search has none)
-        self.smooth = cfg.smoothness / PIXEL_SCALE if (u0.dim() == 4 and cfg.method != "annealed") else 0.0
+        law = law or {}
+        per = {k: [float(v) for v in law.get(k, [getattr(cfg, k)] * neurons)]
+               for k in ("disc_weight", "temperature", "smoothness")}
+        self.lam = torch.tensor(per["disc_weight"], device=dev)  # λ per neuron (before D's gradient scale)
+        self.lam_row = self._per_row(self.lam).view(-1)
+        self.temp = torch.tensor(per["temperature"], device=dev)
+        self.temp_row = self._per_row(self.temp)
+        # κ/PIXEL_SCALE per neuron: the smoothness prior's weight before w_k (images only; the annealed search has
+        # none). ``smooth`` says (host-side, no sync) whether any neuron has the prior at all.
+        images = u0.dim() == 4 and cfg.method != "annealed"
+        self.smooth = images and any(k > 0 for k in per["smoothness"])
+        self.smooth_unit = torch.tensor(per["smoothness"], device=dev) / PIXEL_SCALE if self.smooth else None
+        self.search_smooth = self._per_row(self.smooth_unit) if self.smooth else None  # burn-in's search: w_k = 1
         self.scalars = self._scalars()
         self.tables = {k: torch.tensor(v, device=dev) for k, v in self.scalars.items()} if graph else None
         self.counter = torch.zeros(1, dtype=torch.long, device=dev) if graph else None
@@ -196,11 +209,11 @@ class LangevinChains:
         rms, rms_d = self._track_scales(terms, self.at("track", t))
         drift = terms.g_act / rms.clamp_min(1e-12).view(self.view)
         if terms.g_disc is not None:
-            share = self.cfg.disc_weight / rms_d.clamp_min(1e-12)
+            share = self.lam_row / rms_d.clamp_min(1e-12)
             drift.addcmul_(terms.g_disc, share.view(self.view))
         drift.div_(PIXEL_SCALE)
         if self.smooth:
-            drift.sub_(roughness_grad(self.u), alpha=self.smooth)
+            drift.sub_(roughness_grad(self.u) * self.search_smooth)
         self._move(drift, t, terms.acts)
         self._tick(t)
 
@@ -237,18 +250,19 @@ class LangevinChains:
         else:  # a unit with no gradient anywhere in burn-in: its law is flat whatever c_k is
             scale = torch.where(self.ms_act > 0, PIXEL_SCALE * self.ms_act.sqrt(), torch.ones_like(self.ms_act))
         self.scale = scale
-        self.inv_scale = self._per_row(1.0 / (scale * cfg.temperature))
+        self.inv_scale = self._per_row(1.0 / (scale * self.temp))
         self._set_weights()
 
     def _set_weights(self) -> None:
         """``λ_k`` and ``γ_k`` from the current ``w_k`` and D's gradient scale (the priors go together: both
         scaled by w_k)."""
-        disc_unit = torch.where(self.ms_disc > 0, self.cfg.disc_weight / (PIXEL_SCALE * self.ms_disc.sqrt()),
+        disc_unit = torch.where(self.ms_disc > 0, self.lam / (PIXEL_SCALE * self.ms_disc.sqrt()),
                                 torch.zeros_like(self.ms_disc))
         self.disc_weights = disc_unit * self.weight
         self.disc_weight = self._per_row(self.disc_weights)
-        self.smoothness = self.smooth * self.weight
-        self.smooth_row = self._per_row(self.smoothness)
+        if self.smooth:
+            self.smoothness = self.smooth_unit * self.weight
+            self.smooth_row = self._per_row(self.smoothness)
 
     def adapt_step(self, t: Optional[int]) -> None:
         """A step of the law with the current ``w_k`` and D's current gradient scale, then ``w_k`` adapted (second half
@@ -331,13 +345,12 @@ class LangevinChains:
         self._record(t, terms.acts)
         g = terms.g_act
         if cfg.precondition == "rms":
-            drift = g.mul_((1.0 / (cfg.temperature * _row_rms(g).clamp_min(1e-12))).view(self.view))
+            drift = g.mul_((1.0 / (self.temp_row.view(-1) * _row_rms(g).clamp_min(1e-12))).view(self.view))
         else:
-            drift = g.div_(cfg.temperature)
-        if terms.g_disc is not None and cfg.disc_weight > 0:
-            scale = (cfg.disc_weight / _row_rms(terms.g_disc).clamp_min(1e-12)).view(self.view) \
-                if cfg.precondition == "rms" else cfg.disc_weight
-            drift.add_(terms.g_disc * scale)
+            drift = g.div_(self.temp_row)
+        if terms.g_disc is not None:
+            lam = self.lam_row / _row_rms(terms.g_disc).clamp_min(1e-12) if cfg.precondition == "rms" else self.lam_row
+            drift.addcmul_(terms.g_disc, lam.view(self.view))
         if self.second_moment is not None:
             self.second_moment.mul_(0.99).addcmul_(drift, drift, value=0.01)
             drift = drift / (self.second_moment * self.at("psgld", t)).sqrt().add_(1e-8)

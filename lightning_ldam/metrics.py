@@ -8,7 +8,7 @@ from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
-from lightning_ldam.capture import capture_outputs, run_to_targets
+from lightning_ldam.capture import Spatial, capture_outputs, run_to_targets, spatial_mode
 from lightning_ldam.targets import Neuron
 
 __all__ = ["lift", "realism", "diversity", "divergence", "health", "unit_activations", "UNDRIVEN_LIFT",
@@ -192,7 +192,7 @@ def _reduce(out: torch.Tensor, spatial: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch.Tensor, spatial: str = "mean",
+def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch.Tensor, spatial: Spatial = "mean",
                      normalize: Optional[Tuple] = None, batch_size: int = 256) -> torch.Tensor:
     """Activations of resolved neurons on real images, read as the sampler reads them.
 
@@ -205,7 +205,8 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
         model: the network.
         layer_neurons: resolved ``(layer_path, index)`` pairs, e.g. ``SampleResult.neurons``.
         x: ``[N, *input_shape]`` real images in pixel space.
-        spatial: ``"mean"`` or ``"center"``.
+        spatial: ``"mean"`` or ``"center"``, or ``{layer: mode}`` (e.g. ``SampleResult.config["spatial"]`` when
+            layers set their own).
         normalize: ``(mean, std)`` (per channel or scalar) applied to ``x`` before the model.
         batch_size: images per forward.
 
@@ -215,7 +216,8 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
     Raises:
         ValueError: an unknown ``spatial``, an empty neuron list, or a layer the forward never calls.
     """
-    V.check_choice("spatial", spatial, ("mean", "center"))
+    for mode in ([spatial] if isinstance(spatial, str) else list(spatial.values())):
+        V.check_choice("spatial", mode, ("mean", "center"))
     V.check_positive("batch_size", batch_size, integer=True)
     neurons = [(str(layer), int(index)) for layer, index in layer_neurons]
     if not neurons:
@@ -240,7 +242,7 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
                     xb = (xb - norm[0]) / norm[1]
                 captured = run_to_targets(model, xb.to(dtype), outputs, layers)
                 for layer in layers:
-                    picked = _reduce(captured[layer].index_select(1, index[layer]), spatial)
+                    picked = _reduce(captured[layer].index_select(1, index[layer]), spatial_mode(spatial, layer))
                     result[start:start + xb.shape[0], columns[layer]] = picked.float().cpu()
     finally:
         for m, mode in modes:

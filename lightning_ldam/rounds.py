@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,10 +24,10 @@ from lightning_ldam.metrics import unit_activations
 from lightning_ldam.progress import Progress
 from lightning_ldam.result import SampleResult, merge_shards
 from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
-from lightning_ldam.targets import NeuronSpec
+from lightning_ldam.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
 
 __all__ = ["Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round", "resolve_targets",
-           "submodule", "prepare_network"]
+           "fixed_spec", "submodule", "prepare_network"]
 
 log = logging.getLogger(__name__)
 Note = Callable[[str], None]
@@ -145,10 +145,26 @@ def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) 
             extra["burn_in"] = 1
         extra["disc_warmup"] = 1
         disc_weight = plan.disc_weight
-    res = sample(network, plan.neurons, input_shape=plan.input_shape, chains=1, steps=2 if dry_run else 1,
+    neurons = plan.neurons if dry_run else _without_disc(plan.neurons)
+    res = sample(network, neurons, input_shape=plan.input_shape, chains=1, steps=2 if dry_run else 1,
                  value_range=plan.value_range, normalize=plan.normalize, seed=plan.seed, device=plan.device,
                  real_data=plan.real, disc_weight=disc_weight, **extra)
     return res.neurons
+
+
+def _without_disc(spec: NeuronSpec) -> NeuronSpec:
+    """``spec`` with the layers' own ``disc_weight`` dropped: resolving units needs no discriminator."""
+    if not isinstance(spec, Mapping):
+        return spec
+    return {layer: ({k: v for k, v in value.items() if k != "disc_weight"} if isinstance(value, Mapping) else value)
+            for layer, value in spec.items()}
+
+
+def fixed_spec(network: nn.Module, spec: NeuronSpec, resolved: Sequence[Tuple[str, int]]) -> NeuronSpec:
+    """The resolved ``(layer, index)`` pairs of ``spec`` as a spec that keeps its per-layer settings (the pairs
+    themselves when it has none): what every round samples once the units are fixed."""
+    settings = {find_layer(network, layer)[0]: values for layer, values in layer_settings(spec).items()}
+    return spec_with_settings(resolved, settings)
 
 
 def _discriminator(variant: Variant, plan: RoundPlan, note: Optional[Note]) -> Optional[nn.Module]:
@@ -195,7 +211,7 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
             progress=progress.labelled(f"LDAM {variant.name}") if isinstance(progress, Progress) else progress)
         if plan.real is not None:  # the scale of lift and of the health counts: this variant's units on real inputs
             res.real_activations = unit_activations(net, res.neurons, plan.real[:REAL_FOR_METRICS],
-                                                    spatial=kwargs.get("spatial", "mean"), normalize=plan.normalize)
+                                                    spatial=res.config["spatial"], normalize=plan.normalize)
         out[variant.name] = res
     return out
 
@@ -211,7 +227,8 @@ def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, 
         ``(merged results on rank 0 and {} elsewhere, this rank's discriminators by variant)``. Raises on every
         rank if any rank failed.
     """
-    shard = resolved[rank::world]
+    # a strided shard of layer-grouped pairs is still grouped: the plan's per-layer settings apply to it as they are
+    shard = spec_with_settings(resolved[rank::world], layer_settings(plan.neurons))
     local: Dict[str, SampleResult] = {}
     error = None
     try:

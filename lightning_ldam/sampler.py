@@ -23,7 +23,7 @@ import logging
 import sys
 import time
 import warnings
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -39,8 +39,8 @@ from lightning_ldam.inputs import extract_input
 from lightning_ldam.metrics import unit_activations
 from lightning_ldam.progress import Progress
 from lightning_ldam.result import SampleResult
-from lightning_ldam.targets import (TOP_REAL_IMAGES, NeuronSpec, UnitPick, find_layer, parse_neurons,
-                                    resolve_neurons)
+from lightning_ldam.targets import (TOP_REAL_IMAGES, NeuronSpec, UnitPick, find_layer, layer_settings,
+                                    parse_neurons, resolve_neurons)
 
 __all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "WARM_DISC_STEPS"]
 
@@ -96,25 +96,27 @@ def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.
 
 
 def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normalize, dtype, *,
-             real: Optional[torch.Tensor] = None, spatial: str = "mean", seed: int = 0) -> list:
+             real: Optional[torch.Tensor] = None, spatial: str = "mean", seed: int = 0) -> Tuple[list, dict]:
     """Check layer paths, then one dry forward (batch of one) to learn layer sizes and resolve indices.
 
     ``"layer:topK"`` ranks the layer's units by their mean activation over the first :data:`TOP_REAL_IMAGES` of
     ``real`` (pixel space), each read as the chains' energy reads it (``spatial``); ``"layer:randomK"`` draws with
     ``seed``. The result names explicit ``(layer, index)`` pairs (``SampleResult.neurons``): a caller that wants
     the same units later passes it back instead of the rule (the callback resolves once, at its first round, so
-    that every variant and round samples the same units).
+    that every variant and round samples the same units). Returns the pairs and the spec's per-layer settings
+    keyed by the resolved layer path.
     """
     parsed = parse_neurons(neurons)
     aliases = {layer: find_layer(model, layer)[0] for layer, _ in parsed}
     units = _layer_units(model, list(dict.fromkeys(aliases.values())), input_shape, device, normalize, dtype)
     ranked = list(dict.fromkeys(aliases[layer] for layer, idx in parsed
                                 if isinstance(idx, UnitPick) and idx.rule == "top"))
+    settings = {aliases[layer]: values for layer, values in layer_settings(neurons).items()}
     means = None
     if ranked and real is not None:  # without real data resolve_neurons says that "topK" needs it
-        means = _unit_means(model, {path: units[path] for path in ranked}, real[:TOP_REAL_IMAGES], spatial,
-                            normalize)
-    return resolve_neurons(neurons, units, aliases, means=means, seed=seed)
+        modes = {path: settings.get(path, {}).get("spatial", spatial) for path in ranked}
+        means = _unit_means(model, {path: units[path] for path in ranked}, real[:TOP_REAL_IMAGES], modes, normalize)
+    return resolve_neurons(neurons, units, aliases, means=means, seed=seed), settings
 
 
 def _layer_units(model: nn.Module, paths: list, input_shape, device, normalize, dtype) -> dict:
@@ -146,7 +148,7 @@ def _layer_units(model: nn.Module, paths: list, input_shape, device, normalize, 
     return units
 
 
-def _unit_means(model: nn.Module, units: dict, real: torch.Tensor, spatial: str, normalize) -> dict:
+def _unit_means(model: nn.Module, units: dict, real: torch.Tensor, spatial: Dict[str, str], normalize) -> dict:
     """Layer path -> ``[units]`` mean activation of each of its units over ``real`` (pixel space), read as the
     sampler reads a unit: one batched pass over every unit of every ranked layer."""
     every = [(path, i) for path, count in units.items() for i in range(count)]
@@ -251,9 +253,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     if disc_weight is None:
         disc_weight = DEFAULT_DISC_WEIGHT if (real_data is not None or discriminator is not None) else 0.0
     V.check_positive("disc_weight", disc_weight, allow_zero=True)
-    if disc_weight > 0 and real_data is None and discriminator is None:
-        raise LDAMArgumentError("disc_weight", f"{disc_weight} > 0 needs real_data (to train a discriminator) or a "
-                         f"trained discriminator; pass one of them, or disc_weight=0.0")
+    _check_disc_source(disc_weight, layer_settings(neurons), real_data is not None or discriminator is not None)
     cfg = resolve_config(method=method, steps=steps, burn_in=burn_in, step_size=step_size,
                          burn_in_boost=burn_in_boost, temperature=temperature, scale=scale,
                          disc_weight=disc_weight, adapt_disc=adapt_disc,
@@ -265,7 +265,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     if init == "data" and real_data is None:
         raise LDAMArgumentError("init",
             "'data' starts chains from real images; pass real_data=..., or use init='noise'")
-    if len(shape) != 3 and (cfg.disc_weight > 0 or discriminator is not None):
+    if len(shape) != 3 and (_uses_disc(cfg.disc_weight, layer_settings(neurons)) or discriminator is not None):
         raise LDAMArgumentError("disc_weight", f"the discriminator needs image inputs (C, H, W); input_shape={shape}")
     norm = V.check_normalize(normalize, shape[0])
     real_cpu = _collect_real(real_data, shape, MAX_REAL_IMAGES) if real_data is not None else None
@@ -287,10 +287,11 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         nhwc = channels_last and len(shape) == 3  # a layout of 4-D (image) batches only
         with _frozen(net, channels_last=nhwc):
             dtype = V.model_dtype(net)
-            resolved = _resolve(net, neurons, shape, device, norm, dtype, real=real_cpu, spatial=spatial,
-                                seed=seed)
+            resolved, settings = _resolve(net, neurons, shape, device, norm, dtype, real=real_cpu, spatial=spatial,
+                                          seed=seed)
             to_model = _ModelInput(lo, hi, norm, dtype, nhwc, autocast_dtype, device, cuda_graph)
-            run = _Run(net, resolved, shape, chains, cfg, real_cpu, (lo, hi), to_model, spatial, device, seed)
+            law = _LayerLaw(resolved, settings, cfg, smoothness, shape, spatial)
+            run = _Run(net, resolved, shape, chains, cfg, real_cpu, (lo, hi), to_model, law, device, seed)
             return run(init, discriminator, cuda_graph, progress, started)
 
 
@@ -332,6 +333,62 @@ def _default_smoothness(smoothness, method, shape, disc_weight) -> float:
                 f"the smoothness prior needs image inputs (C, H, W); input_shape={shape}")
         return smoothness
     return DEFAULT_SMOOTHNESS if (method != "annealed" and len(shape) == 3 and disc_weight > 0) else 0.0
+
+
+def _uses_disc(disc_weight: float, settings: Dict[str, dict]) -> bool:
+    """Whether any neuron's λ is > 0 (the call's, or a layer's own)."""
+    return disc_weight > 0 or any(s.get("disc_weight", 0.0) > 0 for s in settings.values())
+
+
+def _check_disc_source(disc_weight: float, settings: Dict[str, dict], has_source: bool) -> None:
+    """λ > 0 anywhere needs real data or a trained discriminator."""
+    if has_source or not _uses_disc(disc_weight, settings):
+        return
+    if disc_weight > 0:
+        raise LDAMArgumentError("disc_weight", f"{disc_weight} > 0 needs real_data (to train a discriminator) or a "
+                                f"trained discriminator; pass one of them, or disc_weight=0.0")
+    layer = next(layer for layer, s in settings.items() if s.get("disc_weight", 0.0) > 0)
+    raise LDAMArgumentError("neurons", f"layer {layer!r} sets disc_weight={settings[layer]['disc_weight']} > 0, which "
+                            f"needs real_data (to train a discriminator) or a trained discriminator; pass one of "
+                            f"them, or drop the layer's disc_weight")
+
+
+class _LayerLaw:
+    """The law's per-neuron knobs where the spec's per-layer settings override the call's (see
+    :data:`~lightning_ldam.targets.LAYER_SETTINGS`).
+
+    A layer that sets ``disc_weight`` but not ``smoothness`` gets the smoothness default of its own λ (κ 1.5 where
+    λ > 0, 0 at λ = 0), unless the call gave ``smoothness``.
+
+    Attributes:
+        per_neuron: ``{"disc_weight" | "temperature" | "smoothness": [value per neuron]}``, or ``None`` when no
+            layer overrides a knob of the law (every neuron takes ``cfg``'s).
+        spatial: the call's ``spatial``, or ``{layer: mode}`` for every layer when a layer sets its own.
+        settings: the per-layer settings, keyed by resolved layer path (reported in ``result.config``).
+        uses_disc: whether any neuron's λ is > 0.
+    """
+
+    def __init__(self, neurons, settings: Dict[str, dict], cfg: LangevinConfig, smoothness: Optional[float],
+                 shape, spatial: str):
+        self.settings = settings
+        self.uses_disc = _uses_disc(cfg.disc_weight, settings)
+        layers = list(dict.fromkeys(layer for layer, _ in neurons))
+        modes = {layer: settings.get(layer, {}).get("spatial", spatial) for layer in layers}
+        self.spatial = spatial if all(m == spatial for m in modes.values()) else modes
+        knobs = ("disc_weight", "temperature", "smoothness")
+        self.per_neuron = None
+        if any(k in s for s in settings.values() for k in knobs):
+            self.per_neuron = {k: [] for k in knobs}
+            for layer, _ in neurons:
+                own = settings.get(layer, {})
+                lam = own.get("disc_weight", cfg.disc_weight)
+                kappa = own.get("smoothness", cfg.smoothness if (smoothness is not None or "disc_weight" not in own)
+                                else _default_smoothness(None, cfg.method, shape, lam))
+                if kappa and len(shape) != 3:
+                    raise LDAMArgumentError("neurons", f"layer {layer!r}: the smoothness prior needs image inputs "
+                                            f"(C, H, W); input_shape={shape}")
+                for k, v in zip(knobs, (lam, own.get("temperature", cfg.temperature), kappa)):
+                    self.per_neuron[k].append(float(v))
 
 
 def _check_real_finite(real_cpu: torch.Tensor) -> None:
@@ -408,9 +465,10 @@ class _Run:
     """One sampling call: the chains, the discriminator and the loop over steps."""
 
     def __init__(self, net, neurons, shape, chains, cfg: LangevinConfig, real_cpu, box, to_model: _ModelInput,
-                 spatial, device, seed):
+                 law: _LayerLaw, device, seed):
         self.net, self.neurons, self.shape, self.chains, self.cfg = net, neurons, shape, chains, cfg
-        self.box, self.to_model, self.spatial, self.device, self.seed = box, to_model, spatial, device, seed
+        self.box, self.to_model, self.law, self.device, self.seed = box, to_model, law, device, seed
+        self.spatial, self.uses_disc = law.spatial, law.uses_disc
         lo, hi = box
         self.real = None if real_cpu is None else ((real_cpu - lo) / (hi - lo)).clamp_(0, 1).to(device)
         # Separate streams: the chains' starts and noise never depend on how much D was trained.
@@ -426,7 +484,7 @@ class _Run:
 
     def _real_targets(self):
         """``(mean, max)`` activation per neuron over up to TARGET_REAL_IMAGES real inputs (for ``adapt_disc``)."""
-        if self.real is None or not self.cfg.adapt_disc or self.cfg.method == "annealed" or self.cfg.disc_weight == 0:
+        if self.real is None or not self.cfg.adapt_disc or self.cfg.method == "annealed" or not self.uses_disc:
             return None
         lo, hi = self.box
         real = lo + (hi - lo) * self.real[:TARGET_REAL_IMAGES]  # back to pixel space
@@ -438,11 +496,12 @@ class _Run:
         u0 = self._initial(init)
         disc = _DiscriminatorKeeper(self, given_disc, u0)
         reader = ActivationReader(self.net, neurons, self.chains, spatial=self.spatial, device=self.device)
-        objective = Objective(lambda u: self.to_model.run(reader, u), disc.module if cfg.disc_weight > 0 else None)
+        objective = Objective(lambda u: self.to_model.run(reader, u), disc.module if self.uses_disc else None)
         targets = self._real_targets()
         try:
             with reader.attached():
-                chains = LangevinChains(u0, objective, cfg, len(neurons), self.chain_gen, targets, graph=cuda_graph)
+                chains = LangevinChains(u0, objective, cfg, len(neurons), self.chain_gen, targets, graph=cuda_graph,
+                                        law=self.law.per_neuron)
                 step_seconds = _loop(chains, disc, cfg, cuda_graph, self.device, progress)
                 disc.ensure_finite(chains.u)  # "annealed" trains D to the end: never return a broken one
                 with torch.no_grad():
@@ -471,9 +530,10 @@ class _Run:
             step_seconds=step_seconds,
             acceptance_rate=_cpu(chains.acceptance_rate()),
             scales=chains.scale.cpu() if fixed else None,
-            disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and cfg.disc_weight > 0 else None,
+            disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
             config={**cfg.__dict__, "chains": c, "init": init, "seed": self.seed, "spatial": self.spatial,
-                    "device": str(self.device), "disc_rebuilt": keeper.rebuilt})
+                    "device": str(self.device), "disc_rebuilt": keeper.rebuilt,
+                    "layer_settings": {k: dict(v) for k, v in self.law.settings.items()}})
 
 
 class _DiscriminatorKeeper:
@@ -487,7 +547,7 @@ class _DiscriminatorKeeper:
     def __init__(self, run: _Run, given: Optional[nn.Module], u0: torch.Tensor):
         self.run, self.module, self.trainer, self.rebuilt, self.flags = run, None, None, False, None
         cfg = run.cfg
-        if cfg.disc_weight == 0 and given is None:
+        if not run.uses_disc and given is None:
             return
         warmup = cfg.disc_warmup
         if given is not None and not finite_weights(given):

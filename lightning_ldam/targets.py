@@ -13,12 +13,12 @@ Accepted specs (and lists of them)::
     "classifier.2:top3"    # the 3 units most active on the real inputs, most active first
     "features.0:random8"   # 8 distinct units drawn with the call's seed, in ascending order
     {"features.3": [0, 4], "classifier.2": "all", "fc": "top3"}
-    {"fc": {"units": "top3"}}   # per-layer settings: only "units" for now
+    {"fc": {"units": "top3", "disc_weight": 0.0}, "conv1": {"units": "0-3", "spatial": "center"}}
     ("features.3", 12)
 
 The grammar, one layer at a time (``K`` is an integer >= 1)::
 
-    spec    := item | [item, ...] | {layer: units | {"units": units}, ...}
+    spec    := item | [item, ...] | {layer: units | {"units": units, setting: value, ...}, ...}
     item    := "layer:units" | (layer, units)
     units   := N | "N" | "N-M" | "N,M,..." | [N, ...] | range(...) | "all" | "topK" | "randomK"
 
@@ -31,6 +31,11 @@ A ``K`` above the layer's size means all of its units. Both resolve to explicit 
 pairs (``SampleResult.neurons``), which can be passed back as a spec to sample the same units again.
 Every form can be mixed with the others, for the same layer too: the resolved list keeps the spec's
 order and drops repeats (the first occurrence stays).
+
+Per-layer settings (the dict form only) override the call's value of a sampler setting for that layer's
+neurons: ``disc_weight`` (λ; 0 turns the discriminator and the smoothness prior off for the layer),
+``temperature`` (T), ``smoothness`` (κ; default 1.5 where the layer's λ > 0, else 0) and ``spatial``
+(``"mean"`` or ``"center"``). See :data:`LAYER_SETTINGS` and :func:`layer_settings`.
 
 Paths written with the ``module.`` (DDP / DataParallel) or ``_orig_mod.`` (``torch.compile``)
 prefixes are accepted and mean the same layer.
@@ -47,9 +52,11 @@ import torch
 from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam import _validation as V
 
 __all__ = ["Neuron", "LayerInfo", "NeuronSpec", "UnitPick", "parse_neurons", "resolve_neurons", "top_units",
-           "random_units", "find_module", "find_layer", "list_targets", "canonical_path"]
+           "random_units", "find_module", "find_layer", "list_targets", "canonical_path", "layer_settings",
+           "LAYER_SETTINGS", "spec_with_settings"]
 
 Neuron = Tuple[str, int]
 IndexSpec = Union[int, str, Sequence[int], range]
@@ -62,6 +69,8 @@ _PICK_RE = re.compile(r"^(top|random)(\d+)$")
 _SPEC_HINT = ("accepted: 'layer:12', 'layer:0-7', 'layer:1,5,9', 'layer:all', 'layer:top3', 'layer:random3', "
               "a (layer, index) tuple, a list of these, or a dict {layer: index | list | range | 'all' | 'top3' | "
               "'random3' | {'units': ...}}")
+#: Sampler settings a per-layer dict may hold besides ``"units"``; each overrides the call's value for that layer.
+LAYER_SETTINGS = ("disc_weight", "temperature", "smoothness", "spatial")
 #: Real images (at most) whose mean activations rank a layer's units for ``"layer:topK"``.
 TOP_REAL_IMAGES = 512
 
@@ -175,15 +184,68 @@ def _parse_pick(layer: str, text: str) -> UnitPick:
 
 
 def _parse_layer_settings(layer: str, settings: Mapping) -> Union[str, List[int], UnitPick]:
-    """A dict value ``{"units": ...}``: the per-layer settings form. Only ``units`` exists so far."""
-    others = sorted(str(k) for k in settings if k != "units")
+    """A dict value ``{"units": ..., setting: value}``: the units (settings are checked by :func:`_check_setting`)."""
+    others = sorted(str(k) for k in settings if k != "units" and k not in LAYER_SETTINGS)
     if others:
-        raise LDAMArgumentError("neurons", f"per-layer settings other than 'units' are not supported yet: got "
-                                           f"{others} for layer {layer!r}; write {{{layer!r}: {{'units': ...}}}}")
+        raise LDAMArgumentError("neurons", f"expected per-layer settings among {['units', *LAYER_SETTINGS]}, got "
+                                           f"{others} for layer {layer!r}")
     if "units" not in settings:
         raise LDAMArgumentError("neurons", f"per-layer settings for layer {layer!r} need 'units' (e.g. "
                                            f"{{'units': 'top3'}}), got {dict(settings)!r}")
+    for key in LAYER_SETTINGS:
+        if key in settings:
+            _check_setting(layer, key, settings[key])
     return _parse_indices(layer, settings["units"])
+
+
+def _check_setting(layer: str, key: str, value):
+    """One per-layer setting, checked like the call's argument of that name; numbers come back as floats."""
+    try:
+        if key == "spatial":
+            return V.check_choice(key, value, ("mean", "center"))
+        return float(V.check_positive(key, value, allow_zero=key != "temperature"))
+    except LDAMArgumentError as err:
+        raise LDAMArgumentError("neurons", f"{key!r} of layer {layer!r}: {err.message}") from None
+
+
+def layer_settings(spec: NeuronSpec) -> Dict[str, Dict[str, object]]:
+    """The per-layer settings of a dict spec, ``{layer: {setting: value}}`` (layers without any left out).
+
+    Example::
+
+        >>> layer_settings({"conv1": {"units": "0-3", "spatial": "center"}, "fc": "all"})
+        {'conv1': {'spatial': 'center'}}
+        >>> layer_settings("fc:0-3")
+        {}
+    """
+    if not isinstance(spec, Mapping):
+        return {}
+    parse_neurons(spec)  # checks the keys and values
+    return {layer.strip(): {k: _check_setting(layer, k, v) for k, v in value.items() if k != "units"}
+            for layer, value in spec.items()
+            if isinstance(value, Mapping) and any(k != "units" for k in value)}
+
+
+def spec_with_settings(neurons: Sequence[Neuron], settings: Mapping[str, Mapping[str, object]]) -> NeuronSpec:
+    """Resolved ``(layer, index)`` pairs as a spec that keeps per-layer settings: the pairs themselves when there
+    are none, else the dict form (one entry per layer, in order of first appearance; a resolved dict spec lists
+    each layer's units together, so its order is kept).
+
+    Example::
+
+        >>> spec_with_settings([("fc", 2), ("fc", 0)], {"fc": {"temperature": 2.0}})
+        {'fc': {'units': [2, 0], 'temperature': 2.0}}
+        >>> spec_with_settings([("fc", 2)], {})
+        [('fc', 2)]
+    """
+    if not any(settings.get(layer) for layer, _ in neurons):
+        return [(layer, int(index)) for layer, index in neurons]
+    out: Dict[str, Dict[str, object]] = {}
+    for layer, index in neurons:
+        out.setdefault(layer, {"units": []})["units"].append(int(index))
+    for layer, entry in out.items():
+        entry.update(settings.get(layer, {}))
+    return out
 
 
 def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int], UnitPick]:

@@ -226,9 +226,14 @@ def test_resolve_neurons_without_means_refuses_top_k():
     ("fc:random-1", r"expected 'topK' or 'randomK'.*got 'random-1'"),
     ("fc:top 3", r"expected 'topK' or 'randomK'.*got 'top 3'"),
     ({"fc": "random2.5"}, r"expected 'topK' or 'randomK'.*got 'random2\.5'"),
-    ({"fc": {"units": "top3", "disc_weight": 0.5}},
-     r"per-layer settings other than 'units' are not supported yet: got \['disc_weight'\] for layer 'fc'"),
-    ({"fc": {"disc_weight": 0.5}}, r"per-layer settings .* are not supported yet: got \['disc_weight'\]"),
+    ({"fc": {"units": "top3", "chains": 4}},
+     r"expected per-layer settings among \['units', 'disc_weight', 'temperature', 'smoothness', 'spatial'\], "
+     r"got \['chains'\] for layer 'fc'"),
+    ({"fc": {"disc_weight": 0.5}}, r"per-layer settings for layer 'fc' need 'units'"),
+    ({"fc": {"units": "top3", "temperature": 0}}, r"'temperature' of layer 'fc': expected a finite number > 0, got 0"),
+    ({"fc": {"units": "top3", "disc_weight": -1}}, r"'disc_weight' of layer 'fc': expected a finite number >= 0"),
+    ({"fc": {"units": "top3", "spatial": "max"}},
+     r"'spatial' of layer 'fc': expected one of \['mean', 'center'\], got 'max'"),
     ({"fc": {}}, r"per-layer settings for layer 'fc' need 'units'.*got \{\}"),
     ({"fc": {"units": "top0"}}, r"K in 'top0' for layer 'fc' must be >= 1"),
 ])
