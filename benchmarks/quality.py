@@ -201,8 +201,8 @@ def save_grid(res, prefix: str, lam: float, chains: int) -> None:
     torchvision.utils.save_image(res.images.flatten(0, 1), path, nrow=chains, padding=1)
 
 
-def lam_label(lam: float) -> str:
-    return f"{lam:g}{' (default)' if lam == ldam.DEFAULT_DISC_WEIGHT else ''}"
+def lam_label(lam: float, channels: int) -> str:
+    return f"{lam:g}{' (default)' if lam == ldam.default_disc_weight(channels) else ''}"
 
 
 def footer(args, bench: Bench, what: str, argv: List[str], note: str = "") -> str:
@@ -229,8 +229,9 @@ def run_logits(bench: Bench, args, lambdas, extra, argv) -> str:
             save_grid(res, args.save_grid, lam, args.chains)
     head = ("| λ (disc_weight) | activation ratio | judge agreement | realism | diversity | median lift | s / call |\n"
             "|---:|---:|---:|---:|---:|---:|---:|\n")
-    body = "".join(f"| {lam_label(lam)} | {s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | "
-                   f"{s['realism']:.2f} | {s['diversity']:.2f} | {s['median_lift']:.2f} | {secs:.1f} |\n"
+    body = "".join(f"| {lam_label(lam, bench.input_shape[0])} | {s['activation_ratio']:.2f} | "
+                   f"{s['judge_agreement']:.3f} | {s['realism']:.2f} | {s['diversity']:.2f} | "
+                   f"{s['median_lift']:.2f} | {secs:.1f} |\n"
                    for lam, s, secs in rows)
     what = ("10 class logits" if args.case == "mnist"
             else "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised inputs)")
@@ -251,7 +252,7 @@ def run_layers(bench: Bench, args, lambdas, extra, argv) -> str:
               + f", {secs:.1f}s", flush=True)
         if args.save_grid:
             save_grid(res, args.save_grid, lam, args.chains)
-    columns = " | ".join(f"λ {lam_label(lam)}: median lift | min lift" for lam in lambdas)
+    columns = " | ".join(f"λ {lam_label(lam, bench.input_shape[0])}: median lift | min lift" for lam in lambdas)
     head = f"| layer | type | neurons | {columns} |\n|---|---|---:|" + "---:|---:|" * len(lambdas) + "\n"
     body = "".join(f"| `{t.path}` | {t.type_name} | {len(spec[t.path])} | "
                    + " | ".join(f"{s[t.path][0]:.2f} | {s[t.path][1]:.2f}" for s in scores) + " |\n"
@@ -270,7 +271,7 @@ def run(args, argv: Optional[List[str]] = None) -> str:
     bench = (build_rgb if family == "rgb" else build_mnist)(args.seed, epochs, with_judge=logit_case)
     print(", ".join(f"{role} CNN held-out accuracy {bench.accuracy[role]:.3f} (trained in {bench.seconds[role]:.1f} s)"
                     for role in bench.accuracy), flush=True)
-    d = ldam.DEFAULT_DISC_WEIGHT
+    d = ldam.default_disc_weight(bench.input_shape[0])
     if args.lambdas is not None:
         lambdas = [d if v == "default" else float(v) for v in args.lambdas.split(",")]
     else:  # the full sweep for the MNIST logits; λ = 0 and the default elsewhere

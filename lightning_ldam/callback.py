@@ -392,8 +392,10 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
     """Sample what chosen neurons respond to, for raw and averaged weights, and log it to TensorBoard.
 
     Args:
-        neurons: which neurons (paths relative to the network that runs), e.g. ``"features.3:0-7"`` or
-            ``["conv1:0-3", "fc:all"]`` (see :mod:`lightning_ldam.targets`).
+        neurons: which neurons (paths relative to the network that runs), e.g. ``"features.3:0-7"``,
+            ``["conv1:0-3", "fc:all"]``, ``"fc:top8"`` or, with per-layer settings,
+            ``{"conv1": {"units": "top4", "disc_weight": 0.0}}`` (see :mod:`lightning_ldam.targets`). Rules are
+            resolved at the first round (on the raw weights and the reservoir) and fixed from then on.
         every_n_epochs: sample at the end of every n-th training epoch (``None``/0: off).
         every_n_train_steps: sample every n optimizer steps (``None``/0: off).
         on_fit_end: also sample once when ``fit`` ends (default ``True``; this round always runs).

@@ -32,8 +32,8 @@ from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
 from lightning_ldam.chains import LangevinChains, Objective
-from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig,
-                                   resolve_config)
+from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_DISC_WEIGHT_COLOUR, DEFAULT_SMOOTHNESS, INITS, SPATIAL,
+                                   LangevinConfig, default_disc_weight, resolve_config)
 from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
 from lightning_ldam.inputs import extract_input
 from lightning_ldam.metrics import unit_activations
@@ -42,7 +42,7 @@ from lightning_ldam.result import SampleResult
 from lightning_ldam.targets import (TOP_REAL_IMAGES, NeuronSpec, UnitPick, find_layer, layer_settings,
                                     parse_neurons, resolve_neurons)
 
-__all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "WARM_DISC_STEPS"]
+__all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "DEFAULT_DISC_WEIGHT_COLOUR", "WARM_DISC_STEPS"]
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             to train the discriminator on, to set each neuron's target for ``adapt_disc``, to start
             ``init="data"`` chains from and to rank units for ``"layer:topK"``.
         disc_weight: λ, the weight of log D's drift against the unit's (see :mod:`lightning_ldam.config`).
-            Default :data:`DEFAULT_DISC_WEIGHT` when ``real_data`` or ``discriminator`` is given, else 0
+            Default, when ``real_data`` or ``discriminator`` is given: :data:`DEFAULT_DISC_WEIGHT` (2.25) for
+            one-channel images, :data:`DEFAULT_DISC_WEIGHT_COLOUR` (1.0) for colour ones; else 0
             (no discriminator is built: it costs nothing).
         value_range: the pixel box ``(lo, hi)`` samples stay in.
         normalize: ``(mean, std)`` applied to pixel-space chains before the model (per channel or scalar).
@@ -251,7 +252,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     shape, (lo, hi) = _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator,
                                   channels_last, cuda_graph, progress)
     if disc_weight is None:
-        disc_weight = DEFAULT_DISC_WEIGHT if (real_data is not None or discriminator is not None) else 0.0
+        disc_weight = default_disc_weight(shape[0]) if (real_data is not None or discriminator is not None) else 0.0
     V.check_positive("disc_weight", disc_weight, allow_zero=True)
     _check_disc_source(disc_weight, layer_settings(neurons), real_data is not None or discriminator is not None)
     cfg = resolve_config(method=method, steps=steps, burn_in=burn_in, step_size=step_size,

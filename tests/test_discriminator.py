@@ -168,3 +168,33 @@ def test_the_chains_noise_does_not_depend_on_the_discriminators_training():
     with_d = [ldam.sample(make_tiny_net(), "classifier.2:0-1", disc_warmup=w, **kw) for w in (0, 50)]
     torch.testing.assert_close(with_d[0].trace[..., 0], with_d[1].trace[..., 0])
     assert not torch.equal(with_d[0].images, with_d[1].images)  # D (and so the drift) did differ
+
+
+def test_colour_images_get_a_discriminator_that_reads_colour_statistics_and_grayscale_ones_do_not():
+    grey, colour = build_discriminator(1, (14, 14), seed=0), build_discriminator(3, (14, 14), seed=0)
+    assert grey.stats is None and grey.head.in_features == grey.features[-2].out_channels
+    assert colour.stats is not None and colour.stats[0].in_features == 3 + 6  # mean colour + covariance triangle
+    # the statistics pathway is live: the score depends on its weights
+    x = torch.rand(2, 3, 14, 14, generator=torch.Generator().manual_seed(0))
+    weight = colour.stats[0].parametrizations.weight.original
+    (grad,) = torch.autograd.grad(colour.eval()(x).sum(), weight)
+    assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("stats", [False, True])  # False: what colour checkpoints before the statistics hold
+def test_restore_rebuilds_a_colour_discriminator_with_or_without_statistics(stats):
+    saved = build_discriminator(3, (16, 16), seed=3, colour_stats=stats)
+    restored = restore_discriminator(saved.state_dict(), 3, (16, 16))
+    assert (restored.stats is not None) == stats
+    x = torch.rand(4, 3, 16, 16)
+    saved.eval(), restored.eval()
+    with torch.no_grad():
+        assert torch.equal(saved(x), restored(x))
+
+
+def test_the_default_lambda_depends_on_the_channels():
+    real = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 36, 3))
+    res = ldam.sample(net, "2:0", input_shape=(3, 8, 8), chains=1, steps=2, real_data=real, disc_warmup=1)
+    assert res.config["disc_weight"] == ldam.DEFAULT_DISC_WEIGHT_COLOUR == ldam.default_disc_weight(3)
+    assert ldam.default_disc_weight(1) == ldam.DEFAULT_DISC_WEIGHT
