@@ -61,11 +61,12 @@ MARKER = "AVERAGING_STUDY"
 VARIANTS = ("raw", "ema", "swa")
 #: the scalar tags read from each round, by the name used here (``{v}``: variant, ``{l}``: layer path)
 TAGS = {"lift": "ldam/{v}/{l}/lift", "realism": "ldam/{v}/{l}/realism", "diversity": "ldam/{v}/{l}/diversity",
-        "divergence": "ldam/divergence/{v}/{l}", "drift": "ldam/drift/{v}/{l}", "activation": "ldam/{v}/{l}/activation"}
+        "divergence": "ldam/divergence/{v}/{l}", "drift": "ldam/drift/{v}/{l}", "activation": "ldam/{v}/{l}/activation",
+        "transfer": "ldam/transfer/{v}/{l}", "retention": "ldam/retention/{v}/{l}"}
 #: table columns: (metric, header, decimals)
 COLUMNS = [("accuracy", "held-out acc.", 3), ("lift", "lift", 2), ("realism", "realism", 2),
            ("judge", "judge agreement", 2), ("diversity", "diversity", 2), ("divergence", "divergence from raw", 2),
-           ("drift", "drift", 2)]
+           ("transfer", "transfer with raw", 2), ("drift", "drift", 2), ("retention", "retention", 2)]
 HIDDEN_COLUMNS = [c for c in COLUMNS if c[0] not in ("accuracy", "judge")]
 
 
@@ -396,6 +397,7 @@ def compare(records, case: str, variant: str, metric: str, layer: str = "logits"
 #: finding wording per metric: (label, word when the averaged variant is lower, word when higher)
 FINDING_METRICS = [("realism", "realism", "more realistic", "less realistic"),
                    ("drift", "drift", "more stable", "less stable"),
+                   ("retention", "retention", "less stable", "more stable"),
                    ("diversity", "diversity", "less diverse", "more diverse"),
                    ("judge", "judge agreement", "less recognisable", "more recognisable"),
                    ("accuracy", "held-out accuracy", "less accurate", "more accurate")]
@@ -431,6 +433,10 @@ def _divergence_words(recs, case: str, variant: str) -> str:
         rel = "about the same as" if round(div, 2) == round(drift, 2) else ("below" if div < drift else "above")
         text += (f"; over the rounds after the first {div:.2f} on average, {rel} raw's own change from one epoch "
                  f"to the next (raw drift {drift:.2f} in the same rounds)")
+    transfers = [(epoch + 1, st[0]) for epoch, step in rounds_of(recs, case)
+                 if (st := summary(recs, case, "logits", step, variant, "transfer")) is not None]
+    if transfers:
+        text += "; transfer with raw by epoch " + ", ".join(f"{e}: {v:.2f}" for e, v in transfers)
     return text
 
 
@@ -473,7 +479,8 @@ def finding(study: Study) -> str:
 
 # ---- the figure ----------------------------------------------------------------------------------------------------
 def figure(study: Study, path: str) -> Optional[str]:
-    """Per case: realism, judge agreement, divergence from raw and drift of the logits per round, mean and min–max
+    """Per case: realism, judge agreement, divergence from raw, drift, transfer with raw and retention of the logits
+    per round, mean and min–max
     band over seeds, one line per variant. Returns the path, or ``None`` without matplotlib."""
     try:
         import matplotlib
@@ -485,10 +492,12 @@ def figure(study: Study, path: str) -> Optional[str]:
         print("averaging_study: matplotlib is not installed; no figure")
         return None
     metrics = [("realism", "realism (nearest-real ratio, lower = more real)"), ("judge", "judge agreement"),
-               ("divergence", "divergence from raw"), ("drift", "drift from previous round")]
+               ("divergence", "divergence from raw"), ("drift", "drift from previous round"),
+               ("transfer", "transfer with raw (1 = same concept)"),
+               ("retention", "retention of previous round's samples")]
     colors = {"raw": "tab:gray", "ema": "tab:blue", "swa": "tab:orange"}
     cases = list(study.settings.cases)
-    fig, axes = plt.subplots(len(cases), len(metrics), figsize=(4 * len(metrics), 3.2 * len(cases)), squeeze=False)
+    fig, axes = plt.subplots(len(cases), len(metrics), figsize=(3.2 * len(metrics), 3.0 * len(cases)), squeeze=False)
     for i, case in enumerate(cases):
         for j, (metric, title) in enumerate(metrics):
             ax = axes[i][j]

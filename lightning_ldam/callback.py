@@ -320,7 +320,7 @@ class LDAMCallbackLogic:
         progress = Progress(delay=_PROGRESS_AFTER_S, write=self._rank_zero_info) if show else False
         progress = plan.sampler_kwargs.pop("progress", progress)
         results, discs = run_round(plan, self._resolved, trainer.global_rank, trainer.world_size, progress,
-                                   self._rank_zero_info)
+                                   self._rank_zero_info, self._previous)
         for name, disc in discs.items():
             if disc is not None:
                 # Each variant keeps its own D so the variants stay symmetric: a shared D would have just been

@@ -11,8 +11,8 @@ from lightning_ldam import _validation as V
 from lightning_ldam.capture import Spatial, capture_outputs, run_to_targets, spatial_mode
 from lightning_ldam.targets import Neuron
 
-__all__ = ["lift", "realism", "diversity", "divergence", "health", "unit_activations", "UNDRIVEN_LIFT",
-           "EXPLODING_FACTOR"]
+__all__ = ["lift", "realism", "diversity", "divergence", "transfer", "health", "unit_activations",
+           "chain_activations", "UNDRIVEN_LIFT", "EXPLODING_FACTOR"]
 
 #: A unit whose samples reach less than this lift is "undriven": the sampler cannot push it even halfway from an
 #: average real input to its best one.
@@ -154,6 +154,43 @@ def divergence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     within = [torch.cdist(x, x).sum(dim=(1, 2)) / (c * (c - 1)) for x in (a, b)]
     spread = (within[0] + within[1]) / 2
     return torch.where(spread > 0, paired / spread, torch.full_like(paired, float("nan")))
+
+
+def transfer(own_acts: torch.Tensor, cross_acts: torch.Tensor, real_acts: torch.Tensor) -> torch.Tensor:
+    """How strongly units respond to another set of samples of the same neurons, relative to their own samples.
+
+    Per neuron ``lift(cross) / lift(own)`` (:func:`lift`, on the unit's own real-input scale): 1 when the unit is
+    driven as strongly by the other samples as by its own (e.g. raw's samples read by the averaged weights' unit:
+    the same concept), 0 when the other samples excite it no more than an average real input, negative below
+    that. Unlike :func:`divergence` it does not need the two sets of chains to stay paired: two chains that end in
+    different images of one concept still transfer.
+
+    Args:
+        own_acts: ``[n, chains]`` the units on their own samples (``SampleResult.activations``).
+        cross_acts: ``[n, chains']`` the same units on the other samples (``SampleResult.cross_activations[...]``).
+        real_acts: ``[N_real, n]`` the units on real inputs (``SampleResult.real_activations``).
+
+    Returns:
+        ``[n]`` float32 ratios; NaN where the unit is constant on the real inputs or its own samples' lift is below
+        :data:`UNDRIVEN_LIFT` (undriven: no scale to compare against).
+
+    Example::
+
+        >>> real = torch.tensor([[0.0], [1.0], [2.0]])  # mean 1, max 2
+        >>> transfer(torch.tensor([[3.0, 3.0]]), torch.tensor([[2.0, 2.0]]), real)  # lifts 2 and 1
+        tensor([0.5000])
+    """
+    own, cross = lift(own_acts, real_acts), lift(cross_acts, real_acts)
+    return torch.where(own >= UNDRIVEN_LIFT, cross / own, torch.full_like(own, float("nan")))
+
+
+def chain_activations(model: nn.Module, neurons: Sequence[Neuron], images: torch.Tensor, spatial: Spatial = "mean",
+                      normalize: Optional[Tuple] = None) -> torch.Tensor:
+    """``[n, chains]``: each chain of ``images`` (``[n, chains, *input_shape]``, pixel space) read on its own neuron,
+    as the sampler reads it (:func:`unit_activations`)."""
+    n, c = images.shape[:2]
+    acts = unit_activations(model, neurons, images.flatten(0, 1), spatial=spatial, normalize=normalize)
+    return acts.view(n, c, n).diagonal(dim1=0, dim2=2).t().contiguous()
 
 
 def health(real_acts: torch.Tensor, sample_acts: torch.Tensor) -> Dict[str, List[int]]:

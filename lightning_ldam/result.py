@@ -34,6 +34,11 @@ class SampleResult:
         real_activations: ``[N_real, n]`` the same neurons' activations on the real inputs the call was given
             (read as the sampler reads them; at most 256 images), or ``None``: the scale that lift and the
             neuron-health counts are measured on.
+        cross_activations: ``{source: [n, c]}`` this result's units (its weights) read on another set of chains of
+            the same neurons (each chain on its own neuron): ``"raw"``'s chains for an averaged variant and each
+            averaged variant's for ``raw``, ``"previous"`` for this variant's chains of the previous round. Filled
+            by :func:`lightning_ldam.rounds.sample_variants` (with real inputs); the scale of
+            :func:`lightning_ldam.metrics.transfer`.
     """
 
     neurons: List[Tuple[str, int]]
@@ -51,6 +56,7 @@ class SampleResult:
     disc_weights: Optional[torch.Tensor] = None
     config: Dict[str, object] = field(default_factory=dict)
     real_activations: Optional[torch.Tensor] = None
+    cross_activations: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def mean_images(self) -> torch.Tensor:
@@ -107,4 +113,6 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         acceptance_rate=stack("acceptance_rate"), scales=stack("scales"), disc_weights=stack("disc_weights"),
         config=dict(first.config),
         real_activations=None if first.real_activations is None else
-        torch.stack([shards[r].real_activations[:, i] for r, i in order], dim=1))
+        torch.stack([shards[r].real_activations[:, i] for r, i in order], dim=1),
+        cross_activations={k: torch.stack([shards[r].cross_activations[k][i] for r, i in order])
+                           for k in first.cross_activations if all(k in s.cross_activations for s in present)})

@@ -20,7 +20,7 @@ from torch import nn
 from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
 from lightning_ldam.discriminator import restore_discriminator
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.metrics import unit_activations
+from lightning_ldam.metrics import chain_activations, unit_activations
 from lightning_ldam.progress import Progress
 from lightning_ldam.result import SampleResult, merge_shards
 from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
@@ -184,7 +184,8 @@ def _discriminator(variant: Variant, plan: RoundPlan, note: Optional[Note]) -> O
 
 
 def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, progress: Any = False,
-                    note: Optional[Note] = None) -> Dict[str, SampleResult]:
+                    note: Optional[Note] = None, previous: Optional[Mapping[str, torch.Tensor]] = None
+                    ) -> Dict[str, SampleResult]:
     """Sample every variant of ``plan`` with the same chains, noise and settings.
 
     Args:
@@ -193,14 +194,19 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
         progress: :func:`~lightning_ldam.sample`'s ``progress``.
         note: where one-line notes go (a BatchNorm statistic that cannot be recomputed, a saved discriminator
             that does not fit); default: the module logger.
+        previous: ``{variant: images}`` of the same neurons from the previous round, read on this round's weights
+            (``cross_activations["previous"]``).
 
     Returns:
         ``{variant name: result}``, in the plan's order. Each result's ``discriminator`` is the variant's D,
-        trained further: pass it back as ``Variant.discriminator`` next round.
+        trained further: pass it back as ``Variant.discriminator`` next round. With real inputs, each result also
+        holds its units' activations on the real inputs and its ``cross_activations`` (``raw``'s chains read on
+        each averaged variant's units and the other way round; the previous round's).
     """
     note = note or log.info
     kwargs = {k: v for k, v in plan.sampler_kwargs.items() if k != "progress"}  # the argument wins
     out: Dict[str, SampleResult] = {}
+    nets: Dict[str, nn.Module] = {}
     for variant in plan.variants:
         net = prepare_network(variant.network, variant.refresh_bn, plan.real, plan.normalize, note, variant.name)
         res = sample(
@@ -212,16 +218,40 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
         if plan.real is not None:  # the scale of lift and of the health counts: this variant's units on real inputs
             res.real_activations = unit_activations(net, res.neurons, plan.real[:REAL_FOR_METRICS],
                                                     spatial=res.config["spatial"], normalize=plan.normalize)
+            nets[variant.name] = net
         out[variant.name] = res
+    _read_across(out, nets, plan.normalize, previous)
     return out
 
 
-def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, world: int, progress: Any = False
+def _read_across(results: Dict[str, SampleResult], nets: Dict[str, nn.Module], normalize,
+                 previous: Optional[Mapping[str, torch.Tensor]]) -> None:
+    """Fill ``cross_activations``: raw's chains on every averaged variant's units and theirs on raw's, and each
+    variant's previous chains on its current units (only variants measured on real inputs, i.e. in ``nets``)."""
+    def read(target: str, images: torch.Tensor) -> torch.Tensor:
+        res = results[target]
+        return chain_activations(nets[target], res.neurons, images, spatial=res.config["spatial"],
+                                 normalize=normalize)
+
+    if "raw" in nets:
+        for name in nets:
+            if name != "raw":
+                results[name].cross_activations["raw"] = read(name, results["raw"].images)
+                results["raw"].cross_activations[name] = read("raw", results[name].images)
+    for name, before in (previous or {}).items():
+        if name in nets and tuple(before.shape) == tuple(results[name].images.shape):
+            results[name].cross_activations["previous"] = read(name, before)
+
+
+def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, world: int, progress: Any = False,
+                   previous: Optional[Mapping[str, torch.Tensor]] = None
                    ) -> Tuple[Dict[str, SampleResult], Dict[str, Optional[nn.Module]]]:
     """Under ``torch.distributed``: each rank samples every ``world``-th neuron and rank 0 gathers the shards.
 
     Every rank makes the same single collective call, also when its own sampling failed (the error travels
-    with the gather), so a fault on one rank can never leave the others waiting.
+    with the gather), so a fault on one rank can never leave the others waiting. ``previous`` (all neurons, as
+    rank 0 logged them) is read only where a rank has it: the merged results carry ``cross_activations["previous"]``
+    only if every rank's shard does.
 
     Returns:
         ``(merged results on rank 0 and {} elsewhere, this rank's discriminators by variant)``. Raises on every
@@ -233,7 +263,8 @@ def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, 
     error = None
     try:
         if shard:
-            local = sample_variants(plan, shard, progress=progress)
+            mine = {name: images[rank::world] for name, images in (previous or {}).items()}
+            local = sample_variants(plan, shard, progress=progress, previous=mine)
     except Exception as err:  # reported after the gather, on every rank
         error = f"rank {rank}: {type(err).__name__}: {err}"
     discs = {name: res.discriminator for name, res in local.items()}
@@ -249,7 +280,8 @@ def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, 
 
 
 def run_round(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int = 0, world: int = 1, progress: Any = False,
-              note: Optional[Note] = None) -> Tuple[Dict[str, SampleResult], Dict[str, Optional[nn.Module]]]:
+              note: Optional[Note] = None, previous: Optional[Mapping[str, torch.Tensor]] = None
+              ) -> Tuple[Dict[str, SampleResult], Dict[str, Optional[nn.Module]]]:
     """:func:`sample_variants`, or :func:`sample_sharded` when ``world > 1`` under an initialised process group.
 
     Returns:
@@ -257,6 +289,6 @@ def run_round(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int = 0, w
         discriminators by variant (each rank trains its own on its shard's chains).
     """
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return sample_sharded(plan, resolved, rank, world, progress)
-    results = sample_variants(plan, progress=progress, note=note)
+        return sample_sharded(plan, resolved, rank, world, progress, previous)
+    results = sample_variants(plan, progress=progress, note=note, previous=previous)
     return results, {name: res.discriminator for name, res in results.items()}

@@ -11,7 +11,11 @@ path, or its alias):
   the real inputs), ``realism`` (nearest-real distance ratio), ``diversity`` (chain spread over the real inputs'
   spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA);
 * scalars ``ldam/divergence/{variant}/{layer}`` (averaged variant vs raw) and ``ldam/drift/{variant}/{layer}`` (this
-  round vs the previous one): :func:`lightning_ldam.metrics.divergence`, mean over the layer's neurons;
+  round vs the previous one): :func:`lightning_ldam.metrics.divergence` (paired chains), mean over the layer's
+  neurons;
+* scalars ``ldam/transfer/{variant}/{layer}`` (averaged variant vs raw: how strongly each one's unit responds to the
+  other's samples, relative to its own, both ways averaged) and ``ldam/retention/{variant}/{layer}`` (this round's
+  unit on the previous round's samples): :func:`lightning_ldam.metrics.transfer`, median over the layer's neurons;
 * scalars ``ldam/health/{layer}/dead|undriven|saturated``: counts over the layer's neurons, raw weights
   (:func:`lightning_ldam.metrics.health`);
 * scalar ``ldam/nonfinite_resets``.
@@ -24,7 +28,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.metrics import divergence, health, lift, realism
+from lightning_ldam.metrics import divergence, health, lift, realism, transfer
 from lightning_ldam.render import compare_grid, neuron_grid
 from lightning_ldam.result import SampleResult
 
@@ -121,20 +125,41 @@ def _nanmean(x: torch.Tensor) -> Optional[float]:
 
 def _pair_scalars(results: Mapping[str, SampleResult], previous: Optional[Mapping[str, torch.Tensor]],
                   rows: List[int], layer: str) -> Dict[str, float]:
-    """``divergence`` of each averaged variant from raw, ``drift`` of each variant from its previous round."""
+    """``divergence`` and ``transfer`` of each averaged variant from raw, ``drift`` and ``retention`` of each variant
+    from its previous round."""
     out: Dict[str, float] = {}
     raw = results.get("raw")
     for variant, res in results.items():
         if raw is not None and variant != "raw":
-            value = _nanmean(divergence(raw.images[rows], res.images[rows]))
-            if value is not None:
-                out[f"ldam/divergence/{variant}/{layer}"] = value
+            _put(out, f"ldam/divergence/{variant}/{layer}", _nanmean(divergence(raw.images[rows], res.images[rows])))
+            both = [_transfer(res, "raw", rows), _transfer(raw, variant, rows)]
+            if all(t is not None for t in both):
+                _put(out, f"ldam/transfer/{variant}/{layer}", _nanmedian((both[0] + both[1]) / 2))
         before = (previous or {}).get(variant)
         if before is not None and tuple(before.shape) == tuple(res.images.shape):
-            value = _nanmean(divergence(before[rows], res.images[rows]))
-            if value is not None:
-                out[f"ldam/drift/{variant}/{layer}"] = value
+            _put(out, f"ldam/drift/{variant}/{layer}", _nanmean(divergence(before[rows], res.images[rows])))
+        retained = _transfer(res, "previous", rows)
+        if retained is not None:
+            _put(out, f"ldam/retention/{variant}/{layer}", _nanmedian(retained))
     return out
+
+
+def _transfer(res: SampleResult, source: str, rows: List[int]) -> Optional[torch.Tensor]:
+    """``[len(rows)]`` transfer of ``res``'s units from the chains of ``source``, or ``None`` if not measured."""
+    cross = res.cross_activations.get(source)
+    if cross is None or res.real_activations is None:
+        return None
+    return transfer(res.activations[rows], cross[rows], res.real_activations[:, rows])
+
+
+def _nanmedian(x: torch.Tensor) -> Optional[float]:
+    value = float(torch.nanmedian(x)) if x.numel() else math.nan
+    return None if math.isnan(value) else value
+
+
+def _put(out: Dict[str, float], tag: str, value: Optional[float]) -> None:
+    if value is not None:
+        out[tag] = value
 
 
 def _health_scalars(results: Mapping[str, SampleResult], rows: List[int], layer: str) -> Dict[str, float]:
@@ -155,8 +180,8 @@ def unhealthy_units(results: Mapping[str, SampleResult], rows: Optional[List[int
 
 
 #: Columns of :func:`metrics_table` after ``layer`` and ``variant``.
-TABLE_COLUMNS = ("lift", "realism", "diversity", "divergence", "drift", "activation", "disc_score", "dead",
-                 "undriven", "saturated")
+TABLE_COLUMNS = ("lift", "realism", "diversity", "divergence", "transfer", "drift", "retention", "activation",
+                 "disc_score", "dead", "undriven", "saturated")
 
 
 def metrics_table(scalars: Mapping[str, float]) -> List[Dict[str, object]]:
@@ -172,7 +197,7 @@ def metrics_table(scalars: Mapping[str, float]) -> List[Dict[str, object]]:
         parts = tag.split("/")
         if len(parts) != 4 or parts[0] != "ldam":
             continue
-        if parts[1] in ("divergence", "drift"):
+        if parts[1] in ("divergence", "transfer", "drift", "retention"):
             row(parts[3], parts[2])[parts[1]] = value
         elif parts[1] == "health":
             row(parts[2], "raw")[parts[3]] = value

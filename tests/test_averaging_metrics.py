@@ -69,9 +69,30 @@ def test_summarize_scalars_on_known_samples():
     assert scalars["ldam/divergence/ema/fc"] == 0.0 and scalars["ldam/drift/raw/fc"] == 0.0
     assert "ldam/drift/ema/fc" not in scalars  # no previous round of ema
     assert scalars["ldam/health/fc/dead"] == 0.0 and scalars["ldam/health/fc/undriven"] == 0.0
+    assert "ldam/transfer/ema/fc" not in scalars and "ldam/retention/raw/fc" not in scalars  # not read across
     spread = torch.cdist(real.flatten(1), real.flatten(1)).sum() / (40 * 39)
     expected = float(raw.diversity.mean() / spread)
     assert scalars["ldam/raw/fc/diversity"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_transfer_and_retention_on_known_activations():
+    """Real inputs' mean 0.5, max 1; every unit at 1.0 on its own samples (lift 1). The averaged unit reads raw's
+    samples at 0.75 (lift 0.5), raw's unit reads the averaged samples at 1.0 (lift 1): transfer (0.5 + 1)/2. Raw's
+    unit reads its previous samples at 0.5, the level of an average real input: retention 0."""
+    images = torch.rand(2, 3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    real_acts = torch.linspace(0, 1, 41).unsqueeze(1).expand(41, 2).contiguous()
+    acts = torch.full((2, 3), 1.0)
+    raw, ema = _result(images, acts, real_acts), _result(images.clone(), acts, real_acts)
+    ema.cross_activations["raw"] = torch.full((2, 3), 0.75)
+    raw.cross_activations["ema"] = torch.full((2, 3), 1.0)
+    raw.cross_activations["previous"] = torch.full((2, 3), 0.5)
+    _, scalars = summarize({"raw": raw, "ema": ema})
+    assert scalars["ldam/transfer/ema/fc"] == pytest.approx(0.75)
+    assert scalars["ldam/retention/raw/fc"] == pytest.approx(0.0, abs=1e-6)
+    assert "ldam/retention/ema/fc" not in scalars
+    undriven = _result(images, torch.full((2, 3), 0.6), real_acts)  # lift 0.2 < 0.5: no scale to compare on
+    undriven.cross_activations["previous"] = torch.full((2, 3), 1.0)
+    assert "ldam/retention/raw/fc" not in summarize({"raw": undriven})[1]
 
 
 def _loader(n=16):
@@ -109,6 +130,9 @@ def test_ema_decay_zero_gives_zero_divergence_and_a_far_average_a_larger_one(tmp
     for layer in ("features.0", "classifier.2"):
         assert [e.value for e in same.Scalars(f"ldam/divergence/ema/{layer}")] == [0.0, 0.0]
         assert all(e.value > 1e-3 for e in far.Scalars(f"ldam/divergence/ema/{layer}")), layer
+        # the same weights read the same samples: each unit responds to the other's exactly as to its own
+        assert [e.value for e in same.Scalars(f"ldam/transfer/ema/{layer}")] == [1.0, 1.0]
+        assert all(abs(e.value - 1.0) > 1e-3 for e in far.Scalars(f"ldam/transfer/ema/{layer}")), layer
 
 
 def test_drift_is_zero_for_weights_that_do_not_move_and_positive_for_training(tmp_path):
@@ -117,6 +141,8 @@ def test_drift_is_zero_for_weights_that_do_not_move_and_positive_for_training(tm
     for variant in ("raw", "ema"):
         assert [e.value for e in still.Scalars(f"ldam/drift/{variant}/classifier.2")] == [0.0]
         assert all(e.value > 0.0 for e in moving.Scalars(f"ldam/drift/{variant}/classifier.2"))
+        assert [e.value for e in still.Scalars(f"ldam/retention/{variant}/classifier.2")] == [1.0]
+        assert all(e.value != 1.0 for e in moving.Scalars(f"ldam/retention/{variant}/classifier.2"))
 def test_labels_and_aliases_name_the_tags_and_rows(tmp_path):
     acc = _run(tmp_path, ema_decay=0.5, lr=0.5, layer_aliases={"classifier.2": "logits"},
                labels={"classifier.2": ["zero", "one", "two", "three", "four"]})
