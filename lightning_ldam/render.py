@@ -2,8 +2,9 @@
 
 One fixed value scaling (the sampler's ``value_range`` → [0, 1]) and no per-image normalisation, so steps and
 variants are comparable; small images are upscaled with nearest-neighbour for legibility. Inputs that are not
-images get a picture too: a vector of D features is drawn as a 1 × D grey strip, a ``[H, W]`` input as a grey
-image. Row labels, variant names and column headers are drawn with Pillow's built-in font, dark on a light band.
+images get a picture too: a vector of up to 32 features is drawn as a 1 × D grey strip, a longer one as a
+near-square grey tile filled row by row (784 values: 28 × 28; the cells past the end grey), a ``[H, W]`` input as a
+grey image. Row labels, variant names and column headers are drawn with Pillow's built-in font, dark on a light band.
 
 TensorBoard's IMAGES dashboard draws every image at its card's width (350 px, whatever the window size: wider
 sheets are shrunk, narrower ones enlarged). So the comparison sheet stacks its variants (a line per variant)
@@ -33,6 +34,8 @@ MAX_WIDTH = 640
 MAX_CHAINS = 4
 #: Row labels and variant names are cut to this many characters (the last one an ellipsis).
 MAX_LABEL = 16
+#: Vectors up to this long are drawn as 1 × D strips; longer ones as near-square tiles, row by row.
+MAX_STRIP = 32
 
 _PAD = 2  # grey frame around each tile, as ``make_grid(padding=2)``
 _GAP = 6  # light gutter between column blocks and between the neuron groups of a comparison sheet
@@ -52,8 +55,9 @@ def upscale_factor(height: int, min_size: int = _GRID_TILE) -> int:
 
 
 def _as_images(samples: torch.Tensor, argument: str = "images") -> torch.Tensor:
-    """``[n, chains, *sample]`` -> ``[n, chains, C, H, W]``: ``[H, W]`` is grey, anything else not ``[C, H, W]`` a
-    1-pixel-high strip of its values."""
+    """``[n, chains, *sample]`` -> ``[n, chains, C, H, W]``: ``[H, W]`` is grey, anything else not ``[C, H, W]`` is
+    flattened to a vector: a 1-pixel-high strip up to :data:`MAX_STRIP` values, else a near-square tile filled row
+    by row (NaN, drawn grey, past the end)."""
     if not isinstance(samples, torch.Tensor) or samples.dim() < 3:
         got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise LDAMArgumentError(argument, f"expected a tensor [neurons, chains, *sample], got {got}")
@@ -62,7 +66,13 @@ def _as_images(samples: torch.Tensor, argument: str = "images") -> torch.Tensor:
         return samples[:, :, None]
     if extra == 3:
         return samples
-    return samples.flatten(2)[:, :, None, None, :]  # a vector (or a volume, flattened): a strip
+    flat = samples.flatten(2)  # a vector (or a volume, flattened)
+    d = flat.shape[-1]
+    if d <= MAX_STRIP:
+        return flat[:, :, None, None, :]
+    w = math.ceil(math.sqrt(d))
+    h = math.ceil(d / w)
+    return F.pad(flat.float(), (0, h * w - d), value=float("nan")).view(*flat.shape[:2], 1, h, w)
 
 
 def _to_unit(images: torch.Tensor, value_range: Tuple[float, float]) -> torch.Tensor:
@@ -71,7 +81,8 @@ def _to_unit(images: torch.Tensor, value_range: Tuple[float, float]) -> torch.Te
 
 
 def _tiles(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """``[N, C, H, W]`` -> 3-channel, upscaled tiles."""
+    """``[N, C, H, W]`` -> 3-channel, upscaled tiles (NaN, the cells past a vector's end, grey)."""
+    x = x.nan_to_num(_GREY)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] != 3:
@@ -198,7 +209,8 @@ def neuron_grid(images: torch.Tensor, value_range: Tuple[float, float], upscale:
     """One variant's samples as a sheet: a row per neuron, a column per chain.
 
     Args:
-        images: ``[n, chains, C, H, W]`` (or ``[n, chains, H, W]``: grey; ``[n, chains, D]``: 1 × D strips).
+        images: ``[n, chains, C, H, W]`` (or ``[n, chains, H, W]``: grey; ``[n, chains, D]``: 1 × D strips up to
+            :data:`MAX_STRIP` values, else near-square tiles).
         value_range: the samples' box ``(lo, hi)``: ``lo`` is black, ``hi`` white, the same for every tile.
         upscale: nearest-neighbour factor. Default: tiles at least 56 px high (strips at most 1024 px wide),
             reduced (to no less than 28 px) while the sheet would be wider than :data:`MAX_WIDTH`.

@@ -258,8 +258,14 @@ def test_non_image_inputs_are_drawn_as_strips_or_grey_images():
     first = grid[0, 2:30, 2:2 + 280]  # the first strip: left to right, 10 blocks of 28 px, dark to bright
     assert torch.allclose(first[:, ::28][0], torch.linspace(0, 1, 10))
     assert neuron_grid(vectors, (0.0, 1.0), 56).shape == (3, 2 * (56 + 2) + 2, 3 * (10 * 56 + 2) + 2)
-    long = neuron_grid(torch.rand(1, 2, 784), (0.0, 1.0))
-    assert long.shape[-1] <= 2 * (1024 + 2) + 2  # a long strip is not blown up past 1024 px a tile
+    digits = torch.rand(1, 2, 784)  # a flattened 28 x 28 image: drawn as one again, row by row
+    long = neuron_grid(digits, (0.0, 1.0), upscale=1)
+    assert long.shape == (3, 28 + 4, 2 * (28 + 2) + 2)
+    assert torch.allclose(long[0, 2:30, 2:30], digits[0, 0].view(28, 28))
+    odd = neuron_grid(torch.ones(1, 1, 40), (0.0, 1.0), upscale=1)  # 40 values: 7 wide, 6 high, 2 cells grey
+    tile = odd[0, 2:8, 2:9]
+    assert tile.shape == (6, 7) and (tile.flatten()[:40] == 1).all() and (tile.flatten()[40:] == 0.5).all()
+    assert compare_grid([digits, digits], (0.0, 1.0)).shape[0] == 3
     planes = neuron_grid(torch.rand(1, 2, 8, 8), (0.0, 1.0))
     assert planes.shape == (3, 56 + 4, 2 * (56 + 2) + 2)
     assert compare_grid([vectors, vectors], (0.0, 1.0)).shape[0] == 3
