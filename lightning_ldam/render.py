@@ -322,11 +322,27 @@ def _check_variants(variants) -> List[torch.Tensor]:
     return out
 
 
+def _score_texts(scores, n: int, v: int) -> Optional[List[List[str]]]:
+    """``scores`` (``[n][v]`` floats or ``None``) as two-decimal strings: ``""`` for ``None`` (no score on that
+    line), ``"-"`` for NaN (a score that could not be measured)."""
+    if scores is None:
+        return None
+    if len(scores) != n or any(len(row) != v for row in scores):
+        raise LDAMArgumentError("scores", f"expected {n} rows (one per neuron) of {v} values (one per variant), got "
+                                          f"{[len(row) for row in scores]}")
+    return [["" if s is None else "-" if not math.isfinite(float(s)) else f"{float(s):.2f}" for s in row]
+            for row in scores]
+
+
 def _paint_group(sheet: _Sheet, cols: _Columns, y: int, tiles: Sequence[Optional[torch.Tensor]],
-                 label: Optional[str], names: Optional[List[str]], label_w: int) -> None:
-    """One neuron's lines from ``y`` down: the label, each line's name, the chains, means and differences."""
+                 label: Optional[str], names: Optional[List[str]], label_w: int,
+                 scores: Optional[List[str]] = None, score_slot: Tuple[int, int] = (0, 0)) -> None:
+    """One neuron's lines from ``y`` down: the label, each line's name, the chains, means, differences and
+    scores."""
     chains, means, diffs = tiles
     h = chains.shape[-2]
+    for v, text in enumerate(scores or []):
+        sheet.text(score_slot[0], y + v * (h + _PAD), score_slot[1], h + 2 * _PAD, text, center=True)
     sheet.tiles(cols.grid_x[0], y, chains)
     sheet.tiles(cols.grid_x[1], y, means)
     if diffs is not None:  # the first variant's line has none
@@ -341,7 +357,9 @@ def _paint_group(sheet: _Sheet, cols: _Columns, y: int, tiles: Sequence[Optional
 @torch.no_grad()
 def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, float],
                  upscale: Optional[int] = None, names: Optional[Sequence[str]] = None,
-                 row_labels: Optional[Sequence[str]] = None, max_chains: Optional[int] = None) -> torch.Tensor:
+                 row_labels: Optional[Sequence[str]] = None, max_chains: Optional[int] = None,
+                 scores: Optional[Sequence[Sequence[Optional[float]]]] = None,
+                 score_header: Tuple[str, str] = ("transfer", "with raw")) -> torch.Tensor:
     """Variants of the same neurons and chains, one above the other: a group of lines per neuron.
 
     Per neuron, a group of one line per variant (in the given order; 6 light pixels between groups).
@@ -353,7 +371,9 @@ def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, flo
       chains from the same seeds in every variant, so a column shows one seed under each variant's weights;
     * **mean**: the mean image over *all* the variant's chains (not only those shown);
     * **|diff|** (on every line but the first variant's): ``|mean(variant) - mean(first variant)|``, per pixel
-      and channel, scaled so that a difference of half the box is white (black: averaging changed nothing).
+      and channel, scaled so that a difference of half the box is white (black: averaging changed nothing);
+    * **score** (with ``scores``): one number per line, e.g. the neuron's transfer with raw
+      (:func:`lightning_ldam.metrics.transfer`), two decimals; blank for ``None``, ``-`` for NaN.
 
     With ``names``, a header band on top labels the columns: ``chains`` ``k of n``, ``mean`` ``of n``,
     ``|diff|`` ``vs <first name>``. Tiles, means and differences use the one fixed scaling of ``value_range``.
@@ -369,6 +389,8 @@ def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, flo
             turns on the header band.
         row_labels: one string per neuron, cut to :data:`MAX_LABEL` characters.
         max_chains: chains shown per variant (default :data:`MAX_CHAINS`).
+        scores: ``[n][variants]`` numbers (or ``None``) drawn in a last column.
+        score_header: the two header lines of that column.
 
     Returns:
         A float ``[3, H, W]`` image in [0, 1].
@@ -391,16 +413,28 @@ def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, flo
     shown = min(c, MAX_CHAINS if max_chains is None else check_positive("max_chains", max_chains, integer=True))
     headers = None if names is None else _compare_headers(names[0], shown, c)[:2 + (len(variants) > 1)]
     counts = [shown, 1, 1][:2 + (len(variants) > 1)]
+    score_texts = _score_texts(scores, n, len(variants))
     best = max(1, min(upscale_factor(h, _MIN_TILE), 1024 // w))
 
+    def score_width(type_: _Type) -> int:
+        if score_texts is None:
+            return 0
+        lines = [*score_header, *(t for row in score_texts for t in row)]
+        return _GAP + max(type_.width(line) for line in lines) + _TEXT_PAD
+
     def layout(type_: _Type) -> Tuple[int, _Columns]:  # the tile factor and where the columns go
-        left = type_.margin(labels) + type_.margin(names)
+        left, extra = type_.margin(labels) + type_.margin(names), score_width(type_)
         factor = upscale if upscale is not None else _fit_factor(
-            best, upscale_factor(h, _Type().line), lambda f: _columns(left, counts, headers, w * f, type_).width)
-        return factor, _columns(left, counts, headers, w * factor, type_)
+            best, upscale_factor(h, _Type().line),
+            lambda f: _columns(left, counts, headers, w * f, type_).width + extra)
+        cols = _columns(left, counts, headers, w * factor, type_)
+        return factor, cols._replace(width=cols.width + extra)
 
     type_ = _Type.for_width(layout(_Type())[1].width)
     factor, cols = layout(type_)
+    score_slot = (cols.width - score_width(type_) + _GAP, score_width(type_) - _GAP)
+    if score_texts is not None and headers is not None:
+        headers, cols = [*headers, score_header], cols._replace(slots=[*cols.slots, score_slot])
     chains, means, diffs = _compare_tiles(variants, value_range, shown, factor)
     top = 0 if headers is None else 2 * type_.line + _TEXT_PAD
     group = len(variants) * (chains.shape[-2] + _PAD) + _PAD  # the lines of one neuron
@@ -410,5 +444,6 @@ def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, flo
             sheet.text(x, _TEXT_PAD // 2 + k * type_.line, width, type_.line, line, center=True)
     for i in range(n):
         _paint_group(sheet, cols, top + i * (group + _GAP), [chains[i], means[i], None if diffs is None else diffs[i]],
-                     None if labels is None else labels[i], names, type_.margin(labels))
+                     None if labels is None else labels[i], names, type_.margin(labels),
+                     None if score_texts is None else score_texts[i], score_slot)
     return sheet.render()

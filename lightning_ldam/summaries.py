@@ -6,7 +6,8 @@ path, or its alias):
 
 * images ``ldam/{variant}/{layer}``: one row per neuron, one column per chain;
 * images ``ldam/compare/{layer}``: per neuron a group of lines, one per variant (its first chains, its mean
-  over all chains, and |its mean − the first variant's mean|), under a header band naming the columns;
+  over all chains, |its mean − the first variant's mean|, and, with real inputs, the neuron's transfer with raw),
+  under a header band naming the columns;
 * scalars ``ldam/{variant}/{layer}/...``: ``activation`` (mean), ``lift`` (median over the layer's neurons, against
   the real inputs), ``realism`` (nearest-real distance ratio), ``diversity`` (chain spread over the real inputs'
   spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA);
@@ -77,7 +78,7 @@ def summarize(results: Mapping[str, SampleResult], upscale: Optional[int] = None
         if len(results) > 1:
             images[f"ldam/compare/{names[layer]}"] = compare_grid(
                 [r.images[rows] for r in results.values()], first.value_range, upscale, names=list(results),
-                row_labels=row_labels)
+                row_labels=row_labels, scores=_transfer_scores(results, rows))
         scalars.update(_pair_scalars(results, previous, rows, names[layer]))
         scalars.update(_health_scalars(results, rows, names[layer]))
     scalars["ldam/nonfinite_resets"] = float(sum(int(r.nonfinite_resets.sum()) for r in results.values()))
@@ -132,9 +133,9 @@ def _pair_scalars(results: Mapping[str, SampleResult], previous: Optional[Mappin
     for variant, res in results.items():
         if raw is not None and variant != "raw":
             _put(out, f"ldam/divergence/{variant}/{layer}", _nanmean(divergence(raw.images[rows], res.images[rows])))
-            both = [_transfer(res, "raw", rows), _transfer(raw, variant, rows)]
-            if all(t is not None for t in both):
-                _put(out, f"ldam/transfer/{variant}/{layer}", _nanmedian((both[0] + both[1]) / 2))
+            both = _both_ways(results, variant, rows)
+            if both is not None:
+                _put(out, f"ldam/transfer/{variant}/{layer}", _nanmedian(both))
         before = (previous or {}).get(variant)
         if before is not None and tuple(before.shape) == tuple(res.images.shape):
             _put(out, f"ldam/drift/{variant}/{layer}", _nanmean(divergence(before[rows], res.images[rows])))
@@ -142,6 +143,23 @@ def _pair_scalars(results: Mapping[str, SampleResult], previous: Optional[Mappin
         if retained is not None:
             _put(out, f"ldam/retention/{variant}/{layer}", _nanmedian(retained))
     return out
+
+
+def _both_ways(results: Mapping[str, SampleResult], variant: str, rows: List[int]) -> Optional[torch.Tensor]:
+    """``[len(rows)]`` per-neuron transfer of ``variant`` with raw, both ways averaged (``None``: not measured)."""
+    both = [_transfer(results[variant], "raw", rows), _transfer(results["raw"], variant, rows)]
+    return None if any(t is None for t in both) else (both[0] + both[1]) / 2
+
+
+def _transfer_scores(results: Mapping[str, SampleResult], rows: List[int]) -> Optional[List[List[Optional[float]]]]:
+    """The compare sheet's last column: per neuron, nothing on raw's line and each other variant's transfer with
+    raw on its own; ``None`` (no column) without raw or without the reads across."""
+    if "raw" not in results or len(results) < 2:
+        return None
+    per_variant = {v: _both_ways(results, v, rows) for v in results if v != "raw"}
+    if any(t is None for t in per_variant.values()):
+        return None
+    return [[None if v == "raw" else float(per_variant[v][i]) for v in results] for i in range(len(rows))]
 
 
 def _transfer(res: SampleResult, source: str, rows: List[int]) -> Optional[torch.Tensor]:

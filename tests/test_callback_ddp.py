@@ -43,6 +43,10 @@ class CheckedLDAM(LDAMCallback):
         assert trainer.is_global_zero
         for res in results.values():
             assert res.neurons == self._resolved and len(res.neurons) == 5
+        # each rank read its shard's chains across variants; the previous round's samples only rank 0 holds, so
+        # the merged result has none of those
+        assert set(results["raw"].cross_activations) == {"ema"} and set(results["ema"].cross_activations) == {"raw"}
+        assert results["raw"].cross_activations["ema"].shape == results["raw"].activations.shape
         super()._log(trainer, results, seconds)
 
 

@@ -301,3 +301,17 @@ def test_bad_arguments_name_themselves(call, argument):
 def test_docstring_examples():
     results = doctest.testmod(render, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert results.attempted > 0 and results.failed == 0
+
+
+def test_compare_grid_draws_a_score_column_and_checks_its_shape():
+    raw, ema = torch.rand(2, 4, 1, 28, 28), torch.rand(2, 4, 1, 28, 28)
+    plain = compare_grid([raw, ema], (0.0, 1.0), 1, names=["raw", "ema"])
+    scored = compare_grid([raw, ema], (0.0, 1.0), 1, names=["raw", "ema"], scores=[[None, 0.82], [None, float("nan")]])
+    assert scored.shape[1] == plain.shape[1] and scored.shape[2] > plain.shape[2]  # a column on the right
+    assert torch.equal(scored[:, :, :plain.shape[2] - 2], plain[:, :, :plain.shape[2] - 2])  # the rest unchanged
+    column = scored[:, 32:, plain.shape[2]:]  # below the header band
+    ink = column.min(0).values < 0.5
+    first_line = ink[:30].any()  # raw's line: no score drawn
+    assert not first_line and ink[30:62].any()  # ema's line: "0.82"
+    with pytest.raises(LDAMArgumentError, match=r"^scores: expected 2 rows .* of 2 values"):
+        compare_grid([raw, ema], (0.0, 1.0), scores=[[0.5, 0.5]])
