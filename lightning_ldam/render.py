@@ -359,7 +359,7 @@ def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, flo
                  upscale: Optional[int] = None, names: Optional[Sequence[str]] = None,
                  row_labels: Optional[Sequence[str]] = None, max_chains: Optional[int] = None,
                  scores: Optional[Sequence[Sequence[Optional[float]]]] = None,
-                 score_header: Tuple[str, str] = ("transfer", "with raw")) -> torch.Tensor:
+                 score_header: Tuple[str, str] = ("transfer", "")) -> torch.Tensor:
     """Variants of the same neurons and chains, one above the other: a group of lines per neuron.
 
     Per neuron, a group of one line per variant (in the given order; 6 light pixels between groups).
@@ -378,7 +378,8 @@ def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, flo
     With ``names``, a header band on top labels the columns: ``chains`` ``k of n``, ``mean`` ``of n``,
     ``|diff|`` ``vs <first name>``. Tiles, means and differences use the one fixed scaling of ``value_range``.
     Text is sized as in :func:`neuron_grid`; for 28-32 px images, 2-3 variants and labels of up to 16
-    characters, the sheet is 300-365 px wide, so TensorBoard's card draws it at about its own size.
+    characters, the sheet is 300-365 px wide (up to 430 px with ``scores``), so TensorBoard's card draws it at
+    about its own size.
 
     Args:
         variants: ``[n, chains, *sample]`` per variant (e.g. raw, ema), the same neurons and seeds.
