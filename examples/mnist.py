@@ -31,6 +31,8 @@ from lightning_ldam import LDAMCallback
 #: first conv channels, hidden units (pre-ReLU: a dead ReLU has no gradient to climb), the class logits;
 #: paths are relative to the LightningModule
 NEURONS = ["net.features.0:0-7", "net.classifier.1:0-7", "net.classifier.4:all"]
+#: Row labels of the logit sheets (the callback's ``labels=``; ``lightning-ldam compare`` reads them back).
+CLASS_NAMES = {"net.classifier.4": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]}
 
 
 class MNISTNet(nn.Module):
@@ -140,7 +142,7 @@ def main(argv=None) -> None:
     # max_overhead=None: a demo shows a round every epoch. The default budget (5% of training time) would run
     # none in a training run this short; on a real run, leave it on.
     ldam = LDAMCallback(NEURONS, every_n_epochs=1, chains=args.chains, steps=args.steps, ema_decay=args.ema_decay,
-                        max_overhead=None, sampler_kwargs={"disc_warmup": 2} if args.smoke else None)
+                        max_overhead=None, labels=CLASS_NAMES, sampler_kwargs={"disc_warmup": 2} if args.smoke else None)
     logger = TensorBoardLogger(args.logdir, name="mnist")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
                          callbacks=[ldam, ModelCheckpoint(save_last=True)], enable_model_summary=False,
