@@ -91,6 +91,12 @@ def roughness_grad(u: torch.Tensor) -> torch.Tensor:
             - padded[..., 1:-1, :-2] - padded[..., 1:-1, 2:])
 
 
+def _over(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator`` as ``reciprocal(denominator) · numerator``: the rounding of the scalar division
+    (``λ / x``) the recorded benchmarks ran with, so per-neuron λ leaves their figures bitwise as they were."""
+    return denominator.reciprocal() * numerator
+
+
 def _row_rms(g: torch.Tensor) -> torch.Tensor:
     """Per-row RMS over pixels, ``[B]``."""
     return g.flatten(1).square().mean(1).sqrt()
@@ -149,7 +155,11 @@ class LangevinChains:
         images = u0.dim() == 4 and cfg.method != "annealed"
         self.smooth = images and any(k > 0 for k in per["smoothness"])
         self.smooth_unit = torch.tensor(per["smoothness"], device=dev) / PIXEL_SCALE if self.smooth else None
-        self.search_smooth = self._per_row(self.smooth_unit) if self.smooth else None  # burn-in's search: w_k = 1
+        # burn-in's search (w_k = 1): a number when every neuron has the same κ (a scalar ``alpha``, one fused pass),
+        # else per row
+        same = len(set(per["smoothness"])) == 1
+        self.search_smooth = None if not self.smooth else (
+            per["smoothness"][0] / PIXEL_SCALE if same else self._per_row(self.smooth_unit))
         self.scalars = self._scalars()
         self.tables = {k: torch.tensor(v, device=dev) for k, v in self.scalars.items()} if graph else None
         self.counter = torch.zeros(1, dtype=torch.long, device=dev) if graph else None
@@ -209,11 +219,14 @@ class LangevinChains:
         rms, rms_d = self._track_scales(terms, self.at("track", t))
         drift = terms.g_act / rms.clamp_min(1e-12).view(self.view)
         if terms.g_disc is not None:
-            share = self.lam_row / rms_d.clamp_min(1e-12)
+            share = _over(self.lam_row, rms_d.clamp_min(1e-12))
             drift.addcmul_(terms.g_disc, share.view(self.view))
         drift.div_(PIXEL_SCALE)
         if self.smooth:
-            drift.sub_(roughness_grad(self.u) * self.search_smooth)
+            if isinstance(self.search_smooth, float):
+                drift.sub_(roughness_grad(self.u), alpha=self.search_smooth)
+            else:
+                drift.sub_(roughness_grad(self.u) * self.search_smooth)
         self._move(drift, t, terms.acts)
         self._tick(t)
 
@@ -256,7 +269,7 @@ class LangevinChains:
     def _set_weights(self) -> None:
         """``λ_k`` and ``γ_k`` from the current ``w_k`` and D's gradient scale (the priors go together: both
         scaled by w_k)."""
-        disc_unit = torch.where(self.ms_disc > 0, self.lam / (PIXEL_SCALE * self.ms_disc.sqrt()),
+        disc_unit = torch.where(self.ms_disc > 0, _over(self.lam, PIXEL_SCALE * self.ms_disc.sqrt()),
                                 torch.zeros_like(self.ms_disc))
         self.disc_weights = disc_unit * self.weight
         self.disc_weight = self._per_row(self.disc_weights)
@@ -349,8 +362,9 @@ class LangevinChains:
         else:
             drift = g.div_(self.temp_row)
         if terms.g_disc is not None:
-            lam = self.lam_row / _row_rms(terms.g_disc).clamp_min(1e-12) if cfg.precondition == "rms" else self.lam_row
-            drift.addcmul_(terms.g_disc, lam.view(self.view))
+            rms_d = _row_rms(terms.g_disc).clamp_min(1e-12)
+            lam = _over(self.lam_row, rms_d) if cfg.precondition == "rms" else self.lam_row
+            drift.add_(terms.g_disc * lam.view(self.view))
         if self.second_moment is not None:
             self.second_moment.mul_(0.99).addcmul_(drift, drift, value=0.01)
             drift = drift / (self.second_moment * self.at("psgld", t)).sqrt().add_(1e-8)

@@ -155,3 +155,14 @@ def test_the_callback_keeps_the_layer_settings_in_every_round(tmp_path, lightnin
                                                     "classifier.2": {"temperature": 2.0}}
             assert res.config["spatial"] == {"features.0": "center", "classifier.2": "mean"}
             assert torch.equal(res.disc_weights[:2], torch.zeros(2))
+
+
+@pytest.mark.parametrize("method", ["langevin", "mala", "annealed"])
+def test_layer_settings_equal_to_the_calls_change_nothing_bitwise(method):
+    """The per-neuron form of λ, T and κ does the scalar form's arithmetic: same values, same samples."""
+    net, real = make_tiny_net(), _real()
+    kw = dict(input_shape=INPUT_SHAPE, chains=3, steps=24, real_data=real, seed=2, method=method)
+    plain = ldam.sample(net, {"features.0": [0], "classifier.2": [0, 1]}, **kw)
+    same = ldam.sample(net, {"features.0": {"units": [0], "disc_weight": 2.25, "temperature": 1.0, "smoothness": 1.5},
+                             "classifier.2": [0, 1]}, **kw)
+    assert torch.equal(plain.images, same.images)
