@@ -30,9 +30,9 @@ from lightning_ldam.outputs import is_tensorboard, write_round
 from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
 from lightning_ldam.result import SampleResult
-from lightning_ldam.reporting import RoundReporter
-from lightning_ldam.rounds import (RoundPlan, Variant, fixed_spec, plan_round, prepare_network, resolve_targets,
-                                   run_round, submodule)
+from lightning_ldam.reporting import NOTES, RoundReporter
+from lightning_ldam.rounds import (RoundPlan, WarmDiscriminators, fixed_spec, plan_round, prepare_network,
+                                   resolve_targets, run_round, submodule)
 from lightning_ldam.snapshot import snapshot
 from lightning_ldam.summaries import summarize, unhealthy_units
 from lightning_ldam.targets import NeuronSpec
@@ -74,8 +74,7 @@ class LDAMCallbackLogic:
         self._budget = None if max_overhead is None else OverheadBudget(float(max_overhead))
         self._ema: Optional[EMA] = None
         self._pending_ema_state: Optional[Dict[str, Any]] = None
-        self._discriminators: Dict[str, nn.Module] = {}
-        self._pending_disc_state: Dict[str, Dict[str, Any]] = {}
+        self._discs = WarmDiscriminators()
         self._report = RoundReporter(self._rank_zero_info, self._rank_zero_warn)
         self._rounds = self._skipped = 0
         self._last_sampled_step = self._last_ema_step = self._last_skipped_step = -1
@@ -144,8 +143,7 @@ class LDAMCallbackLogic:
                 self._ema.load_state_dict(self._pending_ema_state)
                 self._pending_ema_state = None
         if trainer.is_global_zero and any(is_tensorboard(lg) for lg in trainer.loggers):
-            self._rank_zero_info("LDAMCallback: TensorBoard keeps 10 images per tag by default; to see every round "
-                                 "run `tensorboard --logdir <dir> --samples_per_plugin images=1000`")
+            self._rank_zero_info(NOTES["samples_per_plugin"][1])  # every fit (not once per run)
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
@@ -202,9 +200,7 @@ class LDAMCallbackLogic:
     def _collect(self, batch: Any) -> None:
         """Offer a batch's inputs to the reservoir (rows with NaN/Inf are skipped and counted)."""
         if self._reservoir.add(extract_input(batch, self.settings.input_key)):
-            self._report.warn_once("nonfinite_inputs", "LDAMCallback: training inputs with NaN/Inf are not kept for "
-                                                       "LDAM (this warning shows once; the count goes to "
-                                                       "ldam/nonfinite_inputs)")
+            self._report.once("nonfinite_inputs")
 
     def _dry_run(self, pl_module: nn.Module) -> None:
         """Every argument checked on the first batch, before the first optimizer step (:mod:`callback_settings`)."""
@@ -218,9 +214,7 @@ class LDAMCallbackLogic:
         except LDAMArgumentError:
             raise
         except Exception as err:  # not a bad argument: let the rounds try, and say so
-            self._report.warn_once("dry_run", f"LDAMCallback: a two-step trial of LDAM on the first batch failed "
-                                              f"({type(err).__name__}: {err}); rounds will be tried, and skipped if "
-                                              f"they fail")
+            self._report.once("dry_run", error=f"{type(err).__name__}: {err}")
         self._checked = True
 
     # ---- one round -----------------------------------------------------------------------------------
@@ -241,8 +235,7 @@ class LDAMCallbackLogic:
     def _plan(self, nets: Dict[str, nn.Module]) -> RoundPlan:
         """The round's settings for these networks, each with its warm discriminator if it has one."""
         s = self.settings
-        variants = [Variant(n, net, discriminator=self._discriminators.get(n),
-                            disc_state=self._pending_disc_state.get(n)) for n, net in nets.items()]
+        variants = [self._discs.variant(n, net) for n, net in nets.items()]
         device = s.sample_device or (_model_device(variants[0].network) if variants else torch.device("cpu"))
         return plan_round(variants, s.neurons, input_shape=s.input_shape or self._reservoir.input_shape(),
                           value_range=s.value_range or self._reservoir.value_range(), chains=s.chains,
@@ -256,9 +249,7 @@ class LDAMCallbackLogic:
         self._last_sampled_step = step = trainer.global_step
         s = self.settings
         if len(self._reservoir) == 0 and (s.input_shape is None or s.value_range is None):
-            self._report.warn_once("empty", "LDAMCallback: no usable training batch seen yet, so the input "
-                                            "shape/range are unknown; skipping this round (pass input_shape and "
-                                            "value_range to sample before training)")
+            self._report.once("empty")
             return
         started, plan, done = time.perf_counter(), None, False
         try:
@@ -307,10 +298,7 @@ class LDAMCallbackLogic:
         if trainer.world_size > 1:
             skip = bool(trainer.strategy.broadcast(skip, src=0))
         if skip:
-            self._report.info_once("budget", f"LDAMCallback: skipping rounds that would take sampling above "
-                                             f"max_overhead={self._budget.fraction:g} of the training time (first "
-                                             f"skip at step {trainer.global_step}); the count goes to "
-                                             f"ldam/skipped_rounds")
+            self._report.once("budget", fraction=self._budget.fraction, step=trainer.global_step)
         return skip
 
     def _sample(self, trainer: "pl.Trainer", plan: RoundPlan) -> Dict[str, SampleResult]:
@@ -321,12 +309,7 @@ class LDAMCallbackLogic:
         progress = plan.sampler_kwargs.pop("progress", progress)
         results, discs = run_round(plan, self._resolved, trainer.global_rank, trainer.world_size, progress,
                                    self._rank_zero_info, self._previous)
-        for name, disc in discs.items():
-            if disc is not None:
-                # Each variant keeps its own D so the variants stay symmetric: a shared D would have just been
-                # trained against the previous variant's chains.
-                self._discriminators[name] = disc
-                self._pending_disc_state.pop(name, None)
+        self._discs.keep(discs)
         return results
 
     # ---- logging -------------------------------------------------------------------------------------
@@ -352,7 +335,7 @@ class LDAMCallbackLogic:
                step: int) -> None:
         out = self._png_dir or os.path.join(trainer.default_root_dir, "ldam")
         if write_round(trainer.loggers, images, scalars, step, out):
-            self._report.warn_once("png", f"LDAMCallback: no image-capable logger; writing PNGs under {out}")
+            self._report.once("png", out=out)
 
     def _real(self) -> Optional[torch.Tensor]:
         return self._reservoir.images if len(self._reservoir) else None
@@ -362,13 +345,11 @@ class LDAMCallbackLogic:
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        discs = {k: d.state_dict() for k, d in self._discriminators.items() if _finite(d)}
-        discs.update({k: v for k, v in self._pending_disc_state.items() if k not in discs})
         return {"format": "lightning_ldam", "rounds": self._rounds, "skipped_rounds": self._skipped,
                 "failed_rounds": self._report.failed, "last_sampled_step": self._last_sampled_step,
                 "last_ema_step": self._last_ema_step,
                 "ema": self._ema.state_dict() if self._ema is not None else self._pending_ema_state,
-                "discriminators": discs, "reservoir": self._reservoir.state_dict(),
+                "discriminators": self._discs.state_dict(), "reservoir": self._reservoir.state_dict(),
                 "settings": self.settings.as_state(), "neurons": [list(n) for n in self._fixed]}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -379,8 +360,7 @@ class LDAMCallbackLogic:
         self._last_sampled_step = state_dict["last_sampled_step"]
         self._last_ema_step = state_dict["last_ema_step"]
         self._reservoir.load_state_dict(state_dict["reservoir"])
-        self._discriminators = {}
-        self._pending_disc_state = dict(state_dict["discriminators"])
+        self._discs.load_state_dict(state_dict["discriminators"])
         if state_dict["ema"] is not None:
             if self._ema is not None:
                 self._ema.load_state_dict(state_dict["ema"])
@@ -462,10 +442,6 @@ def _terminal() -> bool:
         return os.isatty(2)
     except OSError:
         return False
-
-
-def _finite(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
 def _model_device(module: nn.Module) -> torch.device:

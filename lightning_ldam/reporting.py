@@ -11,7 +11,23 @@ from typing import Callable, Dict, Hashable, List, Mapping, Optional, Tuple
 
 from lightning_ldam.result import SampleResult
 
-__all__ = ["RoundReporter"]
+__all__ = ["RoundReporter", "NOTES"]
+
+#: The callback's one-off messages: key -> (``"warn"`` or ``"info"``, text with ``str.format`` fields). Each is
+#: said at most once per run (:meth:`RoundReporter.once`).
+NOTES = {
+    "samples_per_plugin": ("info", "LDAMCallback: TensorBoard keeps 10 images per tag by default; to see every round "
+                                   "run `tensorboard --logdir <dir> --samples_per_plugin images=1000`"),
+    "nonfinite_inputs": ("warn", "LDAMCallback: training inputs with NaN/Inf are not kept for LDAM (this warning "
+                                 "shows once; the count goes to ldam/nonfinite_inputs)"),
+    "dry_run": ("warn", "LDAMCallback: a two-step trial of LDAM on the first batch failed ({error}); rounds will be "
+                        "tried, and skipped if they fail"),
+    "empty": ("warn", "LDAMCallback: no usable training batch seen yet, so the input shape/range are unknown; "
+                      "skipping this round (pass input_shape and value_range to sample before training)"),
+    "budget": ("info", "LDAMCallback: skipping rounds that would take sampling above max_overhead={fraction:g} of the "
+                       "training time (first skip at step {step}); the count goes to ldam/skipped_rounds"),
+    "png": ("warn", "LDAMCallback: no image-capable logger; writing PNGs under {out}"),
+}
 
 
 class RoundReporter:
@@ -41,6 +57,11 @@ class RoundReporter:
         if key not in self._said:
             self._said.add(key)
             self.info(message)
+
+    def once(self, key: str, **fields) -> None:
+        """Say the message :data:`NOTES` keys as ``key`` (formatted with ``fields``), unless said already."""
+        kind, text = NOTES[key]
+        (self.warn_once if kind == "warn" else self.info_once)(key, text.format(**fields))
 
     def failure(self, step: int, err: BaseException) -> None:
         """A failed round: counted, and a warning naming the cause, once per cause."""

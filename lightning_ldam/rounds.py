@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
-from lightning_ldam.discriminator import restore_discriminator
+from lightning_ldam.discriminator import finite_weights, restore_discriminator
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.metrics import chain_activations, unit_activations
 from lightning_ldam.progress import Progress
@@ -27,7 +27,7 @@ from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
 from lightning_ldam.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
 
 __all__ = ["Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round", "resolve_targets",
-           "fixed_spec", "submodule", "prepare_network"]
+           "fixed_spec", "submodule", "prepare_network", "WarmDiscriminators"]
 
 log = logging.getLogger(__name__)
 Note = Callable[[str], None]
@@ -86,6 +86,39 @@ class RoundPlan:
         count = f"{neurons} neurons" if neurons is not None else "the neurons"
         return (f"{count} × {self.chains} chains × {self.steps} steps × {len(self.variants)} variant"
                 f"{'s' if len(self.variants) != 1 else ''} ({', '.join(self.names)})")
+
+
+class WarmDiscriminators:
+    """Each variant's own discriminator, kept from round to round (warm starts), and the states restored from a
+    checkpoint until the variant's next round takes them up.
+
+    Each variant keeps its own D so the variants stay symmetric: a shared D would have just been trained against
+    the previous variant's chains.
+    """
+
+    def __init__(self) -> None:
+        self.live: Dict[str, nn.Module] = {}
+        self.pending: Dict[str, Dict[str, Any]] = {}
+
+    def variant(self, name: str, network: nn.Module) -> "Variant":
+        """``network`` as a round's variant, with its warm discriminator or its restored state if it has one."""
+        return Variant(name, network, discriminator=self.live.get(name), disc_state=self.pending.get(name))
+
+    def keep(self, discs: Mapping[str, Optional[nn.Module]]) -> None:
+        """Keep the discriminators a round returned (``None``: that variant ran without one)."""
+        for name, disc in discs.items():
+            if disc is not None:
+                self.live[name] = disc
+                self.pending.pop(name, None)
+
+    def state_dict(self) -> Dict[str, Dict[str, Any]]:
+        """The finite discriminators' states (a non-finite one is never saved) and the restored ones not used yet."""
+        states = {name: d.state_dict() for name, d in self.live.items() if finite_weights(d)}
+        states.update({name: s for name, s in self.pending.items() if name not in states})
+        return states
+
+    def load_state_dict(self, states: Mapping[str, Dict[str, Any]]) -> None:
+        self.live, self.pending = {}, dict(states)
 
 
 def plan_round(variants: Sequence[Variant], neurons: NeuronSpec, *, input_shape: Sequence[int],

@@ -184,7 +184,7 @@ def test_nan_pixels_in_the_data_never_reach_the_reservoir_or_the_discriminators(
     assert torch.isfinite(cb._reservoir.images).all() and cb._reservoir.nonfinite_skipped == 3
     nan_warnings = [str(w.message) for w in caught if "with NaN/Inf are not kept" in str(w.message)]
     assert len(nan_warnings) == 1
-    for disc in cb._discriminators.values():
+    for disc in cb._discs.live.values():
         assert all(torch.isfinite(p).all() for p in disc.parameters())
     acc = events(logger.log_dir)
     assert [e.value for e in acc.Scalars("ldam/nonfinite_inputs")] == [2.0, 3.0]  # rows 1, 6 by step 2; 9 by 4

@@ -185,7 +185,7 @@ def test_a_generous_budget_runs_every_round_and_measures_them(tmp_path, no_faile
     cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, **{**FAST, "max_overhead": 1e9})
     fit(tmp_path, [cb], max_steps=3)
     assert cb._rounds == 3 and cb._skipped == 0
-    assert set(cb._discriminators) == {"raw", "ema"}
+    assert set(cb._discs.live) == {"raw", "ema"}
     assert cb._budget.sampling > 0 and cb._budget.has_estimate
 
 
