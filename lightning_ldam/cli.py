@@ -530,7 +530,9 @@ def _write_comparison(args, ckpts, results, real, labeller=None) -> int:
 
 
 def _write_metrics(out: str, scalars: Dict[str, float]) -> List[str]:
-    """Print the per-layer, per-variant metrics and write them as ``metrics.csv`` and ``metrics.md`` in ``out``."""
+    """Print the per-layer, per-variant metrics and write them as ``metrics.csv`` (every column, a fixed schema) and
+    ``metrics.md`` in ``out``; the printed and Markdown tables leave out columns empty on every row (``drift`` and
+    ``retention`` need a previous round, which one compare does not have)."""
     import csv
 
     from lightning_ldam.summaries import TABLE_COLUMNS, metrics_table
@@ -539,8 +541,9 @@ def _write_metrics(out: str, scalars: Dict[str, float]) -> List[str]:
     head = ["layer", "variant", *TABLE_COLUMNS]
     cells = [[r["layer"], r["variant"]] + ["" if r[c] is None else f"{r[c]:.4g}" for c in TABLE_COLUMNS]
              for r in rows]
-    md = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * len(TABLE_COLUMNS)]
-    md += ["| " + " | ".join(c or "—" for c in line) + " |" for line in cells]
+    shown = [0, 1] + [i + 2 for i, c in enumerate(TABLE_COLUMNS) if any(r[c] is not None for r in rows)]
+    md = ["| " + " | ".join(head[i] for i in shown) + " |", "|" + "---|" * 2 + "---:|" * (len(shown) - 2)]
+    md += ["| " + " | ".join(line[i] or "—" for i in shown) + " |" for line in cells]
     print("\n".join(md))
     csv_path, md_path = os.path.join(out, "metrics.csv"), os.path.join(out, "metrics.md")
     with open(csv_path, "w", newline="") as f:

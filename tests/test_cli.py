@@ -649,5 +649,7 @@ def test_compare_prints_and_writes_the_metrics_table(ckpts, tmp_path, capsys):
     assert raw["dead"] != "" and ema["dead"] == ""  # health: the raw weights', on the raw row
     for r in rows:
         assert float(r["lift"]) == float(r["lift"]) and float(r["realism"]) > 0  # finite, against the reservoir
+    assert raw["drift"] == ema["drift"] == ""  # one compare has no previous round (the CSV keeps the column)
     md = (out_dir / "metrics.md").read_text()
     assert md.splitlines()[0].startswith("| layer | variant | lift | realism |") and md.strip() in out
+    assert "drift" not in md.splitlines()[0] and "retention" not in md.splitlines()[0]  # empty columns left out
