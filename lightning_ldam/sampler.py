@@ -254,7 +254,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     if disc_weight is None:
         disc_weight = default_disc_weight(shape[0]) if (real_data is not None or discriminator is not None) else 0.0
     V.check_positive("disc_weight", disc_weight, allow_zero=True)
-    _check_disc_source(disc_weight, layer_settings(neurons), real_data is not None or discriminator is not None)
+    own = layer_settings(neurons)  # the spec's per-layer settings, by the layer paths it writes
+    _check_disc_source(disc_weight, own, real_data is not None or discriminator is not None)
     cfg = resolve_config(method=method, steps=steps, burn_in=burn_in, step_size=step_size,
                          burn_in_boost=burn_in_boost, temperature=temperature, scale=scale,
                          disc_weight=disc_weight, adapt_disc=adapt_disc,
@@ -266,7 +267,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     if init == "data" and real_data is None:
         raise LDAMArgumentError("init",
             "'data' starts chains from real images; pass real_data=..., or use init='noise'")
-    if len(shape) != 3 and (_uses_disc(cfg.disc_weight, layer_settings(neurons)) or discriminator is not None):
+    if len(shape) != 3 and (_uses_disc(cfg.disc_weight, own) or discriminator is not None):
         raise LDAMArgumentError("disc_weight", f"the discriminator needs image inputs (C, H, W); input_shape={shape}")
     norm = V.check_normalize(normalize, shape[0])
     real_cpu = _collect_real(real_data, shape, MAX_REAL_IMAGES) if real_data is not None else None
