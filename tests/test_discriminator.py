@@ -198,3 +198,17 @@ def test_the_default_lambda_depends_on_the_channels():
     res = ldam.sample(net, "2:0", input_shape=(3, 8, 8), chains=1, steps=2, real_data=real, disc_warmup=1)
     assert res.config["disc_weight"] == ldam.DEFAULT_DISC_WEIGHT_COLOUR == ldam.default_disc_weight(3)
     assert ldam.default_disc_weight(1) == ldam.DEFAULT_DISC_WEIGHT
+
+
+def test_one_channel_images_are_looked_at_with_half_their_side_and_old_states_restore():
+    d = build_discriminator(1, (28, 28), seed=0)
+    assert d.pool_factor == 2  # 28 px looked at as 14
+    assert build_discriminator(1, (14, 14), seed=0).pool_factor == 1  # never below 14 px
+    assert build_discriminator(3, (32, 32), seed=0).pool_factor == 1  # colour: full resolution
+    old = build_discriminator(1, (28, 28), seed=0, max_size=64)  # what checkpoints before this default hold
+    assert old.pool_factor == 1 and set(old.state_dict()) != set(d.state_dict())  # one more conv level
+    restored = restore_discriminator(old.state_dict(), 1, (28, 28))
+    x = torch.rand(3, 1, 28, 28)
+    old.eval(), restored.eval()
+    with torch.no_grad():
+        assert torch.equal(old(x), restored(x))
