@@ -6,7 +6,7 @@ adds stays well scaled) trained online against real images (label 1) and the cur
 (label 0) with the non-saturating logistic GAN loss. On colour images its head also reads each image's colour
 statistics (the mean colour and the 3×3 covariance of its pixels' colours): a conv stack of a few stride-2 layers
 does not see that a sample's colours drift across the image while a real image's sit on a few flat regions, and
-that one global feature does (RGB realism 1.51 → 1.14 on benchmarks/quality.py, benchmarks/README.md).
+that one global feature does (RGB realism 1.51 → 1.21 at λ 1.0 on benchmarks/quality.py, benchmarks/README.md).
 """
 from __future__ import annotations
 
