@@ -25,6 +25,8 @@ Metrics (lightning_ldam.metrics, all against the held-out images):
 
 Run: ``python benchmarks/quality.py [--case CASE]`` (prints a Markdown table; ``--write`` puts it into
 benchmarks/README.md between the case's markers: QUALITY, QUALITY_LAYERS, QUALITY_RGB, QUALITY_RGB_LAYERS).
+``--seeds 0,1,2`` repeats a class-logit case on new data splits, networks and sampling seeds: a row per seed and
+each λ's mean (markers QUALITY_SEEDS, QUALITY_RGB_SEEDS with ``--write``).
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ CASES = {
     "mnist-layers": ("QUALITY_LAYERS", "Quality per layer (MNIST): lift"),
     "rgb": ("QUALITY_RGB", "Quality (RGB digits)"),
     "rgb-layers": ("QUALITY_RGB_LAYERS", "Quality per layer (RGB digits): lift"),
+    "mnist-seeds": ("QUALITY_SEEDS", "Quality over seeds (MNIST)"),
+    "rgb-seeds": ("QUALITY_RGB_SEEDS", "Quality over seeds (RGB digits)"),
 }
 #: neurons per layer in the layer cases (all of a layer's units when it has fewer)
 PER_LAYER = 8
@@ -72,6 +76,7 @@ class Bench:
         judge: the independent classifier (takes pixel-space images), or ``None``.
         accuracy: held-out accuracy per role (``"target"``, ``"judge"``).
         seconds: training wall time per role.
+        seed: the seed of the data split, the networks' training and the sampling.
     """
 
     target: nn.Module
@@ -82,6 +87,7 @@ class Bench:
     judge: Optional[nn.Module] = None
     accuracy: Dict[str, float] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
+    seed: int = 0
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, held_x: torch.Tensor, held_y: torch.Tensor,
@@ -99,7 +105,8 @@ def build_mnist(seed: int, epochs: int, with_judge: bool) -> Bench:
     d = load_mnist_splits(seed)
     target, acc, secs = fit(TargetCNN(), d["target_x"], d["target_y"], d["held_x"], d["held_y"], epochs=epochs,
                             seed=seed)
-    bench = Bench(target, d, (1, 28, 28), "classifier.4", accuracy={"target": acc}, seconds={"target": secs})
+    bench = Bench(target, d, (1, 28, 28), "classifier.4", accuracy={"target": acc}, seconds={"target": secs},
+                  seed=seed)
     if with_judge:
         bench.judge, bench.accuracy["judge"], bench.seconds["judge"] = fit(
             JudgeNet(), d["judge_x"], d["judge_y"], d["held_x"], d["held_y"], epochs=2 * epochs, seed=seed + 1)
@@ -121,7 +128,7 @@ def build_rgb(seed: int, epochs: int, with_judge: bool) -> Bench:
     target, acc, secs = fit(RGBNet(), normed(d["target_x"]), d["target_y"], normed(d["held_x"]), d["held_y"],
                             epochs=epochs, seed=seed, lr=3e-3, one_cycle=True)
     bench = Bench(target, d, (3, 32, 32), "classifier.fc2", normalize=(mean, std), accuracy={"target": acc},
-                  seconds={"target": secs})
+                  seconds={"target": secs}, seed=seed)
     if with_judge:
         # the judge normalises with its own training images' statistics: it shares nothing with the target
         judge = rgb_judge(d["judge_x"].mean(dim=(0, 2, 3)), d["judge_x"].std(dim=(0, 2, 3)))
@@ -149,11 +156,11 @@ def sample(bench: Bench, spec, lam: float, args, extra: Dict[str, object]):
     warm = {}
     if args.warm_d and lam > 0:
         # the callback's later rounds: a discriminator already trained by an earlier (default) call
-        first = ldam.sample(bench.target, spec, real_data=real, disc_weight=lam, seed=args.seed + 1, **kw)
+        first = ldam.sample(bench.target, spec, real_data=real, disc_weight=lam, seed=bench.seed + 1, **kw)
         warm = {"discriminator": first.discriminator}
     t0 = time.perf_counter()
     res = ldam.sample(bench.target, spec, **{**kw, "real_data": real if lam > 0 else None, "disc_weight": lam,
-                                             "seed": args.seed, **warm, **extra})
+                                             "seed": bench.seed, **warm, **extra})
     return res, time.perf_counter() - t0
 
 
@@ -205,41 +212,55 @@ def lam_label(lam: float, channels: int) -> str:
     return f"{lam:g}{' (default)' if lam == ldam.default_disc_weight(channels) else ''}"
 
 
-def footer(args, bench: Bench, what: str, argv: List[str], note: str = "") -> str:
+def footer(args, benches: List[Bench], what: str, argv: List[str], note: str = "") -> str:
     """The line under a table: what was sampled, the networks' accuracies, ``note``, the software, the command."""
     options = "".join(f" --set {kv}" for kv in args.set or []) + (" --warm-d" if args.warm_d else "")
-    nets = f"target CNN held-out accuracy {bench.accuracy['target']:.3f}"
-    if bench.judge is not None:
-        nets += f", judge CNN {bench.accuracy['judge']:.3f}"
+    roles = [("target", "target CNN held-out accuracy")] + [("judge", "judge CNN")] * (benches[0].judge is not None)
+    nets = ", ".join(f"{name} " + " / ".join(f"{b.accuracy[role]:.3f}" for b in benches) for role, name in roles)
+    if len(benches) > 1:
+        nets += " (seeds " + " / ".join(str(b.seed) for b in benches) + ")"
     command = " ".join(["python benchmarks/quality.py"] + [shlex.quote(a) for a in argv])
     return (f"\n{what} × {args.chains} chains, library defaults otherwise{options and ' and' + options}; {nets}; "
             f"{note and note + '; '}torch {torch.__version__}, {torch.get_num_threads()} CPU threads. "
             f"Command: `{command}`\n")
 
 
-def run_logits(bench: Bench, args, lambdas, extra, argv) -> str:
-    """The class-logit table (cases ``mnist`` and ``rgb``)."""
-    rows = []
+LOGIT_METRICS = ("activation_ratio", "judge_agreement", "realism", "diversity", "median_lift")
+
+
+def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
+    """The class-logit table (cases ``mnist`` and ``rgb``): a row per λ, or per λ and seed with each λ's mean."""
+    several = len(benches) > 1
+    rows = []  # (λ, seed label, scores, seconds)
     for lam in lambdas:
-        res, secs = sample(bench, f"{bench.logits}:all", lam, args, extra)
-        s = score_logits(bench, res, extra)
-        rows.append((lam, s, secs))
-        print(f"λ={lam:g}: " + ", ".join(f"{k}={v:.3f}" for k, v in s.items()) + f", {secs:.1f}s", flush=True)
-        if args.save_grid:
-            save_grid(res, args.save_grid, lam, args.chains)
-    head = ("| λ (disc_weight) | activation ratio | judge agreement | realism | diversity | median lift | s / call |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|\n")
-    body = "".join(f"| {lam_label(lam, bench.input_shape[0])} | {s['activation_ratio']:.2f} | "
-                   f"{s['judge_agreement']:.3f} | {s['realism']:.2f} | {s['diversity']:.2f} | "
-                   f"{s['median_lift']:.2f} | {secs:.1f} |\n"
-                   for lam, s, secs in rows)
+        group = []
+        for bench in benches:
+            res, secs = sample(bench, f"{bench.logits}:all", lam, args, extra)
+            s = score_logits(bench, res, extra)
+            group.append((lam, str(bench.seed), s, secs))
+            print(f"λ={lam:g} seed {bench.seed}: " + ", ".join(f"{k}={v:.3f}" for k, v in s.items())
+                  + f", {secs:.1f}s", flush=True)
+            if args.save_grid:
+                save_grid(res, args.save_grid + (f"_seed{bench.seed}" if several else ""), lam, args.chains)
+        rows += group
+        if several:
+            mean = {k: sum(g[2][k] for g in group) / len(group) for k in LOGIT_METRICS}
+            rows.append((lam, "mean", mean, sum(g[3] for g in group) / len(group)))
+    seed_head = ("seed | ", "---:|") if several else ("", "")
+    head = (f"| λ (disc_weight) | {seed_head[0]}activation ratio | judge agreement | realism | diversity | median lift "
+            f"| s / call |\n|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|\n")
+    body = "".join(f"| {lam_label(lam, benches[0].input_shape[0])} | {seed + ' | ' if several else ''}"
+                   f"{s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
+                   f"{s['diversity']:.2f} | {s['median_lift']:.2f} | {secs:.1f} |\n"
+                   for lam, seed, s, secs in rows)
     what = ("10 class logits" if args.case == "mnist"
             else "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised inputs)")
-    return head + body + footer(args, bench, what, argv)
+    return head + body + footer(args, benches, what, argv)
 
 
-def run_layers(bench: Bench, args, lambdas, extra, argv) -> str:
+def run_layers(benches: List[Bench], args, lambdas, extra, argv) -> str:
     """The per-layer lift table (cases ``mnist-layers`` and ``rgb-layers``): all layers in one call per λ."""
+    (bench,) = benches
     layers = pick_layers(bench.target, bench.input_shape)
     spec = {t.path: list(range(min(PER_LAYER, t.units))) for t in layers}
     scores, times = [], []
@@ -260,7 +281,7 @@ def run_layers(bench: Bench, args, lambdas, extra, argv) -> str:
     net = "MNIST CNN" if args.case == "mnist-layers" else "RGB CNN (normalised inputs)"
     calls = ", ".join(f"{secs:.1f} at λ {lam:g}" for lam, secs in zip(lambdas, times))
     what = f"{sum(map(len, spec.values()))} neurons of the {net}, all layers in one call,"
-    return head + body + footer(args, bench, what, argv, note=f"s / call: {calls}")
+    return head + body + footer(args, benches, what, argv, note=f"s / call: {calls}")
 
 
 def run(args, argv: Optional[List[str]] = None) -> str:
@@ -268,10 +289,13 @@ def run(args, argv: Optional[List[str]] = None) -> str:
     family = "rgb" if args.case.startswith("rgb") else "mnist"
     epochs = DEFAULT_EPOCHS[family] if args.epochs is None else args.epochs
     logit_case = args.case in ("mnist", "rgb")
-    bench = (build_rgb if family == "rgb" else build_mnist)(args.seed, epochs, with_judge=logit_case)
-    print(", ".join(f"{role} CNN held-out accuracy {bench.accuracy[role]:.3f} (trained in {bench.seconds[role]:.1f} s)"
-                    for role in bench.accuracy), flush=True)
-    d = ldam.default_disc_weight(bench.input_shape[0])
+    benches = []
+    for seed in args.seeds:
+        benches.append((build_rgb if family == "rgb" else build_mnist)(seed, epochs, with_judge=logit_case))
+        print(f"seed {seed}: " + ", ".join(f"{role} CNN held-out accuracy {benches[-1].accuracy[role]:.3f} (trained "
+                                           f"in {benches[-1].seconds[role]:.1f} s)" for role in benches[-1].accuracy),
+              flush=True)
+    d = ldam.default_disc_weight(benches[0].input_shape[0])
     if args.lambdas is not None:
         lambdas = [d if v == "default" else float(v) for v in args.lambdas.split(",")]
     else:  # the full sweep for the MNIST logits; λ = 0 and the default elsewhere
@@ -281,7 +305,7 @@ def run(args, argv: Optional[List[str]] = None) -> str:
         key, _, value = kv.partition("=")
         extra[key] = type_guess(value)
     argv = sys.argv[1:] if argv is None else list(argv)
-    return (run_logits if logit_case else run_layers)(bench, args, lambdas, extra, argv)
+    return (run_logits if logit_case else run_layers)(benches, args, lambdas, extra, argv)
 
 
 def type_guess(value: str):
@@ -299,27 +323,37 @@ def type_guess(value: str):
 
 
 def write_readme(text: str, case: str) -> None:
-    """Put ``text`` between the case's markers in benchmarks/README.md (appending a section the first time)."""
+    """Put ``text`` between the case's markers in benchmarks/README.md (appending a section the first time). Holds
+    an exclusive lock on the file while it reads and rewrites it: cases run side by side do not lose each other's
+    tables."""
+    import fcntl
+
     marker, heading = CASES[case]
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
-    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
     start, end = f"<!-- {marker}:START -->", f"<!-- {marker}:END -->"
     block = f"{start}\n{text}{end}"
-    if start in doc:
-        doc = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, doc, flags=re.S)
-    else:
-        doc += f"\n## {heading}\n\n{block}\n"
-    with open(path, "w") as f:
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        doc = f.read() or "# Benchmarks\n\n"
+        if start in doc:
+            doc = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, doc, flags=re.S)
+        else:
+            doc += f"\n## {heading}\n\n{block}\n"
+        f.seek(0)
+        f.truncate()
         f.write(doc)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", choices=list(CASES), default="mnist")
+    p.add_argument("--case", choices=[c for c in CASES if not c.endswith("-seeds")], default="mnist")
     p.add_argument("--lambdas", default=None, help="comma-separated disc_weight values, 'default' allowed (default: "
                    "a sweep around the library default for --case mnist, '0,default' otherwise)")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, each a new data split, target, judge and "
+                   "sampling seed (class-logit cases): a row per seed and each λ's mean (overrides --seed)")
     p.add_argument("--epochs", type=int, default=None, help="target training epochs (default: 8 MNIST, 24 RGB)")
     p.add_argument("--set", action="append", help="extra ldam.sample keyword, e.g. --set steps=300")
     p.add_argument("--warm-d", action="store_true", help="measure with a discriminator warm-started by an "
@@ -329,12 +363,15 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); on a "
                    "CPU shared with other jobs, 1 thread avoids OpenMP oversubscription (2 threads ran 15x slower)")
     args = p.parse_args(argv)
+    args.seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
+    if len(args.seeds) > 1 and args.case not in ("mnist", "rgb"):
+        p.error(f"--seeds takes several seeds for --case mnist or rgb only, got --case {args.case}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     text = run(args, argv)
     print(text)
     if args.write:
-        write_readme(text, args.case)
+        write_readme(text, args.case + ("-seeds" if len(args.seeds) > 1 else ""))
 
 
 if __name__ == "__main__":

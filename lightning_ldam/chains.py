@@ -15,12 +15,17 @@ import torch.nn.functional as F
 
 from lightning_ldam.config import PIXEL_SCALE, LangevinConfig
 
-__all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "RESTART_SEED_OFFSET"]
+__all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "PRIOR_WEIGHT_MAX", "RESTART_SEED_OFFSET"]
 
 #: ``adapt_disc`` lowers a neuron's prior weight while its chains sit below this lift: (mean activation − real
 #: mean) / (real max − real mean) over the real inputs given. Above 1 so that held-out real inputs, whose max
 #: is a little off the given ones', are beaten too.
 TARGET_LIFT = 1.25
+#: ``adapt_disc`` raises a neuron's prior weight above 1 (up to this) while its chains sit above TARGET_LIFT: a unit
+#: that beats its best real input easily gets more of D and the smoothness prior, not a stronger super-stimulus.
+#: 2 took the RGB benchmark's judge agreement from 0.856 / 0.812 / 0.775 to 0.900 / 0.931 / 0.875 on seeds 0 / 1 / 2
+#: (class 9 read as 5 by the judge on every seed before); 4 read RGB realism 1.93 on seed 0 (benchmarks/README.md).
+PRIOR_WEIGHT_MAX = 2.0
 #: The fresh starts of chains that turn NaN/Inf come from their own generator, seeded with the chains' seed plus
 #: this offset: the noise of the chains that never turn non-finite is the same whether or not others do.
 RESTART_SEED_OFFSET = 0x5EED0F5
@@ -135,7 +140,7 @@ class LangevinChains:
         self.accepted = torch.zeros(batch, device=dev)
         self.ms_act = torch.zeros(neurons, device=dev)  # mean-square input gradients over burn-in
         self.ms_disc = torch.zeros(neurons, device=dev)
-        self.weight = torch.ones(neurons, device=dev)  # w_k, the adapted share of λ
+        self.weight = torch.ones(neurons, device=dev)  # w_k, the adapted multiple of λ (and κ)
         self.real_acts = real_acts
         # The law's constants: c_k (``scale``) from freeze_scales(); λ_k and γ_k per neuron and per row, set by
         # _set_weights() while w_k adapts and fixed by freeze().
@@ -243,14 +248,15 @@ class LangevinChains:
         return rms, rms_d
 
     def _adapt_weight(self, acts: torch.Tensor) -> None:
-        """Dual ascent on "lift ≥ TARGET_LIFT": w_k falls while the neuron is below it, rises back above."""
+        """Dual ascent on "lift ≥ TARGET_LIFT": w_k falls while the neuron is below it and rises above it, within
+        [0, PRIOR_WEIGHT_MAX]."""
         if self.real_acts is None or not self.cfg.adapt_disc:
             return
         mean, top = self.real_acts
         spread = (top - mean).clamp_min(1e-12)
         progress = (self._per_neuron(acts) - (mean + TARGET_LIFT * spread)) / spread
-        rate = 8.0 / max(self.cfg.burn_in, 1)  # w can cross [0, 1] within the adapting half of burn-in
-        self.weight.add_(progress.nan_to_num(0.0).clamp(-1.0, 1.0), alpha=rate).clamp_(0.0, 1.0)
+        rate = 8.0 / max(self.cfg.burn_in, 1)  # w can cross [0, 4] within the adapting half of burn-in
+        self.weight.add_(progress.nan_to_num(0.0).clamp(-1.0, 1.0), alpha=rate).clamp_(0.0, PRIOR_WEIGHT_MAX)
 
     def freeze_scales(self) -> None:
         """Fix ``c_k`` and D's gradient scale halfway through burn-in, from the search's states (which do not
