@@ -22,8 +22,8 @@ RMS-normalised drifts (so it climbs at the same pace on any layer), a drift step
 (the search starts colder and warms to the law's temperature); it measures each neuron's input-gradient scale,
 which fixes ``c_k`` at its end. The second half runs the law's own steps while, with ``adapt_disc``, a
 per-neuron weight w_k on the priors (log D and the smoothness prior), starting at 1, falls while the unit sits below
-a lift of :data:`~lightning_ldam.chains.TARGET_LIFT` over the real inputs and rises while it sits above, up to
-:data:`~lightning_ldam.chains.PRIOR_WEIGHT_MAX` (2). D trains on the chains
+a lift of :data:`~lightning_ldam.chains.TARGET_LIFT` over the real inputs and rises while it sits above, up to 1
+(up to :data:`~lightning_ldam.chains.PRIOR_WEIGHT_MAX`, 2, on colour images). D trains on the chains
 throughout burn-in. Over burn-in it measures each neuron's input-gradient
 scale; at its end the law's constants are fixed:
 
@@ -32,7 +32,8 @@ scale; at its end the law's constants are fixed:
   ``log p`` at T = 1, whatever the layer or model: a pixel held by a typical gradient spreads over ≈ ``T·1%``
   of the box. Without a search (``burn_in`` < 2) the RMS is taken at the initial chains.
 - ``λ_k = λ · w_k / (PIXEL_SCALE · RMS(∂ log D/∂u))``: λ is the ratio of log D's drift to the unit's drift (at
-  T = 1, at the burn-in states), ``w_k`` in [0, 2] the adapted per-neuron weight (1 without ``adapt_disc``).
+  T = 1, at the burn-in states), ``w_k`` in [0, 1] (colour images: [0, 2]) the adapted per-neuron weight (1
+  without ``adapt_disc``).
 - On images, a smoothness prior ``−γ_k·E_s(u)``, ``E_s = ½·Σ (u_i − u_j)²`` over adjacent pixels,
   ``γ_k = κ · w_k / PIXEL_SCALE`` (``smoothness`` = κ; by default on with the discriminator, off at λ = 0). Without
   it the law at λ > 0 still favours single-pixel speckle (a ReLU network's input gradient changes sign from pixel
@@ -98,7 +99,7 @@ class LangevinConfig:
         scale: ``None``: ``c_k`` measured in burn-in (see the module docstring); a number: ``c_k`` for every neuron.
         disc_weight: λ.
         adapt_disc: adapt a neuron's prior weight during burn-in: lower while the neuron is below its target
-            lift over the real inputs, higher (up to 2×) while above (needs real data).
+            lift over the real inputs, higher while above, up to 1 (2 on colour images) (needs real data).
         smoothness: κ, weight of the smoothness prior ``−(κ/PIXEL_SCALE)·E_s(u)`` in log p (image inputs).
         precondition, noise, schedule, final_step_fraction: ``"annealed"`` only (the earlier search's knobs).
         disc_every: train D every this many steps (burn-in only, except ``"annealed"``: every step).

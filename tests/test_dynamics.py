@@ -192,22 +192,23 @@ def test_the_annealed_noise_sets_the_spread_from_a_shared_start(noise):
         assert (res.images[0].mean(0) - 0.5).abs().max() < 4 * expected / 256 ** 0.5  # unbiased: no drift
 
 
-def test_the_prior_weight_follows_each_units_lift_within_its_bounds():
+@pytest.mark.parametrize("channels, cap", [(3, 2.0), (1, 1.0)])
+def test_the_prior_weight_follows_each_units_lift_within_its_bounds(channels, cap):
     # Three units, two chains each, with constant activations 5, -1 and 1.25 against real inputs of mean 0 and max 1
-    # (lifts 5, -1 and exactly the target 1.25): over burn-in's adapting half w_k rises to its cap, falls to 0, and
-    # stays at 1.
+    # (lifts 5, -1 and exactly the target 1.25): over burn-in's adapting half w_k rises to its cap (2 on colour
+    # images, 1 on one channel), falls to 0, and stays at 1.
     from lightning_ldam.chains import TARGET_LIFT, LangevinChains, Objective
     from lightning_ldam.config import resolve_config
 
     levels = torch.tensor([5.0, -1.0, TARGET_LIFT]).repeat_interleave(2)
     objective = Objective(lambda u: u.flatten(1).sum(1) * 0 + levels)
     cfg = resolve_config(steps=64, burn_in=32, smoothness=1.5)
-    chains = LangevinChains(torch.full((6, 1, 4, 4), 0.5), objective, cfg, neurons=3,
+    chains = LangevinChains(torch.full((6, channels, 4, 4), 0.5), objective, cfg, neurons=3,
                             generator=torch.Generator().manual_seed(0),
                             real_acts=(torch.zeros(3), torch.ones(3)))
     chains.freeze_scales()
     for t in range(cfg.burn_in // 2, cfg.burn_in):
         chains.adapt_step(t)
-    assert chains.weight.tolist() == [2.0, 0.0, 1.0]  # PRIOR_WEIGHT_MAX, 0, unchanged
+    assert chains.weight.tolist() == [cap, 0.0, 1.0]
     chains.freeze()
-    assert torch.equal(chains.smoothness, chains.smooth_unit * torch.tensor([2.0, 0.0, 1.0]))
+    assert torch.equal(chains.smoothness, chains.smooth_unit * torch.tensor([cap, 0.0, 1.0]))
