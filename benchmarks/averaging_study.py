@@ -33,7 +33,6 @@ import datetime
 import math
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -53,6 +52,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging  # n
 
 from lightning_ldam import LDAMCallback  # noqa: E402
 from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
+from readme_tables import write_section  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(HERE, "README.md")
@@ -578,15 +578,7 @@ def _without(argv: Sequence[str], option: str) -> List[str]:
 
 def write_readme(text: str, path: str = README) -> None:
     """Put ``text`` between the study's markers in benchmarks/README.md (appending the section the first time)."""
-    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start, end = f"<!-- {MARKER}:START -->", f"<!-- {MARKER}:END -->"
-    block = f"{start}\n{text}{end}"
-    if start in doc:
-        doc = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, doc, flags=re.S)
-    else:
-        doc = doc.rstrip("\n") + f"\n\n## Averaging study (issue #12)\n\n{block}\n"
-    with open(path, "w") as f:
-        f.write(doc)
+    write_section(text, MARKER, "Averaging study (issue #12)", path)
 
 
 def _ints(text: str) -> Tuple[int, ...]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shlex
 import sys
 import time
@@ -47,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightning_ldam as ldam  # noqa: E402
 from lightning_ldam.metrics import diversity, lift, realism, unit_activations  # noqa: E402
 from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
+from readme_tables import write_section  # noqa: E402
 
 #: case -> (README marker, section heading used when the marker is not in the README yet)
 CASES = {
@@ -54,9 +54,10 @@ CASES = {
     "mnist-layers": ("QUALITY_LAYERS", "Quality per layer (MNIST): lift"),
     "rgb": ("QUALITY_RGB", "Quality (RGB digits)"),
     "rgb-layers": ("QUALITY_RGB_LAYERS", "Quality per layer (RGB digits): lift"),
-    "mnist-seeds": ("QUALITY_SEEDS", "Quality over seeds (MNIST)"),
-    "rgb-seeds": ("QUALITY_RGB_SEEDS", "Quality over seeds (RGB digits)"),
 }
+#: the same for a class-logit case run with several ``--seeds``
+SEED_TABLES = {"mnist": ("QUALITY_SEEDS", "Quality over seeds (MNIST)"),
+               "rgb": ("QUALITY_RGB_SEEDS", "Quality over seeds (RGB digits)")}
 #: neurons per layer in the layer cases (all of a layer's units when it has fewer)
 PER_LAYER = 8
 #: epochs of the target by default (the MNIST judge trains twice as long; the RGB judge as long, one-cycle)
@@ -225,9 +226,6 @@ def footer(args, benches: List[Bench], what: str, argv: List[str], note: str = "
             f"Command: `{command}`\n")
 
 
-LOGIT_METRICS = ("activation_ratio", "judge_agreement", "realism", "diversity", "median_lift")
-
-
 def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
     """The class-logit table (cases ``mnist`` and ``rgb``): a row per λ, or per λ and seed with each λ's mean."""
     several = len(benches) > 1
@@ -244,7 +242,7 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
                 save_grid(res, args.save_grid + (f"_seed{bench.seed}" if several else ""), lam, args.chains)
         rows += group
         if several:
-            mean = {k: sum(g[2][k] for g in group) / len(group) for k in LOGIT_METRICS}
+            mean = {k: sum(g[2][k] for g in group) / len(group) for k in group[0][2]}
             rows.append((lam, "mean", mean, sum(g[3] for g in group) / len(group)))
     seed_head = ("seed | ", "---:|") if several else ("", "")
     head = (f"| λ (disc_weight) | {seed_head[0]}activation ratio | judge agreement | realism | diversity | median lift "
@@ -322,32 +320,9 @@ def type_guess(value: str):
     return value
 
 
-def write_readme(text: str, case: str) -> None:
-    """Put ``text`` between the case's markers in benchmarks/README.md (appending a section the first time). Holds
-    an exclusive lock on the file while it reads and rewrites it: cases run side by side do not lose each other's
-    tables."""
-    import fcntl
-
-    marker, heading = CASES[case]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
-    start, end = f"<!-- {marker}:START -->", f"<!-- {marker}:END -->"
-    block = f"{start}\n{text}{end}"
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        doc = f.read() or "# Benchmarks\n\n"
-        if start in doc:
-            doc = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, doc, flags=re.S)
-        else:
-            doc += f"\n## {heading}\n\n{block}\n"
-        f.seek(0)
-        f.truncate()
-        f.write(doc)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", choices=[c for c in CASES if not c.endswith("-seeds")], default="mnist")
+    p.add_argument("--case", choices=list(CASES), default="mnist")
     p.add_argument("--lambdas", default=None, help="comma-separated disc_weight values, 'default' allowed (default: "
                    "a sweep around the library default for --case mnist, '0,default' otherwise)")
     p.add_argument("--chains", type=int, default=16)
@@ -364,14 +339,14 @@ def main(argv=None):
                    "CPU shared with other jobs, 1 thread avoids OpenMP oversubscription (2 threads ran 15x slower)")
     args = p.parse_args(argv)
     args.seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
-    if len(args.seeds) > 1 and args.case not in ("mnist", "rgb"):
+    if len(args.seeds) > 1 and args.case not in SEED_TABLES:
         p.error(f"--seeds takes several seeds for --case mnist or rgb only, got --case {args.case}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     text = run(args, argv)
     print(text)
     if args.write:
-        write_readme(text, args.case + ("-seeds" if len(args.seeds) > 1 else ""))
+        write_section(text, *(SEED_TABLES if len(args.seeds) > 1 else CASES)[args.case])
 
 
 if __name__ == "__main__":

@@ -13,20 +13,14 @@ from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_ldam.config import PIXEL_SCALE, LangevinConfig
+from lightning_ldam.config import PIXEL_SCALE, LangevinConfig, prior_weight_max
 
-__all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "PRIOR_WEIGHT_MAX", "RESTART_SEED_OFFSET"]
+__all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "RESTART_SEED_OFFSET"]
 
 #: ``adapt_disc`` lowers a neuron's prior weight while its chains sit below this lift: (mean activation − real
 #: mean) / (real max − real mean) over the real inputs given. Above 1 so that held-out real inputs, whose max
 #: is a little off the given ones', are beaten too.
 TARGET_LIFT = 1.25
-#: On colour images ``adapt_disc`` raises a neuron's prior weight above 1 (up to this) while its chains sit above
-#: TARGET_LIFT: a unit that beats its best real input easily gets more of D and the smoothness prior, not a stronger
-#: super-stimulus. 2 took the RGB benchmark's judge agreement from 0.856 / 0.812 / 0.775 / 0.938 to 0.900 / 0.931 /
-#: 0.875 / 0.894 on seeds 0-3 (class 9 read as 5 by the judge before); 4 read RGB realism 1.93 on seed 0. On one
-#: channel the cap stays 1: at 2 the MNIST CNN's second conv fell to a median lift of 0.95 (benchmarks/README.md).
-PRIOR_WEIGHT_MAX = 2.0
 #: The fresh starts of chains that turn NaN/Inf come from their own generator, seeded with the chains' seed plus
 #: this offset: the noise of the chains that never turn non-finite is the same whether or not others do.
 RESTART_SEED_OFFSET = 0x5EED0F5
@@ -142,7 +136,7 @@ class LangevinChains:
         self.ms_act = torch.zeros(neurons, device=dev)  # mean-square input gradients over burn-in
         self.ms_disc = torch.zeros(neurons, device=dev)
         self.weight = torch.ones(neurons, device=dev)  # w_k, the adapted multiple of λ (and κ)
-        self.weight_max = PRIOR_WEIGHT_MAX if u0.dim() == 4 and u0.shape[1] > 1 else 1.0
+        self.weight_max = prior_weight_max(u0.shape[1] if u0.dim() == 4 else 1)
         self.real_acts = real_acts
         # The law's constants: c_k (``scale``) from freeze_scales(); λ_k and γ_k per neuron and per row, set by
         # _set_weights() while w_k adapts and fixed by freeze().
@@ -251,7 +245,7 @@ class LangevinChains:
 
     def _adapt_weight(self, acts: torch.Tensor) -> None:
         """Dual ascent on "lift ≥ TARGET_LIFT": w_k falls while the neuron is below it and rises above it, within
-        [0, PRIOR_WEIGHT_MAX] on colour images, [0, 1] otherwise."""
+        [0, :func:`~lightning_ldam.config.prior_weight_max`] (2 on colour images, else 1)."""
         if self.real_acts is None or not self.cfg.adapt_disc:
             return
         mean, top = self.real_acts
