@@ -26,7 +26,9 @@ Metrics (lightning_ldam.metrics, all against the held-out images):
 Run: ``python benchmarks/quality.py [--case CASE]`` (prints a Markdown table; ``--write`` puts it into
 benchmarks/README.md between the case's markers: QUALITY, QUALITY_LAYERS, QUALITY_RGB, QUALITY_RGB_LAYERS).
 ``--seeds 0,1,2`` repeats a class-logit case on new data splits, networks and sampling seeds: a row per seed and
-each λ's mean (markers QUALITY_SEEDS, QUALITY_RGB_SEEDS with ``--write``).
+each λ's mean (markers QUALITY_SEEDS, QUALITY_RGB_SEEDS with ``--write``). ``--resample N`` samples each of those
+networks N times, with sampling seeds seed, seed + 1000, ...: what the sampler's own randomness (initial chains,
+noise, D's initialisation and batches) moves, apart from the networks' (rows per network seed and sampling seed).
 """
 from __future__ import annotations
 
@@ -55,7 +57,9 @@ CASES = {
     "rgb": ("QUALITY_RGB", "Quality (RGB digits)"),
     "rgb-layers": ("QUALITY_RGB_LAYERS", "Quality per layer (RGB digits): lift"),
 }
-#: the same for a class-logit case run with several ``--seeds``
+#: ``--resample``: sampling seeds of one network seed are seed, seed + RESAMPLE_STRIDE, ...
+RESAMPLE_STRIDE = 1000
+#: the same for a class-logit case run with several ``--seeds`` (or ``--resample``)
 SEED_TABLES = {"mnist": ("QUALITY_SEEDS", "Quality over seeds (MNIST)"),
                "rgb": ("QUALITY_RGB_SEEDS", "Quality over seeds (RGB digits)")}
 #: neurons per layer in the layer cases (all of a layer's units when it has fewer)
@@ -147,9 +151,11 @@ def pick_layers(model: nn.Module, input_shape) -> List["ldam.LayerInfo"]:
     return [convs[0], convs[-1], linears[0], linears[-1]]
 
 
-def sample(bench: Bench, spec, lam: float, args, extra: Dict[str, object]):
-    """One ``ldam.sample`` call at λ (after a warm-up call that trains D, with ``--warm-d``); returns
-    ``(result, seconds)``. ``--set`` keywords are passed through and win over the benchmark's own."""
+def sample(bench: Bench, spec, lam: float, args, extra: Dict[str, object], seed: Optional[int] = None):
+    """One ``ldam.sample`` call at λ (after a warm-up call that trains D, with ``--warm-d``) with sampling seed
+    ``seed`` (default: the bench's); returns ``(result, seconds)``. ``--set`` keywords are passed through and win
+    over the benchmark's own."""
+    seed = bench.seed if seed is None else seed
     kw = dict(input_shape=bench.input_shape, chains=args.chains)
     if bench.normalize is not None:
         kw.update(normalize=bench.normalize, value_range=(0.0, 1.0))
@@ -157,11 +163,11 @@ def sample(bench: Bench, spec, lam: float, args, extra: Dict[str, object]):
     warm = {}
     if args.warm_d and lam > 0:
         # the callback's later rounds: a discriminator already trained by an earlier (default) call
-        first = ldam.sample(bench.target, spec, real_data=real, disc_weight=lam, seed=bench.seed + 1, **kw)
+        first = ldam.sample(bench.target, spec, real_data=real, disc_weight=lam, seed=seed + 1, **kw)
         warm = {"discriminator": first.discriminator}
     t0 = time.perf_counter()
     res = ldam.sample(bench.target, spec, **{**kw, "real_data": real if lam > 0 else None, "disc_weight": lam,
-                                             "seed": bench.seed, **warm, **extra})
+                                             "seed": seed, **warm, **extra})
     return res, time.perf_counter() - t0
 
 
@@ -228,23 +234,28 @@ def footer(args, benches: List[Bench], what: str, argv: List[str], note: str = "
 
 def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
     """The class-logit table (cases ``mnist`` and ``rgb``): a row per λ, or per λ and seed with each λ's mean."""
-    several = len(benches) > 1
+    resampled = args.resample > 1
+    several = len(benches) > 1 or resampled
     rows = []  # (λ, seed label, scores, seconds)
     for lam in lambdas:
         group = []
         for bench in benches:
-            res, secs = sample(bench, f"{bench.logits}:all", lam, args, extra)
-            s = score_logits(bench, res, extra)
-            group.append((lam, str(bench.seed), s, secs))
-            print(f"λ={lam:g} seed {bench.seed}: " + ", ".join(f"{k}={v:.3f}" for k, v in s.items())
-                  + f", {secs:.1f}s", flush=True)
-            if args.save_grid:
-                save_grid(res, args.save_grid + (f"_seed{bench.seed}" if several else ""), lam, args.chains)
+            for i in range(args.resample):
+                seed = bench.seed + RESAMPLE_STRIDE * i
+                label = f"{bench.seed} / {seed}" if resampled else str(bench.seed)
+                res, secs = sample(bench, f"{bench.logits}:all", lam, args, extra, seed=seed)
+                s = score_logits(bench, res, extra)
+                group.append((lam, label, s, secs))
+                print(f"λ={lam:g} seed {label}: " + ", ".join(f"{k}={v:.3f}" for k, v in s.items())
+                      + f", {secs:.1f}s", flush=True)
+                if args.save_grid:
+                    suffix = f"_seed{bench.seed}" + (f"_{seed}" if resampled else "")
+                    save_grid(res, args.save_grid + (suffix if several else ""), lam, args.chains)
         rows += group
         if several:
             mean = {k: sum(g[2][k] for g in group) / len(group) for k in group[0][2]}
             rows.append((lam, "mean", mean, sum(g[3] for g in group) / len(group)))
-    seed_head = ("seed | ", "---:|") if several else ("", "")
+    seed_head = (("seed / sampling seed | " if resampled else "seed | "), "---:|") if several else ("", "")
     head = (f"| λ (disc_weight) | {seed_head[0]}activation ratio | judge agreement | realism | diversity | median lift "
             f"| s / call |\n|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|\n")
     body = "".join(f"| {lam_label(lam, benches[0].input_shape[0])} | {seed + ' | ' if several else ''}"
@@ -329,6 +340,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds, each a new data split, target, judge and "
                    "sampling seed (class-logit cases): a row per seed and each λ's mean (overrides --seed)")
+    p.add_argument("--resample", type=int, default=1, help="sample each network this many times, with sampling "
+                   "seeds seed, seed + 1000, ... (class-logit cases): rows per network and sampling seed")
     p.add_argument("--epochs", type=int, default=None, help="target training epochs (default: 8 MNIST, 24 RGB)")
     p.add_argument("--set", action="append", help="extra ldam.sample keyword, e.g. --set steps=300")
     p.add_argument("--warm-d", action="store_true", help="measure with a discriminator warm-started by an "
@@ -341,12 +354,15 @@ def main(argv=None):
     args.seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     if len(args.seeds) > 1 and args.case not in SEED_TABLES:
         p.error(f"--seeds takes several seeds for --case mnist or rgb only, got --case {args.case}")
+    if args.resample < 1 or (args.resample > 1 and args.case not in SEED_TABLES):
+        p.error(f"--resample takes a count >= 1, above 1 for --case mnist or rgb only; got --resample "
+                f"{args.resample} with --case {args.case}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     text = run(args, argv)
     print(text)
     if args.write:
-        write_section(text, *(SEED_TABLES if len(args.seeds) > 1 else CASES)[args.case])
+        write_section(text, *(SEED_TABLES if len(args.seeds) > 1 or args.resample > 1 else CASES)[args.case])
 
 
 if __name__ == "__main__":
