@@ -24,8 +24,8 @@ which fixes ``c_k`` at its end. The second half runs the law's own steps while, 
 per-neuron weight w_k on the priors (log D and the smoothness prior), starting at 1, falls while the unit sits below
 a lift of :data:`~lightning_ldam.chains.TARGET_LIFT` over the real inputs and rises while it sits above, up to 1
 (up to :data:`PRIOR_WEIGHT_MAX_COLOUR`, 2, on colour images: :func:`prior_weight_max`). D trains on the chains
-throughout burn-in. Over burn-in it measures each neuron's input-gradient
-scale; at its end the law's constants are fixed:
+throughout burn-in (2 updates a step; 8 on colour images: :func:`default_disc_steps`). Over burn-in it measures
+each neuron's input-gradient scale; at its end the law's constants are fixed:
 
 - ``c_k = PIXEL_SCALE · RMS(∂a_k/∂u)`` (per pixel, over the neuron's chains, averaged over the search). A rise of
   ``a_k`` that a typical pixel's gradient gives over 1% of the box (``PIXEL_SCALE``) is worth one unit of
@@ -51,6 +51,7 @@ from lightning_ldam import _validation as V
 
 __all__ = ["LangevinConfig", "resolve_config", "METHODS", "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT",
            "DEFAULT_DISC_WEIGHT_COLOUR", "default_disc_weight", "PRIOR_WEIGHT_MAX_COLOUR", "prior_weight_max",
+           "DEFAULT_DISC_STEPS_COLOUR", "default_disc_steps",
            "DEFAULT_SMOOTHNESS"]
 
 METHODS = ("langevin", "mala", "annealed")
@@ -74,6 +75,12 @@ DEFAULT_DISC_WEIGHT_COLOUR = 1.0
 #: realism 1.93 on seed 0. On one channel the cap stays 1: at 2 the MNIST CNN's second conv fell to a median lift
 #: of 0.95 (benchmarks/README.md).
 PRIOR_WEIGHT_MAX_COLOUR = 2.0
+#: D updates per burn-in step on colour images (one channel: :attr:`LangevinConfig.disc_steps`, 2). With 2, how
+#: natural the RGB benchmark's samples came out hung on the sampling seed: the same four networks resampled with
+#: other seeds read realism up to 1.78 and judge agreement down to 0.76; 8 held both bad draws (realism 1.13 / 1.15,
+#: judge 0.881 / 0.875), while 4, a 2-3x larger or smaller D learning rate, 200 warm-up updates or 8 updates every
+#: other step did not (benchmarks/README.md).
+DEFAULT_DISC_STEPS_COLOUR = 8
 #: κ of the smoothness prior on image inputs when ``smoothness`` is not given.
 DEFAULT_SMOOTHNESS = 1.5
 
@@ -101,6 +108,18 @@ def prior_weight_max(channels: int) -> float:
     return 1.0 if channels == 1 else PRIOR_WEIGHT_MAX_COLOUR
 
 
+def default_disc_steps(channels: int, method: str = "langevin") -> int:
+    """D updates per step for images of ``channels`` channels (``"annealed"``, which trains D at every step of
+    the run: 2 whatever the channels).
+
+    Example::
+
+        >>> default_disc_steps(1), default_disc_steps(3), default_disc_steps(3, "annealed")
+        (2, 8, 2)
+    """
+    return LangevinConfig.disc_steps if channels == 1 or method == "annealed" else DEFAULT_DISC_STEPS_COLOUR
+
+
 @dataclass(frozen=True)
 class LangevinConfig:
     """Resolved sampler settings (unit-box coordinates). See the module docstring for what each method samples.
@@ -122,7 +141,7 @@ class LangevinConfig:
         smoothness: κ, weight of the smoothness prior ``−(κ/PIXEL_SCALE)·E_s(u)`` in log p (image inputs).
         precondition, noise, schedule, final_step_fraction: ``"annealed"`` only (the earlier search's knobs).
         disc_every: train D every this many steps (burn-in only, except ``"annealed"``: every step).
-        disc_steps: D updates each time it is trained.
+        disc_steps: D updates each time it is trained (:func:`default_disc_steps`: 8 on colour images).
         disc_warmup: D updates on real vs initial chains before the first step.
         disc_lr: D's learning rate (Adam).
     """

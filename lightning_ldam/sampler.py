@@ -33,7 +33,7 @@ from lightning_ldam import _validation as V
 from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
 from lightning_ldam.chains import LangevinChains, Objective
 from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_DISC_WEIGHT_COLOUR, DEFAULT_SMOOTHNESS, INITS, SPATIAL,
-                                   LangevinConfig, default_disc_weight, resolve_config)
+                                   LangevinConfig, default_disc_steps, default_disc_weight, resolve_config)
 from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
 from lightning_ldam.inputs import extract_input
 from lightning_ldam.metrics import unit_activations
@@ -227,7 +227,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             says whether it was replaced.
         disc_lr: discriminator learning rate (Adam).
         disc_every: train D every this many steps (in burn-in; ``"annealed"``: throughout).
-        disc_steps: D updates each time it is trained (default 2).
+        disc_steps: D updates each time it is trained (default 2; 8 on colour images except for ``"annealed"``:
+            :func:`~lightning_ldam.config.default_disc_steps`).
         disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option).
         channels_last: run convolutions in NHWC memory layout (a GPU speed option with autocast; the
@@ -255,6 +256,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     if disc_weight is None:
         disc_weight = default_disc_weight(shape[0]) if (real_data is not None or discriminator is not None) else 0.0
     V.check_positive("disc_weight", disc_weight, allow_zero=True)
+    if disc_steps is None:
+        disc_steps = default_disc_steps(shape[0] if len(shape) == 3 else 1, method)
     own = layer_settings(neurons)  # the spec's per-layer settings, by the layer paths it writes
     _check_disc_source(disc_weight, own, real_data is not None or discriminator is not None)
     cfg = resolve_config(method=method, steps=steps, burn_in=burn_in, step_size=step_size,

@@ -200,6 +200,24 @@ def test_the_default_lambda_depends_on_the_channels():
     assert ldam.default_disc_weight(1) == ldam.DEFAULT_DISC_WEIGHT
 
 
+@pytest.mark.parametrize("channels, method, updates", [(3, "langevin", 8), (1, "langevin", 2), (3, "annealed", 2),
+                                                       (3, "mala", 8)])
+def test_colour_images_train_d_harder_by_default(monkeypatch, channels, method, updates):
+    calls = []
+    step = DiscriminatorTrainer.step
+    monkeypatch.setattr(DiscriminatorTrainer, "step", lambda self, fake: calls.append(1) or step(self, fake))
+    real = torch.rand(16, channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = nn.Sequential(nn.Conv2d(channels, 2, 3), nn.Flatten(), nn.Linear(2 * 36, 3))
+    res = ldam.sample(net, "2:0", input_shape=(channels, 8, 8), chains=1, steps=6, real_data=real, disc_warmup=1,
+                      method=method)
+    trained = res.config["steps"] if method == "annealed" else res.config["burn_in"]
+    assert res.config["disc_steps"] == updates
+    assert len(calls) == 1 + trained * updates  # warm-up, then `updates` per trained step
+    explicit = ldam.sample(net, "2:0", input_shape=(channels, 8, 8), chains=1, steps=6, real_data=real,
+                           disc_warmup=1, method=method, disc_steps=3)
+    assert explicit.config["disc_steps"] == 3
+
+
 def test_one_channel_images_are_looked_at_with_half_their_side_and_old_states_restore():
     d = build_discriminator(1, (28, 28), seed=0)
     assert d.pool_factor == 2  # 28 px looked at as 14
