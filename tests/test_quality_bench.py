@@ -1,4 +1,4 @@
-"""The RGB benchmark's data (benchmarks/rgb_models.py): coloured digits built as documented."""
+"""The quality benchmark: the RGB case's data (benchmarks/rgb_models.py) built as documented; --resample's draws."""
 from __future__ import annotations
 
 import os
@@ -72,3 +72,33 @@ def test_splits_match_the_mnist_splits_and_are_seeded(rgb_models):
     assert data["std"].shape == (3,) and (data["std"] > 0.1).all()
     again = rgb_models.load_rgb_splits(seed=0)
     assert torch.equal(again["judge_x"], data["judge_x"])
+
+
+def test_resample_samples_each_network_with_seeds_a_stride_apart_and_averages_every_draw(monkeypatch):
+    """``--resample 2`` on two network seeds: four draws with sampling seeds s and s + 1000, a row each, one mean."""
+    pytest.importorskip("mlxtend")
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    import quality
+
+    drawn = []
+
+    def fake_sample(bench, spec, lam, args, extra, seed=None):
+        drawn.append((bench.seed, seed))
+        return seed, 1.0
+
+    def fake_score(bench, res, extra):  # a score that identifies the draw
+        return {k: float(res) for k in ("activation_ratio", "judge_agreement", "realism", "diversity",
+                                        "median_lift")}
+
+    monkeypatch.setattr(quality, "sample", fake_sample)
+    monkeypatch.setattr(quality, "score_logits", fake_score)
+    benches = [quality.Bench(target=torch.nn.Identity(), data={}, input_shape=(1, 28, 28), logits="fc",
+                             accuracy={"target": 0.9}, seconds={"target": 1.0}, seed=s) for s in (3, 7)]
+    args = quality.argparse.Namespace(resample=2, case="mnist", chains=2, set=None, warm_d=False, save_grid=None)
+    table = quality.run_logits(benches, args, [2.25], {}, [])
+    assert drawn == [(3, 3), (3, 1003), (7, 7), (7, 1007)]
+    rows = [line for line in table.splitlines() if line.startswith("| 2.25")]
+    assert [r.split(" | ")[1] for r in rows] == ["3 / 3", "3 / 1003", "7 / 7", "7 / 1007", "mean"]
+    assert rows[-1].split(" | ")[3] == f"{(3 + 1003 + 7 + 1007) / 4:.3f}"  # judge column: the mean of the draws
+    assert "seed / sampling seed" in table.splitlines()[0]
