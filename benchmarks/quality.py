@@ -341,7 +341,7 @@ def main(argv=None):
     p.add_argument("--seeds", default=None, help="comma-separated seeds, each a new data split, target, judge and "
                    "sampling seed (class-logit cases): a row per seed and each λ's mean (overrides --seed)")
     p.add_argument("--resample", type=int, default=1, help="sample each network this many times, with sampling "
-                   "seeds seed, seed + 1000, ... (class-logit cases): rows per network and sampling seed")
+                   f"seeds seed, seed + {RESAMPLE_STRIDE}, ... (class-logit cases): rows per network and sampling seed")
     p.add_argument("--epochs", type=int, default=None, help="target training epochs (default: 8 MNIST, 24 RGB)")
     p.add_argument("--set", action="append", help="extra ldam.sample keyword, e.g. --set steps=300")
     p.add_argument("--warm-d", action="store_true", help="measure with a discriminator warm-started by an "

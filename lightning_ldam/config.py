@@ -216,8 +216,7 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
                 raise LDAMArgumentError(name, f"only method='annealed' takes it (got {name}={value!r} with "
                                  f"method={method!r}); the Langevin methods' noise is √ε = step_size and their "
                                  f"drift is the gradient of the stated log-density")
-    cfg = LangevinConfig(method=method, step_size=0.1 if annealed else LangevinConfig.step_size,
-                         disc_steps=2 if annealed else LangevinConfig.disc_steps)
+    cfg = LangevinConfig(method=method, step_size=0.1 if annealed else LangevinConfig.step_size)
     steps = cfg.steps if steps is None else steps
     V.check_positive("steps", steps, integer=True)
     if burn_in is None:
