@@ -14,6 +14,42 @@ from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError
 
+#: Seeds go to ``torch.Generator.manual_seed`` (64 bits); kept to a signed 64-bit int with room for offsets.
+SEED_MAX = 2 ** 63 - 1
+#: Characters of a value's repr that a message shows at most.
+SHOWN_CHARACTERS = 120
+
+
+def shown(value) -> str:
+    """``value`` as an error message shows it: a tensor or an array by its shape and dtype (never its values),
+    anything else by its ``repr``, cut to :data:`SHOWN_CHARACTERS` characters.
+
+    Example::
+
+        >>> shown(torch.zeros(3, 28, 28))
+        'a tensor of shape (3, 28, 28) and dtype torch.float32'
+        >>> shown("noise")
+        "'noise'"
+    """
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if type(value).__module__ == "numpy" and hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    try:
+        text = repr(value)
+    except Exception:  # a repr that raises still gets a message
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= SHOWN_CHARACTERS else f"{text[:SHOWN_CHARACTERS]}... ({len(text)} characters)"
+
+
+def check_seed(name: str, value) -> int:
+    """An int in ``[0, SEED_MAX]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LDAMArgumentError(name, f"expected an int, got {shown(value)}")
+    if not 0 <= value <= SEED_MAX:
+        raise LDAMArgumentError(name, f"expected an int in [0, 2**63 - 1], got {value}")
+    return value
+
 
 def check_model(model) -> nn.Module:
     if not isinstance(model, nn.Module):
@@ -27,7 +63,7 @@ def check_input_shape(input_shape) -> Tuple[int, ...]:
     if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or not input_shape
             or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)):
         raise LDAMArgumentError("input_shape", f"expected a per-sample shape of positive ints such as (3, 32, 32), "
-                         f"got {input_shape!r}")
+                         f"got {shown(input_shape)}")
     return tuple(int(s) for s in input_shape)
 
 
@@ -37,7 +73,7 @@ def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool 
     bound = ">= 0" if allow_zero else "> 0"
     if (isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < 0
             or (value == 0 and not allow_zero)):
-        raise LDAMArgumentError(name, f"expected a finite {kind} {bound}, got {value!r}")
+        raise LDAMArgumentError(name, f"expected a finite {kind} {bound}, got {shown(value)}")
     return value
 
 
@@ -45,15 +81,16 @@ def check_value_range(value_range) -> Tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value_range)
     except (TypeError, ValueError):
-        raise LDAMArgumentError("value_range", f"expected (lo, hi) with lo < hi, got {value_range!r}") from None
+        raise LDAMArgumentError("value_range", f"expected (lo, hi) with lo < hi, got {shown(value_range)}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise LDAMArgumentError("value_range", f"expected (lo, hi) with lo < hi, got {value_range!r}")
+        raise LDAMArgumentError("value_range", f"expected (lo, hi) with lo < hi, got {shown(value_range)}")
     return lo, hi
 
 
 def check_choice(name: str, value, choices: Sequence):
-    if value not in choices:
-        raise LDAMArgumentError(name, f"expected one of {list(choices)}, got {value!r}")
+    # compared by type first: a tensor's == would compare elementwise (or raise), not say "no"
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise LDAMArgumentError(name, f"expected one of {list(choices)}, got {shown(value)}")
     return value
 
 
@@ -63,7 +100,7 @@ def normalize_channels(normalize) -> int:
         return max(torch.as_tensor(v, dtype=torch.float32).numel() for v in normalize)
     except (TypeError, ValueError):
         raise LDAMArgumentError("normalize", f"expected (mean, std), each a float or one value per channel, "
-                         f"got {normalize!r}") from None
+                         f"got {shown(normalize)}") from None
 
 
 def check_normalize(normalize, channels: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -76,13 +113,15 @@ def check_normalize(normalize, channels: int) -> Optional[Tuple[torch.Tensor, to
         std = torch.as_tensor(std, dtype=torch.float32).flatten()
     except (TypeError, ValueError):
         raise LDAMArgumentError("normalize", f"expected (mean, std), each a float or one value per channel, "
-                         f"got {normalize!r}") from None
+                         f"got {shown(normalize)}") from None
     for name, t in (("mean", mean), ("std", std)):
         if t.numel() not in (1, channels):
             raise LDAMArgumentError("normalize",
                 f"{name} must have 1 or {channels} (channels) values, got {t.tolist()}")
-    if not torch.all(std > 0):
-        raise LDAMArgumentError("normalize", f"std must be > 0, got {std.tolist()}")
+    if not bool(torch.isfinite(mean).all()):
+        raise LDAMArgumentError("normalize", f"mean must be finite, got {mean.tolist()}")
+    if not bool((std > 0).all() & torch.isfinite(std).all()):
+        raise LDAMArgumentError("normalize", f"std must be finite and > 0, got {std.tolist()}")
     return mean, std
 
 
@@ -106,5 +145,5 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 def check_decay(name: str, value) -> float:
     """A decay in [0, 1) (EMA weights)."""
     if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
-        raise LDAMArgumentError(name, f"expected a float in [0, 1), got {value!r}")
+        raise LDAMArgumentError(name, f"expected a float in [0, 1), got {shown(value)}")
     return float(value)

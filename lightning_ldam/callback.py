@@ -9,6 +9,7 @@ model. Nothing a round does can end the run: a failed round is a warning, counte
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import time
@@ -23,8 +24,9 @@ from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
 
 from lightning_ldam.averaging import EMA
 from lightning_ldam.budget import OverheadBudget
-from lightning_ldam.callback_settings import AVERAGING, CallbackSettings, check_on_first_batch, check_on_setup
-from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.callback_settings import (AVERAGING, CallbackSettings, argument_given, check_on_first_batch,
+                                              check_on_setup, given_arguments)
+from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.inputs import InputKey, extract_input
 from lightning_ldam.outputs import is_tensorboard, write_round
 from lightning_ldam.progress import Progress
@@ -35,7 +37,7 @@ from lightning_ldam.rounds import (RoundPlan, WarmDiscriminators, fixed_spec, pl
                                    resolve_targets, run_round, submodule)
 from lightning_ldam.snapshot import snapshot
 from lightning_ldam.summaries import summarize, unhealthy_units
-from lightning_ldam.targets import NeuronSpec
+from lightning_ldam.targets import NeuronSpec, spec_key
 from lightning_ldam.variants import find_variants, is_averager
 
 __all__ = ["LDAMCallback", "AVERAGING"]
@@ -70,13 +72,16 @@ class LDAMCallbackLogic:
         args.pop("self")
         args.pop("__class__", None)
         self.settings = CallbackSettings.check(**args)
+        # the arguments the user set: only these may be named by an error of the first-batch trial
+        self._given = given_arguments(args, inspect.signature(LDAMCallbackLogic.__init__))
         self._reservoir = Reservoir(reservoir_size, seed=seed)
         self._budget = None if max_overhead is None else OverheadBudget(float(max_overhead))
         self._ema: Optional[EMA] = None
         self._pending_ema_state: Optional[Dict[str, Any]] = None
         self._discs = WarmDiscriminators()
         self._report = RoundReporter(self._rank_zero_info, self._rank_zero_warn)
-        self._rounds = self._skipped = 0
+        self._rounds = self._skipped = self._skipped_batches = 0
+        self._fallbacks: Dict[str, Any] = {}  # sampler settings the first batch found the model needs (init="data")
         self._last_sampled_step = self._last_ema_step = self._last_skipped_step = -1
         self._averagers: list = []
         self._checked = False
@@ -94,7 +99,8 @@ class LDAMCallbackLogic:
     @property
     def state_key(self) -> str:
         s = self.settings  # an identity only: the settings themselves are in the state (state_dict()["settings"])
-        return self._generate_state_key(neurons=repr(s.neurons), module=s.module, seed=s.seed,
+        # spec_key: the same text in every process (a set of neurons iterates in an order set by the hash seed)
+        return self._generate_state_key(neurons=spec_key(s.neurons), module=s.module, seed=s.seed,
                                         every_n_epochs=s.every_n_epochs, every_n_train_steps=s.every_n_train_steps)
 
     def should_sample(self, global_step: Optional[int] = None, epoch: Optional[int] = None) -> bool:
@@ -121,7 +127,7 @@ class LDAMCallbackLogic:
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit" and not (stage == "validate" and self.settings.during_validation):
             return
-        check_on_setup(type(trainer.strategy).__name__, self.network(pl_module), self.settings.neurons)
+        check_on_setup(type(trainer.strategy).__name__, self.network(pl_module), self.settings)
         self._averagers = [cb for cb in trainer.callbacks if is_averager(cb)] \
             if self.settings.averaging == "auto" else []
         # trainer.log_dir broadcasts under DDP: read it here, where every rank runs, never in rank-0-only code.
@@ -149,9 +155,9 @@ class LDAMCallbackLogic:
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
                              batch_idx: int) -> None:
         if not self._checked:  # the first batch, before its optimizer step: every argument is checked by now
-            self._collect(batch)
             self._collected_early = True
-            self._dry_run(pl_module)
+            if self._collect(batch, first=True):
+                self._dry_run(pl_module)
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -161,8 +167,7 @@ class LDAMCallbackLogic:
         self._collected_early = False  # the first batch went in at its start (the dry run needed it)
         step = trainer.global_step
         if self._ema is not None and step != self._last_ema_step:
-            self._ema.update(self.network(pl_module), step)
-            self._last_ema_step = step
+            self._update_ema(pl_module, step)
         if self._budget is not None:  # the per-batch work (reservoir, own EMA) is overhead too
             self._budget.add_sampling(time.perf_counter() - started)
         if self.should_sample(global_step=step) and step != self._last_sampled_step:
@@ -184,8 +189,7 @@ class LDAMCallbackLogic:
         # Under trainer.validate() no training batch comes: the validation inputs feed the reservoir.
         if not self.settings.during_validation or trainer.sanity_checking or _fitting(trainer):
             return
-        self._collect(batch)
-        if not self._checked:
+        if self._collect(batch, first=not self._checked) and not self._checked:
             self._dry_run(pl_module)
 
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -197,22 +201,60 @@ class LDAMCallbackLogic:
             self._round(trainer, pl_module)
 
     # ---- the first batch -------------------------------------------------------------------------------
-    def _collect(self, batch: Any) -> None:
-        """Offer a batch's inputs to the reservoir (rows with NaN/Inf are skipped and counted)."""
-        if self._reservoir.add(extract_input(batch, self.settings.input_key)):
-            self._report.once("nonfinite_inputs")
+    def _collect(self, batch: Any, first: bool = False) -> bool:
+        """Offer a batch's inputs to the reservoir (rows with NaN/Inf are skipped and counted). A batch that cannot
+        be read or stored is skipped and counted (``ldam/skipped_batches``), with one warning per cause; only on the
+        first batch does an error about an argument the user set end the run (before any optimizer step)."""
+        try:
+            if self._reservoir.add(extract_input(batch, self.settings.input_key)):
+                self._report.once("nonfinite_inputs")
+            return True
+        except LDAMArgumentError as err:
+            if first and argument_given(err.argument, self._given, self.settings):
+                raise
+            self._skip_batch(err)
+        except Exception as err:  # per-batch work never ends the run
+            self._skip_batch(err)
+        return False
+
+    def _skip_batch(self, err: BaseException) -> None:
+        self._skipped_batches += 1
+        self._report.warn_once(("skipped_batch", type(err).__name__, getattr(err, "argument", None)),
+                               NOTES["skipped_batch"][1].format(error=f"{type(err).__name__}: {err}"))
+
+    def _update_ema(self, pl_module: nn.Module, step: int) -> None:
+        try:
+            self._ema.update(self.network(pl_module), step)
+            self._last_ema_step = step
+        except Exception as err:  # the 'ema' variant keeps its last weights; training goes on
+            self._report.warn_once(("ema", type(err).__name__), NOTES["ema_failed"][1].format(
+                step=step, error=f"{type(err).__name__}: {err}"))
 
     def _dry_run(self, pl_module: nn.Module) -> None:
-        """Every argument checked on the first batch, before the first optimizer step (:mod:`callback_settings`)."""
+        """Every argument checked on the first batch, before the first optimizer step (:mod:`callback_settings`).
+
+        Only an argument the user set can fail the run here. A limit of the model instead gets its fallback and one
+        warning: a target that noise-started chains never reach starts chains from data; anything else, a warning,
+        and the rounds are tried (a failed round is a warning too)."""
         s = self.settings
         seen = self._reservoir.input_shape() if len(self._reservoir) else None
         if seen is None and (s.input_shape is None or s.value_range is None):
             return  # every input held NaN/Inf: the next batch tries again
-        net = snapshot(self.network(pl_module), self._device(pl_module))
         try:
-            self._resolved = check_on_first_batch(net, self._plan({"raw": net}), s, seen)
-        except LDAMArgumentError:
-            raise
+            net = snapshot(self.network(pl_module), self._device(pl_module))
+            try:
+                self._resolved = check_on_first_batch(net, self._plan({"raw": net}), s, seen)
+            except TargetNotReached as err:
+                if "init" in s.sampler_kwargs or seen is None:
+                    raise
+                self._fallbacks["init"] = "data"
+                self._resolved = check_on_first_batch(net, self._plan({"raw": net}), s, seen)
+                self._report.once("init_data", layers=err.layers)
+        except LDAMArgumentError as err:
+            if argument_given(err.argument, self._given, s):
+                raise
+            self._fallbacks.pop("init", None)
+            self._report.once("model_limit", error=str(err))
         except Exception as err:  # not a bad argument: let the rounds try, and say so
             self._report.once("dry_run", error=f"{type(err).__name__}: {err}")
         self._checked = True
@@ -237,10 +279,15 @@ class LDAMCallbackLogic:
         s = self.settings
         variants = [self._discs.variant(n, net) for n, net in nets.items()]
         device = s.sample_device or (_model_device(variants[0].network) if variants else torch.device("cpu"))
-        return plan_round(variants, s.neurons, input_shape=s.input_shape or self._reservoir.input_shape(),
+        shape = s.input_shape or self._reservoir.input_shape()
+        disc_weight = s.disc_weight
+        if disc_weight is None and len(shape) != 3:  # D and the smoothness prior need images: λ = 0 on others
+            disc_weight = 0.0
+            self._report.once("not_images", shape=tuple(shape))
+        return plan_round(variants, s.neurons, input_shape=shape,
                           value_range=s.value_range or self._reservoir.value_range(), chains=s.chains,
-                          seed=s.seed, device=device, steps=s.steps, real=self._real(), disc_weight=s.disc_weight,
-                          normalize=s.normalize, sampler_kwargs=s.sampler_kwargs)
+                          seed=s.seed, device=device, steps=s.steps, real=self._real(), disc_weight=disc_weight,
+                          normalize=s.normalize, sampler_kwargs={**s.sampler_kwargs, **self._fallbacks})
 
     def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", budgeted: bool = True) -> None:
         """One round inside one failure boundary: planning, sampling, rendering, logging, writing files."""
@@ -268,6 +315,7 @@ class LDAMCallbackLogic:
             done = True
         except Exception as err:  # a failed round must never end the user's training run
             self._report.failure(step, err)
+            self._write_counts(trainer, step)
         finally:
             self._round_sources = None
             seconds = time.perf_counter() - started
@@ -317,10 +365,7 @@ class LDAMCallbackLogic:
         s = self.settings
         images, scalars = summarize(results, s.upscale, real=self._real(), previous=self._previous,
                                     labels=s.labeller(), aliases=s.layer_aliases)
-        scalars.update({"ldam/failed_rounds": float(self._report.failed),
-                        "ldam/nonfinite_inputs": float(self._reservoir.nonfinite_skipped)})
-        if self._budget is not None:
-            scalars["ldam/skipped_rounds"] = float(self._skipped)
+        scalars.update(self._counts())
         self._write(trainer, images, scalars, trainer.global_step)
         self._report.done(trainer.global_step, results, seconds)
         self._report.health(trainer.global_step, unhealthy_units(results))
@@ -330,6 +375,23 @@ class LDAMCallbackLogic:
     def on_round_end(self, trainer: "pl.Trainer", results: Dict[str, SampleResult], scalars: Dict[str, float]) -> None:
         """Called on rank 0 after each logged round with every variant's result and the scalars logged; a no-op
         to override (e.g. to score the samples with your own classifier). Exceptions count as a failed round."""
+
+    def _counts(self) -> Dict[str, float]:
+        counts = {"ldam/failed_rounds": float(self._report.failed),
+                  "ldam/nonfinite_inputs": float(self._reservoir.nonfinite_skipped),
+                  "ldam/skipped_batches": float(self._skipped_batches)}
+        if self._budget is not None:
+            counts["ldam/skipped_rounds"] = float(self._skipped)
+        return counts
+
+    def _write_counts(self, trainer: "pl.Trainer", step: int) -> None:
+        """After a failed round: its counts alone, so ``ldam/failed_rounds`` reaches the loggers (best effort)."""
+        if not trainer.is_global_zero:
+            return
+        try:
+            write_round(trainer.loggers, {}, self._counts(), step, self._png_dir or trainer.default_root_dir)
+        except Exception as err:  # the disk may still be full: the warning about the round has been said
+            log.debug("LDAMCallback: writing the counts after a failed round: %s", err)
 
     def _write(self, trainer: "pl.Trainer", images: Dict[str, torch.Tensor], scalars: Dict[str, float],
                step: int) -> None:
@@ -346,15 +408,31 @@ class LDAMCallbackLogic:
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         return {"format": "lightning_ldam", "rounds": self._rounds, "skipped_rounds": self._skipped,
+                "skipped_batches": self._skipped_batches, "fallbacks": dict(self._fallbacks),
                 "failed_rounds": self._report.failed, "last_sampled_step": self._last_sampled_step,
                 "last_ema_step": self._last_ema_step,
                 "ema": self._ema.state_dict() if self._ema is not None else self._pending_ema_state,
                 "discriminators": self._discs.state_dict(), "reservoir": self._reservoir.state_dict(),
                 "settings": self.settings.as_state(), "neurons": [list(n) for n in self._fixed]}
 
+    def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                           checkpoint: Dict[str, Any]) -> None:
+        """Before Lightning restores the callbacks' states: a checkpoint whose LDAM state sits under another key
+        (other neurons, seed, module or schedule) resumes this callback fresh, and says so."""
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        others = [k for k, v in states.items() if isinstance(v, dict) and v.get("format") == "lightning_ldam"]
+        mine = {getattr(cb, "state_key", None) for cb in getattr(trainer, "callbacks", [])}
+        others = [k for k in others if k not in mine]
+        if others:
+            self._report.once("foreign_state", keys=others, key=self.state_key)
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self._rounds = state_dict["rounds"]
         self._skipped = state_dict.get("skipped_rounds", 0)
+        self._skipped_batches = state_dict.get("skipped_batches", 0)
+        self._fallbacks = dict(state_dict.get("fallbacks", {}))
         self._report.failed = state_dict.get("failed_rounds", 0)
         self._fixed = [tuple(n) for n in state_dict.get("neurons", [])]
         self._last_sampled_step = state_dict["last_sampled_step"]

@@ -8,6 +8,7 @@ batch, before its optimizer step (:meth:`LDAMCallback.on_train_batch_start`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -18,10 +19,10 @@ from lightning_ldam.config import INITS, SPATIAL, resolve_config
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.progress import Progress
 from lightning_ldam.rounds import RoundPlan, resolve_targets
-from lightning_ldam.targets import NeuronSpec, find_layer, parse_neurons
+from lightning_ldam.targets import NeuronSpec, canonical_path, find_layer, parse_neurons
 
 __all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch",
-           "check_labels", "labeller_of"]
+           "check_labels", "labeller_of", "given_arguments", "argument_given"]
 
 #: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs`` (the rest are callback arguments).
 SAMPLER_EXTRA_KWARGS = frozenset({
@@ -91,6 +92,9 @@ class CallbackSettings:
             s[name] = check_device(name, s[name])
         s["sampler_kwargs"] = check_sampler_kwargs(s["sampler_kwargs"], s["steps"], s["disc_weight"])
         check_labels(s["labels"], s["layer_aliases"])
+        for name in ("labels", "layer_aliases"):  # keys as the results name layers (no module./_orig_mod.)
+            if isinstance(s[name], dict):
+                s[name] = {canonical_path(k): v for k, v in s[name].items()}
         s["every_n_epochs"], s["every_n_train_steps"] = s["every_n_epochs"] or 0, s["every_n_train_steps"] or 0
         s["max_overhead"] = None if s["max_overhead"] is None else float(s["max_overhead"])
         return cls(**s)
@@ -126,7 +130,7 @@ def _check_schedule(s: Dict[str, Any]) -> None:
             V.check_positive(name, s[name], integer=True, allow_zero=True)
     for name in ("on_fit_end", "during_validation"):
         if not isinstance(s[name], bool):
-            raise LDAMArgumentError(name, f"expected True or False, got {s[name]!r}")
+            raise LDAMArgumentError(name, f"expected True or False, got {V.shown(s[name])}")
     if not (s["every_n_epochs"] or s["every_n_train_steps"] or s["on_fit_end"] or s["during_validation"]):
         raise LDAMArgumentError(
             "every_n_epochs/every_n_train_steps/on_fit_end/during_validation",
@@ -139,12 +143,11 @@ def _check_plain(s: Dict[str, Any]) -> None:
     """``module``, ``input_key``, ``seed``: type checks only."""
     module = s["module"]
     if module is not None and (not isinstance(module, str) or not module):
-        raise LDAMArgumentError("module", f"expected a dotted attribute path such as 'net', got {module!r}")
+        raise LDAMArgumentError("module", f"expected a dotted attribute path such as 'net', got {V.shown(module)}")
     key = s["input_key"]
     if key is not None and not (callable(key) or isinstance(key, (int, str))):
-        raise LDAMArgumentError("input_key", f"expected None, an int, a str or a callable, got {key!r}")
-    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int):
-        raise LDAMArgumentError("seed", f"expected an int, got {s['seed']!r}")
+        raise LDAMArgumentError("input_key", f"expected None, an int, a str or a callable, got {V.shown(key)}")
+    V.check_seed("seed", s["seed"])
 
 
 def check_device(name: str, device: Union[str, torch.device, int, None]) -> Optional[torch.device]:
@@ -155,14 +158,14 @@ def check_device(name: str, device: Union[str, torch.device, int, None]) -> Opti
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise LDAMArgumentError(name, f"expected a torch device such as 'cpu', 'cuda' or 'cuda:1', "
-                                      f"got {device!r}") from None
+                                      f"got {V.shown(device)}") from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (dev.index is not None and dev.index >= count):
-            raise LDAMArgumentError(name, f"{device!r} requested but this machine has {count} CUDA device(s); "
+            raise LDAMArgumentError(name, f"{V.shown(device)} requested but this machine has {count} CUDA device(s); "
                                           f"pass 'cpu' or None (the model's device)")
     elif dev.type not in ("cpu", "mps", "xpu"):
-        raise LDAMArgumentError(name, f"expected a 'cpu' or 'cuda' device, got {device!r}")
+        raise LDAMArgumentError(name, f"expected a 'cpu' or 'cuda' device, got {V.shown(device)}")
     return dev
 
 
@@ -186,10 +189,10 @@ def check_sampler_kwargs(kwargs: Optional[Dict[str, Any]], steps: Optional[int],
             V.check_choice("init", kwargs["init"], INITS)
         for name in ("channels_last", "cuda_graph"):
             if name in kwargs and not isinstance(kwargs[name], bool):
-                raise LDAMArgumentError(name, f"expected True or False, got {kwargs[name]!r}")
+                raise LDAMArgumentError(name, f"expected True or False, got {V.shown(kwargs[name])}")
         dtype = kwargs.get("autocast_dtype")
         if dtype is not None and not isinstance(dtype, torch.dtype):
-            raise LDAMArgumentError("autocast_dtype", f"expected a torch.dtype such as torch.bfloat16, got {dtype!r}")
+            raise LDAMArgumentError("autocast_dtype", f"expected a torch.dtype such as torch.bfloat16, got {V.shown(dtype)}")
         if kwargs.get("cuda_graph") and not torch.cuda.is_available():
             raise LDAMArgumentError("cuda_graph", "CUDA graphs need a CUDA device and torch.cuda.is_available() is "
                                                   "False; drop it")
@@ -211,23 +214,73 @@ def check_on_first_batch(network, plan: RoundPlan, settings: CallbackSettings, s
     if given is not None and seen_shape is not None and tuple(seen_shape) != tuple(given):
         raise LDAMArgumentError("input_shape", f"{tuple(given)} does not match the training batches' per-sample "
                                                f"shape {tuple(seen_shape)} (read with input_key="
-                                               f"{settings.input_key!r}); drop input_shape to infer it")
+                                               f"{V.shown(settings.input_key)}); drop input_shape to infer it")
     try:
         return resolve_targets(network, plan, dry_run=True)
     except LDAMArgumentError as err:
         if err.argument == "real_data":  # the reservoir's inputs are the callback's; the box is the user's
             raise LDAMArgumentError("value_range", f"the training inputs do not fit it: {err.message}") from None
+        if err.argument in SAMPLER_EXTRA_KWARGS:  # sample()'s keyword, which the callback takes in sampler_kwargs
+            raise LDAMArgumentError(f"sampler_kwargs[{err.argument!r}]", err.message) from None
+        if err.argument == "device":
+            raise LDAMArgumentError("sample_device", err.message) from None
         raise
 
 
-def check_on_setup(strategy: str, network, neurons: NeuronSpec) -> None:
-    """At ``setup``: a strategy that keeps full parameters on each rank, and layer paths that exist."""
+def given_arguments(args: Dict[str, Any], signature: inspect.Signature) -> frozenset:
+    """The names in ``args`` whose value is not the parameter's default in ``signature`` (what the user set)."""
+    given = set()
+    for name, value in args.items():
+        param = signature.parameters.get(name)
+        if param is None or param.default is inspect.Parameter.empty:
+            given.add(name)
+            continue
+        try:
+            same = value is param.default or (type(value) is type(param.default) and bool(value == param.default))
+        except Exception:  # a tensor or an object without a plain ==: set by the user
+            same = False
+        if not same:
+            given.add(name)
+    return frozenset(given)
+
+
+def argument_given(argument: str, given: frozenset, settings: "CallbackSettings") -> bool:
+    """Whether an error naming ``argument`` (``"sampler_kwargs['init']"``, ``"input_shape"``) is about a value the
+    user set: only such an error may end the run. The others name what the callback inferred or defaulted."""
+    root = argument.split("[", 1)[0]
+    if root == "sampler_kwargs" and "[" in argument:
+        key = argument[len("sampler_kwargs["):].rstrip("]").strip("'\"")
+        return key in settings.sampler_kwargs
+    return root in given
+
+
+def check_on_setup(strategy: str, network, settings: "CallbackSettings") -> None:
+    """At ``setup``: a strategy that keeps full parameters on each rank, layer paths that exist (in ``neurons``,
+    ``labels`` and ``layer_aliases``), and tag names that no two sampled layers share."""
     if "FSDP" in strategy or "DeepSpeed" in strategy:
         raise LDAMArgumentError("strategy", f"LDAMCallback needs full parameters on each rank; {strategy} shards "
                                             f"them. Use DDP or a single device, or run lightning-ldam on the saved "
                                             f"checkpoint")
-    for layer, _ in parse_neurons(neurons):
-        find_layer(network, layer)
+    sampled = list(dict.fromkeys(find_layer(network, layer)[0] for layer, _ in parse_neurons(settings.neurons)))
+    aliases = {}
+    for argument, mapping in (("labels", settings.labels), ("layer_aliases", settings.layer_aliases)):
+        if not isinstance(mapping, dict):
+            continue  # a callable labeller, or none
+        for layer, value in mapping.items():
+            try:
+                path = find_layer(network, layer)[0]
+            except LDAMArgumentError as err:
+                raise LDAMArgumentError(argument, f"key {layer!r}: {err.message}") from None
+            if argument == "layer_aliases":
+                aliases[path] = value
+    names: Dict[str, str] = {}
+    for path in sampled:
+        name = aliases.get(path, path)
+        if name in names:
+            raise LDAMArgumentError("layer_aliases", f"layers {names[name]!r} and {path!r} would both write the tags "
+                                                     f"ldam/<variant>/{name}; expected a tag name that no other "
+                                                     f"sampled layer has, got {settings.layer_aliases!r}")
+        names[name] = path
 
 
 def labeller_of(labels: Any) -> Optional[Callable[[str, int], Optional[str]]]:
@@ -250,10 +303,10 @@ def check_labels(labels: Any, aliases: Any) -> None:
             for k, v in labels.items())
         if not ok:
             raise LDAMArgumentError("labels", f"expected a dict {{layer path: [name of unit 0, name of unit 1, ...]}} "
-                                              f"or a callable (layer, index) -> str, got {labels!r}")
+                                              f"or a callable (layer, index) -> str, got {V.shown(labels)}")
     if aliases is not None:
         ok = isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) and v and "/" not in v
                                                for k, v in aliases.items())
         if not ok or len(set(aliases.values())) != len(aliases):
             raise LDAMArgumentError("layer_aliases", f"expected a dict {{layer path: distinct tag name without '/'}}, "
-                                                     f"got {aliases!r}")
+                                                     f"got {V.shown(aliases)}")

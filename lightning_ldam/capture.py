@@ -7,15 +7,15 @@ target never run), and hooks are always removed in ``finally``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Mapping, Sequence, Union
+from typing import Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.targets import Neuron, find_module, first_tensor
 
-__all__ = ["ActivationReader", "capture_outputs", "spatial_mode", "Spatial"]
+__all__ = ["ActivationReader", "capture_outputs", "probe_outputs", "spatial_mode", "Spatial"]
 
 #: How conv channels reduce to one number: ``"mean"``/``"center"`` for every layer, or ``{layer: mode}`` (a layer
 #: not in the dict reads ``"mean"``).
@@ -87,9 +87,44 @@ def run_to_targets(model: nn.Module, x: torch.Tensor, outputs: Dict[str, torch.T
         pass
     missing = [p for p in paths if p not in outputs]
     if missing:
-        raise LDAMArgumentError("neurons", f"layers {missing} were not called in the model's forward; "
-                         f"choose modules that run in forward (see lightning_ldam.list_targets)")
+        raise TargetNotReached(missing)
     return dict(outputs)
+
+
+def probe_outputs(model: nn.Module, paths: Sequence[str], x: torch.Tensor
+                  ) -> Tuple[Dict[str, torch.Tensor], Dict[str, int]]:
+    """One whole forward of ``x`` (no early stop): each target's first output and how often each target ran.
+
+    A module that runs more than once per forward (one ReLU shared by two places) cannot be read by the early-stop
+    forward, which sees its first call only: this is where such targets are found. An error of the model raised
+    after every target has run is ignored, since the sampler's forwards stop before it.
+    """
+    outputs: Dict[str, torch.Tensor] = {}
+    calls = {path: 0 for path in paths}
+    handles = []
+
+    def make_hook(path: str):
+        def hook(module, args, output):
+            calls[path] += 1
+            if path not in outputs:
+                outputs[path] = _as_tensor(path, output)
+        return hook
+
+    try:
+        for path in paths:
+            handles.append(find_module(model, path).register_forward_hook(make_hook(path)))
+        try:
+            model(x)
+        except Exception:
+            if any(p not in outputs for p in paths) or not outputs:
+                raise
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [p for p in paths if p not in outputs]
+    if missing:
+        raise TargetNotReached(missing)
+    return outputs, calls
 
 
 class ActivationReader:
@@ -136,6 +171,8 @@ class ActivationReader:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Return activations ``[B]`` (float32) for model input ``x`` (call inside :meth:`attached`)."""
+        if x.shape[0] == 1:  # a model that needs batch statistics refuses a batch of one: pad with a detached copy
+            x = torch.cat([x, x.detach()])
         outputs = run_to_targets(self.model, x, self._outputs, self.layers)
         values = []
         for layer in self.layers:

@@ -213,7 +213,7 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
     if not annealed:
         for name, value in (("precondition", precondition), ("noise", noise), ("schedule", schedule)):
             if value is not None:
-                raise LDAMArgumentError(name, f"only method='annealed' takes it (got {name}={value!r} with "
+                raise LDAMArgumentError(name, f"only method='annealed' takes it (got {name}={V.shown(value)} with "
                                  f"method={method!r}); the Langevin methods' noise is √ε = step_size and their "
                                  f"drift is the gradient of the stated log-density")
     cfg = LangevinConfig(method=method, step_size=0.1 if annealed else LangevinConfig.step_size)
@@ -233,7 +233,7 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
         V.check_positive("scale", scale)
         scale = float(scale)
     if not isinstance(adapt_disc, bool):
-        raise LDAMArgumentError("adapt_disc", f"expected True or False, got {adapt_disc!r}")
+        raise LDAMArgumentError("adapt_disc", f"expected True or False, got {V.shown(adapt_disc)}")
     values = dict(step_size=step_size, burn_in_boost=burn_in_boost, noise=noise, disc_steps=disc_steps)
     for name, value in values.items():
         if value is not None:
@@ -249,7 +249,7 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
     V.check_positive("disc_lr", disc_lr)
     if burn_in_boost is not None and burn_in_boost < 1:
         raise LDAMArgumentError("burn_in_boost", f"expected a number >= 1 (ε at the first burn-in step over the "
-                         f"sampling ε), got {burn_in_boost!r}")
+                         f"sampling ε), got {V.shown(burn_in_boost)}")
     if precondition is not None:
         V.check_choice("precondition", precondition, PRECONDITIONERS)
     if schedule is not None:

@@ -5,7 +5,7 @@ catching what they caught before the type existed; ``.argument`` lets the CLI ma
 """
 from __future__ import annotations
 
-__all__ = ["LDAMArgumentError"]
+__all__ = ["LDAMArgumentError", "TargetNotReached"]
 
 
 class LDAMArgumentError(ValueError, TypeError):
@@ -31,3 +31,19 @@ class LDAMArgumentError(ValueError, TypeError):
 
     def __reduce__(self):  # picklable (DDP gathers, multiprocessing) despite the two-argument __init__
         return type(self), (self.argument, self.message)
+
+
+class TargetNotReached(LDAMArgumentError):
+    """Target layers the model's forward did not call on the inputs it was given (``.layers``).
+
+    A model whose forward branches on its input (bright inputs take another head) can skip a target on
+    noise-started chains and call it on real images: the callback then starts chains from data.
+    """
+
+    def __init__(self, layers, message: str = ""):
+        self.layers = list(layers)
+        super().__init__("neurons", message or f"layers {self.layers} were not called in the model's forward; "
+                                               f"choose modules that run in forward (see lightning_ldam.list_targets)")
+
+    def __reduce__(self):
+        return type(self), (self.layers, self.message)

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 
-from lightning_ldam.summaries import write_tensorboard
+from lightning_ldam.tensorboard_writes import write_round_to
 
 __all__ = ["write_round", "png_path", "save_png", "is_tensorboard"]
 
@@ -41,25 +41,40 @@ def save_png(image: torch.Tensor, path: str) -> None:
 
 def write_round(loggers: Iterable, images: Mapping[str, torch.Tensor], scalars: Mapping[str, float], step: int,
                 png_dir: str) -> bool:
-    """Write to every logger: TensorBoard gets images and scalars, others ``log_metrics`` and ``log_image`` if
-    they have it. Without an image-capable logger the images go to PNGs under ``png_dir``.
+    """Write to every logger, scalars before images: TensorBoard gets both (a failed write reopens its writer:
+    :mod:`lightning_ldam.tensorboard_writes`), others ``log_metrics`` and ``log_image`` if they have it. Without an
+    image-capable logger the images go to PNGs under ``png_dir``.
+
+    Each logger, and within it the scalars and the images, fails on its own: a failed image write never loses
+    the round's scalars, and one failing logger never keeps the others from their writes.
 
     Returns:
         Whether PNG files were written.
+
+    Raises:
+        The first write error, once every logger has been tried.
     """
-    wrote_images = False
+    wrote_images, errors = False, []
     for logger in loggers:
-        if is_tensorboard(logger):
-            write_tensorboard(logger.experiment, images, scalars, step)
-            wrote_images = True
-            continue
-        logger.log_metrics(dict(scalars), step=step)
-        if hasattr(logger, "log_image"):
+        try:
+            if is_tensorboard(logger):
+                wrote_images = True
+                write_round_to(logger.experiment, images, scalars, step)
+                continue
+            if hasattr(logger, "log_image"):
+                wrote_images = True
+            logger.log_metrics(dict(scalars), step=step)
+            if hasattr(logger, "log_image"):
+                for tag, img in images.items():
+                    logger.log_image(key=tag, images=[img], step=step)
+        except Exception as err:
+            errors.append(err)
+    if not wrote_images:
+        try:
             for tag, img in images.items():
-                logger.log_image(key=tag, images=[img], step=step)
-            wrote_images = True
-    if wrote_images:
-        return False
-    for tag, img in images.items():
-        save_png(img, png_path(png_dir, tag, step))
-    return True
+                save_png(img, png_path(png_dir, tag, step))
+        except Exception as err:
+            errors.append(err)
+    if errors:
+        raise errors[0]
+    return not wrote_images

@@ -27,6 +27,22 @@ NOTES = {
     "budget": ("info", "LDAMCallback: skipping rounds that would take sampling above max_overhead={fraction:g} of the "
                        "training time (first skip at step {step}); the count goes to ldam/skipped_rounds"),
     "png": ("warn", "LDAMCallback: no image-capable logger; writing PNGs under {out}"),
+    "skipped_batch": ("warn", "LDAMCallback: a training batch was not kept for LDAM ({error}); training is "
+                              "unaffected (this warning shows once per cause; the count goes to ldam/skipped_batches)"),
+    "ema_failed": ("warn", "LDAMCallback: the own EMA could not be updated at step {step} ({error}); the 'ema' variant "
+                           "keeps its last weights and training goes on (this warning shows once per cause)"),
+    "not_images": ("warn", "LDAMCallback: the inputs have shape {shape}, not images (C, H, W), so no discriminator is "
+                           "trained: λ = 0 (disc_weight=0.0 says so and silences this)"),
+    "init_data": ("warn", "LDAMCallback: chains started from uniform noise never reach {layers} (the model's forward "
+                          "takes another path on such inputs), so chains start from real training inputs instead "
+                          "(sampler_kwargs={{'init': 'data'}} says so and silences this)"),
+    "model_limit": ("warn", "LDAMCallback: a two-step trial of LDAM on the first batch met a limit of the model, not of "
+                            "an argument you set ({error}); training goes on, rounds will be tried and skipped if they "
+                            "fail"),
+    "foreign_state": ("warn", "LDAMCallback: the checkpoint holds LDAM state under {keys}, not under this callback's "
+                              "key {key} (other neurons, seed, module or schedule), so this callback starts fresh: no "
+                              "EMA, reservoir, discriminators or round counts are restored. Resume with the same "
+                              "arguments to restore them"),
 }
 
 

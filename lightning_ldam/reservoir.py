@@ -9,6 +9,7 @@ run's RNG is never touched.
 from __future__ import annotations
 
 import math
+import os
 
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -18,7 +19,43 @@ import torch
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.inputs import InputKey, extract_input, value_box  # noqa: F401
 
-__all__ = ["Reservoir", "extract_input", "value_box"]
+__all__ = ["Reservoir", "ShapeChanged", "extract_input", "value_box", "available_memory"]
+
+#: The share of the host's available memory the store may take (it is allocated whole at the first batch).
+MEMORY_SHARE = 0.5
+
+
+class ShapeChanged(ValueError):
+    """A batch whose per-sample shape differs from the stored inputs' (the store keeps its first shape)."""
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of host memory available now (``MemAvailable``), or ``None`` where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(size: int, row_shape: Tuple[int, ...], available: Optional[int] = None) -> None:
+    """Refuse a store of ``size`` float32 rows of ``row_shape`` that would take over :data:`MEMORY_SHARE` of the
+    available host memory (``available`` bytes; default: :func:`available_memory`)."""
+    available = available_memory() if available is None else available
+    row = 4 * math.prod(row_shape)
+    if available is None or size * row <= MEMORY_SHARE * available:
+        return
+    most = max(int(MEMORY_SHARE * available // row), 1)
+    raise LDAMArgumentError("reservoir_size", f"{size} inputs of shape {tuple(row_shape)} take "
+                                              f"{size * row / 2 ** 30:.1f} GiB of host memory as float32, over half "
+                                              f"of the {available / 2 ** 30:.1f} GiB available; expected at most "
+                                              f"{most}, got {size}")
 
 
 class Reservoir:
@@ -83,6 +120,13 @@ class Reservoir:
             How many rows of this batch were skipped as non-finite (0 for a clean batch), for the caller to
             warn about.
         """
+        shape = self.shape
+        if shape is None:
+            check_memory(self.size, tuple(inputs.shape[1:]))
+        elif tuple(inputs.shape[1:]) != shape:
+            raise ShapeChanged(f"a batch of per-sample shape {tuple(inputs.shape[1:])}; the stored inputs have shape "
+                               f"{shape}, which every round samples: the reservoir keeps its first shape and skips "
+                               f"batches of another")
         finite = _finite_rows(inputs)
         skipped = 0 if finite is None else inputs.shape[0] - finite.numel()
         self.nonfinite_skipped += skipped
@@ -101,6 +145,13 @@ class Reservoir:
         if sum(r.shape[0] for _, r in self._pending) >= self.size:
             self._flush()  # bounds what waits on the device to about one reservoir
         return skipped
+
+    @property
+    def shape(self) -> Optional[Tuple[int, ...]]:
+        """The per-sample shape of the stored (or pending) inputs; ``None`` before the first batch."""
+        if self.data is not None:
+            return tuple(self.data.shape[1:])
+        return tuple(self._pending[0][1].shape[1:]) if self._pending else None
 
     def _choose(self, start: int, end: int) -> Tuple[List[int], List[int]]:
         """The stream positions in ``[start, end)`` that are kept and the slot each one takes, in order."""

@@ -166,7 +166,7 @@ def prepare_network(network: nn.Module, refresh_bn: bool, real: Optional[torch.T
 
 
 def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) -> List[Tuple[str, int]]:
-    """The ``(layer, index)`` pairs of ``plan.neurons`` on ``network``: one chain, one step (bad paths and indices
+    """The ``(layer, index)`` pairs of ``plan.neurons`` on ``network``: two chains, one step (bad paths and indices
     raise here, before any real work; ``"layer:top8"`` is ranked on the plan's real inputs). ``dry_run`` also
     passes the plan's sampler settings, so that they are checked against this network and input too (two
     steps, one of burn-in for the Langevin methods)."""
@@ -179,7 +179,8 @@ def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) 
         extra["disc_warmup"] = 1
         disc_weight = plan.disc_weight
     neurons = plan.neurons if dry_run else _without_disc(plan.neurons)
-    res = sample(network, neurons, input_shape=plan.input_shape, chains=1, steps=2 if dry_run else 1,
+    # two chains: a model that needs batch statistics (BatchNorm without running statistics) refuses a batch of one
+    res = sample(network, neurons, input_shape=plan.input_shape, chains=2, steps=2 if dry_run else 1,
                  value_range=plan.value_range, normalize=plan.normalize, seed=plan.seed, device=plan.device,
                  real_data=plan.real, disc_weight=disc_weight, **extra)
     return res.neurons

@@ -28,9 +28,9 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam import _validation as V
-from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
+from lightning_ldam.capture import ActivationReader, probe_outputs
 from lightning_ldam.chains import LangevinChains, Objective
 from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_DISC_WEIGHT_COLOUR, DEFAULT_SMOOTHNESS, INITS, SPATIAL,
                                    LangevinConfig, default_disc_steps, default_disc_weight, resolve_config)
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 WARM_DISC_STEPS = 256
 #: Real images kept (at most) from ``real_data`` for the discriminator and data initialisation.
 MAX_REAL_IMAGES = 4096
+#: Inputs in the probe forward that reads layer sizes (two: a model that needs batch statistics refuses one).
+PROBE_BATCH = 2
 #: Real images whose activations set each neuron's target in ``adapt_disc`` (the strongest of them).
 TARGET_REAL_IMAGES = 512
 #: Updates that warm up a discriminator built during a call (one given with NaN/Inf weights, or one rebuilt).
@@ -108,7 +110,8 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
     """
     parsed = parse_neurons(neurons)
     aliases = {layer: find_layer(model, layer)[0] for layer, _ in parsed}
-    units = _layer_units(model, list(dict.fromkeys(aliases.values())), input_shape, device, normalize, dtype)
+    units = _layer_units(model, list(dict.fromkeys(aliases.values())), input_shape, device, normalize, dtype,
+                         real=real)
     ranked = list(dict.fromkeys(aliases[layer] for layer, idx in parsed
                                 if isinstance(idx, UnitPick) and idx.rule == "top"))
     settings = {aliases[layer]: values for layer, values in layer_settings(neurons).items()}
@@ -119,33 +122,53 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
     return resolve_neurons(neurons, units, aliases, means=means, seed=seed), settings
 
 
-def _layer_units(model: nn.Module, paths: list, input_shape, device, normalize, dtype) -> dict:
-    """Layer path -> unit count, from one forward of a batch of one zero input (it stops at the last target)."""
-    probe = torch.zeros((1, *input_shape), device=device)
-    if normalize is not None:
-        probe = (probe - normalize[0]) / normalize[1]
-    probe = probe.to(dtype)
-    with torch.no_grad(), capture_outputs(model, paths) as outputs:
-        try:
-            captured = run_to_targets(model, probe, outputs, paths)
-        except Exception as err:  # the model's own error, re-raised with the shape we tried
-            if str(err).startswith("neurons:"):  # ours: a target layer that is not usable
-                raise
-            raise LDAMArgumentError("input_shape", f"the model rejected an input of shape {tuple(probe.shape)} "
-                             f"(input_shape={tuple(input_shape)}): {type(err).__name__}: {err}; "
-                             f"{_input_shape_hint(input_shape)}") from err
+def _layer_units(model: nn.Module, paths: list, input_shape, device, normalize, dtype,
+                 real: Optional[torch.Tensor] = None) -> dict:
+    """Layer path -> unit count, from one whole forward of two zero inputs (two: a model that needs batch
+    statistics refuses one), or of two real ones where zeros take a path that skips a target. Targets that run
+    more than once per forward are refused here (:func:`~lightning_ldam.capture.probe_outputs`)."""
+    zeros = torch.zeros((PROBE_BATCH, *input_shape), device=device)
+    try:
+        captured, calls = _probe(model, paths, zeros, input_shape, normalize, dtype)
+    except TargetNotReached:
+        if real is None or real.shape[0] < 1:
+            raise
+        captured, calls = _probe(model, paths, real[:PROBE_BATCH].to(device), input_shape, normalize, dtype)
+    repeated = {p: n for p, n in calls.items() if n > 1}
+    if repeated:
+        raise LDAMArgumentError("neurons", f"layers run more than once in one forward: "
+                                f"{', '.join(f'{p!r} {n} times' for p, n in repeated.items())} (a module used in "
+                                f"several places, as torchvision's ResNet blocks use one ReLU twice); LDAM would "
+                                f"read the first call only. Choose a module that runs once (e.g. the block itself "
+                                f"or its last BatchNorm), or give the place you want its own module (an nn.Identity)")
     units = {}
     for p, out in captured.items():
-        if out.dim() >= 1 and out.shape[0] != 1 and len(input_shape) == 2:
-            # e.g. (28, 28) for a conv net: Conv2d takes [1, 28, 28] as one unbatched image and runs
+        if out.dim() >= 1 and out.shape[0] != PROBE_BATCH and len(input_shape) == 2:
+            # e.g. (28, 28) for a conv net: Conv2d takes [2, 28, 28] as one unbatched image and runs
             raise LDAMArgumentError("input_shape", f"layer {p!r} returned shape {tuple(out.shape)} for a batch "
-                                    f"of one input (input_shape={tuple(input_shape)}); "
+                                    f"of {PROBE_BATCH} inputs (input_shape={tuple(input_shape)}); "
                                     f"{_input_shape_hint(input_shape)}")
-        if out.dim() < 2 or out.shape[0] != 1:
-            raise LDAMArgumentError("neurons", f"layer {p!r} outputs shape {tuple(out.shape)} for a batch of one; "
-                                    f"a target needs [batch, channels, ...]")
+        if out.dim() < 2 or out.shape[0] != PROBE_BATCH:
+            raise LDAMArgumentError("neurons", f"layer {p!r} outputs shape {tuple(out.shape)} for a batch of "
+                                    f"{PROBE_BATCH}; a target needs [batch, channels, ...]")
         units[p] = int(out.shape[1])
     return units
+
+
+def _probe(model: nn.Module, paths: list, x: torch.Tensor, input_shape, normalize, dtype):
+    """:func:`probe_outputs` of pixel-space ``x``; the model's own errors name the shape tried."""
+    if normalize is not None:
+        x = (x - normalize[0]) / normalize[1]
+    x = x.to(dtype)
+    with torch.no_grad():
+        try:
+            return probe_outputs(model, paths, x)
+        except LDAMArgumentError:  # ours: a target that is not usable or not reached
+            raise
+        except Exception as err:  # the model's own error, re-raised with the shape we tried
+            raise LDAMArgumentError("input_shape", f"the model rejected an input of shape {tuple(x.shape)} "
+                                    f"(input_shape={tuple(input_shape)}): {type(err).__name__}: {err}; "
+                                    f"{_input_shape_hint(input_shape)}") from err
 
 
 def _unit_means(model: nn.Module, units: dict, real: torch.Tensor, spatial: Dict[str, str], normalize) -> dict:
@@ -314,8 +337,7 @@ def _check_call(model, input_shape, chains, value_range, init, spatial, seed, di
     box = V.check_value_range(value_range)
     V.check_choice("init", init, INITS)
     V.check_choice("spatial", spatial, SPATIAL)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise LDAMArgumentError("seed", f"expected an int, got {seed!r}")
+    V.check_seed("seed", seed)
     if discriminator is not None and not isinstance(discriminator, nn.Module):
         raise LDAMArgumentError("discriminator",
             f"expected a torch.nn.Module or None, got {type(discriminator).__name__}")
@@ -324,7 +346,7 @@ def _check_call(model, input_shape, chains, value_range, init, spatial, seed, di
                                 "parameters are on the meta device")
     for name, flag in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
         if not isinstance(flag, bool):
-            raise LDAMArgumentError(name, f"expected True or False, got {flag!r}")
+            raise LDAMArgumentError(name, f"expected True or False, got {V.shown(flag)}")
     if not isinstance(progress, (bool, Progress)):
         V.check_positive("progress", progress, allow_zero=True)
     return shape, box
@@ -414,7 +436,7 @@ def _sampling_device(device, model_dev: torch.device) -> torch.device:
             device = torch.device(device)
         except (RuntimeError, TypeError, ValueError) as err:
             raise LDAMArgumentError("device", f"expected a torch.device or a string such as 'cpu', 'cuda' or "
-                                    f"'cuda:1', got {device!r}") from err
+                                    f"'cuda:1', got {V.shown(device)}") from err
     device = model_dev if device is None else device
     if device.type == "meta":
         raise LDAMArgumentError("device", "expected a device that holds values ('cpu', 'cuda', ...), got 'meta'")

@@ -56,7 +56,7 @@ from lightning_ldam import _validation as V
 
 __all__ = ["Neuron", "LayerInfo", "NeuronSpec", "UnitPick", "parse_neurons", "resolve_neurons", "top_units",
            "random_units", "find_module", "find_layer", "list_targets", "canonical_path", "layer_settings",
-           "LAYER_SETTINGS", "spec_with_settings"]
+           "LAYER_SETTINGS", "spec_with_settings", "spec_key"]
 
 Neuron = Tuple[str, int]
 IndexSpec = Union[int, str, Sequence[int], range]
@@ -64,8 +64,8 @@ NeuronSpec = Union[str, Neuron, Mapping[str, Union[IndexSpec, Mapping[str, Index
                    Sequence[Union[str, Neuron]]]
 
 _WRAPPER_SEGMENTS = ("module", "_orig_mod")
-_RANGE_RE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
-_PICK_RE = re.compile(r"^(top|random)(\d+)$")
+_RANGE_RE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$", re.ASCII)  # ASCII: int() refuses "²", \d would not
+_PICK_RE = re.compile(r"^(top|random)(\d+)$", re.ASCII)
 _SPEC_HINT = ("accepted: 'layer:12', 'layer:0-7', 'layer:1,5,9', 'layer:all', 'layer:top3', 'layer:random3', "
               "a (layer, index) tuple, a list of these, or a dict {layer: index | list | range | 'all' | 'top3' | "
               "'random3' | {'units': ...}}")
@@ -271,7 +271,7 @@ def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int], UnitPic
                                  f"{_SPEC_HINT}")
             return list(range(lo, hi + 1))
         parts = [p.strip() for p in text.split(",")]
-        if parts and all(p.isdigit() for p in parts):
+        if parts and all(p.isascii() and p.isdigit() for p in parts):
             return [int(p) for p in parts]
         raise LDAMArgumentError("neurons", f"cannot read index {spec!r} for layer {layer!r}; {_SPEC_HINT}")
     if isinstance(spec, Sequence) and not isinstance(spec, (bytes, bytearray)):
@@ -322,7 +322,8 @@ def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int], Uni
             and (not isinstance(spec[1], str) or ":" not in spec[0])):
         return [(spec[0].strip(), _parse_indices(spec[0], spec[1]))]
     if isinstance(spec, Iterable) and not isinstance(spec, (bytes, bytearray)):
-        spec_list = list(spec)
+        # a set iterates in an order that changes with the process's hash seed: sorted, every process agrees
+        spec_list = sorted(spec, key=repr) if isinstance(spec, (set, frozenset)) else list(spec)
         if not spec_list:
             raise LDAMArgumentError("neurons", f"got an empty list; {_SPEC_HINT}")
         for item in spec_list:
@@ -333,6 +334,31 @@ def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int], Uni
         return items
     raise LDAMArgumentError("neurons", f"expected a str, a (layer, index) tuple, a list or a dict; got "
                     f"{type(spec).__name__} {spec!r}")
+
+
+def spec_key(spec: NeuronSpec) -> str:
+    """A text that names ``spec``'s neurons and per-layer settings the same way in every process: layer paths
+    without wrapper segments, indices and items sorted, so a set, a dict and a list of the same neurons agree.
+
+    Example::
+
+        >>> spec_key({"fc:2", "fc:0-1", "module.conv:top3"}) == spec_key(["conv:top3", "fc:0,1,2"])
+        True
+        >>> spec_key({"fc": {"units": [1, 0], "disc_weight": 0.0}})
+        'fc:0,1;fc[disc_weight=0.0]'
+    """
+    units: Dict[str, set] = {}
+    for layer, index in parse_neurons(spec):
+        items = units.setdefault(canonical_path(layer), set())
+        if isinstance(index, list):
+            items.update(index)
+        else:
+            items.add(str(index))
+    text = [f"{layer}:{','.join(str(i) for i in sorted(units[layer], key=lambda i: (isinstance(i, str), i)))}"
+            for layer in sorted(units)]
+    settings = {canonical_path(layer): values for layer, values in layer_settings(spec).items()}
+    text += [f"{layer}[{key}={settings[layer][key]!r}]" for layer in sorted(settings) for key in sorted(settings[layer])]
+    return ";".join(text)
 
 
 def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int], aliases: Optional[Mapping[str, str]] = None, *,

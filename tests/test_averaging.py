@@ -283,7 +283,7 @@ def test_refresh_batchnorm_casts_the_inputs_to_the_models_dtype(model_dtype, inp
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"normalize": (0.5, (0.2, 0.3))}, r"^normalize: std must have 1 or 3 \(channels\) values"),
-    ({"normalize": (0.5, 0.0)}, r"^normalize: std must be > 0"),
+    ({"normalize": (0.5, 0.0)}, r"^normalize: std must be finite and > 0"),
     ({"normalize": 0.5}, r"^normalize: expected \(mean, std\)"),
     ({"batch_size": 0}, r"^batch_size: expected a finite int > 0, got 0$"),
 ])

@@ -80,7 +80,7 @@ BEFORE_THE_FIRST_STEP = [
     ("unknown-module", dict(module="backbone"), loader, "module", "no submodule"),
     ("shape-disagrees", dict(input_shape=(3, SIZE, SIZE)), loader, "input_shape", "does not match"),
     ("key-not-in-batch", dict(input_key="image"), loader, "input_key", "cannot read"),
-    ("uint8-batches", dict(), _uint8_loader, "input_key", "convert them to float"),
+    ("uint8-batches", dict(input_key=0), _uint8_loader, "input_key", "convert them to float"),
     ("normalize-vs-data", dict(normalize=((0.5, 0.5, 0.5), (0.2, 0.2, 0.2))), loader, "normalize", "channels"),
     ("box-misses-the-data", dict(value_range=(0.0, 0.5)), loader, "value_range", "outside value_range"),
 ]

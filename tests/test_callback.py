@@ -244,7 +244,7 @@ def test_malformed_neuron_specs_fail_at_construction(neurons):
     ({"disc_weight": float("nan")}, r"^disc_weight: .*got nan$"),
     ({"sampler_kwargs": {"stepz": 3}}, r"^sampler_kwargs: unknown keys \['stepz'\]; accepted: \["),
     ({"sampler_kwargs": {"chains": 4}}, r"^sampler_kwargs: unknown keys \['chains'\].*the callback's own"),
-    ({"normalize": (0.5, 0.0)}, r"^normalize: std must be > 0, got \[0.0\]"),
+    ({"normalize": (0.5, 0.0)}, r"^normalize: std must be finite and > 0, got \[0.0\]"),
     ({"normalize": ((0.5, 0.5), (0.2, 0.2)), "input_shape": (3, 12, 12)},
      r"^normalize: mean must have 1 or 3 \(channels\) values"),
 ])
@@ -512,7 +512,7 @@ def test_tensorboard_tags_counts_steps_and_sizes(tmp_path, no_failed_rounds):
                         for s in ("activation", "diversity", "realism", "lift", "disc_score")} | {
         f"ldam/health/{layer}/{kind}" for layer in layers for kind in ("dead", "undriven", "saturated")} | {
         f"ldam/divergence/ema/{layer}" for layer in layers} | {
-        "ldam/nonfinite_resets", "ldam/failed_rounds", "ldam/nonfinite_inputs"}
+        "ldam/nonfinite_resets", "ldam/failed_rounds", "ldam/nonfinite_inputs", "ldam/skipped_batches"}
     drift = {f"ldam/drift/{v}/{layer}" for v in ("raw", "ema") for layer in layers}
     # transfer and retention need a driven unit (lift >= 0.5): 3 steps drive the conv channels, not logit 1
     across = {"ldam/transfer/ema/features.0", "ldam/retention/raw/features.0", "ldam/retention/ema/features.0"}
@@ -894,19 +894,29 @@ def test_index_out_of_range_fails_at_the_first_batch(tmp_path):
 @pytest.mark.parametrize("input_key, match", [
     ("image", r"^input_key: cannot read the inputs of a list batch with input_key='image'"),
     (1, r"^input_key: input_key=1 does not give a floating-point image tensor"),
-    (None, r"^input_key: input_key=None does not give .* with keys \['label'\]"),
 ])
 def test_unreadable_batch_fails_at_the_first_batch_naming_input_key(tmp_path, input_key, match):
     cb = LDAMCallback(NEURONS, input_key=input_key, disc_weight=0.0, **FAST)
     module = TinyModule()
-    data = loader() if input_key is not None else DataLoader(
-        [{"label": torch.tensor(i)} for i in range(8)], batch_size=4)
-    if input_key is None:
-        module.training_step = lambda batch, batch_idx: module(torch.zeros(4, 1, SIZE, SIZE)).sum()
     with pytest.raises(ValueError, match=match):
-        make_trainer(tmp_path, [cb]).fit(module, data)
-    if input_key is not None:
-        assert module.seen == []  # raised at the first batch's start: no training step ran
+        make_trainer(tmp_path, [cb]).fit(module, loader())
+    assert module.seen == []  # raised at the first batch's start: no training step ran
+
+
+def test_batches_the_default_input_key_cannot_read_are_skipped_with_one_warning(tmp_path):
+    """The user set no input_key: an unreadable batch is the callback's limit, never an error of the run."""
+    cb = LDAMCallback(NEURONS, disc_weight=0.0, **FAST)
+    module = TinyModule()
+    module.training_step = lambda batch, batch_idx: module(torch.zeros(4, 1, SIZE, SIZE)).sum()
+    data = DataLoader([{"label": torch.tensor(i)} for i in range(8)], batch_size=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, [cb], max_steps=4)
+        trainer.fit(module, data)
+    assert trainer.global_step == 4
+    said = [str(w.message) for w in caught if "not kept for LDAM" in str(w.message)]
+    assert len(said) == 1 and "input_key=None does not give" in said[0] and "['label']" in said[0]
+    assert cb._skipped_batches == 4 and cb._rounds == 0
 
 
 def test_callback_is_picklable_after_fit(tmp_path):

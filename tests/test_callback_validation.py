@@ -210,7 +210,7 @@ def _progress_seen(monkeypatch) -> List[Any]:
     real = rounds_module.sample
 
     def spy(*args, **kwargs):
-        if kwargs.get("chains", 1) > 1:  # not the 1-chain dry run or the first round's neuron resolution
+        if kwargs.get("steps") not in (1, 2):  # not the 2-step dry run or the first round's 1-step neuron resolution
             seen.append(kwargs.get("progress"))
         return real(*args, **kwargs)
 
@@ -250,7 +250,7 @@ def _requested_steps(monkeypatch) -> List[Any]:
     real = rounds_module.sample
 
     def spy(*args, **kwargs):
-        if kwargs.get("chains", 1) > 1:  # not the first batch's 1-chain target check
+        if kwargs.get("steps") not in (1, 2):  # not the first batch's 2-step target check
             asked.append((kwargs.get("steps"), kwargs.get("discriminator") is not None))
         return real(*args, **{**kwargs, "steps": 3, "disc_warmup": 1})
 

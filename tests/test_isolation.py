@@ -76,7 +76,7 @@ def test_model_is_left_exactly_as_found(prepared_net, extra):
 def test_model_is_left_as_found_when_its_forward_raises_mid_sampling(prepared_net):
     class FailsOnBigBatches(torch.nn.Module):
         def forward(self, x):
-            if x.shape[0] > 1:  # the one-image dry forward passes; sampling batches fail
+            if x.shape[0] > 2:  # the two-image probe forward passes; sampling batches (3 chains) fail
                 raise RuntimeError("boom")
             return x
 
