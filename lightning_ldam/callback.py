@@ -426,7 +426,7 @@ class LDAMCallbackLogic:
         mine = {getattr(cb, "state_key", None) for cb in getattr(trainer, "callbacks", [])}
         others = [k for k in others if k not in mine]
         if others:
-            self._report.once("foreign_state", keys=others, key=self.state_key)
+            self._report.once("foreign_state", keys=others, mine=self.state_key)
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self._rounds = state_dict["rounds"]

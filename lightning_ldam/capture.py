@@ -79,16 +79,21 @@ def capture_outputs(model: nn.Module, paths: Sequence[str]) -> Iterator[Dict[str
 
 def run_to_targets(model: nn.Module, x: torch.Tensor, outputs: Dict[str, torch.Tensor],
                    paths: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """Run ``model(x)`` inside :func:`capture_outputs` and return the captured outputs."""
+    """Run ``model(x)`` inside :func:`capture_outputs` and return the captured outputs.
+
+    A batch of one runs as two rows (the second a detached copy) and the outputs keep the first: a model that needs
+    batch statistics (BatchNorm without running statistics) refuses a batch of one.
+    """
     outputs.clear()
+    single = x.shape[0] == 1
     try:
-        model(x)
+        model(torch.cat([x, x.detach()]) if single else x)
     except _TargetsCaptured:
         pass
     missing = [p for p in paths if p not in outputs]
     if missing:
         raise TargetNotReached(missing)
-    return dict(outputs)
+    return {p: out[:1] for p, out in outputs.items()} if single else dict(outputs)
 
 
 def probe_outputs(model: nn.Module, paths: Sequence[str], x: torch.Tensor
@@ -171,8 +176,6 @@ class ActivationReader:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Return activations ``[B]`` (float32) for model input ``x`` (call inside :meth:`attached`)."""
-        if x.shape[0] == 1:  # a model that needs batch statistics refuses a batch of one: pad with a detached copy
-            x = torch.cat([x, x.detach()])
         outputs = run_to_targets(self.model, x, self._outputs, self.layers)
         values = []
         for layer in self.layers:

@@ -302,9 +302,10 @@ def _compare(args) -> int:
     inputs = _compare_inputs(args, ckpts, settings)
     plan = _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs)
     resolve_targets(plan.variants[0].network, plan)  # neuron paths and indices, before any real work
+    labeller = _labeller(args.labels, settings, plan.variants[0].network)  # checked before sampling, too
     # a bar on a terminal, plain progress lines in a log file
     results = sample_variants(plan, progress=False if args.no_progress else Progress(), note=_note)
-    return _write_comparison(args, ckpts, results, inputs.real, _labeller(args.labels, settings))
+    return _write_comparison(args, ckpts, results, inputs.real, labeller)
 
 
 def _note(text: str) -> None:
@@ -484,9 +485,11 @@ def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _
     return plan
 
 
-def _labeller(given: Optional[Dict[str, Any]], settings: Dict[str, Any]):
-    """``--labels``, else a ``labels=`` dict the callback recorded (a callable is not saved), as a labeller."""
+def _labeller(given: Optional[Dict[str, Any]], settings: Dict[str, Any], network: Optional[nn.Module] = None):
+    """``--labels``, else a ``labels=`` dict the callback recorded (a callable is not saved), as a labeller; with
+    ``network``, each key of ``--labels`` must name one of its layers."""
     from lightning_ldam.callback_settings import check_labels, labeller_of
+    from lightning_ldam.targets import canonical_path, find_layer
 
     labels = given if given is not None else (settings.get("labels") if isinstance(settings.get("labels"), dict)
                                               else None)
@@ -494,9 +497,11 @@ def _labeller(given: Optional[Dict[str, Any]], settings: Dict[str, Any]):
         return None
     try:
         check_labels(labels, None)
+        if network is not None and given is not None:  # the recorded ones were checked by the callback
+            labels = {find_layer(network, layer)[0]: names for layer, names in labels.items()}
     except ValueError as err:
         raise ValueError(f"--labels: {getattr(err, 'message', err)}") from None
-    return labeller_of(labels)
+    return labeller_of({canonical_path(k): v for k, v in labels.items()})
 
 
 def _write_comparison(args, ckpts, results, real, labeller=None) -> int:

@@ -5,6 +5,7 @@ failed write means (the callback: a warning and a skipped round, never a crashed
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 from typing import Iterable, Mapping, Optional
@@ -13,7 +14,7 @@ import torch
 
 from lightning_ldam.tensorboard_writes import write_round_to
 
-__all__ = ["write_round", "png_path", "save_png", "is_tensorboard"]
+__all__ = ["write_round", "png_path", "save_png", "is_tensorboard", "check_room", "DISK_RESERVE_BYTES"]
 
 
 def is_tensorboard(logger) -> bool:
@@ -39,6 +40,33 @@ def save_png(image: torch.Tensor, path: str) -> None:
     save_image(image, path)
 
 
+#: Free space a round's write must leave on the disk it writes to: the callback never takes a disk's last bytes,
+#: which the run's own logs and checkpoints need (a full disk would end them, and with them the run).
+DISK_RESERVE_BYTES = 16 * 2 ** 20
+
+
+def check_room(directory: Optional[str], images: Mapping[str, torch.Tensor], scalars: Mapping[str, float]) -> None:
+    """Raise ``OSError(ENOSPC)`` when writing the round under ``directory`` would leave less than
+    :data:`DISK_RESERVE_BYTES` free (the images counted uncompressed, an upper bound of their PNG size)."""
+    if not directory:
+        return
+    path = os.path.abspath(directory)
+    while path and not os.path.exists(path):  # the log directory may not exist yet
+        parent = os.path.dirname(path)
+        path = parent if parent != path else ""
+    try:
+        stats = os.statvfs(path or ".")
+    except (OSError, AttributeError):  # no statvfs (Windows) or no such path: let the write itself say
+        return
+    free = stats.f_bavail * stats.f_frsize
+    needed = sum(img.numel() for img in images.values()) + 64 * len(scalars)
+    if free - needed < DISK_RESERVE_BYTES:
+        raise OSError(errno.ENOSPC, f"writing this round ({needed / 2 ** 10:.0f} KiB) would leave "
+                                    f"{max(free - needed, 0) / 2 ** 20:.1f} MiB free on the disk of {directory}, under "
+                                    f"the {DISK_RESERVE_BYTES / 2 ** 20:.0f} MiB the callback leaves to the run's own "
+                                    f"logs and checkpoints; nothing was written")
+
+
 def write_round(loggers: Iterable, images: Mapping[str, torch.Tensor], scalars: Mapping[str, float], step: int,
                 png_dir: str) -> bool:
     """Write to every logger, scalars before images: TensorBoard gets both (a failed write reopens its writer:
@@ -59,6 +87,7 @@ def write_round(loggers: Iterable, images: Mapping[str, torch.Tensor], scalars: 
         try:
             if is_tensorboard(logger):
                 wrote_images = True
+                check_room(getattr(logger, "log_dir", None), images, scalars)
                 write_round_to(logger.experiment, images, scalars, step)
                 continue
             if hasattr(logger, "log_image"):
@@ -71,6 +100,7 @@ def write_round(loggers: Iterable, images: Mapping[str, torch.Tensor], scalars: 
             errors.append(err)
     if not wrote_images:
         try:
+            check_room(png_dir, images, {})
             for tag, img in images.items():
                 save_png(img, png_path(png_dir, tag, step))
         except Exception as err:

@@ -40,7 +40,7 @@ NOTES = {
                             "an argument you set ({error}); training goes on, rounds will be tried and skipped if they "
                             "fail"),
     "foreign_state": ("warn", "LDAMCallback: the checkpoint holds LDAM state under {keys}, not under this callback's "
-                              "key {key} (other neurons, seed, module or schedule), so this callback starts fresh: no "
+                              "key {mine} (other neurons, seed, module or schedule), so this callback starts fresh: no "
                               "EMA, reservoir, discriminators or round counts are restored. Resume with the same "
                               "arguments to restore them"),
 }

@@ -170,7 +170,8 @@ def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) 
     raise here, before any real work; ``"layer:top8"`` is ranked on the plan's real inputs). ``dry_run`` also
     passes the plan's sampler settings, so that they are checked against this network and input too (two
     steps, one of burn-in for the Langevin methods)."""
-    extra: Dict[str, Any] = {k: v for k, v in plan.sampler_kwargs.items() if k == "spatial"}
+    # spatial ranks "topK" units; init: a target that only real inputs reach needs chains started from them
+    extra: Dict[str, Any] = {k: v for k, v in plan.sampler_kwargs.items() if k in ("spatial", "init")}
     disc_weight = 0.0  # no discriminator is built: the real inputs only rank units
     if dry_run:
         extra = {k: v for k, v in plan.sampler_kwargs.items() if k not in ("burn_in", "disc_warmup", "progress")}

@@ -104,8 +104,9 @@ def _mean_pairwise(flat: torch.Tensor) -> float:
 def _variant_scalars(prefix: str, res: SampleResult, rows: List[int], real: Optional[torch.Tensor],
                      real_spread: Optional[float]) -> Dict[str, float]:
     out = {f"{prefix}/activation": res.activations[rows].mean().item()}
-    spread = res.diversity[rows].mean().item()
-    out[f"{prefix}/diversity"] = spread / real_spread if real_spread else spread
+    if res.activations.shape[1] > 1:  # one chain has no spread to measure: left out, never logged as 0
+        spread = res.diversity[rows].mean().item()
+        out[f"{prefix}/diversity"] = spread / real_spread if real_spread else spread
     if real is not None:
         out[f"{prefix}/realism"] = realism(res.images[rows].flatten(0, 1), real)
     if res.real_activations is not None:
@@ -226,8 +227,8 @@ def metrics_table(scalars: Mapping[str, float]) -> List[Dict[str, object]]:
 
 def write_tensorboard(writer, images: Mapping[str, torch.Tensor], scalars: Mapping[str, float], step: int) -> None:
     """Write ``summarize``'s output with a ``torch.utils.tensorboard.SummaryWriter`` at ``step``."""
+    for tag, value in scalars.items():  # scalars first: a failed image write never costs them
+        writer.add_scalar(tag, value, global_step=step)
     for tag, img in images.items():
         writer.add_image(tag, img, global_step=step)
-    for tag, value in scalars.items():
-        writer.add_scalar(tag, value, global_step=step)
     writer.flush()
