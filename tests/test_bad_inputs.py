@@ -55,6 +55,46 @@ AT_CONSTRUCTION = [
     ("autocast-not-a-dtype", dict(sampler_kwargs={"autocast_dtype": "bf16"}), "sampler_kwargs['autocast_dtype']"),
     pytest.param("cuda-graph-on-cpu", dict(sampler_kwargs={"cuda_graph": True}), "sampler_kwargs['cuda_graph']",
                  marks=no_cuda),
+    # issue #19: values that passed the checks but were wrong, and more of each kind
+    ("superscript-digit", dict(neurons="features.0:²"), "neurons"),
+    ("arabic-indic-digit", dict(neurons="features.0:٣"), "neurons"),
+    ("unicode-digit-range", dict(neurons="features.0:0-²"), "neurons"),
+    ("unicode-digit-pick", dict(neurons="features.0:top²"), "neurons"),
+    ("zero-pick", dict(neurons="features.0:top0"), "neurons"),
+    ("empty-range", dict(neurons="features.0:3-1"), "neurons"),
+    ("word-index", dict(neurons="features.0:first"), "neurons"),
+    ("float-index-list", dict(neurons={"features.0": [0, 1.5]}), "neurons"),
+    ("unknown-layer-setting", dict(neurons={"features.0": {"units": "0", "lambda": 1.0}}), "neurons"),
+    ("settings-without-units", dict(neurons={"features.0": {"disc_weight": 0.0}}), "neurons"),
+    ("neurons-not-a-spec", dict(neurons=3.5), "neurons"),
+    ("seed-past-64-bits", dict(seed=2 ** 70), "seed"),
+    ("negative-seed", dict(seed=-1), "seed"),
+    ("bool-seed", dict(seed=True), "seed"),
+    ("nan-mean", dict(normalize=(float("nan"), 0.2)), "normalize"),
+    ("inf-mean", dict(normalize=(float("inf"), 0.2)), "normalize"),
+    ("inf-std", dict(normalize=(0.5, float("inf"))), "normalize"),
+    ("nan-std", dict(normalize=(0.5, float("nan"))), "normalize"),
+    ("normalize-not-a-pair", dict(normalize=(0.5, 0.2, 0.1)), "normalize"),
+    ("nan-range", dict(value_range=(float("nan"), 1.0)), "value_range"),
+    ("one-value-range", dict(value_range=(0.5,)), "value_range"),
+    ("nan-lambda", dict(disc_weight=float("nan")), "disc_weight"),
+    ("inf-overhead", dict(max_overhead=float("inf")), "max_overhead"),
+    ("string-chains", dict(chains="8"), "chains"),
+    ("bool-chains", dict(chains=True), "chains"),
+    ("float-reservoir", dict(reservoir_size=2.5), "reservoir_size"),
+    ("nan-decay", dict(ema_decay=float("nan")), "ema_decay"),
+    ("negative-decay", dict(ema_decay=-0.1), "ema_decay"),
+    ("negative-shape", dict(input_shape=(1, -12, 12)), "input_shape"),
+    ("every-schedule-off", dict(every_n_epochs=None, on_fit_end=False),
+     "every_n_epochs/every_n_train_steps/on_fit_end/during_validation"),
+    ("aliases-share-a-name", dict(layer_aliases={"features.0": "x", "classifier.2": "x"}), "layer_aliases"),
+    ("alias-with-slash", dict(layer_aliases={"features.0": "a/b"}), "layer_aliases"),
+    ("labels-not-a-list", dict(labels={"classifier.2": "abc"}), "labels"),
+    ("sampler-kwargs-a-list", dict(sampler_kwargs=[("method", "mala")]), "sampler_kwargs"),
+    ("negative-progress", dict(sampler_kwargs={"progress": -1}), "sampler_kwargs['progress']"),
+    ("tensor-init", dict(sampler_kwargs={"init": torch.zeros(1, SIZE, SIZE)}), "sampler_kwargs['init']"),
+    ("mala-with-schedule", dict(sampler_kwargs={"method": "mala", "schedule": "cosine"}),
+     "sampler_kwargs['schedule']"),
 ]
 
 
@@ -83,6 +123,15 @@ BEFORE_THE_FIRST_STEP = [
     ("uint8-batches", dict(input_key=0), _uint8_loader, "input_key", "convert them to float"),
     ("normalize-vs-data", dict(normalize=((0.5, 0.5, 0.5), (0.2, 0.2, 0.2))), loader, "normalize", "channels"),
     ("box-misses-the-data", dict(value_range=(0.0, 0.5)), loader, "value_range", "outside value_range"),
+    # issue #19
+    ("reservoir-past-memory", dict(reservoir_size=10 ** 9), loader, "reservoir_size", "GiB of host memory"),
+    ("labels-for-no-layer", dict(labels={"classifier.9": ["a"]}), loader, "labels", "not a module"),
+    ("alias-for-no-layer", dict(layer_aliases={"featurs.0": "conv"}), loader, "layer_aliases", "Close matches"),
+    ("alias-takes-a-sampled-name", dict(layer_aliases={"classifier.2": "features.0"}), loader, "layer_aliases",
+     "would both write"),
+    ("index-past-the-tuple", dict(input_key=5), loader, "input_key", "cannot read"),
+    ("lambda-on-a-layer-past-range", dict(neurons={"classifier.2": {"units": [9], "disc_weight": 0.0}}), loader,
+     "neurons", "out of range"),
 ]
 
 
@@ -98,6 +147,36 @@ def test_bad_arguments_raise_before_the_first_optimizer_step(tmp_path, case, ove
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
-def test_the_table_holds_at_least_25_distinct_bad_inputs():
-    ids = [getattr(c, "values", c)[0] for c in AT_CONSTRUCTION + BEFORE_THE_FIRST_STEP]
-    assert len(set(ids)) == len(ids) >= 25
+def test_a_message_never_prints_a_whole_tensor():
+    big = torch.rand(3, 224, 224)
+    with pytest.raises(LDAMArgumentError) as info:
+        LDAMCallback(NEURONS, **{**FAST, "sampler_kwargs": {"init": big}})
+    assert "a tensor of shape (3, 224, 224) and dtype torch.float32" in str(info.value) and len(str(info.value)) < 200
+
+
+class SharedReLU(TinyModule):
+    """One ReLU module used twice in forward, as torchvision's ResNet blocks use theirs."""
+
+    def __init__(self):
+        super().__init__(dropout=0.0)
+        self.act = torch.nn.ReLU()
+
+    def forward(self, x):
+        h = self.act(self.features[0](x))
+        return self.classifier(self.act(self.features[1](h)))
+
+
+def test_a_module_called_twice_per_forward_is_refused_naming_its_calls(tmp_path):
+    cb = LDAMCallback("act:0", **FAST)
+    module = SharedReLU()
+    with pytest.raises(LDAMArgumentError) as info:
+        make_trainer(tmp_path, [cb]).fit(module, loader())
+    assert info.value.argument == "neurons" and "'act' 2 times" in str(info.value)
+    assert module.seen == []
+
+
+def test_the_table_holds_at_least_60_distinct_bad_inputs():
+    from test_run_never_ends import MODEL_LIMITS
+
+    ids = [getattr(c, "values", c)[0] for c in AT_CONSTRUCTION + BEFORE_THE_FIRST_STEP + MODEL_LIMITS]
+    assert len(set(ids)) == len(ids) >= 60

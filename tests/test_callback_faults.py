@@ -80,6 +80,25 @@ def test_a_logger_whose_log_image_raises_costs_one_round_not_the_run(tmp_path):
     assert [m["ldam/failed_rounds"] for m in logger.metrics if "ldam/failed_rounds" in m][-1] == 1.0
 
 
+def test_a_failed_image_write_keeps_the_rounds_scalars_and_the_failure_count_reaches_the_logger(tmp_path):
+    logger = FlakyImageLogger(failures=1)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, **FAST)
+    _run(tmp_path, cb, logger=logger)
+    rounds = [m for m in logger.metrics if "ldam/raw/features.0/activation" in m]
+    assert len(rounds) == 2  # step 2's scalars went out before its images failed, then step 4's
+    counts = [m["ldam/failed_rounds"] for m in logger.metrics]
+    assert counts == [0.0, 1.0, 1.0]  # step 2's round, the count written after its failure, step 4's round
+
+
+def test_one_chain_logs_no_diversity_rather_than_zero(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, **{**FAST, "chains": 1})
+    trainer, _, failures = _run(tmp_path, cb, logger=logger)
+    assert not failures and cb._rounds == 2
+    tags = set(events(logger.log_dir).Tags()["scalars"])
+    assert "ldam/raw/features.0/activation" in tags and not any(t.endswith("/diversity") for t in tags)
+
+
 def test_a_full_disk_warns_once_and_training_finishes(tmp_path, monkeypatch):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, **FAST)

@@ -656,3 +656,15 @@ def test_compare_prints_and_writes_the_metrics_table(ckpts, tmp_path, capsys):
     md = (out_dir / "metrics.md").read_text()
     assert md.splitlines()[0].startswith("| layer | variant | lift | realism |") and md.strip() in out
     assert "drift" not in md.splitlines()[0] and "retention" not in md.splitlines()[0]  # empty columns left out
+
+
+def test_labels_for_a_layer_the_model_lacks_fail_before_any_sampling(ckpts, tmp_path, capsys, monkeypatch):
+    import lightning_ldam.rounds as rounds
+
+    calls = []
+    real = rounds.sample
+    monkeypatch.setattr(rounds, "sample", lambda *a, **k: calls.append(k.get("steps")) or real(*a, **k))
+    code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--labels", '{"fcc": ["zero", "one"]}',
+                          "--out", tmp_path / "out", *FAST)
+    assert code == 2 and "--labels" in err and "'fcc'" in err and "Close matches" in err, err
+    assert all(s in (1, 2) for s in calls), calls  # only the 1-step target check ran: no sampling call
