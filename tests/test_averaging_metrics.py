@@ -6,6 +6,8 @@ consecutive rounds identical (drift exactly 0); training moves both.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -150,3 +152,25 @@ def test_labels_and_aliases_name_the_tags_and_rows(tmp_path):
     assert {"ldam/raw/logits", "ldam/compare/logits", "ldam/divergence/ema/logits",
             "ldam/health/logits/dead"} <= tags
     assert not any("classifier.2" in t for t in tags)
+
+
+def test_transfer_reads_each_variants_unit_on_the_other_variants_samples():
+    """A constructed pair: the 'ema' network's logit 0 is raw's negated. Raw's samples push raw's unit up, so the
+    negated unit reads them far below its real-input mean (and the other way round): transfer < 0 both ways. Read on
+    its own samples a unit always transfers 1; read across, this pair cannot."""
+    from lightning_ldam.rounds import RoundPlan, Variant, sample_variants
+
+    torch.manual_seed(0)
+    raw = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    neg = copy.deepcopy(raw)
+    with torch.no_grad():
+        neg[1].weight.neg_()
+        neg[1].bias.neg_()
+    real = torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    plan = RoundPlan([Variant("raw", raw), Variant("ema", neg)], "1:0", (1, 4, 4), (0.0, 1.0), chains=4, steps=40,
+                     real=real, disc_weight=0.0, normalize=None, seed=0, device=torch.device("cpu"))
+    results = sample_variants(plan)
+    assert torch.equal(results["ema"].cross_activations["raw"],
+                       -results["raw"].activations)  # raw's samples, read by the negated unit
+    _, scalars = summarize(results, real=real)
+    assert scalars["ldam/transfer/ema/1"] < -0.5, scalars["ldam/transfer/ema/1"]

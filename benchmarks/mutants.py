@@ -1,0 +1,177 @@
+"""Mutation check: realistic one-line bugs, each of which some test must catch.
+
+Each mutant is one textual replacement in one module. The package and the tests are copied to a scratch folder,
+the mutant is applied there (the checkout is never touched), and pytest runs the mutant's test files with ``-x``;
+a mutant is *killed* when a test fails, and the first failing test is recorded. A mutant that survives its files
+is run against the whole suite before it is reported as surviving.
+
+    python benchmarks/mutants.py            # every mutant, prints the table
+    python benchmarks/mutants.py --write    # and writes it into benchmarks/README.md (MUTANTS)
+    python benchmarks/mutants.py --only ema-decay-flipped
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    what: str
+    module: str  # path under lightning_ldam/
+    old: str
+    new: str
+    tests: Tuple[str, ...]  # test files to run first
+
+
+MUTANTS = [
+    # issue #19's list
+    Mutant("ema-decay-flipped", "the own EMA weighs the new weights by decay, not 1 - decay", "averaging.py",
+           "[current[i] for i in floats], 1.0 - self.decay)", "[current[i] for i in floats], self.decay)",
+           ("tests/test_averaging.py",)),
+    Mutant("reservoir-never-replaces", "once full, the reservoir keeps its first inputs", "reservoir.py",
+           "            while self._next < end:", "            while False:", ("tests/test_reservoir.py",)),
+    Mutant("nan-rows-admitted", "rows with NaN/Inf enter the reservoir", "reservoir.py",
+           "    return None if rows.numel() == inputs.shape[0] else rows", "    return None",
+           ("tests/test_reservoir.py", "tests/test_callback_faults.py")),
+    Mutant("budget-inverted", "a round is skipped when it fits the budget", "callback.py",
+           "estimate > self._budget.allowance()", "estimate < self._budget.allowance()",
+           ("tests/test_budget.py", "tests/test_callback.py")),
+    Mutant("dry-run-skipped", "the first batch is not tried before its optimizer step", "callback.py",
+           "            if self._collect(batch, first=True):\n                self._dry_run(pl_module)",
+           "            if self._collect(batch, first=True):\n                self._checked = True",
+           ("tests/test_bad_inputs.py",)),
+    Mutant("compare-seed-ignored", "`lightning-ldam compare --seed` samples with seed 0", "cli.py",
+           "seed=args.seed, device=inputs.device", "seed=0, device=inputs.device", ("tests/test_cli.py",)),
+    Mutant("transfer-wrong-variant", "raw's unit is read on raw's own samples instead of the averaged ones",
+           "rounds.py", 'results["raw"].cross_activations[name] = read("raw", results[name].images)',
+           'results["raw"].cross_activations[name] = read("raw", results["raw"].images)',
+           ("tests/test_averaging_metrics.py",)),
+    Mutant("health-dead-inverted", "a unit that varies is called dead", "metrics.py",
+           "    dead = finite & (hi == lo)", "    dead = finite & (hi != lo)", ("tests/test_averaging_metrics.py",)),
+    Mutant("state-drops-discriminators", "the checkpoint state leaves out the warm discriminators", "callback.py",
+           '"discriminators": self._discs.state_dict(),', '"discriminators": {},', ("tests/test_callback.py",)),
+    Mutant("ddp-gather-drops-rank-1", "rank 0 merges its own shard only", "rounds.py",
+           "merge_shards([g[0].get(name) for g in gathered])", "merge_shards([g[0].get(name) for g in gathered[:1]])",
+           ("tests/test_callback_ddp.py",)),
+    Mutant("transfer-on-own-samples", "the averaged unit is read on its own samples instead of raw's", "rounds.py",
+           'results[name].cross_activations["raw"] = read(name, results["raw"].images)',
+           'results[name].cross_activations["raw"] = read(name, results[name].images)',
+           ("tests/test_averaging_metrics.py",)),
+    # this change's own mechanisms
+    Mutant("writer-not-reopened", "a failed TensorBoard write leaves the broken writer in place", "tensorboard_writes.py",
+           "        reopen(writer, committed)\n", "        pass\n", ("tests/test_run_never_ends.py",)),
+    Mutant("no-disk-reserve", "the callback writes to a disk's last bytes", "outputs.py",
+           "    if free - needed < DISK_RESERVE_BYTES:", "    if False:", ("tests/test_run_never_ends.py",)),
+    Mutant("shape-change-admitted", "a batch of another image size goes into the reservoir", "reservoir.py",
+           "        elif tuple(inputs.shape[1:]) != shape:", "        elif False:", ("tests/test_run_never_ends.py",)),
+    Mutant("batch-errors-escape", "an unreadable late batch ends the run", "callback.py",
+           "        except LDAMArgumentError as err:\n            if first and argument_given",
+           "        except ImportError as err:\n            if first and argument_given",
+           ("tests/test_run_never_ends.py",)),
+    Mutant("every-argument-blamed", "the first-batch trial fails the run for arguments the user never set",
+           "callback_settings.py", "    return root in given", "    return True", ("tests/test_run_never_ends.py",)),
+    Mutant("state-key-from-repr", "the state key is the spec's repr (a set's order follows the hash seed)",
+           "callback.py", "neurons=spec_key(s.neurons)", "neurons=repr(s.neurons)", ("tests/test_run_never_ends.py",)),
+    Mutant("snapshot-stays-compiled", "snapshots keep torch.compile's wrappers", "snapshot.py",
+           "    copied = eager(copied)\n", "", ("tests/test_run_never_ends.py",)),
+    Mutant("batch-of-one-unpadded", "a batch of one reaches a model that needs batch statistics", "capture.py",
+           "    single = x.shape[0] == 1\n", "    single = False\n", ("tests/test_run_never_ends.py",)),
+    Mutant("nan-mean-accepted", "normalize=(nan, std) passes the checks", "_validation.py",
+           "    if not bool(torch.isfinite(mean).all()):", "    if False:", ("tests/test_bad_inputs.py",)),
+    Mutant("seed-range-unchecked", "seeds past 64 bits reach torch.Generator", "_validation.py",
+           "    if not 0 <= value <= SEED_MAX:", "    if False:", ("tests/test_bad_inputs.py",)),
+    Mutant("unicode-digits-accepted", "str.isdigit() lets '²' through to int()", "targets.py",
+           "all(p.isascii() and p.isdigit() for p in parts)", "all(p.isdigit() for p in parts)",
+           ("tests/test_bad_inputs.py",)),
+    Mutant("shared-module-read", "a module called twice per forward is read at its first call", "sampler.py",
+           "    repeated = {p: n for p, n in calls.items() if n > 1}", "    repeated = {}", ("tests/test_bad_inputs.py",)),
+]
+
+
+def _copy_tree(dest: str) -> None:
+    for name in ("lightning_ldam", "tests", "benchmarks", "examples"):
+        shutil.copytree(os.path.join(ROOT, name), os.path.join(dest, name),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.png", "runs"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), dest)
+
+
+def _pytest(dest: str, targets: List[str], timeout: int) -> Tuple[bool, Optional[str], float]:
+    """``(killed, first failing test, seconds)``."""
+    env = {**os.environ, "PYTHONPATH": dest, "PYTHONDONTWRITEBYTECODE": "1"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *targets], cwd=dest,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - started
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, flags=re.M)
+    if done.returncode not in (0, 1) and not failed:
+        raise RuntimeError(f"pytest exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return done.returncode != 0, (failed[0] if failed else None), seconds
+
+
+def run(mutant: Mutant, timeout: int = 1500) -> Tuple[str, Optional[str], float]:
+    with tempfile.TemporaryDirectory(prefix="ldam-mutant-") as dest:
+        _copy_tree(dest)
+        path = os.path.join(dest, "lightning_ldam", mutant.module)
+        with open(path) as f:
+            source = f.read()
+        if source.count(mutant.old) != 1:
+            raise RuntimeError(f"{mutant.name}: the line to mutate occurs {source.count(mutant.old)} times in "
+                               f"{mutant.module}, expected once")
+        with open(path, "w") as f:
+            f.write(source.replace(mutant.old, mutant.new))
+        probe = subprocess.run([sys.executable, "-c", "import lightning_ldam, sys; print(lightning_ldam.__file__)"],
+                               cwd=dest, env={**os.environ, "PYTHONPATH": dest}, capture_output=True, text=True)
+        if not probe.stdout.strip().startswith(dest):
+            raise RuntimeError(f"the mutated copy is not the one imported: {probe.stdout} {probe.stderr}")
+        killed, test, seconds = _pytest(dest, list(mutant.tests), timeout)
+        if not killed:  # its own files missed it: the whole suite gets a chance before it is called a survivor
+            killed, test, more = _pytest(dest, ["tests"], timeout)
+            seconds += more
+        return ("killed" if killed else "SURVIVED"), test, seconds
+
+
+def table(rows) -> str:
+    lines = ["| mutant | the bug | result | first test that fails | s |", "|---|---|---|---|---|"]
+    for mutant, (result, test, seconds) in rows:
+        where = f"`{test}`" if test else "—"
+        lines.append(f"| `{mutant.name}` ({mutant.module}) | {mutant.what} | {result} | {where} | {seconds:.0f} |")
+    killed = sum(r == "killed" for _, (r, _, _) in rows)
+    return "\n".join(lines) + f"\n\n{killed} of {len(rows)} mutants killed.\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="mutant names (default: all)")
+    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/README.md")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    rows = []
+    for mutant in chosen:
+        rows.append((mutant, run(mutant)))
+        result, test, seconds = rows[-1][1]
+        print(f"{mutant.name}: {result} ({test}, {seconds:.0f} s)", flush=True)
+    text = table(rows)
+    print(text)
+    if args.write:
+        from readme_tables import write_section
+
+        write_section(text, "MUTANTS", "Mutation check (`benchmarks/mutants.py`)")
+    return 0 if all(r == "killed" for _, (r, _, _) in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
