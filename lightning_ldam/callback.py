@@ -4,7 +4,9 @@ The callback only orchestrates: it snapshots the network (raw weights and averag
 reservoir of real inputs, runs one round (:mod:`lightning_ldam.rounds`, shared with the CLI) and logs what
 comes back. It never changes the training it watches: snapshots are frozen copies, the reservoir and the
 sampler draw from private generators, and nothing touches the optimizer, gradients or modes of the live
-model. Nothing a round does can end the run: a failed round is a warning, counted in ``ldam/failed_rounds``.
+model, and its compiled code never sees a snapshot. Nothing it does can end the run: a failed round is a warning
+counted in ``ldam/failed_rounds``, a batch it cannot keep is skipped and counted in ``ldam/skipped_batches``, and
+the first-batch trial fails the run only for an argument the user set.
 """
 from __future__ import annotations
 

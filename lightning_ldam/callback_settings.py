@@ -2,8 +2,9 @@
 
 Everything that can be checked without the model or a batch is checked here, so a bad argument fails
 when the callback is built, before ``fit``. The rest (neuron indices, ``input_shape`` and ``input_key`` against
-the batches, the sampler settings against the network) is checked by a one-step dry run on the first training
-batch, before its optimizer step (:meth:`LDAMCallback.on_train_batch_start`).
+the batches, the sampler settings against the network) is checked by a two-step dry run on the first training
+batch, before its optimizer step (:meth:`LDAMCallback.on_train_batch_start`). An error there ends the run only
+when it names an argument the user set (:func:`argument_given`); the callback meets the others with a fallback.
 """
 from __future__ import annotations
 
@@ -206,7 +207,7 @@ def check_sampler_kwargs(kwargs: Optional[Dict[str, Any]], steps: Optional[int],
 
 
 def check_on_first_batch(network, plan: RoundPlan, settings: CallbackSettings, seen_shape) -> list:
-    """The checks that need the model and a batch: ``input_shape`` against the batch, then a one-chain, two-step
+    """The checks that need the model and a batch: ``input_shape`` against the batch, then a two-chain, two-step
     dry run of the round's sampler settings on this network and these real inputs (neuron paths and indices,
     ``normalize``'s channels, the value box, the sampler keywords). Returns the resolved ``(layer, index)`` pairs.
     """
