@@ -26,6 +26,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_ldam.callback import LDAMCallback
 from test_callback import FAST, NEURONS, SIZE, TinyModule, assert_same, clone_state, events, fit
+from test_callback_faults import Tabular as FaultsTabular
+from test_callback_faults import _tabular_loader
 
 pytestmark = pytest.mark.usefixtures("lightning_env")
 EVERY_2 = dict(every_n_train_steps=2, every_n_epochs=None)
@@ -210,30 +212,15 @@ def test_a_write_that_fills_the_disk_leaves_lightnings_writer_working(full_disk,
 
 
 # ---- limits of a valid model: a fallback and one warning -------------------------------------------------------------
-class Tabular(pl.LightningModule):
-    """An MLP on 8 features; ``norm=True`` puts a BatchNorm without running statistics in it (batch statistics even
+class Tabular(FaultsTabular):
+    """The MLP on 10 features; ``norm=True`` puts a BatchNorm without running statistics in it (batch statistics even
     in eval mode: it refuses a batch of one)."""
 
     def __init__(self, norm: bool = False):
         super().__init__()
-        middle = nn.BatchNorm1d(16, track_running_stats=False) if norm else nn.Identity()
-        self.net = nn.Sequential(nn.Linear(8, 16), middle, nn.ReLU(), nn.Linear(16, 3))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def _tabular():
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.rand(16, 8, generator=g), torch.randint(3, (16,), generator=g)),
-                      batch_size=4)
+        if norm:
+            self.net = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.ReLU(),
+                                     nn.Linear(16, 3))
 
 
 class Brightness(TinyModule):
@@ -267,8 +254,8 @@ class RefusesProbes(TinyModule):
 #: (id, module factory, loader factory, LDAMCallback overrides, the one warning's phrase). Every argument the user
 #: set is fine: each limit is the model's. The run completes, bitwise as without the callback, with one warning.
 MODEL_LIMITS = [
-    ("tabular-at-default-lambda", Tabular, _tabular, dict(neurons="net.3:0-1"), "not images"),
-    ("batch-statistics-refuse-one", lambda: Tabular(norm=True), _tabular,
+    ("tabular-at-default-lambda", Tabular, _tabular_loader, dict(neurons="net.2:0-1"), "not images"),
+    ("batch-statistics-refuse-one", lambda: Tabular(norm=True), _tabular_loader,
      dict(neurons="net.3:0", chains=1, disc_weight=0.0), None),
     ("branch-noise-never-reaches", Brightness, _dark_images, dict(neurons="head:0-1"), "never reach ['head']"),
     ("model-refuses-the-probe-batch", RefusesProbes, None, dict(), "limit of the model"),
