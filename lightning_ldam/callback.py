@@ -40,7 +40,7 @@ from lightning_ldam.rounds import (RoundPlan, WarmDiscriminators, fixed_spec, pl
 from lightning_ldam.snapshot import snapshot
 from lightning_ldam.summaries import summarize, unhealthy_units
 from lightning_ldam.targets import NeuronSpec, spec_key
-from lightning_ldam.variants import find_variants, is_averager
+from lightning_ldam.variants import Source, find_variants, is_averager
 
 __all__ = ["LDAMCallback", "AVERAGING"]
 
@@ -83,6 +83,7 @@ class LDAMCallbackLogic:
         self._discs = WarmDiscriminators()
         self._report = RoundReporter(self._rank_zero_info, self._rank_zero_warn)
         self._rounds = self._skipped = self._skipped_batches = 0
+        self._averaged: Dict[str, int] = {}  # this round's averaged variants: updates or snapshots each holds
         self._fallbacks: Dict[str, Any] = {}  # sampler settings the first batch found the model needs (init="data")
         self._last_sampled_step = self._last_ema_step = self._last_skipped_step = -1
         self._averagers: list = []
@@ -93,7 +94,7 @@ class LDAMCallbackLogic:
         self._at_train_end = False
         self._fit_rounds = 0  # rounds of this fit (a resumed run measures its first round again)
         self._collected_early = False
-        self._round_sources: Optional[Dict[str, Tuple[nn.Module, bool]]] = None
+        self._round_sources: Optional[Dict[str, Source]] = None
         self._previous: Dict[str, torch.Tensor] = {}  # the last round's images per variant (drift)
         self._fixed: list = []  # the neurons every round samples, fixed at the first round
 
@@ -267,10 +268,11 @@ class LDAMCallbackLogic:
         device, real = self._device(pl_module), self._real()
         sources = self._variant_sources(trainer, pl_module)
         return {name: prepare_network(snapshot(module, device), refresh, real, self.settings.normalize)
-                for name, (module, refresh) in sources.items()}
+                for name, (module, refresh, _) in sources.items()}
 
-    def _variant_sources(self, trainer, pl_module) -> Dict[str, Tuple[nn.Module, bool]]:
-        """``{name: (uncopied network, refresh BN)}``, found once per round (its budget check and copies share it)."""
+    def _variant_sources(self, trainer, pl_module) -> Dict[str, Source]:
+        """``{name: (uncopied network, refresh BN, count averaged)}``, found once per round (its budget check, copies
+        and counts share it)."""
         if self._round_sources is None:
             return find_variants(self.network, pl_module, self._averagers, self._ema, trainer,
                                  self._at_train_end and self._raw_gone_at_end, self._report.info_once)
@@ -303,7 +305,8 @@ class LDAMCallbackLogic:
         started, plan, done = time.perf_counter(), None, False
         try:
             self._round_sources = self._variant_sources(trainer, pl_module)
-            plan = self._plan({n: m for n, (m, _) in self._round_sources.items()})  # settled once, on the originals
+            plan = self._plan({n: m for n, (m, _, _) in self._round_sources.items()})  # settled once, on the originals
+            averaged = {n: c for n, (_, _, c) in self._round_sources.items() if n != "raw"}
             if budgeted and self._over_budget(trainer, plan):
                 self._skipped, self._last_skipped_step = self._skipped + 1, step
                 return
@@ -313,6 +316,7 @@ class LDAMCallbackLogic:
             self._report.announce(step, plan.describe(len(self._resolved) or None), len(plan.variants), plan.steps)
             results = self._sample(trainer, plan)
             if trainer.is_global_zero and results:
+                self._averaged = averaged
                 self._log(trainer, results, time.perf_counter() - started)
             done = True
         except Exception as err:  # a failed round must never end the user's training run
@@ -368,6 +372,8 @@ class LDAMCallbackLogic:
         images, scalars = summarize(results, s.upscale, real=self._real(), previous=self._previous,
                                     labels=s.labeller(), aliases=s.layer_aliases)
         scalars.update(self._counts())
+        # how many updates or snapshots each averaged variant holds (an average of 2 is not one of 200)
+        scalars.update({f"ldam/{name}/averaged": float(count) for name, count in self._averaged.items()})
         self._write(trainer, images, scalars, trainer.global_step)
         self._report.done(trainer.global_step, results, seconds)
         self._report.health(trainer.global_step, unhealthy_units(results))

@@ -11,9 +11,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from torch import nn
 
-__all__ = ["averager_kind", "is_averager", "find_variants"]
+__all__ = ["averager_kind", "is_averager", "find_variants", "MIN_AVERAGED", "Source"]
 
-Source = Tuple[nn.Module, bool]  # (network, recompute BatchNorm statistics before sampling)
+#: (network, recompute BatchNorm statistics before sampling, updates or snapshots averaged: 0 for raw)
+Source = Tuple[nn.Module, bool, int]
+#: An average of fewer snapshots than this is one set of weights, not an average: it is not sampled.
+MIN_AVERAGED = 2
 
 
 def _class_names(obj: Union[str, object]) -> List[str]:
@@ -64,14 +67,15 @@ def is_averager(cb: object) -> bool:
     return averager_kind(cb) is not None
 
 
-def in_swa_bn_epoch(cb: object, trainer: Any) -> bool:
-    """Whether ``StochasticWeightAveraging`` is in its extra epoch that recomputes BN statistics (the module then
-    holds the averaged weights)."""
+def holds_swa_average(cb: object, trainer: Any) -> bool:
+    """Whether ``StochasticWeightAveraging`` has copied its average into the module: on a model with BatchNorm it does
+    so when its extra batch-norm epoch starts (epoch ``swa_end + 1``) and the module keeps it from then on, through
+    ``on_train_end`` (by which time the trainer has counted that epoch: ``current_epoch`` is ``swa_end + 2``)."""
     if "StochasticWeightAveraging" not in _class_names(cb):
         return False
     max_epochs = getattr(cb, "_max_epochs", -1)
     return bool(getattr(cb, "_model_contains_batch_norm", False)) and max_epochs not in (-1, None) \
-        and trainer.current_epoch == max_epochs
+        and trainer.current_epoch >= max_epochs  # swa_end + 1 = max_epochs
 
 
 def _averaged(cb: object) -> Tuple[Optional[nn.Module], int, bool]:
@@ -92,7 +96,11 @@ def _averaged(cb: object) -> Tuple[Optional[nn.Module], int, bool]:
 def find_variants(network: Callable[[nn.Module], nn.Module], pl_module: nn.Module, averagers: List[object],
                   own_ema: Optional[Any], trainer: Any, raw_gone: bool,
                   note: Callable[[str, str], None]) -> Dict[str, Source]:
-    """What a round would sample, uncopied: ``{name: (network, refresh BatchNorm statistics)}``.
+    """What a round would sample, uncopied: ``{name: (network, refresh BatchNorm statistics, count averaged)}``.
+
+    ``raw`` is left out whenever the module holds an average (SWA's batch-norm epoch and after; the fit end after an
+    averager that copied its average in); an average of fewer than :data:`MIN_AVERAGED` updates or snapshots is
+    left out, with one note.
 
     Args:
         network: maps a LightningModule (the live one or an averaged copy) to the network LDAM runs.
@@ -103,30 +111,35 @@ def find_variants(network: Callable[[nn.Module], nn.Module], pl_module: nn.Modul
         raw_gone: an averager already copied its average into the module (the fit-end round has no raw).
         note: ``note(key, message)``: an informational message, shown once per key.
     """
-    if any(in_swa_bn_epoch(cb, trainer) for cb in averagers):
-        note("swa_bn", "LDAMCallback: StochasticWeightAveraging's batch-norm epoch runs on the averaged weights: "
-                       "this round logs them as 'swa' and has no 'raw'")
-        return {"swa": (network(pl_module), False)}
+    holder = next((cb for cb in averagers if holds_swa_average(cb, trainer)), None)
+    if holder is not None:
+        note("swa_bn", "LDAMCallback: StochasticWeightAveraging has copied its average into the model (its batch-norm "
+                       "epoch and after): rounds from now on log it as 'swa' and have no 'raw'")
+        return {"swa": (network(pl_module), False, _averaged(holder)[1])}
     out: Dict[str, Source] = {}
     if raw_gone:
         note("raw_gone", "LDAMCallback: an averaging callback already copied the averaged weights into the model, "
                          "so the fit-end round has no raw weights; list LDAMCallback before it in callbacks=[...] "
                          "to log both")
     else:
-        out["raw"] = (network(pl_module), False)
+        out["raw"] = (network(pl_module), False, 0)
     if own_ema is not None:
-        if int(own_ema.n_averaged) > 0:
-            out["ema"] = (own_ema.module, False)
+        count = int(own_ema.n_averaged)
+        if count >= MIN_AVERAGED:
+            out["ema"] = (own_ema.module, False, count)
         else:
-            note("ema", "LDAMCallback: the EMA has no update yet; sampling raw weights only")
+            note("ema", f"LDAMCallback: the EMA holds {count} update(s), under {MIN_AVERAGED}; it is sampled once it "
+                        f"averages {MIN_AVERAGED}")
     for cb in averagers:
         name = averager_kind(cb)
         module, count, buffers = _averaged(cb)
-        if module is None or count == 0:
-            note(name, f"LDAMCallback: {type(cb).__name__} has no averaged weights yet; skipped")
+        if module is None or count < MIN_AVERAGED:
+            note(name, f"LDAMCallback: {type(cb).__name__}'s average holds {count} snapshot(s) or update(s), under "
+                       f"{MIN_AVERAGED} (one set of weights is no average); '{name}' is sampled once it holds "
+                       f"{MIN_AVERAGED}")
             continue
         while name in out:
             name += "+"
         # Parameters only averaged: BN statistics of the copy's creation would not match them.
-        out[name] = (network(module), not buffers)
+        out[name] = (network(module), not buffers, count)
     return out

@@ -512,7 +512,8 @@ def test_tensorboard_tags_counts_steps_and_sizes(tmp_path, no_failed_rounds):
                         for s in ("activation", "diversity", "realism", "lift", "disc_score")} | {
         f"ldam/health/{layer}/{kind}" for layer in layers for kind in ("dead", "undriven", "saturated")} | {
         f"ldam/divergence/ema/{layer}" for layer in layers} | {
-        "ldam/nonfinite_resets", "ldam/failed_rounds", "ldam/nonfinite_inputs", "ldam/skipped_batches"}
+        "ldam/nonfinite_resets", "ldam/failed_rounds", "ldam/nonfinite_inputs", "ldam/skipped_batches",
+        "ldam/ema/averaged"}
     drift = {f"ldam/drift/{v}/{layer}" for v in ("raw", "ema") for layer in layers}
     # transfer and retention need a driven unit (lift >= 0.5): 3 steps drive the conv channels, not logit 1
     across = {"ldam/transfer/ema/features.0", "ldam/retention/raw/features.0", "ldam/retention/ema/features.0"}
@@ -651,7 +652,8 @@ def test_lightning_ema_variant_includes_the_current_step(tmp_path, no_failed_rou
     averager = EMAWeightAveraging(decay=0.5)
     cb = AverageCount(NEURONS, every_n_train_steps=1, every_n_epochs=None, disc_weight=0.0, **FAST)
     fit(tmp_path, [averager, cb], max_steps=3)
-    assert cb.counts == [(s, s, ["ema", "raw"]) for s in (1, 2, 3)]
+    # step 1: the average holds one update, no average yet: raw only
+    assert cb.counts == [(1, 1, ["raw"])] + [(s, s, ["ema", "raw"]) for s in (2, 3)]
 
 
 def test_on_fit_end_round_samples_the_raw_weights_alongside_ema_weight_averaging(tmp_path, no_failed_rounds):
@@ -706,7 +708,7 @@ def test_snapshots_are_isolated_and_freed(tmp_path, monkeypatch, no_failed_round
     cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, disc_weight=0.0, **FAST)
     trainer, live = fit(tmp_path, [cb], module=module, max_steps=4)
     assert cb._rounds == 4 and live._trainer is trainer
-    assert len(taken) == 1 + 4 * 2  # the first-batch target check, then raw and ema in every round
+    assert len(taken) == 1 + 1 + 3 * 2  # the first-batch target check, raw at step 1 (one EMA update), then both
     assert sum(t["of_live"] for t in taken) == 1 + 4
     for t in taken:
         assert not t["shares_storage"] and not t["requires_grad"] and not t["training"]

@@ -49,8 +49,9 @@ def _params(state):
 def test_swa_variant_has_averaged_params_and_refreshed_bn_statistics(swa_run):
     cb, _, _ = swa_run
     during = [r for r in cb.seen_variants if r["epoch"] < 3]
-    assert [r["step"] for r in during] == [4, 8, 12] and all(set(r["variants"]) == {"raw", "swa"} for r in during)
-    for r in during:
+    assert [r["step"] for r in during] == [4, 8, 12]
+    assert [set(r["variants"]) for r in during] == [{"raw"}, {"raw", "swa"}, {"raw", "swa"}]
+    for r in during[1:]:
         swa_state, stale = r["variants"]["swa"], clone_state(r["swa_copy"])
         for k, v in _params(swa_state).items():
             assert torch.equal(v, stale[k]), k  # parameters: exactly SWA's average
@@ -95,3 +96,33 @@ def test_refresh_batchnorm_without_batchnorm_is_a_no_op():
     before = clone_state(net)
     refresh_batchnorm(net, torch.rand(4, 1, 12, 12))
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_the_fit_end_round_after_swas_batchnorm_epoch_logs_no_raw(tmp_path, no_failed_rounds):
+    """SWA copies its average into the module when its batch-norm epoch starts, and the module keeps it: the fit-end
+    round (after that epoch, when the trainer already counts it) must log it as 'swa', never as 'raw'."""
+    swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)
+    cb = SWALog(NEURONS, every_n_epochs=None, every_n_train_steps=5, swa=swa, disc_weight=0.0, **FAST)
+    trainer, module = fit(tmp_path, [cb, swa], max_epochs=3, max_steps=-1)
+    assert [r["step"] for r in cb.seen_variants] == [5, 10, 13]  # the batch-norm epoch counts one step
+    assert set(cb.seen_variants[1]["variants"]) == {"raw", "swa"}
+    last = cb.seen_variants[-1]
+    assert set(last["variants"]) == {"swa"}  # the fit-end round, at step 13
+    for k, v in clone_state(module).items():
+        assert torch.equal(v, last["variants"]["swa"][k]), k
+
+
+def test_each_average_reports_what_it_holds_and_one_update_is_no_average(tmp_path, no_failed_rounds, caplog):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from test_callback import events
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    cb = VariantLog(NEURONS, every_n_train_steps=1, every_n_epochs=None, disc_weight=0.0,
+                    **{**FAST, "ema_every_n_steps": 2})
+    with caplog.at_level("INFO"):
+        fit(tmp_path, [cb], max_steps=6, logger=logger)
+    # the own EMA updates at steps 2, 4, 6: one update at steps 2-3 (no average: raw only), two at 4-5, three at 6
+    assert [sorted(r["variants"]) for r in cb.seen_variants] == [["raw"]] * 3 + [["ema", "raw"]] * 3
+    assert [(e.step, e.value) for e in events(logger.log_dir).Scalars("ldam/ema/averaged")] == [
+        (4, 2.0), (5, 2.0), (6, 3.0)]
+    assert sum("the EMA holds" in r.getMessage() for r in caplog.records) == 1

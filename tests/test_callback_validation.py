@@ -283,10 +283,11 @@ def test_a_variant_with_a_fresh_discriminator_keeps_the_round_at_the_default(
     cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, max_overhead=None,
                       chains=2, reservoir_size=16,
                       ema_every_n_steps=2)
-    fit(tmp_path, [cb], max_steps=3)
-    # step 1: raw only (EMA not updated yet), fresh; step 2: raw warm + ema fresh -> default for both;
-    # step 3: both warm -> 256
-    assert asked == [(DEFAULT, False), (DEFAULT, True), (DEFAULT, False)] + [(WARM_DISC_STEPS, True)] * 2
+    fit(tmp_path, [cb], max_steps=5)
+    # steps 1-3: raw only (the EMA holds under 2 updates: steps 2, 4), fresh then warm; step 4: raw warm + ema fresh
+    # -> default for both; step 5: both warm -> 256
+    assert asked == [(DEFAULT, False), (WARM_DISC_STEPS, True), (WARM_DISC_STEPS, True), (DEFAULT, True),
+                     (DEFAULT, False)] + [(WARM_DISC_STEPS, True)] * 2
 
 
 def test_a_budgeted_round_finds_its_variants_once_and_settles_its_plan_once(tmp_path, no_failed_rounds, monkeypatch):
