@@ -139,6 +139,9 @@ class LDAMCallbackLogic:
         # averager listed before this callback leaves no raw weights for the fit-end round.
         order = {id(cb): i for i, cb in enumerate(trainer.callbacks)}
         self._raw_gone_at_end = any(order.get(id(cb), -1) < order.get(id(self), -1) for cb in self._averagers)
+        if self._raw_gone_at_end and self.settings.on_fit_end:  # said here, where the order is known, not at fit end
+            first = next(cb for cb in self._averagers if order.get(id(cb), -1) < order.get(id(self), -1))
+            self._report.once("order", averager=type(first).__name__)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._budget is not None:

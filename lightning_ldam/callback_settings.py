@@ -23,7 +23,7 @@ from lightning_ldam.rounds import RoundPlan, resolve_targets
 from lightning_ldam.targets import NeuronSpec, canonical_path, find_layer, parse_neurons
 
 __all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch",
-           "check_labels", "labeller_of", "given_arguments", "argument_given"]
+           "check_labels", "labeller_of", "given_arguments", "argument_given", "check_pixel_space"]
 
 #: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs`` (the rest are callback arguments).
 SAMPLER_EXTRA_KWARGS = frozenset({
@@ -216,6 +216,8 @@ def check_on_first_batch(network, plan: RoundPlan, settings: CallbackSettings, s
         raise LDAMArgumentError("input_shape", f"{tuple(given)} does not match the training batches' per-sample "
                                                f"shape {tuple(seen_shape)} (read with input_key="
                                                f"{V.shown(settings.input_key)}); drop input_shape to infer it")
+    if settings.normalize is not None and plan.real is not None:
+        check_pixel_space(plan.real, settings.normalize)
     try:
         return resolve_targets(network, plan, dry_run=True)
     except LDAMArgumentError as err:
@@ -226,6 +228,24 @@ def check_on_first_batch(network, plan: RoundPlan, settings: CallbackSettings, s
         if err.argument == "device":
             raise LDAMArgumentError("sample_device", err.message) from None
         raise
+
+
+def check_pixel_space(real: torch.Tensor, normalize) -> None:
+    """With ``normalize=``, the batches must be pixel-space images: the callback applies ``(x - mean) / std`` to
+    every chain and real input. Batches that already look standardised (values below -0.5, each channel's mean
+    within 0.25 of 0 and its std between 0.75 and 1.5) would be normalised twice: refused."""
+    if real.dim() < 3 or real.shape[0] < 2:
+        return
+    x = real.transpose(0, 1).flatten(1).float()  # [C, N * positions]
+    mean, std = x.mean(1), x.std(1)
+    if float(x.min()) < -0.5 and bool((mean.abs() < 0.25).all()) and bool(((std > 0.75) & (std < 1.5)).all()):
+        raise LDAMArgumentError("normalize", f"the training batches already look standardised (per-channel means "
+                                             f"{[round(v, 2) for v in mean.tolist()]}, stds "
+                                             f"{[round(v, 2) for v in std.tolist()]}): normalize=(mean, std) is "
+                                             f"applied to pixel-space batches, so they would be normalised twice. "
+                                             f"Either feed pixel-space batches (move the normalisation into the "
+                                             f"model), or drop normalize= and let LDAM sample in the batches' own "
+                                             f"space")
 
 
 def given_arguments(args: Dict[str, Any], signature: inspect.Signature) -> frozenset:

@@ -27,6 +27,9 @@ NOTES = {
     "budget": ("info", "LDAMCallback: skipping rounds that would take sampling above max_overhead={fraction:g} of the "
                        "training time (first skip at step {step}); the count goes to ldam/skipped_rounds"),
     "png": ("warn", "LDAMCallback: no image-capable logger; writing PNGs under {out}"),
+    "order": ("warn", "LDAMCallback: {averager} comes before LDAMCallback in callbacks=[...], so at the end of fit it "
+                      "copies its average into the model before the fit-end round: that round will have no 'raw'. "
+                      "List LDAMCallback first to log both"),
     "skipped_batch": ("warn", "LDAMCallback: a training batch was not kept for LDAM ({error}); training is "
                               "unaffected (this warning shows once per cause; the count goes to ldam/skipped_batches)"),
     "ema_failed": ("warn", "LDAMCallback: the own EMA could not be updated at step {step} ({error}); the 'ema' variant "

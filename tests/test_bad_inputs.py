@@ -112,6 +112,11 @@ def _uint8_loader():
     return DataLoader(TensorDataset(x, torch.arange(16)), batch_size=4)
 
 
+def _standardised_loader():
+    x = torch.randn(16, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))  # a normalising Dataset's output
+    return DataLoader(TensorDataset(x, torch.arange(16)), batch_size=4)
+
+
 #: (id, LDAMCallback keyword overrides, training data, the argument, a phrase of the message). Raised by
 #: ``setup`` or the first batch's dry run: they need the model or the batches.
 BEFORE_THE_FIRST_STEP = [
@@ -130,6 +135,8 @@ BEFORE_THE_FIRST_STEP = [
     ("alias-takes-a-sampled-name", dict(layer_aliases={"classifier.2": "features.0"}), loader, "layer_aliases",
      "would both write"),
     ("index-past-the-tuple", dict(input_key=5), loader, "input_key", "cannot read"),
+    ("normalize-on-standardised-batches", dict(normalize=(0.5, 0.25)), _standardised_loader, "normalize",
+     "normalised twice"),
     ("lambda-on-a-layer-past-range", dict(neurons={"classifier.2": {"units": [9], "disc_weight": 0.0}}), loader,
      "neurons", "out of range"),
 ]
@@ -180,3 +187,25 @@ def test_the_table_holds_at_least_60_distinct_bad_inputs():
 
     ids = [getattr(c, "values", c)[0] for c in AT_CONSTRUCTION + BEFORE_THE_FIRST_STEP + MODEL_LIMITS]
     assert len(set(ids)) == len(ids) >= 60
+
+
+def test_normalize_on_pixel_space_batches_samples_through_it(tmp_path):
+    """The other side of the rule: pixel-space batches with normalize= train and sample, rounds and all."""
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, normalize=(0.5, 0.25), **FAST)
+    make_trainer(tmp_path, [cb]).fit(TinyModule(), loader())
+    assert cb._rounds == 2 and cb._report.failed == 0
+
+
+def test_an_averager_listed_before_the_callback_is_reported_at_setup(tmp_path):
+    import warnings
+
+    from lightning.pytorch.callbacks import EMAWeightAveraging, LambdaCallback
+
+    said_by_start = []
+    spy = LambdaCallback(on_train_start=lambda trainer, module: said_by_start.append(
+        [str(w.message) for w in caught if "comes before LDAMCallback" in str(w.message)]))
+    cb = LDAMCallback(NEURONS, **FAST)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, [EMAWeightAveraging(decay=0.9), cb, spy], max_steps=1).fit(TinyModule(), loader())
+    assert len(said_by_start[0]) == 1 and "EMAWeightAveraging" in said_by_start[0][0]
