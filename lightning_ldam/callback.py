@@ -29,6 +29,7 @@ from lightning_ldam.budget import OverheadBudget
 from lightning_ldam.callback_settings import (AVERAGING, CallbackSettings, argument_given, check_on_first_batch,
                                               check_on_setup, given_arguments)
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
+from lightning_ldam.first_round import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.inputs import InputKey, extract_input
 from lightning_ldam.outputs import is_tensorboard, write_round
 from lightning_ldam.progress import Progress
@@ -36,7 +37,7 @@ from lightning_ldam.reservoir import Reservoir
 from lightning_ldam.result import SampleResult
 from lightning_ldam.reporting import NOTES, RoundReporter
 from lightning_ldam.rounds import (RoundPlan, WarmDiscriminators, fixed_spec, plan_round, prepare_network,
-                                   resolve_targets, run_round, submodule)
+                                   resolve_targets, run_round, submodule, time_a_step)
 from lightning_ldam.snapshot import snapshot
 from lightning_ldam.summaries import summarize, unhealthy_units
 from lightning_ldam.targets import NeuronSpec, spec_key
@@ -93,6 +94,9 @@ class LDAMCallbackLogic:
         self._raw_gone_at_end = False
         self._at_train_end = False
         self._fit_rounds = 0  # rounds of this fit (a resumed run measures its first round again)
+        self._size: Optional[RoundSize] = None  # this fit's round size, fitted at its first round
+        self._batch_started: Optional[float] = None
+        self._batch_time = [0.0, 0]  # this fit's training batches: seconds, count
         self._collected_early = False
         self._round_sources: Optional[Dict[str, Source]] = None
         self._previous: Dict[str, torch.Tensor] = {}  # the last round's images per variant (drift)
@@ -146,7 +150,7 @@ class LDAMCallbackLogic:
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._budget is not None:
             self._budget.start()
-        self._fit_rounds = 0
+        self._fit_rounds, self._size, self._batch_time = 0, None, [0.0, 0]
         s = self.settings
         if (s.averaging == "ema" or (s.averaging == "auto" and not self._averagers)) and self._ema is None:
             self._ema = EMA(self.network(pl_module), decay=s.ema_decay, every_n_steps=s.ema_every_n_steps,
@@ -164,10 +168,14 @@ class LDAMCallbackLogic:
             self._collected_early = True
             if self._collect(batch, first=True):
                 self._dry_run(pl_module)
+        self._batch_started = time.perf_counter()  # the training batch's own time: the first round's bound
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         started = time.perf_counter()
+        if self._batch_started is not None:
+            self._batch_time = [self._batch_time[0] + started - self._batch_started, self._batch_time[1] + 1]
+            self._batch_started = None
         if not self._collected_early:
             self._collect(batch)
         self._collected_early = False  # the first batch went in at its start (the dry run needed it)
@@ -316,6 +324,9 @@ class LDAMCallbackLogic:
             plan.variants = [dataclasses.replace(v, network=copy) for v, copy in
                              zip(plan.variants, self.variants(trainer, pl_module).values())]
             plan.neurons = self._fix_neurons(trainer, plan)
+            if budgeted and self._budget is not None and self._fit_rounds == 0 and _fitting(trainer):
+                self._size = self._fit_first_round(trainer, plan)
+            self._apply_size(plan)
             self._report.announce(step, plan.describe(len(self._resolved) or None), len(plan.variants), plan.steps)
             results = self._sample(trainer, plan)
             if trainer.is_global_zero and results:
@@ -334,6 +345,33 @@ class LDAMCallbackLogic:
                     self._budget.record_round(seconds, len(plan.variants), plan.steps)
         if done:
             self._rounds, self._fit_rounds = self._rounds + 1, self._fit_rounds + 1
+
+    def _fit_first_round(self, trainer: "pl.Trainer", plan: RoundPlan) -> Optional[RoundSize]:
+        """Time one step of the fit's first round; cut the steps, then the chains, the user did not set when the round
+        would take over :data:`~lightning_ldam.first_round.EPOCHS_BOUND` epochs of training (one line says so)."""
+        try:
+            per_step = time_a_step(plan)
+        except Exception as err:  # the round itself will say what is wrong, inside the failure boundary
+            log.debug("LDAMCallback: timing a step failed: %s", err)
+            return None
+        self._report.timed(per_step)
+        seconds, count = self._batch_time
+        batches = getattr(trainer, "num_training_batches", float("inf"))
+        bound = EPOCHS_BOUND * seconds / count * batches if count and batches not in (None, float("inf")) else None
+        size = fit_round(per_step, plan.steps, plan.chains, len(plan.variants), bound,
+                         steps_given=self.settings.steps is not None, chains_given="chains" in self._given)
+        if size.message is not None:
+            self._report.info(f"LDAMCallback: step {trainer.global_step}: this round would take {size.message}")
+        return size
+
+    def _apply_size(self, plan: RoundPlan) -> None:
+        """This fit's fitted size on a round's plan (later rounds keep it: rounds stay comparable)."""
+        if self._size is None:
+            return
+        if self.settings.steps is None:
+            plan.steps = min(plan.steps, self._size.steps)
+        if "chains" not in self._given:
+            plan.chains = self._size.chains
 
     def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> NeuronSpec:
         """The neurons of every round: resolved at the first round on the raw weights and the reservoir (where

@@ -91,6 +91,10 @@ class RoundReporter:
                                             f"skipped (training goes on; the next round tries again; the count "
                                             f"goes to ldam/failed_rounds): {type(err).__name__}: {err}")
 
+    def timed(self, per_step: float) -> None:
+        """A measured step (seconds per variant and step) to announce the next round's cost from."""
+        self._per_step = per_step
+
     def announce(self, step: int, what: str, variants: int, steps: int) -> None:
         """The round's size and expected cost (from the last round's pace), before it starts: a slow round is
         never a silent one."""

@@ -26,7 +26,7 @@ from lightning_ldam.result import SampleResult, merge_shards
 from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
 from lightning_ldam.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
 
-__all__ = ["Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round", "resolve_targets",
+__all__ = ["time_a_step", "Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round", "resolve_targets",
            "fixed_spec", "submodule", "prepare_network", "WarmDiscriminators"]
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,20 @@ def _discriminator(variant: Variant, plan: RoundPlan, note: Optional[Note]) -> O
             note(f"note: the saved {variant.name!r} discriminator does not fit input {shape} ({err}); training a "
                  f"fresh one")
         return None
+
+
+def time_a_step(plan: RoundPlan) -> float:
+    """Seconds one step of ``plan`` takes for one variant: a two-step call on the first variant with the plan's
+    neurons, chains, real inputs and λ; the second step is timed (a burn-in step: D's updates are in it, so the
+    estimate errs long). A fresh discriminator is used: the variant's warm one is left as it is."""
+    variant = plan.variants[0]
+    kwargs = {k: v for k, v in plan.sampler_kwargs.items() if k not in ("progress", "burn_in", "disc_warmup")}
+    if kwargs.get("method", "langevin") != "annealed":
+        kwargs["burn_in"] = 1
+    res = sample(variant.network, plan.neurons, input_shape=plan.input_shape, chains=plan.chains, steps=2,
+                 real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,
+                 normalize=plan.normalize, seed=plan.seed, device=plan.device, disc_warmup=1, **kwargs)
+    return float(res.step_seconds)
 
 
 def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, progress: Any = False,

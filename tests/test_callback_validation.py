@@ -309,3 +309,51 @@ def test_a_budgeted_round_finds_its_variants_once_and_settles_its_plan_once(tmp_
     assert cb._rounds == 3 and cb._skipped == 0
     assert len(found) == 3  # one per round: the budget check, the copies and the plan share it
     assert len(planned) == 1 + 3  # the first batch's dry run, then one plan per round
+
+
+def _sizes(monkeypatch, per_step: float) -> List[Any]:
+    """Records (steps, chains) of each round's sampling calls (3 steps run); one step is 'timed' at ``per_step``."""
+    asked: List[Any] = []
+    real = rounds_module.sample
+
+    def spy(*args, **kwargs):
+        if kwargs.get("steps") not in (1, 2):
+            asked.append((kwargs.get("steps"), kwargs.get("chains")))
+        return real(*args, **{**kwargs, "steps": 3, "disc_warmup": 1})
+
+    monkeypatch.setattr(rounds_module, "sample", spy)
+    monkeypatch.setattr(callback_module, "time_a_step", lambda plan: per_step)
+    return asked
+
+
+def test_a_first_round_over_ten_epochs_runs_fewer_steps_then_chains_and_says_so(tmp_path, monkeypatch, caplog):
+    asked = _sizes(monkeypatch, per_step=1.0)  # 512 steps x 2 variants: ~1024 s against epochs of milliseconds
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, reservoir_size=16)
+    with caplog.at_level("INFO"):
+        fit(tmp_path, [cb], max_steps=4)
+    assert asked[:2] == [(32, 2), (32, 2)]  # raw and ema: MIN_STEPS, then MIN_CHAINS
+    assert all(size == (32, 2) for size in asked)  # the later rounds of the fit keep the fitted size
+    said = [r.getMessage() for r in caplog.records if "this round would take" in r.getMessage()]
+    assert len(said) == 1 and "≈ 1024 s at 512 steps × 8 chains × 2 variant(s)" in said[0]
+    assert "512 -> 32 steps, 8 -> 2 chains" in said[0]
+    announced = [r.getMessage() for r in caplog.records if "step 2: sampling" in r.getMessage()]
+    assert announced and "≈ 64 s" in announced[0] and "timing it" not in announced[0]
+
+
+def test_explicit_steps_and_chains_are_never_cut(tmp_path, monkeypatch, caplog):
+    asked = _sizes(monkeypatch, per_step=1.0)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, reservoir_size=16, steps=40, chains=3)
+    with caplog.at_level("INFO"):
+        fit(tmp_path, [cb], max_steps=2)
+    assert asked == [(40, 3), (40, 3)]
+    said = [r.getMessage() for r in caplog.records if "this round would take" in r.getMessage()]
+    assert len(said) == 1 and "steps= and chains= are yours" in said[0]
+
+
+def test_a_cheap_first_round_is_left_as_it_is(tmp_path, monkeypatch, caplog):
+    asked = _sizes(monkeypatch, per_step=1e-9)
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, reservoir_size=16)
+    with caplog.at_level("INFO"):
+        fit(tmp_path, [cb], max_steps=2)
+    assert asked == [(512, 8), (512, 8)]
+    assert not [r for r in caplog.records if "this round would take" in r.getMessage()]
