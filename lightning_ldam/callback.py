@@ -31,7 +31,7 @@ from lightning_ldam.callback_settings import (AVERAGING, CallbackSettings, argum
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.first_round import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.inputs import InputKey, extract_input
-from lightning_ldam.outputs import is_tensorboard, write_round
+from lightning_ldam.outputs import is_tensorboard, settings_text, write_round, write_settings
 from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
 from lightning_ldam.result import SampleResult
@@ -416,6 +416,12 @@ class LDAMCallbackLogic:
         # how many updates or snapshots each averaged variant holds (an average of 2 is not one of 200)
         scalars.update({f"ldam/{name}/averaged": float(count) for name, count in self._averaged.items()})
         self._write(trainer, images, scalars, trainer.global_step)
+        if self._fit_rounds == 0:  # once per fit: what the rounds of this fit sample with
+            try:
+                first = next(iter(results.values()))
+                write_settings(trainer.loggers, settings_text(first.config, list(results)), trainer.global_step)
+            except Exception as err:  # the round's own images and scalars are written: no failed round for this
+                log.debug("LDAMCallback: writing the settings text: %s", err)
         self._report.done(trainer.global_step, results, seconds)
         self._report.health(trainer.global_step, unhealthy_units(results))
         self._previous = {name: res.images for name, res in results.items()}  # for the next round's drift

@@ -142,6 +142,8 @@ def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None
     c.add_argument("--labels", type=_json_object, metavar="JSON",
                    help="row labels, e.g. '{\"fc\": [\"zero\", \"one\"]}' (default: the LDAMCallback's labels= dict "
                         "recorded in the checkpoint)")
+    c.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: torch's own choice; 1-2 keeps a loaded machine responsive)")
     c.add_argument("--no-progress", action="store_true",
                    help="no progress (default: a bar on a terminal, a line every 10%% or 30 s in a log file)")
     c.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast (GPU speed option)")
@@ -295,6 +297,13 @@ def _compare(args) -> int:
     from lightning_ldam.rounds import resolve_targets, sample_variants
 
     _check_compare_options(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads: expected an int >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    import_object(args.model)  # a misspelt --model fails before any checkpoint is read (they can take a minute)
+    if args.labels is not None:
+        _labeller(args.labels, {})  # its shape now; its layers once the model is built
     ckpts = [_load(p, "CKPT") for p in args.ckpts]
     settings = ldam_settings(ckpts[0])
     neurons, module = _neurons_and_module(args, settings)

@@ -14,7 +14,8 @@ import torch
 
 from lightning_ldam.tensorboard_writes import write_round_to
 
-__all__ = ["write_round", "png_path", "save_png", "is_tensorboard", "check_room", "DISK_RESERVE_BYTES"]
+__all__ = ["write_round", "png_path", "save_png", "is_tensorboard", "check_room", "DISK_RESERVE_BYTES",
+           "settings_text", "write_settings"]
 
 
 def is_tensorboard(logger) -> bool:
@@ -65,6 +66,21 @@ def check_room(directory: Optional[str], images: Mapping[str, torch.Tensor], sca
                                     f"{max(free - needed, 0) / 2 ** 20:.1f} MiB free on the disk of {directory}, under "
                                     f"the {DISK_RESERVE_BYTES / 2 ** 20:.0f} MiB the callback leaves to the run's own "
                                     f"logs and checkpoints; nothing was written")
+
+
+def settings_text(config: Mapping[str, object], variants: Iterable[str]) -> str:
+    """A round's resolved sampler settings as a Markdown table (TensorBoard's text plugin renders it)."""
+    rows = [f"| {key} | {value} |" for key, value in config.items() if key not in ("layer_settings",)]
+    layers = config.get("layer_settings") or {}
+    rows += [f"| {layer} | {values} |" for layer, values in dict(layers).items()]
+    return "\n".join([f"variants: {', '.join(variants)}", "", "| setting | value |", "|---|---|", *rows])
+
+
+def write_settings(loggers: Iterable, text: str, step: int) -> None:
+    """``text`` as the TensorBoard text ``ldam/settings`` (other loggers have no text to write)."""
+    for logger in loggers:
+        if is_tensorboard(logger):
+            logger.experiment.add_text("ldam/settings", text, global_step=step)
 
 
 def write_round(loggers: Iterable, images: Mapping[str, torch.Tensor], scalars: Mapping[str, float], step: int,

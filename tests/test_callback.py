@@ -956,3 +956,20 @@ def test_what_is_logged_as_ema_is_sampled_from_the_emas_weights(tmp_path, no_fai
     raw = ldam.sample(module, NEURONS, **settings)  # the live weights after the last step: the raw variant
     assert torch.equal(raw.images, results["raw"].images)
     assert not torch.equal(results["raw"].images, results["ema"].images)  # decay 0.5 after 4 steps: not raw
+
+
+def test_the_resolved_sampler_settings_are_logged_once_per_fit_as_text(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.text.metadata import PLUGIN_NAME
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, **FAST)
+    fit(tmp_path, [cb], max_steps=4, logger=logger)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "ldam/settings/text_summary" in acc.PluginTagToContent(PLUGIN_NAME)
+    texts = acc.Tensors("ldam/settings/text_summary")
+    assert [t.step for t in texts] == [2]  # once, at the fit's first round
+    text = texts[0].tensor_proto.string_val[0].decode()
+    assert "variants: raw, ema" in text and "| steps | 3 |" in text and "| method | langevin |" in text

@@ -668,3 +668,26 @@ def test_labels_for_a_layer_the_model_lacks_fail_before_any_sampling(ckpts, tmp_
                           "--out", tmp_path / "out", *FAST)
     assert code == 2 and "--labels" in err and "'fcc'" in err and "Close matches" in err, err
     assert all(s in (1, 2) for s in calls), calls  # only the 1-step target check ran: no sampling call
+
+
+def test_a_misspelt_model_fails_before_any_checkpoint_is_read(ckpts, tmp_path, capsys, monkeypatch):
+    import lightning_ldam.cli as cli
+
+    loaded = []
+    real_load = cli._load
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    code, out, err = _run(capsys, "compare", ckpts["a"], "--model", "test_cli.TinyClasifier", "--out",
+                          tmp_path / "out", *FAST)
+    assert code == 2 and "--model" in err and loaded == []
+
+
+def test_threads_sets_torchs_threads_and_refuses_zero(ckpts, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--threads", "1", "--out", tmp_path / "o", *FAST)
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--threads", "0", "--out", tmp_path / "p", *FAST)
+    assert code == 2 and "--threads: expected an int >= 1, got 0" in err

@@ -173,3 +173,4 @@ def test_progress_bar_stays_silent_when_stderr_is_not_a_terminal(tiny_net, capsy
     """Under pytest stderr is captured (not a TTY): a progress=True call must not print bar refreshes."""
     ldam.sample(tiny_net, "classifier.2:0", input_shape=INPUT_SHAPE, chains=2, steps=5, progress=True)
     assert "LDAM" not in capsys.readouterr().err
+
