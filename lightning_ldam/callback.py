@@ -31,6 +31,7 @@ from lightning_ldam.callback_settings import (AVERAGING, CallbackSettings, argum
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.first_round import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.inputs import InputKey, extract_input
+from lightning_ldam.interrupts import RoundInterrupted, sigterm_interrupts
 from lightning_ldam.outputs import is_tensorboard, settings_text, write_round, write_settings
 from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
@@ -328,11 +329,14 @@ class LDAMCallbackLogic:
                 self._size = self._fit_first_round(trainer, plan)
             self._apply_size(plan)
             self._report.announce(step, plan.describe(len(self._resolved) or None), len(plan.variants), plan.steps)
-            results = self._sample(trainer, plan)
+            with sigterm_interrupts():
+                results = self._sample(trainer, plan)
             if trainer.is_global_zero and results:
                 self._averaged = averaged
                 self._log(trainer, results, time.perf_counter() - started)
             done = True
+        except RoundInterrupted:  # the trainer stops at its next batch (Lightning's handler ran): not a failure
+            self._report.info(f"LDAMCallback: step {step}: SIGTERM received, the round was stopped")
         except Exception as err:  # a failed round must never end the user's training run
             self._report.failure(step, err)
             self._write_counts(trainer, step)
