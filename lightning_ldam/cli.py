@@ -386,9 +386,9 @@ def _compare_variants(args, ckpts, settings, module):
         except ValueError as err:
             raise ValueError(f"CKPT: {args.ckpts[0]}: {err}") from None
         if len(found) == 1:
-            raise ValueError(f"CKPT: {args.ckpts[0]} holds no averaged weights (looked for LDAMCallback's EMA, "
-                             f"Lightning's WeightAveraging/EMAWeightAveraging layout and StochasticWeightAveraging); "
-                             f"pass a second checkpoint to compare two checkpoints")
+            print(f"note: {args.ckpts[0]} holds no averaged weights (looked for LDAMCallback's EMA, Lightning's "
+                  f"WeightAveraging/EMAWeightAveraging layout and StochasticWeightAveraging): sampling its raw "
+                  f"weights alone; pass a second checkpoint to compare two", file=sys.stderr)
         discs = (ldam_state(ckpts[0]) or {}).get("discriminators") or {}
         variants = [(name, sd, discs.get(name), 0) for name, sd in found.items()]
         params_only = params_only_variants(ckpts[0])
@@ -516,6 +516,7 @@ def _labeller(given: Optional[Dict[str, Any]], settings: Dict[str, Any], network
 def _write_comparison(args, ckpts, results, real, labeller=None) -> int:
     """The TensorBoard run (the callback's tag layout) and one PNG contact sheet per layer under ``--out``."""
     from lightning_ldam.outputs import png_path, save_png
+    from lightning_ldam.result import reference
     from lightning_ldam.summaries import summarize, write_tensorboard
     from torch.utils.tensorboard import SummaryWriter
 
@@ -537,13 +538,13 @@ def _write_comparison(args, ckpts, results, real, labeller=None) -> int:
         pngs.append(path)
     print(f"wrote {len(images)} images and {len(scalars)} scalars for {', '.join(results)} at step {step} "
           f"to {args.out}")
-    for path in pngs + _write_metrics(args.out, scalars):
+    for path in pngs + _write_metrics(args.out, scalars, reference(results)):
         print(f"wrote {path}")
     print(f"view with: tensorboard --logdir {args.out}")
     return 0
 
 
-def _write_metrics(out: str, scalars: Dict[str, float]) -> List[str]:
+def _write_metrics(out: str, scalars: Dict[str, float], ref: str = "raw") -> List[str]:
     """Print the per-layer, per-variant metrics and write them as ``metrics.csv`` (every column, a fixed schema) and
     ``metrics.md`` in ``out``; the printed and Markdown tables leave out columns empty on every row (``drift`` and
     ``retention`` need a previous round, which one compare does not have)."""
@@ -551,7 +552,7 @@ def _write_metrics(out: str, scalars: Dict[str, float]) -> List[str]:
 
     from lightning_ldam.summaries import TABLE_COLUMNS, metrics_table
 
-    rows = metrics_table(scalars)
+    rows = metrics_table(scalars, ref)
     head = ["layer", "variant", *TABLE_COLUMNS]
     cells = [[r["layer"], r["variant"]] + ["" if r[c] is None else f"{r[c]:.4g}" for c in TABLE_COLUMNS]
              for r in rows]

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["SampleResult", "merge_shards"]
+__all__ = ["reference", "SampleResult", "merge_shards"]
 
 
 @dataclass
@@ -116,3 +116,9 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         torch.stack([shards[r].real_activations[:, i] for r, i in order], dim=1),
         cross_activations={k: torch.stack([shards[r].cross_activations[k][i] for r, i in order])
                            for k in first.cross_activations if all(k in s.cross_activations for s in present)})
+
+
+def reference(variants) -> Optional[str]:
+    """The variant the others are read against: ``raw``, else the first (two checkpoints); ``None`` for none."""
+    names = list(variants)
+    return "raw" if "raw" in names else (names[0] if names else None)

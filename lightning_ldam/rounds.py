@@ -22,7 +22,7 @@ from lightning_ldam.discriminator import finite_weights, restore_discriminator
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.metrics import chain_activations, unit_activations
 from lightning_ldam.progress import Progress
-from lightning_ldam.result import SampleResult, merge_shards
+from lightning_ldam.result import SampleResult, merge_shards, reference
 from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
 from lightning_ldam.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
 
@@ -275,18 +275,20 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
 
 def _read_across(results: Dict[str, SampleResult], nets: Dict[str, nn.Module], normalize,
                  previous: Optional[Mapping[str, torch.Tensor]]) -> None:
-    """Fill ``cross_activations``: raw's chains on every averaged variant's units and theirs on raw's, and each
+    """Fill ``cross_activations``: the reference's (raw's; else the first variant's) chains on every other variant's
+    units and theirs on the reference's, and each
     variant's previous chains on its current units (only variants measured on real inputs, i.e. in ``nets``)."""
     def read(target: str, images: torch.Tensor) -> torch.Tensor:
         res = results[target]
         return chain_activations(nets[target], res.neurons, images, spatial=res.config["spatial"],
                                  normalize=normalize)
 
-    if "raw" in nets:
+    ref = reference(nets)  # raw; between two checkpoints, the first
+    if ref is not None:
         for name in nets:
-            if name != "raw":
-                results[name].cross_activations["raw"] = read(name, results["raw"].images)
-                results["raw"].cross_activations[name] = read("raw", results[name].images)
+            if name != ref:
+                results[name].cross_activations[ref] = read(name, results[ref].images)
+                results[ref].cross_activations[name] = read(ref, results[name].images)
     for name, before in (previous or {}).items():
         if name in nets and tuple(before.shape) == tuple(results[name].images.shape):
             results[name].cross_activations["previous"] = read(name, before)

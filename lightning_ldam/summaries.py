@@ -30,6 +30,7 @@ import torch
 
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.metrics import divergence, health, lift, realism, transfer
+from lightning_ldam.result import reference
 from lightning_ldam.render import compare_grid, neuron_grid
 from lightning_ldam.result import SampleResult
 
@@ -130,9 +131,10 @@ def _pair_scalars(results: Mapping[str, SampleResult], previous: Optional[Mappin
     """``divergence`` and ``transfer`` of each averaged variant from raw, ``drift`` and ``retention`` of each variant
     from its previous round."""
     out: Dict[str, float] = {}
-    raw = results.get("raw")
+    ref = reference(results)
+    raw = results.get(ref) if len(results) > 1 else None
     for variant, res in results.items():
-        if raw is not None and variant != "raw":
+        if raw is not None and variant != ref:
             _put(out, f"ldam/divergence/{variant}/{layer}", _nanmean(divergence(raw.images[rows], res.images[rows])))
             both = _both_ways(results, variant, rows)
             if both is not None:
@@ -148,19 +150,21 @@ def _pair_scalars(results: Mapping[str, SampleResult], previous: Optional[Mappin
 
 def _both_ways(results: Mapping[str, SampleResult], variant: str, rows: List[int]) -> Optional[torch.Tensor]:
     """``[len(rows)]`` per-neuron transfer of ``variant`` with raw, both ways averaged (``None``: not measured)."""
-    both = [_transfer(results[variant], "raw", rows), _transfer(results["raw"], variant, rows)]
+    ref = reference(results)
+    both = [_transfer(results[variant], ref, rows), _transfer(results[ref], variant, rows)]
     return None if any(t is None for t in both) else (both[0] + both[1]) / 2
 
 
 def _transfer_scores(results: Mapping[str, SampleResult], rows: List[int]) -> Optional[List[List[Optional[float]]]]:
     """The compare sheet's last column: per neuron, nothing on raw's line and each other variant's transfer with
     raw on its own; ``None`` (no column) without raw or without the reads across."""
-    if "raw" not in results or len(results) < 2:
+    ref = reference(results)
+    if len(results) < 2:
         return None
-    per_variant = {v: _both_ways(results, v, rows) for v in results if v != "raw"}
+    per_variant = {v: _both_ways(results, v, rows) for v in results if v != ref}
     if any(t is None for t in per_variant.values()):
         return None
-    return [[None if v == "raw" else float(per_variant[v][i]) for v in results] for i in range(len(rows))]
+    return [[None if v == ref else float(per_variant[v][i]) for v in results] for i in range(len(rows))]
 
 
 def _transfer(res: SampleResult, source: str, rows: List[int]) -> Optional[torch.Tensor]:
@@ -203,7 +207,7 @@ TABLE_COLUMNS = ("lift", "realism", "diversity", "divergence", "transfer", "drif
                  "disc_score", "dead", "undriven", "saturated")
 
 
-def metrics_table(scalars: Mapping[str, float]) -> List[Dict[str, object]]:
+def metrics_table(scalars: Mapping[str, float], reference: str = "raw") -> List[Dict[str, object]]:
     """:func:`summarize`'s scalars as rows ``{"layer", "variant", *TABLE_COLUMNS}`` (one per layer and variant;
     ``divergence`` is from raw, the health counts are the raw weights' and sit on the raw row; missing: ``None``)."""
     rows: Dict[Tuple[str, str], Dict[str, object]] = {}
@@ -219,10 +223,10 @@ def metrics_table(scalars: Mapping[str, float]) -> List[Dict[str, object]]:
         if parts[1] in ("divergence", "transfer", "drift", "retention"):
             row(parts[3], parts[2])[parts[1]] = value
         elif parts[1] == "health":
-            row(parts[2], "raw")[parts[3]] = value
+            row(parts[2], reference)[parts[3]] = value
         elif parts[3] in TABLE_COLUMNS:
             row(parts[2], parts[1])[parts[3]] = value
-    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] != "raw", k[1]))]
+    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] != reference, k[1]))]
 
 
 def write_tensorboard(writer, images: Mapping[str, torch.Tensor], scalars: Mapping[str, float], step: int) -> None:

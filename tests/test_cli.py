@@ -338,7 +338,6 @@ def test_compare_with_normalization_and_single_variant(ckpts, tmp_path, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["compare", "{missing}", *MODEL, "--neurons", "fc:0"], "CKPT: "),
     (["compare", "{bad}", *MODEL, "--neurons", "fc:0"], "is not a PyTorch checkpoint"),
-    (["compare", "{c}", *MODEL, "--neurons", "fc:0", "--input-shape", "1,12,12"], "holds no averaged weights"),
     (["compare", "{a}", "--model", "nope_pkg.mod.Class", "--neurons", "fc:0"],
      "--model: cannot import 'nope_pkg.mod.Class'"),
     (["compare", "{a}", "--model", "test_cli.NoSuchClass", "--neurons", "fc:0"], "--model: cannot import "
@@ -691,3 +690,28 @@ def test_threads_sets_torchs_threads_and_refuses_zero(ckpts, tmp_path, capsys):
         torch.set_num_threads(before)
     code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--threads", "0", "--out", tmp_path / "p", *FAST)
     assert code == 2 and "--threads: expected an int >= 1, got 0" in err
+
+
+def test_a_single_plain_checkpoint_is_sampled_as_raw(ckpts, tmp_path, capsys):
+    out_dir = tmp_path / "plain"
+    code, out, err = _run(capsys, "compare", ckpts["c"], *MODEL, "--neurons", "fc:0-1", "--input-shape", "1,12,12",
+                          "--out", out_dir, *FAST)
+    assert code == 0, err
+    assert "holds no averaged weights" in err and "raw weights alone" in err
+    assert set(_events(out_dir).Tags()["images"]) >= {"ldam/raw/fc"}
+    assert not any(t.startswith(("ldam/ema/", "ldam/swa/")) for t in _events(out_dir).Tags()["images"])
+
+
+def test_two_checkpoints_read_across_each_other_with_no_phantom_raw_row(ckpts, tmp_path, capsys):
+    """The first checkpoint is the reference: transfer is measured between the two (with the first's saved inputs),
+    and the health counts sit on its row; no row is named 'raw'."""
+    out_dir = tmp_path / "across"
+    code, out, err = _run(capsys, "compare", ckpts["a"], ckpts["c4"], *MODEL, "--neurons", "conv:0-1",
+                          "--out", out_dir, *FAST)
+    assert code == 0, err
+    tags = set(_events(out_dir).Tags()["scalars"])
+    assert "ldam/divergence/epoch=0-step=4/conv" in tags
+    assert not any(t.startswith("ldam/raw/") for t in tags)
+    table = (out_dir / "metrics.md").read_text()
+    variants = {line.split("|")[2].strip() for line in table.splitlines()[2:] if line.startswith("|")}
+    assert variants == {"a", "epoch=0-step=4"}, table
