@@ -71,7 +71,8 @@ MUTANTS = [
            "results[name].cross_activations[ref] = read(name, results[name].images)",
            ("tests/test_averaging_metrics.py",)),
     # this change's own mechanisms
-    Mutant("writer-not-reopened", "a failed TensorBoard write leaves the broken writer in place", "tensorboard_writes.py",
+    Mutant("writer-not-reopened", "a failed TensorBoard write leaves the broken writer in place",
+           "tensorboard_writes.py",
            "        reopen(writer, committed)\n", "        pass\n", ("tests/test_run_never_ends.py",)),
     Mutant("no-disk-reserve", "the callback writes to a disk's last bytes", "outputs.py",
            "    if free - needed < DISK_RESERVE_BYTES:", "    if False:", ("tests/test_run_never_ends.py",)),
@@ -97,7 +98,8 @@ MUTANTS = [
            "all(p.isascii() and p.isdigit() for p in parts)", "all(p.isdigit() for p in parts)",
            ("tests/test_bad_inputs.py",)),
     Mutant("shared-module-read", "a module called twice per forward is read at its first call", "sampler.py",
-           "    repeated = {p: n for p, n in calls.items() if n > 1}", "    repeated = {}", ("tests/test_bad_inputs.py",)),
+           "    repeated = {p: n for p, n in calls.items() if n > 1}", "    repeated = {}",
+           ("tests/test_bad_inputs.py",)),
 ]
 
 

@@ -193,7 +193,8 @@ def check_sampler_kwargs(kwargs: Optional[Dict[str, Any]], steps: Optional[int],
                 raise LDAMArgumentError(name, f"expected True or False, got {V.shown(kwargs[name])}")
         dtype = kwargs.get("autocast_dtype")
         if dtype is not None and not isinstance(dtype, torch.dtype):
-            raise LDAMArgumentError("autocast_dtype", f"expected a torch.dtype such as torch.bfloat16, got {V.shown(dtype)}")
+            raise LDAMArgumentError("autocast_dtype", f"expected a torch.dtype such as torch.bfloat16, "
+                                                      f"got {V.shown(dtype)}")
         if kwargs.get("cuda_graph") and not torch.cuda.is_available():
             raise LDAMArgumentError("cuda_graph", "CUDA graphs need a CUDA device and torch.cuda.is_available() is "
                                                   "False; drop it")

@@ -39,9 +39,9 @@ NOTES = {
     "init_data": ("warn", "LDAMCallback: chains started from uniform noise never reach {layers} (the model's forward "
                           "takes another path on such inputs), so chains start from real training inputs instead "
                           "(sampler_kwargs={{'init': 'data'}} says so and silences this)"),
-    "model_limit": ("warn", "LDAMCallback: a two-step trial of LDAM on the first batch met a limit of the model, not of "
-                            "an argument you set ({error}); training goes on, rounds will be tried and skipped if they "
-                            "fail"),
+    "model_limit": ("warn", "LDAMCallback: a two-step trial of LDAM on the first batch met a limit of the model, "
+                            "not of an argument you set ({error}); training goes on, rounds will be tried and skipped "
+                            "if they fail"),
     "foreign_state": ("warn", "LDAMCallback: the checkpoint holds LDAM state under {keys}, not under this callback's "
                               "key {mine} (other neurons, seed, module or schedule), so this callback starts fresh: no "
                               "EMA, reservoir, discriminators or round counts are restored. Resume with the same "

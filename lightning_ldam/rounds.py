@@ -26,7 +26,8 @@ from lightning_ldam.result import SampleResult, merge_shards, reference
 from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
 from lightning_ldam.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
 
-__all__ = ["time_a_step", "Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round", "resolve_targets",
+__all__ = ["time_a_step", "Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round",
+           "resolve_targets",
            "fixed_spec", "submodule", "prepare_network", "WarmDiscriminators"]
 
 log = logging.getLogger(__name__)

@@ -162,7 +162,8 @@ def find_layer(model: nn.Module, path: str) -> Tuple[str, nn.Module]:
     hint = f" Close matches: {close}." if close else ""
     raise LDAMArgumentError(
         "neurons", f"layer path {path!r} is not a module of {type(model).__name__}.{hint} "
-        f"Hint: `lightning-ldam targets <model class> --input-shape C,H,W` (or lightning_ldam.list_targets(model, input_shape)) lists the valid paths.")
+        f"Hint: `lightning-ldam targets <model class> --input-shape C,H,W` (or "
+        f"lightning_ldam.list_targets(model, input_shape)) lists the valid paths.")
 
 
 def find_module(model: nn.Module, path: str) -> nn.Module:
@@ -357,7 +358,8 @@ def spec_key(spec: NeuronSpec) -> str:
     text = [f"{layer}:{','.join(str(i) for i in sorted(units[layer], key=lambda i: (isinstance(i, str), i)))}"
             for layer in sorted(units)]
     settings = {canonical_path(layer): values for layer, values in layer_settings(spec).items()}
-    text += [f"{layer}[{key}={settings[layer][key]!r}]" for layer in sorted(settings) for key in sorted(settings[layer])]
+    text += [f"{layer}[{key}={settings[layer][key]!r}]"
+             for layer in sorted(settings) for key in sorted(settings[layer])]
     return ";".join(text)
 
 
@@ -393,7 +395,8 @@ def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int], aliases: Optiona
             close = difflib.get_close_matches(key, list(units), n=5, cutoff=0.5)
             hint = f" Close matches: {close}." if close else ""
             raise LDAMArgumentError("neurons", f"layer path {layer!r} is not a targetable module.{hint} "
-                             f"Hint: `lightning-ldam targets <model class> --input-shape C,H,W` (or lightning_ldam.list_targets(model, input_shape)) lists the valid paths.")
+                                    f"Hint: `lightning-ldam targets <model class> --input-shape C,H,W` (or "
+                                    f"lightning_ldam.list_targets(model, input_shape)) lists the valid paths.")
         for i in _layer_indices(layer, key, idx, units[key], means, seed):
             resolved.setdefault((key, i))
     return list(resolved)
