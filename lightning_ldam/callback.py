@@ -85,7 +85,6 @@ class LDAMCallbackLogic:
         self._discs = WarmDiscriminators()
         self._report = RoundReporter(self._rank_zero_info, self._rank_zero_warn)
         self._rounds = self._skipped = self._skipped_batches = 0
-        self._averaged: Dict[str, int] = {}  # this round's averaged variants: updates or snapshots each holds
         self._fallbacks: Dict[str, Any] = {}  # sampler settings the first batch found the model needs (init="data")
         self._last_sampled_step = self._last_ema_step = self._last_skipped_step = -1
         self._averagers: list = []
@@ -234,16 +233,15 @@ class LDAMCallbackLogic:
 
     def _skip_batch(self, err: BaseException) -> None:
         self._skipped_batches += 1
-        self._report.warn_once(("skipped_batch", type(err).__name__, getattr(err, "argument", None)),
-                               NOTES["skipped_batch"][1].format(error=f"{type(err).__name__}: {err}"))
+        self._report.once("skipped_batch", cause=(type(err).__name__, getattr(err, "argument", None)),
+                          error=f"{type(err).__name__}: {err}")
 
     def _update_ema(self, pl_module: nn.Module, step: int) -> None:
         try:
             self._ema.update(self.network(pl_module), step)
             self._last_ema_step = step
         except Exception as err:  # the 'ema' variant keeps its last weights; training goes on
-            self._report.warn_once(("ema", type(err).__name__), NOTES["ema_failed"][1].format(
-                step=step, error=f"{type(err).__name__}: {err}"))
+            self._report.once("ema_failed", cause=type(err).__name__, step=step, error=f"{type(err).__name__}: {err}")
 
     def _dry_run(self, pl_module: nn.Module) -> None:
         """Every argument checked on the first batch, before the first optimizer step (:mod:`callback_settings`).
@@ -318,7 +316,6 @@ class LDAMCallbackLogic:
         try:
             self._round_sources = self._variant_sources(trainer, pl_module)
             plan = self._plan({n: m for n, (m, _, _) in self._round_sources.items()})  # settled once, on the originals
-            averaged = {n: c for n, (_, _, c) in self._round_sources.items() if n != "raw"}
             if budgeted and self._over_budget(trainer, plan):
                 self._skipped, self._last_skipped_step = self._skipped + 1, step
                 return
@@ -332,7 +329,6 @@ class LDAMCallbackLogic:
             with sigterm_interrupts():
                 results = self._sample(trainer, plan)
             if trainer.is_global_zero and results:
-                self._averaged = averaged
                 self._log(trainer, results, time.perf_counter() - started)
             done = True
         except RoundInterrupted:  # the trainer stops at its next batch (Lightning's handler ran): not a failure
@@ -418,7 +414,8 @@ class LDAMCallbackLogic:
                                     labels=s.labeller(), aliases=s.layer_aliases)
         scalars.update(self._counts())
         # how many updates or snapshots each averaged variant holds (an average of 2 is not one of 200)
-        scalars.update({f"ldam/{name}/averaged": float(count) for name, count in self._averaged.items()})
+        scalars.update({f"ldam/{name}/averaged": float(count)
+                        for name, (_, _, count) in (self._round_sources or {}).items() if name != "raw"})
         self._write(trainer, images, scalars, trainer.global_step)
         if self._fit_rounds == 0:  # once per fit: what the rounds of this fit sample with
             try:

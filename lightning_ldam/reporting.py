@@ -77,10 +77,12 @@ class RoundReporter:
             self._said.add(key)
             self.info(message)
 
-    def once(self, key: str, **fields) -> None:
-        """Say the message :data:`NOTES` keys as ``key`` (formatted with ``fields``), unless said already."""
+    def once(self, key: str, cause: Hashable = None, **fields) -> None:
+        """Say the message :data:`NOTES` keys as ``key`` (formatted with ``fields``), unless said already; with a
+        ``cause``, once per cause (a batch skipped for another reason is said again)."""
         kind, text = NOTES[key]
-        (self.warn_once if kind == "warn" else self.info_once)(key, text.format(**fields))
+        said = key if cause is None else (key, cause)
+        (self.warn_once if kind == "warn" else self.info_once)(said, text.format(**fields))
 
     def failure(self, step: int, err: BaseException) -> None:
         """A failed round: counted, and a warning naming the cause, once per cause."""
