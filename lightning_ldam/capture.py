@@ -14,6 +14,7 @@ from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.targets import Neuron, find_module, first_tensor
+from lightning_ldam.unit_axes import find_layouts, reduce_units, units_first
 
 __all__ = ["ActivationReader", "capture_outputs", "probe_outputs", "spatial_mode", "Spatial"]
 
@@ -97,8 +98,9 @@ def run_to_targets(model: nn.Module, x: torch.Tensor, outputs: Dict[str, torch.T
 
 
 def probe_outputs(model: nn.Module, paths: Sequence[str], x: torch.Tensor
-                  ) -> Tuple[Dict[str, torch.Tensor], Dict[str, int]]:
-    """One whole forward of ``x`` (no early stop): each target's first output and how often each target ran.
+                  ) -> Tuple[Dict[str, torch.Tensor], Dict[str, int], Dict[str, bool]]:
+    """One whole forward of ``x`` (no early stop): each target's first output, how often each target ran, and for
+    targets with >= 3-dim outputs whether their channels are last (:func:`~lightning_ldam.unit_axes.find_layouts`).
 
     A module that runs more than once per forward (one ReLU shared by two places) cannot be read by the early-stop
     forward, which sees its first call only: this is where such targets are found. An error of the model raised
@@ -107,6 +109,7 @@ def probe_outputs(model: nn.Module, paths: Sequence[str], x: torch.Tensor
     outputs: Dict[str, torch.Tensor] = {}
     calls = {path: 0 for path in paths}
     handles = []
+    modules = {path: find_module(model, path) for path in paths}
 
     def make_hook(path: str):
         def hook(module, args, output):
@@ -117,19 +120,20 @@ def probe_outputs(model: nn.Module, paths: Sequence[str], x: torch.Tensor
 
     try:
         for path in paths:
-            handles.append(find_module(model, path).register_forward_hook(make_hook(path)))
-        try:
-            model(x)
-        except Exception:
-            if any(p not in outputs for p in paths) or not outputs:
-                raise
+            handles.append(modules[path].register_forward_hook(make_hook(path)))
+        with find_layouts(model, paths, modules) as layouts:
+            try:
+                model(x)
+            except Exception:
+                if any(p not in outputs for p in paths) or not outputs:
+                    raise
     finally:
         for h in handles:
             h.remove()
     missing = [p for p in paths if p not in outputs]
     if missing:
         raise TargetNotReached(missing)
-    return outputs, calls
+    return outputs, calls, dict(layouts)
 
 
 class ActivationReader:
@@ -142,8 +146,9 @@ class ActivationReader:
         model: the frozen network (eval mode).
         neurons: resolved ``(layer_path, index)`` pairs.
         chains: chains per neuron.
-        spatial: ``"mean"`` (mean over all positions of a conv channel) or ``"center"`` (centre unit), or
-            ``{layer: mode}`` (see :data:`Spatial`).
+        spatial: a reading of :mod:`~lightning_ldam.unit_axes` (``"mean"``: a conv channel's mean over its
+            positions; ``"center"``: its centre unit; ``"channels_last_mean"``, ...), or ``{layer: reading}`` (see
+            :data:`Spatial`). ``"mean"``/``"center"`` read axis 1 here: the sampler resolves each layer's layout.
         device: where index tensors live.
     """
 
@@ -179,13 +184,7 @@ class ActivationReader:
         outputs = run_to_targets(self.model, x, self._outputs, self.layers)
         values = []
         for layer in self.layers:
-            out = outputs[layer]
-            picked = out[self.rows[layer], self.channels[layer]]  # [n, *spatial]
-            if picked.dim() > 1:
-                if spatial_mode(self.spatial, layer) == "center":
-                    while picked.dim() > 1:
-                        picked = picked.select(1, picked.shape[1] // 2)
-                else:
-                    picked = picked.flatten(1).mean(1)
-            values.append(picked.float())
+            reading = spatial_mode(self.spatial, layer)
+            picked = units_first(outputs[layer], reading)[self.rows[layer], self.channels[layer]]  # [n, *positions]
+            values.append(reduce_units(picked, reading).float())
         return torch.cat(values)[self.inverse]

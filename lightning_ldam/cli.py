@@ -233,13 +233,18 @@ def _targets(args) -> int:
                              "reservoir to read it from")
         shape = tuple(real.shape[1:])
     net = _submodule(build_model(args.model, args.init_args, ckpt), args.module)
-    rows = [(t.path, t.type_name, "x".join(map(str, t.output_shape[1:])), str(t.units))
-            for t in list_targets(net, shape)]
-    head = ("path", "type", "output (per sample)", "units")
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    rows = [(t.path, t.type_name, "x".join(map(str, t.output_shape[1:])), str(t.units),
+             "" if t.tokens is None else str(t.tokens)) for t in list_targets(net, shape)]
+    head = ("path", "type", "output (per sample)", "units", "tokens")
+    if not any(r[4] for r in rows):
+        rows, head = [r[:4] for r in rows], head[:4]
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     print(f"{type(net).__name__} on input {list(shape)}:")
     for row in [head] + rows:
         print("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    if len(head) == 5:
+        print("units: channels (reduced over tokens, spatial='mean'); tokens: what 'layer:N' indexes with "
+              "spatial='tokens' (see the README's Transformers section)")
     return 0
 
 

@@ -48,6 +48,7 @@ from typing import Optional, Union
 
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
+from lightning_ldam.unit_axes import SPATIAL as UNIT_READINGS
 
 __all__ = ["LangevinConfig", "resolve_config", "METHODS", "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT",
            "DEFAULT_DISC_WEIGHT_COLOUR", "default_disc_weight", "PRIOR_WEIGHT_MAX_COLOUR", "prior_weight_max",
@@ -58,7 +59,8 @@ METHODS = ("langevin", "mala", "annealed")
 PRECONDITIONERS = ("rms", "psgld", "none")
 SCHEDULES = ("cosine", "linear", "constant")
 INITS = ("noise", "data")
-SPATIAL = ("mean", "center")
+#: How a unit is read from its layer's output (see :mod:`lightning_ldam.unit_axes`).
+SPATIAL = UNIT_READINGS
 #: Per-pixel length (fraction of the box) that one unit of ``log p`` buys at T = 1: sets ``c_k`` (see above).
 PIXEL_SCALE = 0.01
 #: λ used when ``real_data`` is given and ``disc_weight`` is not, for one-channel images: chosen on

@@ -9,6 +9,7 @@ from torch import nn
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 from lightning_ldam.capture import Spatial, capture_outputs, run_to_targets, spatial_mode
+from lightning_ldam.unit_axes import READINGS, reduce_units, units_first
 from lightning_ldam.targets import Neuron
 
 __all__ = ["lift", "realism", "diversity", "divergence", "transfer", "health", "unit_activations",
@@ -217,24 +218,15 @@ def health(real_acts: torch.Tensor, sample_acts: torch.Tensor) -> Dict[str, List
             for name, mask in (("dead", dead), ("undriven", undriven), ("saturated", saturated))}
 
 
-def _reduce(out: torch.Tensor, spatial: str) -> torch.Tensor:
-    """``[B, k, *positions]`` -> ``[B, k]``, as the sampler's ActivationReader reduces a conv channel."""
-    if out.dim() == 2:
-        return out
-    if spatial == "center":
-        while out.dim() > 2:
-            out = out.select(2, out.shape[2] // 2)
-        return out
-    return out.flatten(2).mean(2)
-
-
 @torch.no_grad()
 def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch.Tensor, spatial: Spatial = "mean",
                      normalize: Optional[Tuple] = None, batch_size: int = 256) -> torch.Tensor:
     """Activations of resolved neurons on real images, read as the sampler reads them.
 
     Conv channels reduce to the mean over positions (``spatial="mean"``) or the centre unit
-    (``spatial="center"``), linear units are read as they are. The model runs in eval mode (as it does
+    (``spatial="center"``), linear units are read as they are; the other readings of
+    :mod:`~lightning_ldam.unit_axes` (channels last, tokens) as they say. ``"mean"``/``"center"`` read axis 1:
+    pass ``SampleResult.config["spatial"]``, which holds each layer's resolved reading. The model runs in eval mode (as it does
     while sampling: BN uses running statistics, Dropout is off) and is left in the mode it was found in;
     the forward stops at the deepest target layer.
 
@@ -242,7 +234,7 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
         model: the network.
         layer_neurons: resolved ``(layer_path, index)`` pairs, e.g. ``SampleResult.neurons``.
         x: ``[N, *input_shape]`` real images in pixel space.
-        spatial: ``"mean"`` or ``"center"``, or ``{layer: mode}`` (e.g. ``SampleResult.config["spatial"]`` when
+        spatial: a reading, or ``{layer: reading}`` (e.g. ``SampleResult.config["spatial"]`` when
             layers set their own).
         normalize: ``(mean, std)`` (per channel or scalar) applied to ``x`` before the model.
         batch_size: images per forward.
@@ -254,7 +246,7 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
         ValueError: an unknown ``spatial``, an empty neuron list, or a layer the forward never calls.
     """
     for mode in ([spatial] if isinstance(spatial, str) else list(spatial.values())):
-        V.check_choice("spatial", mode, ("mean", "center"))
+        V.check_choice("spatial", mode, READINGS)
     V.check_positive("batch_size", batch_size, integer=True)
     neurons = [(str(layer), int(index)) for layer, index in layer_neurons]
     if not neurons:
@@ -279,7 +271,9 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
                     xb = (xb - norm[0]) / norm[1]
                 captured = run_to_targets(model, xb.to(dtype), outputs, layers)
                 for layer in layers:
-                    picked = _reduce(captured[layer].index_select(1, index[layer]), spatial_mode(spatial, layer))
+                    reading = spatial_mode(spatial, layer)
+                    picked = reduce_units(units_first(captured[layer], reading).index_select(1, index[layer]),
+                                          reading, start=2)
                     result[start:start + xb.shape[0], columns[layer]] = picked.float().cpu()
     finally:
         for m, mode in modes:

@@ -31,6 +31,7 @@ from torch import nn
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam import _validation as V
 from lightning_ldam.capture import ActivationReader, probe_outputs
+from lightning_ldam.unit_axes import resolve_reading, unit_count
 from lightning_ldam.chains import LangevinChains, Objective
 from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_DISC_WEIGHT_COLOUR, DEFAULT_SMOOTHNESS, INITS, SPATIAL,
                                    LangevinConfig, default_disc_steps, default_disc_weight, resolve_config)
@@ -110,11 +111,18 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
     """
     parsed = parse_neurons(neurons)
     aliases = {layer: find_layer(model, layer)[0] for layer, _ in parsed}
-    units = _layer_units(model, list(dict.fromkeys(aliases.values())), input_shape, device, normalize, dtype,
-                         real=real)
+    settings = {aliases[layer]: dict(values) for layer, values in layer_settings(neurons).items()}
+    shapes, layouts = _layer_shapes(model, list(dict.fromkeys(aliases.values())), input_shape, device, normalize,
+                                    dtype, real=real)
+    units = {}
+    for path, shape in shapes.items():
+        mode = settings.get(path, {}).get("spatial", spatial)
+        reading = resolve_reading(mode, layouts.get(path, False), shape, path)
+        if reading != mode:  # the layer's layout, found here, is part of how every later read takes its units
+            settings.setdefault(path, {})["spatial"] = reading
+        units[path] = unit_count(shape, reading)
     ranked = list(dict.fromkeys(aliases[layer] for layer, idx in parsed
                                 if isinstance(idx, UnitPick) and idx.rule == "top"))
-    settings = {aliases[layer]: values for layer, values in layer_settings(neurons).items()}
     means = None
     if ranked and real is not None:  # without real data resolve_neurons says that "topK" needs it
         modes = {path: settings.get(path, {}).get("spatial", spatial) for path in ranked}
@@ -122,18 +130,19 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
     return resolve_neurons(neurons, units, aliases, means=means, seed=seed), settings
 
 
-def _layer_units(model: nn.Module, paths: list, input_shape, device, normalize, dtype,
-                 real: Optional[torch.Tensor] = None) -> dict:
-    """Layer path -> unit count, from one whole forward of two zero inputs (two: a model that needs batch
+def _layer_shapes(model: nn.Module, paths: list, input_shape, device, normalize, dtype,
+                 real: Optional[torch.Tensor] = None) -> Tuple[dict, dict]:
+    """Layer path -> output shape (for a batch of :data:`PROBE_BATCH`), and path -> whether its channels are on the
+    last axis (outputs with >= 3 dims, :func:`~lightning_ldam.unit_axes.find_layouts`), from one whole forward of two zero inputs (two: a model that needs batch
     statistics refuses one), or of two real ones where zeros take a path that skips a target. Targets that run
     more than once per forward are refused here (:func:`~lightning_ldam.capture.probe_outputs`)."""
     zeros = torch.zeros((PROBE_BATCH, *input_shape), device=device)
     try:
-        captured, calls = _probe(model, paths, zeros, input_shape, normalize, dtype)
+        captured, calls, layouts = _probe(model, paths, zeros, input_shape, normalize, dtype)
     except TargetNotReached:
         if real is None or real.shape[0] < 1:
             raise
-        captured, calls = _probe(model, paths, real[:PROBE_BATCH].to(device), input_shape, normalize, dtype)
+        captured, calls, layouts = _probe(model, paths, real[:PROBE_BATCH].to(device), input_shape, normalize, dtype)
     repeated = {p: n for p, n in calls.items() if n > 1}
     if repeated:
         raise LDAMArgumentError("neurons", f"layers run more than once in one forward: "
@@ -141,7 +150,7 @@ def _layer_units(model: nn.Module, paths: list, input_shape, device, normalize, 
                                 f"several places, as torchvision's ResNet blocks use one ReLU twice); LDAM would "
                                 f"read the first call only. Choose a module that runs once (e.g. the block itself "
                                 f"or its last BatchNorm), or give the place you want its own module (an nn.Identity)")
-    units = {}
+    shapes = {}
     for p, out in captured.items():
         if out.dim() >= 1 and out.shape[0] != PROBE_BATCH and len(input_shape) == 2:
             # e.g. (28, 28) for a conv net: Conv2d takes [2, 28, 28] as one unbatched image and runs
@@ -151,8 +160,8 @@ def _layer_units(model: nn.Module, paths: list, input_shape, device, normalize, 
         if out.dim() < 2 or out.shape[0] != PROBE_BATCH:
             raise LDAMArgumentError("neurons", f"layer {p!r} outputs shape {tuple(out.shape)} for a batch of "
                                     f"{PROBE_BATCH}; a target needs [batch, channels, ...]")
-        units[p] = int(out.shape[1])
-    return units
+        shapes[p] = tuple(out.shape)
+    return shapes, layouts
 
 
 def _probe(model: nn.Module, paths: list, x: torch.Tensor, input_shape, normalize, dtype):

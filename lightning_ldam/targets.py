@@ -97,18 +97,27 @@ class LayerInfo:
 
     Attributes:
         path: dotted name, usable in a neuron spec.
-        units: number of channels (conv-like outputs) or units (linear outputs).
+        units: number of channels (conv-like outputs, and the last axis of channel-last outputs such as a
+            transformer block's ``[B, tokens, channels]``) or units (linear outputs): what ``"layer:0-3"`` indexes.
         output_shape: output shape for a batch of one, e.g. ``(1, 64, 14, 14)``.
         type_name: the module's class name.
+        tokens: for a ``[B, tokens, channels]`` output, the number of tokens (what ``"layer:0-3"`` indexes with
+            ``spatial="tokens"``); else ``None``.
+        channels_last: whether the channels were found on the last axis (see
+            :func:`~lightning_ldam.unit_axes.find_layouts`).
     """
 
     path: str
     units: int
     output_shape: Tuple[int, ...]
     type_name: str
+    tokens: Optional[int] = None
+    channels_last: bool = False
 
     def __str__(self) -> str:
-        return f"{self.path:<32} {self.type_name:<20} units={self.units:<6} output={list(self.output_shape)}"
+        tokens = f" tokens={self.tokens}" if self.tokens is not None else ""
+        return (f"{self.path:<32} {self.type_name:<20} units={self.units:<6}{tokens} "
+                f"output={list(self.output_shape)}")
 
 
 def canonical_path(path: str) -> str:
@@ -203,7 +212,8 @@ def _check_setting(layer: str, key: str, value):
     """One per-layer setting, checked like the call's argument of that name; numbers come back as floats."""
     try:
         if key == "spatial":
-            return V.check_choice(key, value, ("mean", "center"))
+            from lightning_ldam.unit_axes import SPATIAL  # here: unit_axes is imported by capture, which imports us
+            return V.check_choice(key, value, SPATIAL)
         return float(V.check_positive(key, value, allow_zero=key != "temperature"))
     except LDAMArgumentError as err:
         raise LDAMArgumentError("neurons", f"{key!r} of layer {layer!r}: {err.message}") from None
@@ -495,7 +505,8 @@ def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> L
         device: where to run; default the model's device.
 
     Returns:
-        One :class:`LayerInfo` per module with a tensor output of at least 2 dims, in call order.
+        One :class:`LayerInfo` per module with a tensor output of at least 2 dims, in call order. A transformer
+        block's ``[1, tokens, channels]`` output lists its channels as ``units`` and its ``tokens`` beside them.
 
     Example::
 
@@ -504,6 +515,7 @@ def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> L
         [('0', 4), ('1', 4), ('2', 2704), ('3', 10)]
     """
     from lightning_ldam._validation import check_input_shape, check_model, model_device  # avoid cycle
+    from lightning_ldam.unit_axes import find_layouts
 
     check_model(model)
     shape = check_input_shape(input_shape)
@@ -517,16 +529,16 @@ def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> L
             out = first_tensor(output)
             if path in seen or out is None or out.dim() < 2:
                 return
-            seen[path] = LayerInfo(path, int(out.shape[1]), tuple(out.shape), type(module).__name__)
+            seen[path] = tuple(out.shape), type(module).__name__
         return hook
 
     modes = {m: m.training for m in model.modules()}
+    paths = [path for path in table if path]
     try:
-        for path, module in table.items():
-            if path:
-                handles.append(module.register_forward_hook(make_hook(path)))
+        for path in paths:
+            handles.append(table[path].register_forward_hook(make_hook(path)))
         model.eval()
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), find_layouts(model, paths, table) as layouts:
             try:
                 model(torch.zeros((1, *shape), device=device))
             except Exception as err:  # the model's own error, re-raised with the shape we tried
@@ -537,4 +549,9 @@ def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> L
             h.remove()
         for m, mode in modes.items():
             m.training = mode
-    return list(seen.values())
+    infos = []
+    for path, (out_shape, type_name) in seen.items():
+        last = layouts.get(path, False)
+        infos.append(LayerInfo(path, int(out_shape[-1] if last else out_shape[1]), out_shape, type_name,
+                               tokens=int(out_shape[1]) if last and len(out_shape) == 3 else None, channels_last=last))
+    return infos

@@ -45,6 +45,16 @@ def test_mnist_demo_smoke(tmp_path, capsys):
     assert f"tensorboard --logdir {tmp_path / 'demo'} --samples_per_plugin images=1000" in out
 
 
+def test_vit_example_samples_a_blocks_channels_through_the_callback(tmp_path):
+    pytest.importorskip("mlxtend")
+    _load("vit").main(["--smoke", "--logdir", str(tmp_path / "vit"), "--accelerator", "cpu"])
+    acc = events(_single_run(tmp_path / "vit"))
+    assert {f"ldam/{v}/net.blocks.1" for v in ("raw", "ema")} <= ldam_tags(acc, "images")
+    text = acc.Tensors("ldam/settings/text_summary")[0].tensor_proto.string_val[0].decode()
+    # the block's units were read as channels (last axis, mean over the 17 tokens), and the settings say so
+    assert "| spatial | {'net.blocks.1': 'channels_last_mean', 'net.head': 'mean'} |" in text
+
+
 def test_config_yaml_runs_through_lightning_cli(tmp_path):
     pytest.importorskip("mlxtend")
     pytest.importorskip("jsonargparse")

@@ -233,7 +233,7 @@ def test_resolve_neurons_without_means_refuses_top_k():
     ({"fc": {"units": "top3", "temperature": 0}}, r"'temperature' of layer 'fc': expected a finite number > 0, got 0"),
     ({"fc": {"units": "top3", "disc_weight": -1}}, r"'disc_weight' of layer 'fc': expected a finite number >= 0"),
     ({"fc": {"units": "top3", "spatial": "max"}},
-     r"'spatial' of layer 'fc': expected one of \['mean', 'center'\], got 'max'"),
+     r"'spatial' of layer 'fc': expected one of \['mean', 'center', 'tokens', .*\], got 'max'"),
     ({"fc": {}}, r"per-layer settings for layer 'fc' need 'units'.*got \{\}"),
     ({"fc": {"units": "top0"}}, r"K in 'top0' for layer 'fc' must be >= 1"),
 ])
