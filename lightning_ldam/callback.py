@@ -32,6 +32,7 @@ from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.first_round import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.inputs import InputKey, extract_input
 from lightning_ldam.interrupts import RoundInterrupted, sigterm_interrupts
+from lightning_ldam.own_line import own_line
 from lightning_ldam.outputs import is_tensorboard, settings_text, write_round, write_settings
 from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
@@ -61,6 +62,16 @@ class LDAMCallbackLogic:
     _rank_zero_info: Callable[[str], None] = staticmethod(log.info)
     _rank_zero_warn: Callable[[str], None] = staticmethod(log.warning)
 
+    def _info(self, message: str) -> None:
+        """A rank-zero info line that starts on its own line, never at the end of a progress bar's."""
+        with own_line():
+            self._rank_zero_info(message)
+
+    def _warn(self, message: str) -> None:
+        """A rank-zero warning that starts on its own line."""
+        with own_line():
+            self._rank_zero_warn(message)
+
     def __init__(self, neurons: NeuronSpec, *, every_n_epochs: Optional[int] = 1,
                  every_n_train_steps: Optional[int] = None, on_fit_end: bool = True,
                  during_validation: bool = False, max_overhead: Optional[float] = 0.05, chains: int = 8,
@@ -83,7 +94,7 @@ class LDAMCallbackLogic:
         self._ema: Optional[EMA] = None
         self._pending_ema_state: Optional[Dict[str, Any]] = None
         self._discs = WarmDiscriminators()
-        self._report = RoundReporter(self._rank_zero_info, self._rank_zero_warn)
+        self._report = RoundReporter(self._info, self._warn)
         self._rounds = self._skipped = self._skipped_batches = 0
         self._fallbacks: Dict[str, Any] = {}  # sampler settings the first batch found the model needs (init="data")
         self._last_sampled_step = self._last_ema_step = self._last_skipped_step = -1
@@ -159,7 +170,7 @@ class LDAMCallbackLogic:
                 self._ema.load_state_dict(self._pending_ema_state)
                 self._pending_ema_state = None
         if trainer.is_global_zero and any(is_tensorboard(lg) for lg in trainer.loggers):
-            self._rank_zero_info(NOTES["samples_per_plugin"][1])  # every fit (not once per run)
+            self._info(NOTES["samples_per_plugin"][1])  # every fit (not once per run)
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
@@ -400,10 +411,10 @@ class LDAMCallbackLogic:
         """Every variant (under DDP each rank samples a shard of the neurons and rank 0 gathers); keeps the Ds."""
         show = trainer.is_global_zero and (getattr(trainer, "progress_bar_callback", None) is not None
                                            or not _terminal())
-        progress = Progress(delay=_PROGRESS_AFTER_S, write=self._rank_zero_info) if show else False
+        progress = Progress(delay=_PROGRESS_AFTER_S, write=self._info) if show else False
         progress = plan.sampler_kwargs.pop("progress", progress)
         results, discs = run_round(plan, self._resolved, trainer.global_rank, trainer.world_size, progress,
-                                   self._rank_zero_info, self._previous)
+                                   self._info, self._previous)
         self._discs.keep(discs)
         return results
 

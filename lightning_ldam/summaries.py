@@ -9,8 +9,10 @@ path, or its alias):
   over all chains, |its mean − the first variant's mean|, and, with real inputs, the neuron's transfer with raw),
   under a header band naming the columns;
 * scalars ``ldam/{variant}/{layer}/...``: ``activation`` (mean), ``lift`` (median over the layer's neurons, against
-  the real inputs), ``realism`` (nearest-real distance ratio), ``diversity`` (chain spread over the real inputs'
-  spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA);
+  the real inputs), ``realism`` (texture-feature Fréchet distance to the real inputs over that of real ones,
+  :func:`lightning_ldam.realism.realism`: ≈ 1 real, higher less real; images only, >= 4 samples and 8 real inputs),
+  ``nearest_real`` (pixel L2 to the nearest real input over the real inputs' own spacing), ``diversity`` (chain
+  spread over the real inputs' spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA);
 * scalars ``ldam/divergence/{variant}/{layer}`` (averaged variant vs raw) and ``ldam/drift/{variant}/{layer}`` (this
   round vs the previous one): :func:`lightning_ldam.metrics.divergence` (paired chains), mean over the layer's
   neurons;
@@ -29,7 +31,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.metrics import divergence, health, lift, realism, transfer
+from lightning_ldam.metrics import divergence, health, lift, nearest_real, transfer
+from lightning_ldam.realism import measurable, realism
 from lightning_ldam.result import reference
 from lightning_ldam.render import compare_grid, neuron_grid
 from lightning_ldam.result import SampleResult
@@ -109,7 +112,12 @@ def _variant_scalars(prefix: str, res: SampleResult, rows: List[int], real: Opti
         spread = res.diversity[rows].mean().item()
         out[f"{prefix}/diversity"] = spread / real_spread if real_spread else spread
     if real is not None:
-        out[f"{prefix}/realism"] = realism(res.images[rows].flatten(0, 1), real)
+        samples = res.images[rows].flatten(0, 1)
+        out[f"{prefix}/nearest_real"] = nearest_real(samples, real)
+        if measurable(samples, real):
+            value = realism(samples, real)
+            if not math.isnan(value):
+                out[f"{prefix}/realism"] = value
     if res.real_activations is not None:
         lifts = lift(res.activations[rows], res.real_activations[:, rows])
         if not bool(torch.isnan(lifts).all()):

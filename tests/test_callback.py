@@ -509,7 +509,9 @@ def test_tensorboard_tags_counts_steps_and_sizes(tmp_path, no_failed_rounds):
     expected_images = {f"ldam/{v}/{layer}" for v in ("raw", "ema", "compare") for layer in layers}
     assert ldam_tags(acc, "images") == expected_images
     expected_scalars = {f"ldam/{v}/{layer}/{s}" for v in ("raw", "ema") for layer in layers
-                        for s in ("activation", "diversity", "realism", "lift", "disc_score")} | {
+                        for s in ("activation", "diversity", "nearest_real", "lift", "disc_score")} | {
+        # realism needs >= 4 samples of a layer: features.0 has 3 neurons x 2 chains, classifier.2 only 2 samples
+        f"ldam/{v}/features.0/realism" for v in ("raw", "ema")} | {
         f"ldam/health/{layer}/{kind}" for layer in layers for kind in ("dead", "undriven", "saturated")} | {
         f"ldam/divergence/ema/{layer}" for layer in layers} | {
         "ldam/nonfinite_resets", "ldam/failed_rounds", "ldam/nonfinite_inputs", "ldam/skipped_batches",

@@ -256,8 +256,10 @@ def test_compare_ldam_checkpoint_writes_tensorboard_and_png(ckpts, tmp_path, cap
             assert tag in images
             assert [e.step for e in acc.Images(tag)] == [step]
         for variant in ("raw", "ema"):
-            for name in ("activation", "diversity", "realism"):  # realism: the reservoir gave real data -> D
+            for name in ("activation", "diversity", "nearest_real"):  # nearest_real: the reservoir gave real data
                 assert f"ldam/{variant}/{layer}/{name}" in scalars
+            # realism needs >= 4 samples of the layer: conv has 2 neurons x 2 chains, fc 1 x 2
+            assert (f"ldam/{variant}/{layer}/realism" in scalars) == (layer == "conv")
     assert [e.step for e in acc.Scalars("ldam/nonfinite_resets")] == [step]
     raw_act = acc.Scalars("ldam/raw/conv/activation")[0].value
     assert raw_act != acc.Scalars("ldam/ema/conv/activation")[0].value  # different weights, same seed

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import INPUT_SHAPE, make_tiny_net, neuron_activations
-from lightning_ldam.metrics import diversity, lift, realism, unit_activations
+from lightning_ldam.metrics import diversity, lift, nearest_real, unit_activations
 
 # ---- lift ------------------------------------------------------------------------------------------
 
@@ -39,7 +39,7 @@ def test_lift_rejects_mismatched_neuron_counts():
         lift(torch.zeros(3, 2), torch.zeros(5, 2))
 
 
-# ---- realism ---------------------------------------------------------------------------------------
+# ---- nearest_real ---------------------------------------------------------------------------------------
 
 
 def _lattice(n: int = 10, dim: int = 6, spacing: float = 1.0) -> torch.Tensor:
@@ -50,25 +50,25 @@ def _lattice(n: int = 10, dim: int = 6, spacing: float = 1.0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.25, 0.5])
-def test_realism_of_a_copy_shifted_off_the_real_set_is_the_shift_over_the_spacing(shift):
+def test_nearest_real_of_a_copy_shifted_off_the_real_set_is_the_shift_over_the_spacing(shift):
     real = _lattice(spacing=2.0)
     shifted = real.clone()
     shifted[:, 1] += shift  # orthogonal to the line: each point's nearest real image is its source
-    assert realism(shifted, real) == pytest.approx(shift / 2.0, abs=1e-6)
+    assert nearest_real(shifted, real) == pytest.approx(shift / 2.0, abs=1e-6)
 
 
-def test_realism_of_an_iid_copy_is_about_one_and_of_far_samples_large():
+def test_nearest_real_of_an_iid_copy_is_about_one_and_of_far_samples_large():
     gen = torch.Generator().manual_seed(0)
     real, copy = torch.randn(400, 8, generator=gen), torch.randn(400, 8, generator=gen)
-    assert realism(copy, real) == pytest.approx(1.0, abs=0.1)
-    assert realism(real + 10.0, real) > 5
+    assert nearest_real(copy, real) == pytest.approx(1.0, abs=0.1)
+    assert nearest_real(real + 10.0, real) > 5
 
 
-def test_realism_flattens_images_and_needs_two_real_images():
+def test_nearest_real_flattens_images_and_needs_two_real_images():
     real = _lattice(4, 12).view(4, 3, 2, 2)
-    assert realism(real, real) == 0.0
+    assert nearest_real(real, real) == 0.0
     with pytest.raises(ValueError, match="at least 2"):
-        realism(real, real[:1])
+        nearest_real(real, real[:1])
 
 
 # ---- diversity -------------------------------------------------------------------------------------
