@@ -26,12 +26,17 @@ from torchvision.transforms.functional import pil_to_tensor
 from lightning_ldam._validation import check_positive, check_value_range
 from lightning_ldam.errors import LDAMArgumentError
 
-__all__ = ["neuron_grid", "compare_grid", "upscale_factor", "MAX_WIDTH", "MAX_CHAINS", "MAX_LABEL"]
+__all__ = ["neuron_grid", "compare_grid", "upscale_factor", "MAX_WIDTH", "MAX_CHAINS", "MAX_LABEL", "MIN_FIT_CHAINS",
+           "MIN_FIT_TILE", "CARD_WIDTH"]
 
 #: Width in px that default upscaling keeps a sheet under where it can (it never downscales).
 MAX_WIDTH = 640
 #: Default number of chains per variant a comparison sheet shows.
 MAX_CHAINS = 4
+#: A comparison sheet wider than TensorBoard's card shows fewer chains, down to this many, then smaller tiles, down
+#: to :data:`MIN_FIT_TILE` px high.
+MIN_FIT_CHAINS = 2
+MIN_FIT_TILE = 16
 #: Row labels and variant names are cut to this many characters (the last one an ellipsis).
 MAX_LABEL = 16
 #: Vectors up to this long are drawn as 1 × D strips; longer ones as near-square tiles, row by row.
@@ -41,6 +46,7 @@ _PAD = 2  # grey frame around each tile, as ``make_grid(padding=2)``
 _GAP = 6  # light gutter between column blocks and between the neuron groups of a comparison sheet
 _GREY, _BAND, _INK = 0.5, 242 / 255, 26 / 255  # the text layer is 8-bit
 _CARD = 350  # TensorBoard's image cards draw every image this wide ...
+CARD_WIDTH = _CARD
 _FONT_SIZE = 12  # ... and text should show at least this high in them
 _MAX_FONT_SIZE = 24  # (up to sheets twice the card's width)
 _TEXT_PAD = 4
@@ -377,19 +383,23 @@ def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, flo
 
     With ``names``, a header band on top labels the columns: ``chains`` ``k of n``, ``mean`` ``of n``,
     ``|diff|`` ``vs <first name>``. Tiles, means and differences use the one fixed scaling of ``value_range``.
-    Text is sized as in :func:`neuron_grid`; for 28-32 px images, 2-3 variants and labels of up to 16
-    characters, the sheet is 300-365 px wide (up to 430 px with ``scores``), so TensorBoard's card draws it at
-    about its own size.
+    Text is sized as in :func:`neuron_grid`. With the defaults (``max_chains`` and ``upscale`` not given) the sheet
+    fits TensorBoard's 350-px card (:data:`CARD_WIDTH`): a sheet that would be wider shows fewer chains, down to
+    :data:`MIN_FIT_CHAINS`, then area-shrunk tiles, down to :data:`MIN_FIT_TILE` px high (64-px images: 2 chains,
+    tiles of about 38 px), since the card would shrink it anyway, text included. The neuron sheets
+    (:func:`neuron_grid`) keep every chain at full size.
 
     Args:
         variants: ``[n, chains, *sample]`` per variant (e.g. raw, ema), the same neurons and seeds.
         value_range: the samples' box ``(lo, hi)``.
         upscale: nearest-neighbour factor. Default: tiles at least 28 px high (strips at most 1024 px wide),
-            reduced (to no less than 14 px) while the sheet would be wider than :data:`MAX_WIDTH`.
+            reduced (to no less than 14 px) while the sheet would be wider than :data:`MAX_WIDTH`, then fitted to
+            the card as above; given, the sheet is not fitted.
         names: one name per variant (e.g. ``["raw", "ema"]``), cut to :data:`MAX_LABEL` characters; also
             turns on the header band.
         row_labels: one string per neuron, cut to :data:`MAX_LABEL` characters.
-        max_chains: chains shown per variant (default :data:`MAX_CHAINS`).
+        max_chains: chains shown per variant (default :data:`MAX_CHAINS`, fewer where the sheet would not fit the
+            card); given, it is kept whatever the width.
         scores: ``[n][variants]`` numbers (or ``None``) drawn in a last column.
         score_header: the two header lines of that column.
 
@@ -406,15 +416,53 @@ def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, flo
         True
     """
     variants = _check_variants(variants)
-    n, c, _, h, w = variants[0].shape
+    n, c = variants[0].shape[:2]
     value_range = check_value_range(value_range)
     upscale = _check_upscale(upscale)
     names = _check_texts("names", names, len(variants), "variant")
     labels = _check_texts("row_labels", row_labels, n, "neuron row")
     shown = min(c, MAX_CHAINS if max_chains is None else check_positive("max_chains", max_chains, integer=True))
+    score_texts = _score_texts(scores, n, len(variants))
+
+    def draw(images: List[torch.Tensor], k: int) -> torch.Tensor:
+        return _compare_sheet(images, value_range, upscale, names, labels, k, score_texts, score_header)
+
+    sheet = draw(variants, shown)
+    if max_chains is not None or upscale is not None or sheet.shape[-1] <= _CARD:
+        return sheet
+    # wider than the card: fewer chain columns first (down to MIN_FIT_CHAINS), then smaller tiles (down to
+    # MIN_FIT_TILE px, area-averaged); the neuron sheets keep every chain at full size
+    while sheet.shape[-1] > _CARD and shown > min(c, MIN_FIT_CHAINS):
+        shown -= 1
+        sheet = draw(variants, shown)
+    side = variants[0].shape[-2]
+    if sheet.shape[-1] <= _CARD or variants[0].dim() != 5 or side <= MIN_FIT_TILE:
+        return sheet
+    lo, hi, best = MIN_FIT_TILE, side - 1, None
+    while lo <= hi:  # the largest tile side whose sheet fits: the width grows with the side
+        mid = (lo + hi) // 2
+        candidate = draw([_shrink(v, mid) for v in variants], shown)
+        if candidate.shape[-1] <= _CARD:
+            best, lo = candidate, mid + 1
+        else:
+            hi = mid - 1
+    return best if best is not None else draw([_shrink(v, MIN_FIT_TILE) for v in variants], shown)
+
+
+def _shrink(images: torch.Tensor, side: int) -> torch.Tensor:
+    """``[n, chains, C, H, W]`` area-resized so that ``H`` becomes ``side`` (the aspect ratio kept)."""
+    n, c, ch, h, w = images.shape
+    size = (side, max(1, round(w * side / h)))
+    return F.interpolate(images.reshape(n * c, ch, h, w).float(), size=size, mode="area").view(n, c, ch, *size)
+
+
+def _compare_sheet(variants: List[torch.Tensor], value_range: Tuple[float, float], upscale: Optional[int],
+                   names: Optional[List[str]], labels: Optional[List[str]], shown: int,
+                   score_texts: Optional[List[List[str]]], score_header: Tuple[str, str]) -> torch.Tensor:
+    """:func:`compare_grid`'s sheet for checked arguments and ``shown`` chain columns."""
+    n, c, _, h, w = variants[0].shape
     headers = None if names is None else _compare_headers(names[0], shown, c)[:2 + (len(variants) > 1)]
     counts = [shown, 1, 1][:2 + (len(variants) > 1)]
-    score_texts = _score_texts(scores, n, len(variants))
     best = max(1, min(upscale_factor(h, _MIN_TILE), 1024 // w))
 
     def score_width(type_: _Type) -> int:

@@ -315,3 +315,27 @@ def test_compare_grid_draws_a_score_column_and_checks_its_shape():
     assert not first_line and ink[30:62].any()  # ema's line: "0.82"
     with pytest.raises(LDAMArgumentError, match=r"^scores: expected 2 rows .* of 2 values"):
         compare_grid([raw, ema], (0.0, 1.0), scores=[[0.5, 0.5]])
+
+
+# ---- sheets fit TensorBoard's card ----------------------------------------------------------------------------
+@pytest.mark.parametrize("side", [64, 128, 224])
+def test_compare_sheets_of_large_images_fit_the_card_with_fewer_chains_then_smaller_tiles(side):
+    from lightning_ldam.render import CARD_WIDTH, MIN_FIT_CHAINS
+
+    v = [torch.rand(3, 8, 3, side, side) for _ in range(2)]
+    kw = dict(names=["raw", "swa"], row_labels=["0: airplane", "1: automobile", "2"], scores=[[None, 0.9]] * 3)
+    sheet = compare_grid(v, (0.0, 1.0), **kw)
+    assert sheet.shape[-1] <= CARD_WIDTH == 350
+    wide = compare_grid(v, (0.0, 1.0), max_chains=4, **kw)  # an explicit max_chains is kept, whatever the width
+    assert wide.shape[-1] > CARD_WIDTH
+    # two chains at full size are still too wide, so the fitted sheet's tiles were shrunk: its height shows it
+    two = compare_grid(v, (0.0, 1.0), max_chains=MIN_FIT_CHAINS, **kw)
+    assert two.shape[-1] > CARD_WIDTH and sheet.shape[-2] < two.shape[-2]
+    assert compare_grid(v, (0.0, 1.0), upscale=1, **kw).shape[-1] > CARD_WIDTH  # an explicit upscale: not fitted
+
+
+def test_small_compare_sheets_keep_four_chains_and_full_size_tiles():
+    v = [torch.rand(3, 8, 1, 28, 28) for _ in range(2)]
+    sheet = compare_grid(v, (0.0, 1.0), names=["raw", "ema"])
+    assert sheet.shape[-1] <= 350
+    torch.testing.assert_close(sheet, compare_grid(v, (0.0, 1.0), names=["raw", "ema"], max_chains=4))
