@@ -15,7 +15,8 @@ before the averagers) samples the class logits and a few hidden units at the end
 from the same chain starts and noise; a subclass records each round through its public ``on_round_end`` hook.
 
 Per round, variant and layer the study keeps the callback's scalar tags (``lightning_ldam.summaries``):
-lift, realism, diversity (against the callback's reservoir of real training inputs), divergence from raw and
+lift, realism (texture features) and nearest-real (pixels), diversity (against the callback's reservoir of real
+training inputs), divergence from raw and
 drift from the previous round; plus two measured here: judge agreement (the share of a class logit's samples
 that an independent LeNet-style judge, trained on other digits, labels as that class) and the variant's
 held-out accuracy. Seeds change the networks' initial weights, the batch order and LDAM's seed; the data split
@@ -60,11 +61,13 @@ FIGURE = os.path.join(HERE, "averaging_study.png")
 MARKER = "AVERAGING_STUDY"
 VARIANTS = ("raw", "ema", "swa")
 #: the scalar tags read from each round, by the name used here (``{v}``: variant, ``{l}``: layer path)
-TAGS = {"lift": "ldam/{v}/{l}/lift", "realism": "ldam/{v}/{l}/realism", "diversity": "ldam/{v}/{l}/diversity",
+TAGS = {"lift": "ldam/{v}/{l}/lift", "realism": "ldam/{v}/{l}/realism", "nearest_real": "ldam/{v}/{l}/nearest_real",
+        "diversity": "ldam/{v}/{l}/diversity",
         "divergence": "ldam/divergence/{v}/{l}", "drift": "ldam/drift/{v}/{l}", "activation": "ldam/{v}/{l}/activation",
         "transfer": "ldam/transfer/{v}/{l}", "retention": "ldam/retention/{v}/{l}"}
 #: table columns: (metric, header, decimals)
 COLUMNS = [("accuracy", "held-out acc.", 3), ("lift", "lift", 2), ("realism", "realism", 2),
+           ("nearest_real", "nearest-real", 2),
            ("judge", "judge agreement", 2), ("diversity", "diversity", 2), ("divergence", "divergence from raw", 2),
            ("transfer", "transfer with raw", 2), ("drift", "drift", 2), ("retention", "retention", 2)]
 HIDDEN_COLUMNS = [c for c in COLUMNS if c[0] not in ("accuracy", "judge")]
@@ -491,7 +494,7 @@ def figure(study: Study, path: str) -> Optional[str]:
     except ImportError:
         print("averaging_study: matplotlib is not installed; no figure")
         return None
-    metrics = [("realism", "realism (nearest-real ratio, lower = more real)"), ("judge", "judge agreement"),
+    metrics = [("realism", "realism (texture Fréchet ratio, lower = more real)"), ("judge", "judge agreement"),
                ("divergence", "divergence from raw"), ("drift", "drift from previous round"),
                ("transfer", "transfer with raw (1 = same concept)"),
                ("retention", "retention of previous round's samples")]

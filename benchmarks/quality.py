@@ -15,8 +15,12 @@ Metrics (lightning_ldam.metrics, all against the held-out images):
 
 - activation ratio: mean LDAM activation / max activation over held-out real images of that neuron;
 - judge agreement: share of samples the judge labels as the target class;
-- realism: mean L2 distance from a sample to its nearest held-out image / the same for held-out images
-  (nearest other held-out image);
+- realism: ``lightning_ldam.realism.realism`` against the held-out images: the Fréchet distance of the samples'
+  texture features to half of them over that of as many images of the other half, square-rooted (≈ 1 real,
+  higher less real; blur, class means and noise read well above 1);
+- nearest-real: mean L2 distance from a sample to its nearest held-out image / the same for held-out images
+  (nearest other held-out image): the pixel measure, which reads class means below real digits (tables recorded
+  before issue #20 call it "realism");
 - diversity: mean pairwise L2 distance between a neuron's chains / the same among held-out images of
   that class;
 - lift: (mean sample activation - mean real activation) / (max real activation - mean real activation) per
@@ -46,7 +50,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightning_ldam as ldam  # noqa: E402
-from lightning_ldam.metrics import diversity, lift, realism, unit_activations  # noqa: E402
+from lightning_ldam.metrics import diversity, lift, nearest_real, realism, unit_activations  # noqa: E402
 from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
 from readme_tables import write_section  # noqa: E402
 
@@ -189,7 +193,8 @@ def score_logits(bench: Bench, res, extra) -> Dict[str, float]:
     agree = (pred == torch.tensor(classes)[:, None]).float().mean().item()
     div = sum(diversity(res.images[i], d["held_x"][d["held_y"] == k]) for i, k in enumerate(classes)) / n
     return {"activation_ratio": act_ratio, "judge_agreement": agree,
-            "realism": realism(res.images.flatten(0, 1), d["held_x"]), "diversity": div,
+            "realism": realism(res.images.flatten(0, 1), d["held_x"]),
+            "nearest_real": nearest_real(res.images.flatten(0, 1), d["held_x"]), "diversity": div,
             "median_lift": torch.nanmedian(lift(res.activations, real)).item()}
 
 
@@ -256,11 +261,12 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
             mean = {k: sum(g[2][k] for g in group) / len(group) for k in group[0][2]}
             rows.append((lam, "mean", mean, sum(g[3] for g in group) / len(group)))
     seed_head = (("seed / sampling seed | " if resampled else "seed | "), "---:|") if several else ("", "")
-    head = (f"| λ (disc_weight) | {seed_head[0]}activation ratio | judge agreement | realism | diversity | median lift "
-            f"| s / call |\n|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|\n")
+    head = (f"| λ (disc_weight) | {seed_head[0]}activation ratio | judge agreement | realism | nearest-real | "
+            f"diversity | median lift | s / call |\n|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(f"| {lam_label(lam, benches[0].input_shape[0])} | {seed + ' | ' if several else ''}"
                    f"{s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
-                   f"{s['diversity']:.2f} | {s['median_lift']:.2f} | {secs:.1f} |\n"
+                   f"{s.get('nearest_real', math.nan):.2f} | {s['diversity']:.2f} | {s['median_lift']:.2f} | "
+                   f"{secs:.1f} |\n"
                    for lam, seed, s, secs in rows)
     what = ("10 class logits" if args.case == "mnist"
             else "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised inputs)")
