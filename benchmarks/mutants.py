@@ -34,6 +34,7 @@ class Mutant:
     old: str
     new: str
     tests: Tuple[str, ...]  # test files to run first
+    also: Tuple[Tuple[str, str, str], ...] = ()  # further (module, old, new) replacements of the same bug
 
 
 MUTANTS = [
@@ -100,6 +101,15 @@ MUTANTS = [
     Mutant("shared-module-read", "a module called twice per forward is read at its first call", "sampler.py",
            "    repeated = {p: n for p, n in calls.items() if n > 1}", "    repeated = {}",
            ("tests/test_bad_inputs.py",)),
+    # issue #21: two that no test caught before
+    Mutant("fold-to-clamp", "a step that leaves the box is clamped onto the wall instead of reflected", "chains.py",
+           "y = fold(y) if reflect else y.clamp_(0.0, 1.0)", "y = y.clamp_(0.0, 1.0)",
+           ("tests/test_sampling_laws.py",)),
+    Mutant("burn-in-state-returned", "the chains run every step, but a call returns their state at burn-in's end",
+           "chains.py", "        self._set_weights()\n        if self.cfg.method == \"mala\":",
+           "        self._set_weights()\n        self.burned = self.u.clone()\n        if self.cfg.method == \"mala\":",
+           ("tests/test_sampling_laws.py",),
+           also=(("sampler.py", "images=(lo + (hi - lo) * chains.u)", "images=(lo + (hi - lo) * chains.burned)"),)),
 ]
 
 
@@ -127,14 +137,15 @@ def _pytest(dest: str, targets: List[str], timeout: int) -> Tuple[bool, Optional
 def run(mutant: Mutant, timeout: int = 1500) -> Tuple[str, Optional[str], float]:
     with tempfile.TemporaryDirectory(prefix="ldam-mutant-") as dest:
         _copy_tree(dest)
-        path = os.path.join(dest, "lightning_ldam", mutant.module)
-        with open(path) as f:
-            source = f.read()
-        if source.count(mutant.old) != 1:
-            raise RuntimeError(f"{mutant.name}: the line to mutate occurs {source.count(mutant.old)} times in "
-                               f"{mutant.module}, expected once")
-        with open(path, "w") as f:
-            f.write(source.replace(mutant.old, mutant.new))
+        for module, old, new in ((mutant.module, mutant.old, mutant.new), *mutant.also):
+            path = os.path.join(dest, "lightning_ldam", module)
+            with open(path) as f:
+                source = f.read()
+            if source.count(old) != 1:
+                raise RuntimeError(f"{mutant.name}: the line to mutate occurs {source.count(old)} times in "
+                                   f"{module}, expected once")
+            with open(path, "w") as f:
+                f.write(source.replace(old, new))
         probe = subprocess.run([sys.executable, "-c", "import lightning_ldam, sys; print(lightning_ldam.__file__)"],
                                cwd=dest, env={**os.environ, "PYTHONPATH": dest}, capture_output=True, text=True)
         if not probe.stdout.strip().startswith(dest):

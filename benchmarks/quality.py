@@ -23,6 +23,8 @@ Metrics (lightning_ldam.metrics, all against the held-out images):
   before issue #20 call it "realism");
 - diversity: mean pairwise L2 distance between a neuron's chains / the same among held-out images of
   that class;
+- R-hat, ESS: median over the logits of the activation's rank-normalised split R-hat and bulk ESS over the sampling
+  phase (``SampleResult.rhat_activation``, ``ess_activation``; all chains of a logit together);
 - lift: (mean sample activation - mean real activation) / (max real activation - mean real activation) per
   neuron: 1 = as strong as the best held-out image, 0 = an average one (median over neurons; per layer,
   median and min, for the layer cases).
@@ -195,7 +197,9 @@ def score_logits(bench: Bench, res, extra) -> Dict[str, float]:
     return {"activation_ratio": act_ratio, "judge_agreement": agree,
             "realism": realism(res.images.flatten(0, 1), d["held_x"]),
             "nearest_real": nearest_real(res.images.flatten(0, 1), d["held_x"]), "diversity": div,
-            "median_lift": torch.nanmedian(lift(res.activations, real)).item()}
+            "median_lift": torch.nanmedian(lift(res.activations, real)).item(),
+            "rhat": math.nan if res.rhat_activation is None else float(res.rhat_activation.median()),
+            "ess": math.nan if res.ess_activation is None else float(res.ess_activation.median())}
 
 
 def score_layers(bench: Bench, res, extra) -> Dict[str, Tuple[float, float]]:
@@ -262,11 +266,12 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
             rows.append((lam, "mean", mean, sum(g[3] for g in group) / len(group)))
     seed_head = (("seed / sampling seed | " if resampled else "seed | "), "---:|") if several else ("", "")
     head = (f"| λ (disc_weight) | {seed_head[0]}activation ratio | judge agreement | realism | nearest-real | "
-            f"diversity | median lift | s / call |\n|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|---:|\n")
+            f"diversity | median lift | R-hat | ESS | s / call |\n"
+            f"|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(f"| {lam_label(lam, benches[0].input_shape[0])} | {seed + ' | ' if several else ''}"
                    f"{s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
                    f"{s.get('nearest_real', math.nan):.2f} | {s['diversity']:.2f} | {s['median_lift']:.2f} | "
-                   f"{secs:.1f} |\n"
+                   f"{s.get('rhat', math.nan):.2f} | {s.get('ess', math.nan):.1f} | {secs:.1f} |\n"
                    for lam, seed, s, secs in rows)
     what = ("10 class logits" if args.case == "mnist"
             else "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised inputs)")

@@ -41,7 +41,7 @@ from lightning_ldam.reporting import NOTES, RoundReporter
 from lightning_ldam.rounds import (RoundPlan, WarmDiscriminators, fixed_spec, plan_round, prepare_network,
                                    resolve_targets, run_round, submodule, time_a_step)
 from lightning_ldam.snapshot import snapshot
-from lightning_ldam.summaries import summarize, unhealthy_units
+from lightning_ldam.summaries import RHAT_BOUND, summarize, unhealthy_units, unmixed_layers
 from lightning_ldam.targets import NeuronSpec, spec_key
 from lightning_ldam.variants import Source, find_variants, is_averager
 
@@ -436,6 +436,9 @@ class LDAMCallbackLogic:
                 log.debug("LDAMCallback: writing the settings text: %s", err)
         self._report.done(trainer.global_step, results, seconds)
         self._report.health(trainer.global_step, unhealthy_units(results))
+        for layer, (bad, total, rhat, ess) in unmixed_layers(results).items():
+            self._report.once("unmixed", cause=layer, step=trainer.global_step, layer=layer, bad=bad, total=total,
+                              rhat=rhat, ess=ess, bound=RHAT_BOUND)
         self._previous = {name: res.images for name, res in results.items()}  # for the next round's drift
         self.on_round_end(trainer, results, scalars)
 

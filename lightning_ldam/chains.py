@@ -102,6 +102,18 @@ def _row_rms(g: torch.Tensor) -> torch.Tensor:
     return g.flatten(1).square().mean(1).sqrt()
 
 
+#: Fixed random projections of the state traced for the mixing diagnostics (besides the activation).
+PROJECTIONS = 4
+_PROJECTION_SEED = 0x1DA4
+
+
+def _projections(dim: int, device) -> torch.Tensor:
+    """``[dim, PROJECTIONS]`` unit-norm Gaussian directions, the same for every call (seeded privately)."""
+    g = torch.Generator().manual_seed(_PROJECTION_SEED)
+    p = torch.randn(dim, PROJECTIONS, generator=g)
+    return (p / p.norm(dim=0, keepdim=True)).to(device)
+
+
 class LangevinChains:
     """Chain state, the per-neuron constants of the law, and the steps that move the chains.
 
@@ -131,6 +143,11 @@ class LangevinChains:
         self.chains = batch // neurons
         self.view = (-1,) + (1,) * (u0.dim() - 1)
         self.trace = torch.empty((cfg.steps, batch), device=dev)
+        # the mixing diagnostics' second view: a few fixed random projections of each state over the sampling phase
+        # (a private generator: the chains' own streams stay as they were)
+        self.draws = max(cfg.steps - cfg.burn_in, 0) if cfg.method != "annealed" else 0
+        self.projection = _projections(u0[0].numel(), dev) if self.draws else None
+        self.proj_trace = torch.empty((self.draws, batch, PROJECTIONS), device=dev) if self.draws else None
         self.resets = torch.zeros(batch, dtype=torch.long, device=dev)
         self.accepted = torch.zeros(batch, device=dev)
         self.ms_act = torch.zeros(neurons, device=dev)  # mean-square input gradients over burn-in
@@ -186,8 +203,13 @@ class LangevinChains:
     def _record(self, t: Optional[int], acts: torch.Tensor) -> None:
         if t is not None:
             self.trace[t] = acts
+            if self.draws and t >= self.cfg.burn_in:
+                torch.mm(self.u.flatten(1), self.projection, out=self.proj_trace[t - self.cfg.burn_in])
         else:
             self.trace.index_copy_(0, self.counter, acts.unsqueeze(0))
+            if self.draws:  # burn-in's steps all write slot 0, which the first sampling step then overwrites
+                slot = (self.counter - self.cfg.burn_in).clamp_min_(0)
+                self.proj_trace.index_copy_(0, slot, (self.u.flatten(1) @ self.projection).unsqueeze(0))
 
     def _tick(self, t: Optional[int]) -> None:
         """End of a step in the graph form: the device counter moves on (eager steps know their ``t``)."""

@@ -42,6 +42,11 @@ NOTES = {
     "model_limit": ("warn", "LDAMCallback: a two-step trial of LDAM on the first batch met a limit of the model, "
                             "not of an argument you set ({error}); training goes on, rounds will be tried and skipped "
                             "if they fail"),
+    "unmixed": ("warn", "LDAMCallback: step {step}: the chains of {layer} have not mixed: split R-hat > {bound:g} for "
+                        "{bad} of {total} neurons (median {rhat:.2f}; bulk ESS median {ess:.0f} draws). Its samples "
+                        "show where each chain's search ended more than the law; more steps help (README: "
+                        "'Reading R-hat and ESS'). Said once per layer; ldam/<variant>/<layer>/rhat and /ess follow "
+                        "it"),
     "foreign_state": ("warn", "LDAMCallback: the checkpoint holds LDAM state under {keys}, not under this callback's "
                               "key {mine} (other neurons, seed, module or schedule), so this callback starts fresh: no "
                               "EMA, reservoir, discriminators or round counts are restored. Resume with the same "

@@ -27,6 +27,13 @@ class SampleResult:
         step_seconds: mean wall time of one Langevin step after the first (device-synchronised; the first
             step's one-off costs and the call's setup excluded): the figure to extrapolate a call's cost from.
         acceptance_rate: ``[n]`` share of proposals accepted after burn-in (``method="mala"``), else ``None``.
+        rhat: ``[n]`` rank-normalised split R-hat over the sampling phase (after burn-in), the worst of the
+            activation's and of 4 fixed random projections of the image (:mod:`lightning_ldam.diagnostics`): ≈ 1
+            when the chains sample one law, above 1.1 not mixed. ``None`` for ``"annealed"`` or fewer than 4
+            sampling steps.
+        ess: ``[n]`` bulk effective sample size over the sampling phase, the smallest of the same quantities: how
+            many independent draws all of a neuron's chains together are worth.
+        rhat_activation, ess_activation: ``[n]`` the same of the activation alone.
         scales: ``[n]`` ``c_k``, each neuron's scale in the law ``exp(a_k/(c_k·T) + λ_k·log D)`` (``None`` for
             ``method="annealed"``, which samples no fixed law).
         disc_weights: ``[n]`` ``λ_k``, the weight of log D in that law (``None`` without a discriminator term).
@@ -52,6 +59,10 @@ class SampleResult:
     seconds: float = 0.0
     step_seconds: float = 0.0
     acceptance_rate: Optional[torch.Tensor] = None
+    rhat: Optional[torch.Tensor] = None
+    ess: Optional[torch.Tensor] = None
+    rhat_activation: Optional[torch.Tensor] = None
+    ess_activation: Optional[torch.Tensor] = None
     scales: Optional[torch.Tensor] = None
     disc_weights: Optional[torch.Tensor] = None
     config: Dict[str, object] = field(default_factory=dict)
@@ -111,6 +122,8 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         nonfinite_resets=stack("nonfinite_resets"), value_range=first.value_range, discriminator=None,
         seconds=max(s.seconds for s in present), step_seconds=max(s.step_seconds for s in present),
         acceptance_rate=stack("acceptance_rate"), scales=stack("scales"), disc_weights=stack("disc_weights"),
+        rhat=stack("rhat"), ess=stack("ess"), rhat_activation=stack("rhat_activation"),
+        ess_activation=stack("ess_activation"),
         config=dict(first.config),
         real_activations=None if first.real_activations is None else
         torch.stack([shards[r].real_activations[:, i] for r, i in order], dim=1),

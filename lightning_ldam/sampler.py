@@ -32,6 +32,7 @@ from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam import _validation as V
 from lightning_ldam.capture import ActivationReader, probe_outputs
 from lightning_ldam.unit_axes import resolve_reading, unit_count
+from lightning_ldam.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
 from lightning_ldam.chains import LangevinChains, Objective
 from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_DISC_WEIGHT_COLOUR, DEFAULT_SMOOTHNESS, INITS, SPATIAL,
                                    LangevinConfig, default_disc_steps, default_disc_weight, resolve_config)
@@ -566,11 +567,32 @@ class _Run:
             value_range=(lo, hi), discriminator=disc, seconds=time.perf_counter() - started,
             step_seconds=step_seconds,
             acceptance_rate=_cpu(chains.acceptance_rate()),
+            **_mixing(chains, n, c),
             scales=chains.scale.cpu() if fixed else None,
             disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
             config={**cfg.__dict__, "chains": c, "init": init, "seed": self.seed, "spatial": self.spatial,
                     "device": str(self.device), "disc_rebuilt": keeper.rebuilt,
                     "layer_settings": {k: dict(v) for k, v in self.law.settings.items()}})
+
+
+def _mixing(chains: LangevinChains, n: int, c: int) -> Dict[str, Optional[torch.Tensor]]:
+    """Split R-hat and bulk ESS per neuron over the sampling phase, of the activation and of the fixed random
+    projections of the state (:mod:`lightning_ldam.diagnostics`); ``None`` without a sampling phase of at least
+    :data:`~lightning_ldam.diagnostics.MIN_DRAWS` steps (``"annealed"``, or burn-in to the end)."""
+    none = dict.fromkeys(("rhat", "ess", "rhat_activation", "ess_activation"))
+    draws = chains.draws
+    if draws < MIN_DRAWS:
+        return none
+    acts = chains.trace[-draws:].detach().float().cpu().t().reshape(n, c, draws)
+    proj = chains.proj_trace.detach().float().cpu().permute(1, 2, 0).reshape(n, c, -1, draws).transpose(1, 2)
+    finite = torch.isfinite(acts).all() and torch.isfinite(proj).all()
+    if not finite:
+        return none
+    rhat_act, ess_act = split_rhat(acts), ess_bulk(acts)
+    rhat_proj, ess_proj = split_rhat(proj), ess_bulk(proj)  # [n, k]
+    return {"rhat": torch.maximum(rhat_act, rhat_proj.max(1).values),
+            "ess": torch.minimum(ess_act, ess_proj.min(1).values),
+            "rhat_activation": rhat_act, "ess_activation": ess_act}
 
 
 class _DiscriminatorKeeper:

@@ -37,7 +37,8 @@ from lightning_ldam.result import reference
 from lightning_ldam.render import compare_grid, neuron_grid
 from lightning_ldam.result import SampleResult
 
-__all__ = ["summarize", "write_tensorboard", "unhealthy_units", "metrics_table", "Labeller"]
+__all__ = ["summarize", "write_tensorboard", "unhealthy_units", "unmixed_layers", "metrics_table", "Labeller",
+           "RHAT_BOUND"]
 
 #: ``(layer path, index) -> row label`` (or ``None`` for the default ``"index"``).
 Labeller = Callable[[str, int], Optional[str]]
@@ -126,6 +127,29 @@ def _variant_scalars(prefix: str, res: SampleResult, rows: List[int], real: Opti
         out[f"{prefix}/disc_score"] = res.disc_scores[rows].mean().item()
     if res.acceptance_rate is not None:
         out[f"{prefix}/acceptance"] = res.acceptance_rate[rows].mean().item()
+    if res.rhat is not None:
+        out[f"{prefix}/rhat"] = float(res.rhat[rows].median())
+        out[f"{prefix}/ess"] = float(res.ess[rows].median())
+    return out
+
+
+#: Split R-hat above which a neuron's chains count as not mixed (Stan warns from 1.01; 1.1 is the customary bound).
+RHAT_BOUND = 1.1
+
+
+def unmixed_layers(results: Mapping[str, SampleResult]) -> Dict[str, Tuple[int, int, float, float]]:
+    """Per layer whose chains did not mix in some variant, ``(neurons over RHAT_BOUND, neurons, median R-hat,
+    median bulk ESS)`` of the variant with most such neurons: what the callback warns about once per layer."""
+    out: Dict[str, Tuple[int, int, float, float]] = {}
+    for res in results.values():
+        if res.rhat is None:
+            continue
+        for layer in dict.fromkeys(layer for layer, _ in res.neurons):
+            rows = res.layer_slice(layer)
+            rhat = res.rhat[rows]
+            bad = int((~(rhat <= RHAT_BOUND)).sum())  # NaN counts as not mixed
+            if bad and bad > out.get(layer, (0,))[0]:
+                out[layer] = (bad, len(rows), float(rhat.median()), float(res.ess[rows].median()))
     return out
 
 
@@ -211,8 +235,8 @@ def unhealthy_units(results: Mapping[str, SampleResult], rows: Optional[List[int
 
 
 #: Columns of :func:`metrics_table` after ``layer`` and ``variant``.
-TABLE_COLUMNS = ("lift", "realism", "diversity", "divergence", "transfer", "drift", "retention", "activation",
-                 "disc_score", "dead", "undriven", "saturated")
+TABLE_COLUMNS = ("lift", "realism", "rhat", "ess", "diversity", "divergence", "transfer", "drift", "retention",
+                 "activation", "disc_score", "dead", "undriven", "saturated")
 
 
 def metrics_table(scalars: Mapping[str, float], reference: str = "raw") -> List[Dict[str, object]]:

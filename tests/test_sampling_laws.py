@@ -134,3 +134,49 @@ def test_reported_law_constants():
     assert res.config["method"] == "langevin" and res.config["burn_in"] == 10
     annealed = ldam.sample(nn.Sequential(Quadratic()), "0:0", steps=20, method="annealed", **QUAD)
     assert annealed.scales is None and annealed.config["burn_in"] == 0
+
+
+# ---- a law with its mass at a wall, and the state a call returns (issue #21: each caught a mutant no test did) ---
+class Wall(nn.Module):
+    """a(x) = −x/θ per pixel: with ``scale=1`` and T = 1, p ∝ exp(−x/θ) on [0, 1], an exponential law against the
+    wall at 0 (mean distance θ(1 − (1/θ)·e^{−1/θ}/(1 − e^{−1/θ})) ≈ θ for θ ≪ 1)."""
+
+    def __init__(self, theta: float):
+        super().__init__()
+        self.theta = theta
+
+    def forward(self, x):
+        return -(x.flatten(1) / self.theta).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("method, tolerance", [("mala", 0.05), ("langevin", 0.12)])
+def test_a_law_at_the_wall_is_sampled_with_reflection_not_clamping(method, tolerance):
+    theta = 0.02
+    exact = theta * (1 - (1 / theta) * torch.exp(torch.tensor(-1 / theta)).item()
+                     / (1 - torch.exp(torch.tensor(-1 / theta)).item()))
+    res = ldam.sample(nn.Sequential(Wall(theta)), "0:0", input_shape=(1, 1, 4), value_range=(0.0, 1.0),
+                      chains=1024, steps=600, method=method, scale=1.0, disc_weight=0.0, seed=0)
+    x = res.images[0].flatten()
+    # ULA's bias at a wall is O(step): at the default step 0.005 its mean reads +3.0% at θ = 0.02 and +8.8% at
+    # θ = 0.01 (1024 chains x 600 steps); MALA's −1.2% and −1.0%
+    assert x.mean().item() == pytest.approx(exact, rel=tolerance)
+    assert (x == 0).float().mean().item() < 0.001  # a clamp would pile mass exactly on the wall
+    # the law's shape, not only its mean: P(x > θ) = e^{-1}, P(x > 3θ) = e^{-3}
+    assert (x > theta).float().mean().item() == pytest.approx(torch.exp(torch.tensor(-1.0)).item(), abs=0.03)
+    assert (x > 3 * theta).float().mean().item() == pytest.approx(torch.exp(torch.tensor(-3.0)).item(), abs=0.015)
+
+
+def test_a_call_returns_the_state_after_its_last_step_not_after_burn_in():
+    res = ldam.sample(nn.Sequential(Quadratic()), "0:0", method="langevin", scale=1.0, step_size=0.02, steps=400,
+                      disc_weight=0.0, seed=2, **QUAD)
+    trace, burn = res.trace[0], res.config["burn_in"]  # trace: the activation before each step
+    final = Quadratic()(res.images[0]).flatten()  # the returned images' own activation, read afresh
+    torch.testing.assert_close(final, res.activations[0], rtol=1e-4, atol=1e-4)
+
+    def corr(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    # one step before the end the chains were where they end up; 200 steps before, anywhere in the law
+    assert corr(final, trace[:, -1]) > 0.8
+    assert abs(corr(final, trace[:, burn])) < 0.2
