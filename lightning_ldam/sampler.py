@@ -134,9 +134,10 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
 def _layer_shapes(model: nn.Module, paths: list, input_shape, device, normalize, dtype,
                  real: Optional[torch.Tensor] = None) -> Tuple[dict, dict]:
     """Layer path -> output shape (for a batch of :data:`PROBE_BATCH`), and path -> whether its channels are on the
-    last axis (outputs with >= 3 dims, :func:`~lightning_ldam.unit_axes.find_layouts`), from one whole forward of two zero inputs (two: a model that needs batch
-    statistics refuses one), or of two real ones where zeros take a path that skips a target. Targets that run
-    more than once per forward are refused here (:func:`~lightning_ldam.capture.probe_outputs`)."""
+    last axis (outputs with >= 3 dims, :func:`~lightning_ldam.unit_axes.find_layouts`), from one whole forward of
+    two zero inputs (two: a model that needs batch statistics refuses one), or of two real ones where zeros take a
+    path that skips a target. Targets that run more than once per forward are refused here
+    (:func:`~lightning_ldam.capture.probe_outputs`)."""
     zeros = torch.zeros((PROBE_BATCH, *input_shape), device=device)
     try:
         captured, calls, layouts = _probe(model, paths, zeros, input_shape, normalize, dtype)
@@ -198,7 +199,7 @@ def _input_shape_hint(input_shape) -> str:
 
 def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int], chains: int = 8,
            steps: Optional[int] = None, real_data=None, disc_weight: Optional[float] = None,
-           value_range: Tuple[float, float] = (0.0, 1.0), normalize=None, init: str = "noise",
+           value_range: Tuple[float, float] = (0.0, 1.0), normalize=None, init: Union[str, torch.Tensor] = "noise",
            seed: int = 0, device: Union[str, torch.device, None] = None, method: str = "langevin",
            burn_in: Optional[int] = None, step_size: Optional[float] = None, temperature: float = 1.0,
            scale: Union[str, float] = "auto", adapt_disc: bool = True, smoothness: Optional[float] = None,
@@ -232,7 +233,10 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             (no discriminator is built: it costs nothing).
         value_range: the pixel box ``(lo, hi)`` samples stay in.
         normalize: ``(mean, std)`` applied to pixel-space chains before the model (per channel or scalar).
-        init: ``"noise"`` (uniform in the box) or ``"data"`` (real images).
+        init: ``"noise"`` (uniform in the box), ``"data"`` (real images), or a float tensor of starting images in
+            pixel space inside ``value_range``: ``[chains, *input_shape]`` (every neuron's chains start from them:
+            "what does this unit make of my image?") or ``[neurons, chains, *input_shape]``, neurons in the resolved
+            order. ``result.config["init"]`` then reads ``"images [shape]"``.
         seed: seed of the private generators; the global RNG is never used. The chains' noise has its own
             generator, so variants sampled with one seed share their starts and noise.
         device: where to sample; default the model's device (a copy of the model is moved otherwise).
@@ -301,7 +305,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
                          schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
                          disc_warmup=(disc_warmup if disc_warmup is not None
                                       else (50 if discriminator is None else 0)), disc_lr=disc_lr)
-    if init == "data" and real_data is None:
+    if isinstance(init, str) and init == "data" and real_data is None:
         raise LDAMArgumentError("init",
             "'data' starts chains from real images; pass real_data=..., or use init='noise'")
     if len(shape) != 3 and (_uses_disc(cfg.disc_weight, own) or discriminator is not None):
@@ -345,7 +349,10 @@ def _check_call(model, input_shape, chains, value_range, init, spatial, seed, di
     shape = V.check_input_shape(input_shape)
     V.check_positive("chains", chains, integer=True)
     box = V.check_value_range(value_range)
-    V.check_choice("init", init, INITS)
+    if isinstance(init, torch.Tensor):
+        _check_init_images(init, shape, box)
+    else:
+        V.check_choice("init", init, INITS)
     V.check_choice("spatial", spatial, SPATIAL)
     V.check_seed("seed", seed)
     if discriminator is not None and not isinstance(discriminator, nn.Module):
@@ -427,6 +434,26 @@ class _LayerLaw:
                                             f"(C, H, W); input_shape={shape}")
                 for k, v in zip(knobs, (lam, own.get("temperature", cfg.temperature), kappa)):
                     self.per_neuron[k].append(float(v))
+
+
+def _check_init_images(init: torch.Tensor, shape, box) -> None:
+    """Starting images: ``[chains, *input_shape]`` (every neuron's chains start from them) or ``[neurons, chains,
+    *input_shape]``, finite, in pixel space inside ``value_range`` (the neuron count is checked once resolved)."""
+    accepted = (f"[chains, {', '.join(map(str, shape))}] or [neurons, chains, {', '.join(map(str, shape))}] "
+                f"images in value_range={box}")
+    if not init.is_floating_point() or init.dim() not in (len(shape) + 1, len(shape) + 2) \
+            or tuple(init.shape[-len(shape):]) != tuple(shape):
+        raise LDAMArgumentError("init", f"expected 'noise', 'data' or a float tensor of {accepted}; "
+                                f"got {V.shown(init)}")
+    lo, hi = box
+    tol = 1e-6 * (hi - lo)
+    finite = torch.isfinite(init)
+    if not bool(finite.all()):
+        raise LDAMArgumentError("init", f"expected finite starting images, got {int((~finite).sum())} NaN/Inf values")
+    low, high = float(init.min()), float(init.max())
+    if low < lo - tol or high > hi + tol:
+        raise LDAMArgumentError("init", f"expected starting images inside value_range={box} (pixel space, as "
+                                f"real_data), got values in [{low:.4g}, {high:.4g}]")
 
 
 def _check_real_finite(real_cpu: torch.Tensor) -> None:
@@ -513,8 +540,18 @@ class _Run:
         self.chain_gen = torch.Generator(device=device).manual_seed(seed)
         self.disc_gen = torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + 0x7F4A7C15) % 2 ** 62)
 
-    def _initial(self, init: str) -> torch.Tensor:
-        batch = len(self.neurons) * self.chains
+    def _initial(self, init) -> torch.Tensor:
+        n, batch = len(self.neurons), len(self.neurons) * self.chains
+        if isinstance(init, torch.Tensor):
+            lo, hi = self.box
+            images = init.detach().to(self.device, torch.float32)
+            if images.dim() == len(self.shape) + 1:  # [chains, ...]: the same starts for every neuron
+                images = images.unsqueeze(0).expand(n, *images.shape)
+            if tuple(images.shape[:2]) != (n, self.chains):
+                raise LDAMArgumentError("init", f"expected starting images for {n} neurons x {self.chains} chains "
+                                        f"([{self.chains}, ...] or [{n}, {self.chains}, ...]), got shape "
+                                        f"{tuple(init.shape)}")
+            return ((images.reshape(batch, *self.shape) - lo) / (hi - lo)).clamp_(0.0, 1.0).contiguous()
         if init == "data":
             idx = torch.randint(self.real.shape[0], (batch,), generator=self.chain_gen, device=self.device)
             return self.real[idx.to(self.real.device)].clone()
@@ -570,7 +607,8 @@ class _Run:
             **_mixing(chains, n, c),
             scales=chains.scale.cpu() if fixed else None,
             disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
-            config={**cfg.__dict__, "chains": c, "init": init, "seed": self.seed, "spatial": self.spatial,
+            config={**cfg.__dict__, "chains": c, "seed": self.seed, "spatial": self.spatial,
+                    "init": f"images {list(init.shape)}" if isinstance(init, torch.Tensor) else init,
                     "device": str(self.device), "disc_rebuilt": keeper.rebuilt,
                     "layer_settings": {k: dict(v) for k, v in self.law.settings.items()}})
 

@@ -120,3 +120,4 @@ def test_the_callback_logs_rhat_and_ess_and_warns_once_per_unmixed_layer(tmp_pat
     layers = [m.split("the chains of ")[1].split(" have")[0] for m in said]
     assert len(layers) == len(set(layers)) >= 1, said  # 8 sampling steps do not mix: said, and once per layer
     assert all("split R-hat > 1.1" in m for m in said)
+

@@ -180,3 +180,61 @@ def test_a_call_returns_the_state_after_its_last_step_not_after_burn_in():
     # one step before the end the chains were where they end up; 200 steps before, anywhere in the law
     assert corr(final, trace[:, -1]) > 0.8
     assert abs(corr(final, trace[:, burn])) < 0.2
+
+
+class GaussianD(nn.Module):
+    """An analytic discriminator: ``log D(u) = −½|u − m|² − δ`` exactly (its logit is ``−log(expm1(q))``), so with a
+    quadratic activation and the smoothness prior the whole law is Gaussian, with a covariance in closed form."""
+
+    def __init__(self, centre: torch.Tensor, offset: float = 0.1):
+        super().__init__()
+        self.register_buffer("centre", centre)
+        self.offset = offset
+
+    def forward(self, u):
+        q = 0.5 * (u.flatten(1) - self.centre.flatten()).square().sum(1) + self.offset
+        return -torch.log(torch.expm1(q))
+
+
+def _grid_laplacian(h: int, w: int) -> torch.Tensor:
+    """``L`` with ``½·Σ (u_i − u_j)²`` over adjacent pixels ``= ½ uᵀ L u`` (row-major pixels)."""
+    n = h * w
+    lap = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(h):
+        for j in range(w):
+            for di, dj in ((0, 1), (1, 0)):
+                if i + di < h and j + dj < w:
+                    a, b = i * w + j, (i + di) * w + j + dj
+                    lap[a, a] += 1
+                    lap[b, b] += 1
+                    lap[a, b] -= 1
+                    lap[b, a] -= 1
+    return lap
+
+
+def test_the_law_with_a_fixed_analytic_d_and_the_smoothness_prior_is_the_stated_gaussian():
+    # log p(u) = a(x(u))/(c·T) + λ_k·log D(u) − γ_k·E_s(u), a = −½|x|², x = −6 + 12u, c = 1 (scale=1), T = 1:
+    # precision P = 144·I + λ_k·I + γ_k·L, mean P⁻¹(144·½·1 + λ_k·m), γ_k = κ / PIXEL_SCALE
+    from lightning_ldam.config import PIXEL_SCALE
+
+    centre = torch.tensor([0.2, 0.7, 0.4, 0.9]).view(1, 2, 2)
+    kappa = 3.0
+    res = ldam.sample(nn.Sequential(Quadratic()), "0:0", input_shape=(1, 2, 2), value_range=BOX, chains=2048,
+                      steps=800, method="mala", scale=1.0, step_size=0.01, disc_weight=1.0, smoothness=kappa,
+                      discriminator=GaussianD(centre), seed=4)
+    lam = float(res.disc_weights[0])
+    assert lam > 0
+    gamma = kappa / PIXEL_SCALE
+    eye = torch.eye(4, dtype=torch.float64)
+    precision = 144.0 * eye + lam * eye + gamma * _grid_laplacian(2, 2)
+    cov = torch.linalg.inv(precision)
+    mean = cov @ (72.0 * torch.ones(4, dtype=torch.float64) + lam * centre.flatten().double())
+    u = ((res.images[0].flatten(1).double() - BOX[0]) / (BOX[1] - BOX[0]))  # back to the unit box
+    assert (u.mean(0) - mean).abs().max().item() < 0.1 * cov.diagonal().sqrt().min().item() + 1e-3
+    emp = torch.cov(u.T)
+    # variances within 10%, and the prior's correlations (neighbours more alike than the diagonal pair) within 0.1
+    assert torch.allclose(emp.diagonal(), cov.diagonal(), rtol=0.10)
+    corr = lambda c: c / torch.outer(c.diagonal().sqrt(), c.diagonal().sqrt())  # noqa: E731
+    assert (corr(emp) - corr(cov)).abs().max().item() < 0.1
+    assert corr(cov)[0, 1].item() > 0.2  # the prior's correlation is there to be matched, not ≈ 0
+    assert res.acceptance_rate[0].item() > 0.5
