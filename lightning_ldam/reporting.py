@@ -43,10 +43,9 @@ NOTES = {
                             "not of an argument you set ({error}); training goes on, rounds will be tried and skipped "
                             "if they fail"),
     "unmixed": ("warn", "LDAMCallback: step {step}: the chains of {layer} have not mixed: split R-hat > {bound:g} for "
-                        "{bad} of {total} neurons (median {rhat:.2f}; bulk ESS median {ess:.0f} draws). Its samples "
-                        "show where each chain's search ended more than the law; more steps help (README: "
-                        "'Reading R-hat and ESS'). Said once per layer; ldam/<variant>/<layer>/rhat and /ess follow "
-                        "it"),
+                        "{bad} of {total} neurons (median {rhat:.2f}; bulk ESS median {ess:.0f} draws), so its samples "
+                        "show where each chain's search ended, not draws of the law (README: 'Reading R-hat and "
+                        "ESS'). Said once per layer; ldam/<variant>/<layer>/rhat and /ess follow it"),
     "foreign_state": ("warn", "LDAMCallback: the checkpoint holds LDAM state under {keys}, not under this callback's "
                               "key {mine} (other neurons, seed, module or schedule), so this callback starts fresh: no "
                               "EMA, reservoir, discriminators or round counts are restored. Resume with the same "
