@@ -110,6 +110,11 @@ MUTANTS = [
            "        self._set_weights()\n        self.burned = self.u.clone()\n        if self.cfg.method == \"mala\":",
            ("tests/test_sampling_laws.py",),
            also=(("sampler.py", "images=(lo + (hi - lo) * chains.u)", "images=(lo + (hi - lo) * chains.burned)"),)),
+    Mutant("mala-accepts-on-autocast", "MALA's accept test reads the bf16 autocast forward's activations",
+           "chains.py", "prop = self.objective(y, exact=True)", "prop = self.objective(y)",
+           ("tests/test_sampling_laws.py",),
+           also=(("chains.py", "self.current = self.objective(self.u, exact=True)",
+                  "self.current = self.objective(self.u)"),)),
 ]
 
 

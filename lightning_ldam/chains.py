@@ -41,17 +41,27 @@ class Objective:
     Args:
         activations: ``u -> [B]`` activations (differentiable; pixel mapping, normalisation, autocast inside).
         discriminator: D taking unit-box images, or ``None`` (no log D term).
+        exact: ``u -> [B]`` the same activations in float32 without autocast, for MALA's accept test (``None``:
+            ``activations`` are already exact). Under bf16 autocast the rounding of ``a_k`` is as large as the
+            log-density differences an accept test compares; a proposal's drift may be rounded (it is computed once
+            per state and reused in both proposal densities, so the test stays exact), its log-density may not.
     """
 
     def __init__(self, activations: Callable[[torch.Tensor], torch.Tensor],
-                 discriminator: Optional[torch.nn.Module] = None):
+                 discriminator: Optional[torch.nn.Module] = None,
+                 exact: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.activations = activations
         self.discriminator = discriminator
+        self.exact = exact
 
-    def __call__(self, u: torch.Tensor) -> Terms:
+    def __call__(self, u: torch.Tensor, exact: bool = False) -> Terms:
+        """The terms at ``u``; ``exact``: ``acts`` from the float32 forward (see ``exact`` above)."""
         x = u.detach().requires_grad_(True)
         acts = self.activations(x)
         (g_act,) = torch.autograd.grad(acts.sum(), x)
+        if exact and self.exact is not None:
+            with torch.no_grad():
+                acts = self.exact(u.detach()).float()
         log_d = g_disc = None
         if self.discriminator is not None:
             self.discriminator.eval()  # no spectral-norm power iteration while reading D
@@ -317,7 +327,7 @@ class LangevinChains:
         """Fix ``λ_k`` and ``γ_k`` at the end of burn-in: from here on the law is fixed."""
         self._set_weights()
         if self.cfg.method == "mala":
-            self.current = self.objective(self.u)
+            self.current = self.objective(self.u, exact=True)
 
     def replace_discriminator(self, discriminator: torch.nn.Module) -> None:
         """Read ``discriminator`` from here on (it replaces one whose weights turned NaN/Inf), with D's gradient scale
@@ -362,7 +372,7 @@ class LangevinChains:
         half_eps, std = self.at("half_eps", t), self.at("noise", t)
         mean = u + self._drift(cur, u) * half_eps
         y = fold(mean + torch.randn(u.shape, generator=self.gen, device=u.device) * std)
-        prop = self.objective(y)
+        prop = self.objective(y, exact=True)
         back = y + self._drift(prop, y) * half_eps
         log_alpha = (self._log_p(prop, y) - self._log_p(cur, u)
                      + _log_fold_density(u, back, std) - _log_fold_density(y, mean, std))

@@ -267,7 +267,9 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         disc_steps: D updates each time it is trained (default 2; 8 on colour images except for ``"annealed"``:
             :func:`~lightning_ldam.config.default_disc_steps`).
         disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
-        autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option). ``"mala"``
+            computes its accept test from a float32 forward (autocast off) at each proposal: one more forward a
+            step, without which bf16's rounding of the activation would decide acceptance.
         channels_last: run convolutions in NHWC memory layout (a GPU speed option with autocast; the
             model's tensors get their layout back afterwards, values are never touched).
         cuda_graph: replay each step as a CUDA graph (CUDA only; one graph per phase): for small networks,
@@ -518,6 +520,11 @@ class _ModelInput:
         x = x.to(self.dtype)  # chains stay float32; a float64/half model gets its own dtype
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def run_exact(self, reader: ActivationReader, u: torch.Tensor) -> torch.Tensor:
+        """The activations in the model's own dtype with autocast off (even inside a caller's autocast)."""
+        with torch.autocast(self.device.type, enabled=False):
+            return reader(self(u))
+
     def run(self, reader: ActivationReader, u: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is None:
             return reader(self(u))
@@ -571,7 +578,9 @@ class _Run:
         u0 = self._initial(init)
         disc = _DiscriminatorKeeper(self, given_disc, u0)
         reader = ActivationReader(self.net, neurons, self.chains, spatial=self.spatial, device=self.device)
-        objective = Objective(lambda u: self.to_model.run(reader, u), disc.module if self.uses_disc else None)
+        exact = None if self.to_model.autocast_dtype is None else (lambda u: self.to_model.run_exact(reader, u))
+        objective = Objective(lambda u: self.to_model.run(reader, u), disc.module if self.uses_disc else None,
+                              exact=exact)
         targets = self._real_targets()
         try:
             with reader.attached():

@@ -238,3 +238,43 @@ def test_the_law_with_a_fixed_analytic_d_and_the_smoothness_prior_is_the_stated_
     assert (corr(emp) - corr(cov)).abs().max().item() < 0.1
     assert corr(cov)[0, 1].item() > 0.2  # the prior's correlation is there to be matched, not ≈ 0
     assert res.acceptance_rate[0].item() > 0.5
+
+
+# ---- MALA's accept test under bf16 autocast (issue #21 item 6) ------------------------------------------------
+def _wall_linear(theta: float, offset: float, pixels: int) -> nn.Module:
+    """The wall law through an ``nn.Linear`` (which autocast runs in bf16): a(x) = offset − Σx/θ. At an offset of
+    10⁴, bf16's spacing is 64, i.e. up to ±32 nats of rounding against log-density steps of about 0.5: an accept
+    test on bf16 activations is noise. The law itself (scale=1) does not depend on the offset."""
+    lin = nn.Linear(pixels, 1)
+    with torch.no_grad():
+        lin.weight.fill_(-1.0 / theta)
+        lin.bias.fill_(offset)
+    return nn.Sequential(nn.Flatten(), lin)
+
+
+def test_mala_under_bf16_autocast_accepts_with_float32_log_densities():
+    theta, pixels = 0.02, 4
+    exact = theta * (1 - (1 / theta) * torch.exp(torch.tensor(-1 / theta)).item()
+                     / (1 - torch.exp(torch.tensor(-1 / theta)).item()))
+    kw = dict(input_shape=(1, 1, pixels), value_range=(0.0, 1.0), chains=1024, steps=600, method="mala",
+              scale=1.0, disc_weight=0.0, seed=0)
+    model = _wall_linear(theta, 1e4, pixels)
+    bf16 = ldam.sample(model, "1:0", autocast_dtype=torch.bfloat16, **kw)
+    x = bf16.images[0].flatten()
+    assert x.mean().item() == pytest.approx(exact, rel=0.05)
+    # float32 resolves the offset to 0.001 nats: the decisions are those of the same law without an offset
+    plain = ldam.sample(_wall_linear(theta, 0.0, pixels), "1:0", autocast_dtype=torch.bfloat16, **kw)
+    assert bf16.acceptance_rate.item() == pytest.approx(plain.acceptance_rate.item(), abs=0.005)
+    assert (x > theta).float().mean().item() == pytest.approx(torch.exp(torch.tensor(-1.0)).item(), abs=0.03)
+    # the returned activations are the model's own (float32) readings of the returned images
+    assert bf16.activations[0].dtype == torch.float32
+    # what the test guards against: the same call deciding on bf16 activations is visibly wrong
+    from lightning_ldam import chains as chains_module
+    original = chains_module.Objective.__call__
+    try:
+        chains_module.Objective.__call__ = lambda self, u, exact=False: original(self, u, exact=False)
+        rounded = ldam.sample(model, "1:0", autocast_dtype=torch.bfloat16, **kw)
+    finally:
+        chains_module.Objective.__call__ = original
+    # (measured: mean 0.061 against 0.020, P(x > 3θ) 0.44 against 0.05)
+    assert rounded.images[0].mean().item() > 2 * exact
