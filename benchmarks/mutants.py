@@ -115,6 +115,13 @@ MUTANTS = [
            ("tests/test_sampling_laws.py",),
            also=(("chains.py", "self.current = self.objective(self.u, exact=True)",
                   "self.current = self.objective(self.u)"),)),
+    Mutant("chains-not-continued", "the callback keeps each variant's chains but every round starts afresh",
+           "callback.py", "                plan.variants[i], continued = dataclasses.replace(variant, init=init), True",
+           "                continued = True", ("tests/test_persistent_chains.py",)),
+    Mutant("redraw-differs-per-variant", "each variant re-draws its chains from its own stream (no common numbers)",
+           "persistence.py", "(int(seed) * 1_000_003 + int(round_index) * 7_919) % 2 ** 62",
+           "(int(seed) * 1_000_003 + int(round_index) * 7_919 + hash(name) % 9973) % 2 ** 62",
+           ("tests/test_persistent_chains.py",)),
 ]
 
 

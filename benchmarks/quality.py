@@ -329,7 +329,9 @@ def run(args, argv: Optional[List[str]] = None) -> str:
 
 
 def type_guess(value: str):
-    """``--set`` values: ints, floats, true/false, torch dtypes by name (``bfloat16``), else the string."""
+    """``--set`` values: ints, floats, true/false, none, torch dtypes by name (``bfloat16``), else the string."""
+    if value.lower() == "none":
+        return None
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     if isinstance(getattr(torch, value, None), torch.dtype):

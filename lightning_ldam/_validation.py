@@ -147,3 +147,10 @@ def check_decay(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
         raise LDAMArgumentError(name, f"expected a float in [0, 1), got {shown(value)}")
     return float(value)
+
+
+def check_fraction(name: str, value) -> float:
+    """A share in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value <= 1.0:
+        raise LDAMArgumentError(name, f"expected a number in [0, 1], got {shown(value)}")
+    return float(value)

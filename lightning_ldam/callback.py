@@ -33,6 +33,7 @@ from lightning_ldam.first_round import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.inputs import InputKey, extract_input
 from lightning_ldam.interrupts import RoundInterrupted, sigterm_interrupts
 from lightning_ldam.own_line import own_line
+from lightning_ldam.persistence import PersistentChains
 from lightning_ldam.outputs import is_tensorboard, settings_text, write_round, write_settings
 from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
@@ -82,7 +83,7 @@ class LDAMCallbackLogic:
                  ema_every_n_steps: int = 1, ema_device: Optional[Union[str, torch.device]] = None,
                  sample_device: Optional[Union[str, torch.device]] = None, seed: int = 0,
                  upscale: Optional[int] = None, sampler_kwargs: Optional[Dict[str, Any]] = None, labels=None,
-                 layer_aliases: Optional[Dict[str, str]] = None):
+                 layer_aliases: Optional[Dict[str, str]] = None, persistent: bool = True, redraw: float = 0.25):
         args = dict(locals())
         args.pop("self")
         args.pop("__class__", None)
@@ -94,6 +95,7 @@ class LDAMCallbackLogic:
         self._ema: Optional[EMA] = None
         self._pending_ema_state: Optional[Dict[str, Any]] = None
         self._discs = WarmDiscriminators()
+        self._chains = PersistentChains(self.settings.redraw) if self.settings.persistent else None
         self._report = RoundReporter(self._info, self._warn)
         self._rounds = self._skipped = self._skipped_batches = 0
         self._fallbacks: Dict[str, Any] = {}  # sampler settings the first batch found the model needs (init="data")
@@ -336,6 +338,7 @@ class LDAMCallbackLogic:
             if budgeted and self._budget is not None and self._fit_rounds == 0 and _fitting(trainer):
                 self._size = self._fit_first_round(trainer, plan)
             self._apply_size(plan)
+            self._continue_chains(trainer, plan)
             self._report.announce(step, plan.describe(len(self._resolved) or None), len(plan.variants), plan.steps)
             with sigterm_interrupts():
                 results = self._sample(trainer, plan)
@@ -384,6 +387,23 @@ class LDAMCallbackLogic:
         if "chains" not in self._given:
             plan.chains = self._size.chains
 
+    def _continue_chains(self, trainer: "pl.Trainer", plan: RoundPlan) -> None:
+        """Start each variant from its kept chains (``redraw`` of them re-drawn, the same rows and states for every
+        variant); a round that continues any draws its noise with ``seed + round`` (the same for every variant),
+        so a continued chain never replays the noise of its previous rounds."""
+        if self._chains is None or not plan.variants:
+            return
+        rank, world = trainer.global_rank, trainer.world_size
+        shape = (len(self._resolved[rank::world]), plan.chains, *plan.input_shape)
+        continued = False
+        for i, variant in enumerate(plan.variants):
+            init = self._chains.starts(variant.name, shape, self._rounds, self.settings.seed, plan.value_range,
+                                       plan.sampler_kwargs.get("init", "noise"), plan.real, (rank, world))
+            if init is not None:
+                plan.variants[i], continued = dataclasses.replace(variant, init=init), True
+        if continued:
+            plan.seed = self.settings.seed + self._rounds
+
     def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> NeuronSpec:
         """The neurons of every round: resolved at the first round on the raw weights and the reservoir (where
         ``"layer:top8"`` ranks units), then fixed, so variants and rounds compare; rank 0's under DDP. Returned as a
@@ -413,9 +433,12 @@ class LDAMCallbackLogic:
                                            or not _terminal())
         progress = Progress(delay=_PROGRESS_AFTER_S, write=self._info) if show else False
         progress = plan.sampler_kwargs.pop("progress", progress)
-        results, discs = run_round(plan, self._resolved, trainer.global_rank, trainer.world_size, progress,
-                                   self._info, self._previous)
+        results, discs, states = run_round(plan, self._resolved, trainer.global_rank, trainer.world_size, progress,
+                                           self._info, self._previous)
         self._discs.keep(discs)
+        if self._chains is not None:
+            for name, images in states.items():
+                self._chains.keep(name, images, (trainer.global_rank, trainer.world_size))
         return results
 
     # ---- logging -------------------------------------------------------------------------------------
@@ -483,7 +506,8 @@ class LDAMCallbackLogic:
                 "last_ema_step": self._last_ema_step,
                 "ema": self._ema.state_dict() if self._ema is not None else self._pending_ema_state,
                 "discriminators": self._discs.state_dict(), "reservoir": self._reservoir.state_dict(),
-                "settings": self.settings.as_state(), "neurons": [list(n) for n in self._fixed]}
+                "settings": self.settings.as_state(), "neurons": [list(n) for n in self._fixed],
+                "chains": self._chains.state_dict() if self._chains is not None else None}
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                            checkpoint: Dict[str, Any]) -> None:
@@ -509,6 +533,8 @@ class LDAMCallbackLogic:
         self._last_ema_step = state_dict["last_ema_step"]
         self._reservoir.load_state_dict(state_dict["reservoir"])
         self._discs.load_state_dict(state_dict["discriminators"])
+        if self._chains is not None:
+            self._chains.load_state_dict(state_dict.get("chains"))
         if state_dict["ema"] is not None:
             if self._ema is not None:
                 self._ema.load_state_dict(state_dict["ema"])
@@ -559,6 +585,10 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
         labels: row labels of the logged sheets: ``{layer path: [name of unit 0, ...]}`` or a callable
             ``(layer, index) -> str``.
         layer_aliases: ``{layer path: name}`` used in the tags instead of the path (e.g. ``"logits"``).
+        persistent: each variant's chains continue from round to round (kept in the checkpoint); ``False``: every
+            round starts afresh from the sampler's starts.
+        redraw: share of each variant's chains restarted every round (in turn; the same rows and starts for every
+            variant), so new modes keep being found (see :mod:`lightning_ldam.persistence`).
 
     The checked arguments are ``cb.settings`` (a :class:`~lightning_ldam.callback_settings.CallbackSettings`);
     :meth:`on_round_end` is a hook for subclasses that want each round's results.

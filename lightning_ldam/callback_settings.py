@@ -29,7 +29,7 @@ __all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_se
 SAMPLER_EXTRA_KWARGS = frozenset({
     "method", "burn_in", "step_size", "burn_in_boost", "temperature", "scale", "adapt_disc", "smoothness", "noise",
     "precondition", "schedule", "spatial", "init", "disc_lr", "disc_every", "disc_steps", "disc_warmup",
-    "autocast_dtype", "channels_last", "cuda_graph", "progress"})
+    "target_accept", "autocast_dtype", "channels_last", "cuda_graph", "progress"})
 _CONFIG_KWARGS = SAMPLER_EXTRA_KWARGS - {"spatial", "init", "autocast_dtype", "channels_last", "cuda_graph",
                                          "progress"}
 AVERAGING = ("auto", "ema", None)
@@ -64,6 +64,8 @@ class CallbackSettings:
     sampler_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     labels: Any = None
     layer_aliases: Optional[Dict[str, str]] = None
+    persistent: bool = True
+    redraw: float = 0.25
 
     @classmethod
     def check(cls, **kwargs) -> "CallbackSettings":
@@ -98,6 +100,7 @@ class CallbackSettings:
                 s[name] = {canonical_path(k): v for k, v in s[name].items()}
         s["every_n_epochs"], s["every_n_train_steps"] = s["every_n_epochs"] or 0, s["every_n_train_steps"] or 0
         s["max_overhead"] = None if s["max_overhead"] is None else float(s["max_overhead"])
+        s["redraw"] = V.check_fraction("redraw", s["redraw"])
         return cls(**s)
 
     def labeller(self) -> Optional[Callable[[str, int], Optional[str]]]:
@@ -129,7 +132,7 @@ def _check_schedule(s: Dict[str, Any]) -> None:
     for name in ("every_n_epochs", "every_n_train_steps"):
         if s[name] is not None:
             V.check_positive(name, s[name], integer=True, allow_zero=True)
-    for name in ("on_fit_end", "during_validation"):
+    for name in ("on_fit_end", "during_validation", "persistent"):
         if not isinstance(s[name], bool):
             raise LDAMArgumentError(name, f"expected True or False, got {V.shown(s[name])}")
     if not (s["every_n_epochs"] or s["every_n_train_steps"] or s["on_fit_end"] or s["during_validation"]):

@@ -26,6 +26,12 @@ TARGET_LIFT = 1.25
 RESTART_SEED_OFFSET = 0x5EED0F5
 
 
+#: Dual averaging of MALA's step in burn-in's adapting half (Hoffman & Gelman 2014, the constants Stan uses):
+#: the shrinkage γ, the iteration offset t0 and the averaging exponent κ. The iterate starts from
+#: μ = log(√10·σ0) (Stan's log(10·ε0) in the noise scale σ = √ε).
+DUAL_AVERAGING = {"gamma": 0.05, "t0": 10.0, "kappa": 0.75}
+
+
 class Terms(NamedTuple):
     """The objective at one batch of chain states (all detached)."""
 
@@ -80,7 +86,7 @@ def fold(v: torch.Tensor) -> torch.Tensor:
 
 def _log_fold_density(y: torch.Tensor, mean: torch.Tensor, std) -> torch.Tensor:
     """Per row, ``log`` of the density of ``fold(mean + std·ξ)`` at ``y`` (up to a constant shared by every call
-    with the same ``std``): the Gaussian summed over the preimages of ``y`` nearest ``mean`` (±3 box widths)."""
+    with the same ``std``, a number or one per row): the Gaussian summed over the preimages of ``y`` nearest ``mean`` (±3 box widths)."""
     base = 2.0 * torch.round(mean / 2.0)
     pre = torch.stack([base + y, base - y, base + y - 2, base - y + 2, base + y + 2, base - y - 2])
     log_k = -0.5 * ((pre - mean) / std).square()
@@ -171,6 +177,16 @@ class LangevinChains:
         self.disc_weights = self.disc_weight = self.smoothness = self.smooth_row = None
         self.current: Optional[Terms] = None  # MALA: the objective at the current states
         self.second_moment = torch.zeros_like(u0) if cfg.precondition == "psgld" else None
+        # MALA's noise std σ_k = √ε_k per neuron: the sampling phase's, a number (``step_size``) unless it adapts
+        # by dual averaging in burn-in's adapting half, then a per-row tensor updated in place (graph-safe)
+        self.adapts_step = cfg.method == "mala" and cfg.target_accept is not None and cfg.burn_in > cfg.burn_in // 2
+        self.sigma: object = cfg.step_size
+        if self.adapts_step:
+            self.log_sigma = torch.full((neurons,), math.log(cfg.step_size), device=dev)
+            self.log_sigma_bar = self.log_sigma.clone()
+            self.h_bar = torch.zeros(neurons, device=dev)
+            self.mu = math.log(math.sqrt(10.0) * cfg.step_size)
+            self.sigma = self._per_row(self.log_sigma.exp())
         law = law or {}
         per = {k: [float(v) for v in law.get(k, [getattr(cfg, k)] * neurons)]
                for k in ("disc_weight", "temperature", "smoothness")}
@@ -196,10 +212,16 @@ class LangevinChains:
     def _scalars(self) -> Dict[str, list]:
         cfg = self.cfg
         track = [max(1.0 / (t + 1), 8.0 / max(cfg.burn_in, 1)) for t in range(cfg.steps)]
+        da = DUAL_AVERAGING
+        # dual averaging's m-th iteration (m = 1 at the adapting half's first step; 0 outside it)
+        m = [t - cfg.burn_in // 2 + 1 if cfg.burn_in // 2 <= t < cfg.burn_in else 0 for t in range(cfg.steps)]
         return {"half_eps": [0.5 * cfg.eps(t) for t in range(cfg.steps)],
                 "noise": [cfg.noise_std(t) for t in range(cfg.steps)],
                 "track": track,  # running mean over the first steps, then an EMA over ~⅛ of burn-in
-                "psgld": [1.0 / (1 - 0.99 ** (t + 1)) for t in range(cfg.steps)]}
+                "psgld": [1.0 / (1 - 0.99 ** (t + 1)) for t in range(cfg.steps)],
+                "da_rate": [1.0 / (k + da["t0"]) if k else 0.0 for k in m],
+                "da_shrink": [math.sqrt(k) / da["gamma"] for k in m],
+                "da_average": [k ** -da["kappa"] if k else 0.0 for k in m]}
 
     def at(self, name: str, t: Optional[int]):
         """Per-step scalar ``name`` at step ``t`` (``None``: the graph form, read at the device counter)."""
@@ -326,6 +348,9 @@ class LangevinChains:
     def freeze(self) -> None:
         """Fix ``λ_k`` and ``γ_k`` at the end of burn-in: from here on the law is fixed."""
         self._set_weights()
+        if self.adapts_step:  # the averaged iterate, as Stan ends its warm-up
+            self.log_sigma.copy_(self.log_sigma_bar)
+            self.sigma.copy_(self._per_row(self.log_sigma.exp()))
         if self.cfg.method == "mala":
             self.current = self.objective(self.u, exact=True)
 
@@ -364,26 +389,65 @@ class LangevinChains:
         self._move(self._drift(terms, self.u), t, terms.acts)
         self._tick(t)
 
-    def mala_step(self, t: Optional[int]) -> None:
-        """A Metropolis-adjusted Langevin step of the fixed law: the reflected proposal, accepted with the exact
-        density ratio; a non-finite proposal is rejected."""
-        cur, u = self.current, self.u
-        self._record(t, cur.acts)
-        half_eps, std = self.at("half_eps", t), self.at("noise", t)
+    def _mala_move(self, cur: Terms, sigma) -> torch.Tensor:
+        """One Metropolis-adjusted move from the states where ``cur`` was evaluated, with noise std ``sigma`` (a
+        number or per row): the reflected proposal, accepted with the exact density ratio (a non-finite proposal is
+        rejected); ``cur`` follows the accepted states. Returns each chain's ``log α``."""
+        u = self.u
+        half_eps = 0.5 * sigma * sigma
         mean = u + self._drift(cur, u) * half_eps
-        y = fold(mean + torch.randn(u.shape, generator=self.gen, device=u.device) * std)
+        y = fold(mean + torch.randn(u.shape, generator=self.gen, device=u.device) * sigma)
         prop = self.objective(y, exact=True)
         back = y + self._drift(prop, y) * half_eps
         log_alpha = (self._log_p(prop, y) - self._log_p(cur, u)
-                     + _log_fold_density(u, back, std) - _log_fold_density(y, mean, std))
+                     + _log_fold_density(u, back, sigma) - _log_fold_density(y, mean, sigma))
         log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf)
         accept = torch.rand(log_alpha.shape, generator=self.gen, device=u.device).log_() < log_alpha
-        self.accepted.add_(accept)
         torch.where(accept.view(self.view), y, u, out=self.u)
         for old, new in zip(cur, prop):
             if old is not None:
                 torch.where(accept.view((-1,) + (1,) * (old.dim() - 1)), new, old, out=old)
+        self.last_accept = accept
+        return log_alpha
+
+    def mala_step(self, t: Optional[int]) -> None:
+        """A Metropolis-adjusted Langevin step of the fixed law, at the step fixed by burn-in."""
+        self._record(t, self.current.acts)
+        self._mala_move(self.current, self.sigma)
+        self.accepted.add_(self.last_accept)
         self._tick(t)
+
+    def mala_adapt_step(self, t: Optional[int]) -> None:
+        """Burn-in's adapting half under MALA: a Metropolis-adjusted step of the current law (the terms anew: D and
+        ``w_k`` changed since the last step), then each neuron's step moved by dual averaging toward
+        ``target_accept`` (its mean acceptance probability over its chains), then ``w_k`` adapted."""
+        cur = self.objective(self.u, exact=True)
+        self._record(t, cur.acts)
+        self._track_scales(cur, self.at("track", t), act=False)  # D still trains: follow its gradient scale
+        self._set_weights()
+        acts = cur.acts.clone()  # the move overwrites cur with the accepted proposals
+        log_alpha = self._mala_move(cur, self.sigma)
+        self._dual_average(log_alpha, t)
+        if cur.g_disc is not None or self.smooth:
+            self._adapt_weight(acts)
+        self._tick(t)
+
+    def _dual_average(self, log_alpha: torch.Tensor, t: Optional[int]) -> None:
+        """``h̄ ← (1 − r)·h̄ + r·(δ − ᾱ_k)``, ``log σ = μ − (√m/γ)·h̄``, ``log σ̄ ← (1 − m^−κ)·log σ̄ + m^−κ·log σ``."""
+        prob = log_alpha.clamp(max=0.0).exp()
+        self.h_bar.lerp_(self.cfg.target_accept - self._per_neuron(prob), self.at("da_rate", t))
+        torch.mul(self.h_bar, -self.at("da_shrink", t), out=self.log_sigma).add_(self.mu)
+        self.log_sigma.clamp_(max=math.log(0.5))  # a step that crosses the box in one move says nothing
+        self.log_sigma_bar.lerp_(self.log_sigma, self.at("da_average", t))
+        self.sigma.copy_(self._per_row(self.log_sigma.exp()))
+
+    def step_sizes(self) -> Optional[torch.Tensor]:
+        """``[neurons]`` σ_k = √ε_k of the sampling phase (``None`` for ``"annealed"``)."""
+        if self.cfg.method == "annealed":
+            return None
+        if isinstance(self.sigma, torch.Tensor):
+            return self.sigma.view(self.n, self.chains)[:, 0].clone()
+        return torch.full((self.n,), float(self.sigma), device=self.u.device)
 
     def annealed_step(self, t: Optional[int]) -> None:
         """A step of the opt-in annealed search (the earlier releases' dynamics: not a sampler of a fixed law)."""

@@ -11,7 +11,10 @@ Three methods (``method=``):
   are fixed at the end of burn-in, so the sampling phase has one stationary law (up to the O(ε) bias of an
   unadjusted step).
 - ``"mala"``: the same proposal, accepted or rejected with the exact (reflected) proposal densities
-  (Metropolis-adjusted Langevin): the sampling phase leaves p exactly invariant. The acceptance rate is reported.
+  (Metropolis-adjusted Langevin): the sampling phase leaves p exactly invariant. Each neuron's step √ε_k is
+  adapted in burn-in's second half by dual averaging toward ``target_accept`` (0.574 unless given; Stan's scheme,
+  :data:`~lightning_ldam.chains.DUAL_AVERAGING`) and fixed at its averaged value for the sampling phase. The
+  acceptance rate and the steps used are reported.
 - ``"annealed"``: the search of earlier releases, opt-in: each drift term divided by its per-chain RMS at every
   step, ε and the noise annealed (the noise to exactly 0), the discriminator trained at every step. A multi-start
   optimiser with noise, not a sampler of any fixed law.
@@ -20,7 +23,8 @@ Burn-in (``"langevin"`` and ``"mala"``) adapts, then stops adapting. Its first h
 RMS-normalised drifts (so it climbs at the same pace on any layer), a drift step ε that starts
 ``burn_in_boost`` times larger and decays to the sampling ε while the noise is the sampling noise throughout
 (the search starts colder and warms to the law's temperature); it measures each neuron's input-gradient scale,
-which fixes ``c_k`` at its end. The second half runs the law's own steps while, with ``adapt_disc``, a
+which fixes ``c_k`` at its end. The second half runs the law's own steps (under ``"mala"`` Metropolis-adjusted ones,
+each neuron's step adapting toward ``target_accept``) while, with ``adapt_disc``, a
 per-neuron weight w_k on the priors (log D and the smoothness prior), starting at 1, falls while the unit sits below
 a lift of :data:`~lightning_ldam.chains.TARGET_LIFT` over the real inputs and rises while it sits above, up to 1
 (up to :data:`PRIOR_WEIGHT_MAX_COLOUR`, 2, on colour images: :func:`prior_weight_max`). D trains on the chains
@@ -53,7 +57,7 @@ from lightning_ldam.unit_axes import SPATIAL as UNIT_READINGS
 __all__ = ["LangevinConfig", "resolve_config", "METHODS", "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT",
            "DEFAULT_DISC_WEIGHT_COLOUR", "default_disc_weight", "PRIOR_WEIGHT_MAX_COLOUR", "prior_weight_max",
            "DEFAULT_DISC_STEPS_COLOUR", "default_disc_steps",
-           "DEFAULT_SMOOTHNESS"]
+           "DEFAULT_SMOOTHNESS", "DEFAULT_TARGET_ACCEPT"]
 
 METHODS = ("langevin", "mala", "annealed")
 PRECONDITIONERS = ("rms", "psgld", "none")
@@ -83,6 +87,9 @@ PRIOR_WEIGHT_MAX_COLOUR = 2.0
 #: judge 0.881 / 0.875), while 4, a 2-3x larger or smaller D learning rate, 200 warm-up updates or 8 updates every
 #: other step did not (benchmarks/README.md).
 DEFAULT_DISC_STEPS_COLOUR = 8
+#: MALA's target acceptance when ``target_accept`` is not given: the optimal rate of a Langevin proposal in high
+#: dimension is 0.574 (Roberts & Rosenthal 1998); Stan's default for its own sampler is close (0.8 for NUTS).
+DEFAULT_TARGET_ACCEPT = 0.574
 #: κ of the smoothness prior on image inputs when ``smoothness`` is not given.
 DEFAULT_SMOOTHNESS = 1.5
 
@@ -146,6 +153,9 @@ class LangevinConfig:
         disc_steps: D updates each time it is trained (:func:`default_disc_steps`: 8 on colour images).
         disc_warmup: D updates on real vs initial chains before the first step.
         disc_lr: D's learning rate (Adam).
+        target_accept: ``"mala"``: the mean acceptance probability each neuron's step is adapted toward in
+            burn-in's adapting half (dual averaging; ``step_size`` is where it starts), then fixed; ``None``: the
+            step stays ``step_size``. :func:`resolve_config` gives MALA :data:`DEFAULT_TARGET_ACCEPT`.
     """
 
     method: str = "langevin"
@@ -166,6 +176,7 @@ class LangevinConfig:
     disc_steps: int = 2
     disc_warmup: int = 50
     disc_lr: float = 1e-3
+    target_accept: Optional[float] = None
 
     @property
     def sampling_steps(self) -> int:
@@ -204,7 +215,8 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
                    adapt_disc: bool = True, smoothness: float = 0.0, precondition: Optional[str] = None,
                    noise: Optional[float] = None,
                    schedule: Optional[str] = None, disc_every: int = 1, disc_steps: Optional[int] = None,
-                   disc_warmup: int = 50, disc_lr: float = 1e-3) -> LangevinConfig:
+                   disc_warmup: int = 50, disc_lr: float = 1e-3,
+                   target_accept: Union[str, float, None] = "auto") -> LangevinConfig:
     """Check every sampler setting and return the resolved :class:`LangevinConfig`.
 
     Raises ``ValueError``/``TypeError`` naming the argument, the accepted values and the value given.
@@ -256,9 +268,26 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
         V.check_choice("precondition", precondition, PRECONDITIONERS)
     if schedule is not None:
         V.check_choice("schedule", schedule, SCHEDULES)
+    target_accept = _check_target_accept(target_accept, method)
     given = {k: v for k, v in dict(values, precondition=precondition, schedule=schedule).items() if v is not None}
     return replace(cfg, steps=steps, burn_in=burn_in, temperature=float(temperature), scale=scale,
                    disc_weight=float(disc_weight), adapt_disc=adapt_disc, smoothness=float(smoothness),
                    disc_every=disc_every,
-                   disc_warmup=disc_warmup, disc_lr=float(disc_lr),
+                   disc_warmup=disc_warmup, disc_lr=float(disc_lr), target_accept=target_accept,
                    **{k: (float(v) if isinstance(v, float) else v) for k, v in given.items()})
+
+
+def _check_target_accept(target_accept, method: str) -> Optional[float]:
+    """``"auto"``: :data:`DEFAULT_TARGET_ACCEPT` for ``"mala"``, else ``None``; a number: ``"mala"`` only."""
+    if isinstance(target_accept, str):
+        V.check_choice("target_accept", target_accept, ("auto",))
+        return DEFAULT_TARGET_ACCEPT if method == "mala" else None
+    if target_accept is None:
+        return None
+    if method != "mala":
+        raise LDAMArgumentError("target_accept", f"only method='mala' adapts its step to an acceptance rate (got "
+                                f"target_accept={V.shown(target_accept)} with method={method!r})")
+    V.check_positive("target_accept", target_accept)
+    if not 0.0 < target_accept < 1.0:
+        raise LDAMArgumentError("target_accept", f"expected a probability in (0, 1), got {V.shown(target_accept)}")
+    return float(target_accept)

@@ -27,6 +27,9 @@ class SampleResult:
         step_seconds: mean wall time of one Langevin step after the first (device-synchronised; the first
             step's one-off costs and the call's setup excluded): the figure to extrapolate a call's cost from.
         acceptance_rate: ``[n]`` share of proposals accepted after burn-in (``method="mala"``), else ``None``.
+        step_sizes: ``[n]`` σ_k = √ε_k, the noise std per pixel and step of the sampling phase (unit box): MALA's as
+            adapted in burn-in (``target_accept``), else ``step_size`` for every neuron; ``None`` for
+            ``"annealed"``. The drift's preconditioner is the identity (in the unit box) for both Langevin methods.
         rhat: ``[n]`` rank-normalised split R-hat over the sampling phase (after burn-in), the worst of the
             activation's and of 4 fixed random projections of the image (:mod:`lightning_ldam.diagnostics`): ≈ 1
             when the chains sample one law, above 1.1 not mixed. ``None`` for ``"annealed"`` or fewer than 4
@@ -59,6 +62,7 @@ class SampleResult:
     seconds: float = 0.0
     step_seconds: float = 0.0
     acceptance_rate: Optional[torch.Tensor] = None
+    step_sizes: Optional[torch.Tensor] = None
     rhat: Optional[torch.Tensor] = None
     ess: Optional[torch.Tensor] = None
     rhat_activation: Optional[torch.Tensor] = None
@@ -121,7 +125,7 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         activations=stack("activations"), trace=stack("trace"), disc_scores=stack("disc_scores"),
         nonfinite_resets=stack("nonfinite_resets"), value_range=first.value_range, discriminator=None,
         seconds=max(s.seconds for s in present), step_seconds=max(s.step_seconds for s in present),
-        acceptance_rate=stack("acceptance_rate"), scales=stack("scales"), disc_weights=stack("disc_weights"),
+        acceptance_rate=stack("acceptance_rate"), step_sizes=stack("step_sizes"), scales=stack("scales"), disc_weights=stack("disc_weights"),
         rhat=stack("rhat"), ess=stack("ess"), rhat_activation=stack("rhat_activation"),
         ess_activation=stack("ess_activation"),
         config=dict(first.config),

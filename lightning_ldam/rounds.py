@@ -48,6 +48,8 @@ class Variant:
             only carries the statistics of its creation).
         discriminator: a warm discriminator from an earlier round, or ``None``.
         disc_state: a saved discriminator ``state_dict`` to restore when ``discriminator`` is ``None``.
+        init: ``[neurons, chains, *input]`` starting images (the variant's persistent chains), or ``None``: the
+            plan's own starts (``sampler_kwargs["init"]``, else noise), the same for every variant.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Variant:
     refresh_bn: bool = False
     discriminator: Optional[nn.Module] = None
     disc_state: Optional[Dict[str, Any]] = None
+    init: Optional[torch.Tensor] = None
 
     @property
     def warm(self) -> bool:
@@ -263,7 +266,8 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
             net, plan.neurons if neurons is None else neurons, input_shape=plan.input_shape, chains=plan.chains,
             steps=plan.steps, real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,
             normalize=plan.normalize, seed=plan.seed, device=plan.device,
-            discriminator=_discriminator(variant, plan, note), **kwargs,
+            discriminator=_discriminator(variant, plan, note),
+            **{**kwargs, **({} if variant.init is None else {"init": variant.init})},
             progress=progress.labelled(f"LDAM {variant.name}") if isinstance(progress, Progress) else progress)
         if plan.real is not None:  # the scale of lift and of the health counts: this variant's units on real inputs
             res.real_activations = unit_activations(net, res.neurons, plan.real[:REAL_FOR_METRICS],
@@ -297,7 +301,7 @@ def _read_across(results: Dict[str, SampleResult], nets: Dict[str, nn.Module], n
 
 def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, world: int, progress: Any = False,
                    previous: Optional[Mapping[str, torch.Tensor]] = None
-                   ) -> Tuple[Dict[str, SampleResult], Dict[str, Optional[nn.Module]]]:
+                   ) -> Tuple[Dict[str, SampleResult], Dict[str, Optional[nn.Module]], Dict[str, torch.Tensor]]:
     """Under ``torch.distributed``: each rank samples every ``world``-th neuron and rank 0 gathers the shards.
 
     Every rank makes the same single collective call, also when its own sampling failed (the error travels
@@ -306,8 +310,8 @@ def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, 
     only if every rank's shard does.
 
     Returns:
-        ``(merged results on rank 0 and {} elsewhere, this rank's discriminators by variant)``. Raises on every
-        rank if any rank failed.
+        ``(merged results on rank 0 and {} elsewhere, this rank's discriminators by variant, this rank's final
+        chain states by variant)``. Raises on every rank if any rank failed.
     """
     # a strided shard of layer-grouped pairs is still grouped: the plan's per-layer settings apply to it as they are
     shard = spec_with_settings(resolved[rank::world], layer_settings(plan.neurons))
@@ -320,6 +324,7 @@ def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, 
     except Exception as err:  # reported after the gather, on every rank
         error = f"rank {rank}: {type(err).__name__}: {err}"
     discs = {name: res.discriminator for name, res in local.items()}
+    states = {name: res.images for name, res in local.items()}
     shipped = {name: dataclasses.replace(res, discriminator=None) for name, res in local.items()}
     gathered: List[Any] = [None] * world
     torch.distributed.all_gather_object(gathered, (shipped, error))
@@ -327,20 +332,22 @@ def sample_sharded(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int, 
     if errors:
         raise RuntimeError("; ".join(errors))
     if rank != 0:
-        return {}, discs
-    return {name: merge_shards([g[0].get(name) for g in gathered]) for name in plan.names}, discs
+        return {}, discs, states
+    return {name: merge_shards([g[0].get(name) for g in gathered]) for name in plan.names}, discs, states
 
 
 def run_round(plan: RoundPlan, resolved: List[Tuple[str, int]], rank: int = 0, world: int = 1, progress: Any = False,
               note: Optional[Note] = None, previous: Optional[Mapping[str, torch.Tensor]] = None
-              ) -> Tuple[Dict[str, SampleResult], Dict[str, Optional[nn.Module]]]:
+              ) -> Tuple[Dict[str, SampleResult], Dict[str, Optional[nn.Module]], Dict[str, torch.Tensor]]:
     """:func:`sample_variants`, or :func:`sample_sharded` when ``world > 1`` under an initialised process group.
 
     Returns:
-        ``(results, discriminators)``: the results (``{}`` on ranks other than 0 under DDP) and this process's
-        discriminators by variant (each rank trains its own on its shard's chains).
+        ``(results, discriminators, states)``: the results (``{}`` on ranks other than 0 under DDP), this
+        process's discriminators by variant (each rank trains its own on its shard's chains) and its chains'
+        final states by variant (its shard's under DDP: each rank continues its own chains).
     """
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         return sample_sharded(plan, resolved, rank, world, progress, previous)
     results = sample_variants(plan, progress=progress, note=note, previous=previous)
-    return results, {name: res.discriminator for name, res in results.items()}
+    return (results, {name: res.discriminator for name, res in results.items()},
+            {name: res.images for name, res in results.items()})

@@ -207,7 +207,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            noise: Optional[float] = None, precondition: Optional[str] = None, schedule: Optional[str] = None,
            spatial: str = "mean", discriminator: Optional[nn.Module] = None, disc_lr: float = 1e-3,
            disc_every: int = 1, disc_steps: Optional[int] = None, disc_warmup: Optional[int] = None,
-           autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, cuda_graph: bool = False,
+           target_accept: Union[str, float, None] = "auto", autocast_dtype: Optional[torch.dtype] = None,
+           channels_last: bool = False, cuda_graph: bool = False,
            progress: Union[bool, float, Progress] = False) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
@@ -245,6 +246,10 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         burn_in: steps before the law is fixed (default ``steps // 2``; not for ``"annealed"``).
         step_size: noise std per pixel and step in the sampling phase, unit box (default 0.005);
             ``"annealed"``: ε at the first step (default 0.1).
+        target_accept: ``"mala"``: the acceptance probability each neuron's step is adapted toward over burn-in's
+            adapting half by dual averaging (Stan's scheme; ``"auto"``: 0.574, the optimal rate of a Langevin
+            proposal), starting from ``step_size`` and fixed for the sampling phase (``result.step_sizes``);
+            ``None``: the step stays ``step_size``. Other methods: ``"auto"`` or ``None`` only.
         temperature: T.
         scale: ``"auto"`` (``c_k`` from the unit's input-gradient scale in burn-in) or a number (``c_k`` for all).
         adapt_disc: in burn-in's second half, lower a neuron's prior weight w_k (log D and smoothness; starts at 1)
@@ -306,7 +311,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
                          precondition=precondition, noise=noise,
                          schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
                          disc_warmup=(disc_warmup if disc_warmup is not None
-                                      else (50 if discriminator is None else 0)), disc_lr=disc_lr)
+                                      else (50 if discriminator is None else 0)), disc_lr=disc_lr,
+                         target_accept=target_accept)
     if isinstance(init, str) and init == "data" and real_data is None:
         raise LDAMArgumentError("init",
             "'data' starts chains from real images; pass real_data=..., or use init='noise'")
@@ -613,6 +619,7 @@ class _Run:
             value_range=(lo, hi), discriminator=disc, seconds=time.perf_counter() - started,
             step_seconds=step_seconds,
             acceptance_rate=_cpu(chains.acceptance_rate()),
+            step_sizes=_cpu(chains.step_sizes()),
             **_mixing(chains, n, c),
             scales=chains.scale.cpu() if fixed else None,
             disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
@@ -779,7 +786,8 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
 def _phases(chains: LangevinChains, cfg: LangevinConfig):
     """The step function of each phase: burn-in's search, burn-in's adapting half, then the method's step."""
     sampling = {"langevin": chains.langevin_step, "mala": chains.mala_step, "annealed": chains.annealed_step}
-    return {"search": chains.search_step, "adapt": chains.adapt_step, "sample": sampling[cfg.method]}
+    adapt = chains.mala_adapt_step if chains.adapts_step else chains.adapt_step
+    return {"search": chains.search_step, "adapt": adapt, "sample": sampling[cfg.method]}
 
 
 class _frozen:

@@ -140,13 +140,25 @@ def test_ema_decay_zero_gives_zero_divergence_and_a_far_average_a_larger_one(tmp
 
 
 def test_drift_is_zero_for_weights_that_do_not_move_and_positive_for_training(tmp_path):
-    still = _run(tmp_path / "still", ema_decay=0.5, lr=0.0)
-    moving = _run(tmp_path / "moving", ema_decay=0.5, lr=0.5)
+    """Rounds that start afresh (``persistent=False``): the same seed on the same weights gives the same samples."""
+    still = _run(tmp_path / "still", ema_decay=0.5, lr=0.0, persistent=False)
+    moving = _run(tmp_path / "moving", ema_decay=0.5, lr=0.5, persistent=False)
     for variant in ("raw", "ema"):
         assert [e.value for e in still.Scalars(f"ldam/drift/{variant}/classifier.2")] == [0.0]
         assert all(e.value > 0.0 for e in moving.Scalars(f"ldam/drift/{variant}/classifier.2"))
         assert [e.value for e in still.Scalars(f"ldam/retention/{variant}/classifier.2")] == [1.0]
         assert all(e.value != 1.0 for e in moving.Scalars(f"ldam/retention/{variant}/classifier.2"))
+def test_with_persistent_chains_drift_reads_how_far_chains_move_in_a_round(tmp_path):
+    """On weights that do not move, a continued chain moves less in a round than a restarted one is from its
+    predecessor: drift with nothing re-drawn is positive and below drift with every chain re-drawn."""
+    kept = _run(tmp_path / "kept", ema_decay=0.5, lr=0.0, redraw=0.0)
+    fresh = _run(tmp_path / "fresh", ema_decay=0.5, lr=0.0, redraw=1.0)
+    for variant in ("raw", "ema"):
+        (moved,) = [e.value for e in kept.Scalars(f"ldam/drift/{variant}/classifier.2")]
+        (restarted,) = [e.value for e in fresh.Scalars(f"ldam/drift/{variant}/classifier.2")]
+        assert 0.0 < moved < restarted, (variant, moved, restarted)
+
+
 def test_labels_and_aliases_name_the_tags_and_rows(tmp_path):
     acc = _run(tmp_path, ema_decay=0.5, lr=0.5, layer_aliases={"classifier.2": "logits"},
                labels={"classifier.2": ["zero", "one", "two", "three", "four"]})

@@ -78,11 +78,49 @@ def test_mala_is_exact_where_an_unadjusted_step_is_biased():
 
 
 def test_mala_acceptance_falls_as_the_step_grows():
-    kw = dict(QUAD, scale=1.0, method="mala", steps=300, chains=256)
+    kw = dict(QUAD, scale=1.0, method="mala", steps=300, chains=256, target_accept=None)  # the step as given
     rates = [ldam.sample(nn.Sequential(Quadratic()), "0:0", step_size=s / 12, **kw).acceptance_rate[0].item()
              for s in (0.2, 1.0, 3.0)]
     assert rates[0] > rates[1] > rates[2]
     assert rates[0] > 0.95 and rates[2] < 0.3
+
+
+@pytest.mark.parametrize("start", [0.2, 3.0])
+def test_mala_adapts_its_step_to_the_target_acceptance_from_a_step_far_off(start):
+    """N(0, 1) per pixel (scale 1), 2 pixels: from a step 5x too small or 15x too large (as a share of σ), dual
+    averaging over burn-in's adapting half lands near the same step, and the sampling phase accepts near 0.574."""
+    kw = dict(QUAD, scale=1.0, method="mala", steps=600, chains=256, seed=2)
+    res = ldam.sample(nn.Sequential(Quadratic()), "0:0", step_size=start / 12, **kw)
+    assert 0.45 < res.acceptance_rate[0].item() < 0.70
+    # in the box's units: σ_target = 1/12 per pixel; the optimal step for 2 dimensions is about 1.6·σ
+    assert 0.6 / 12 < res.step_sizes[0].item() < 2.5 / 12
+    assert _variance(res) == pytest.approx(1.0, rel=0.10)
+
+
+def test_a_higher_target_acceptance_gives_a_smaller_step_and_is_met():
+    kw = dict(QUAD, scale=1.0, method="mala", steps=600, chains=256, seed=4, step_size=1.0 / 12)
+    low = ldam.sample(nn.Sequential(Quadratic()), "0:0", target_accept=0.3, **kw)
+    high = ldam.sample(nn.Sequential(Quadratic()), "0:0", target_accept=0.9, **kw)
+    assert low.step_sizes[0] > 1.5 * high.step_sizes[0]
+    assert low.acceptance_rate[0].item() == pytest.approx(0.3, abs=0.1)
+    assert high.acceptance_rate[0].item() == pytest.approx(0.9, abs=0.06)
+
+
+def test_each_neuron_gets_its_own_step():
+    """Two laws in one call: N(0, 1) and N(0, 1/16) per pixel (the second neuron's activation 16x steeper with a
+    given scale): the second gets a step about 4x smaller."""
+    model = nn.Sequential(_TwoQuadratics())
+    res = ldam.sample(model, "0:0-1", method="mala", scale=1.0, steps=600, seed=5, step_size=1.0 / 12, **{
+        k: v for k, v in QUAD.items() if k != "chains"}, chains=256)
+    ratio = (res.step_sizes[0] / res.step_sizes[1]).item()
+    assert 2.5 < ratio < 6.0
+    assert ((res.acceptance_rate > 0.45) & (res.acceptance_rate < 0.70)).all()
+
+
+class _TwoQuadratics(nn.Module):
+    def forward(self, x):
+        q = -(x.flatten(1) ** 2).sum(1, keepdim=True) / 2
+        return torch.cat([q, 16 * q], dim=1)
 
 
 @pytest.mark.parametrize("method", ["langevin", "mala"])
@@ -256,8 +294,9 @@ def test_mala_under_bf16_autocast_accepts_with_float32_log_densities():
     theta, pixels = 0.02, 4
     exact = theta * (1 - (1 / theta) * torch.exp(torch.tensor(-1 / theta)).item()
                      / (1 - torch.exp(torch.tensor(-1 / theta)).item()))
+    # at a fixed step (no adaptation), so that both calls below make their decisions at the same step
     kw = dict(input_shape=(1, 1, pixels), value_range=(0.0, 1.0), chains=1024, steps=600, method="mala",
-              scale=1.0, disc_weight=0.0, seed=0)
+              scale=1.0, disc_weight=0.0, seed=0, target_accept=None)
     model = _wall_linear(theta, 1e4, pixels)
     bf16 = ldam.sample(model, "1:0", autocast_dtype=torch.bfloat16, **kw)
     x = bf16.images[0].flatten()
