@@ -17,7 +17,10 @@ Sections (``--only`` picks some):
   and its standard transforms minus the rotation (its kornia call no longer exists): pad, jitter, scale.
 * ``disc``: the discriminator's cost per step by width (32, 16 = the default, 8) and update cadence.
 * ``methods``: per-step cost of ``method="langevin"`` (default), ``"mala"`` and ``"annealed"`` at λ = 0 and at
-  the default λ, and the discriminator's share of the default-λ step (1 − λ=0 step / default step).
+  the default λ, and the discriminator's share of the default-λ step (1 − λ=0 step / default step); and the
+  activation's bulk ESS per second of one whole default-λ call (512 steps; 128 with ``--quick``), summed over
+  the neurons (``SampleResult.ess_activation``): mixing per wall second, the figure issue #21 targets. On these
+  untrained networks it says how methods compare, not what a trained network's chains do (``mixing.py`` does).
 * ``options``: fp32 vs bf16 autocast vs channels_last vs both (and, on CUDA, ``cuda_graph`` alone and with
   both), for each model of ``main``; λ = 0, plus the default λ for fp32 and ``cuda_graph``.
 
@@ -266,8 +269,9 @@ def section_disc(args, device):
 
 def section_methods(args, device):
     print("\n## methods: cost per step of each sampler method (fp32), and D's share of the default-λ step\n")
-    print("| model | method | λ=0 vs bare loop | default λ vs bare loop | D's share of the default-λ step |")
-    print("|---|---|---:|---:|---:|")
+    print("| model | method | λ=0 vs bare loop | default λ vs bare loop | D's share of the default-λ step | "
+          "bulk ESS/s (activation) |")
+    print("|---|---|---:|---:|---:|---:|")
     for label, model, spec, shape, chains, batch, real in models(args.quick, device):
         if label.startswith("ResNet-50") and args.quick:
             continue
@@ -280,8 +284,21 @@ def section_methods(args, device):
                              ldam_step_seconds(model, spec, shape, chains, args.steps, device, real_data=real,
                                                disc_warmup=0, method=method)))
             bare, s0, sd = (statistics.median(r[i] for r in runs) for i in range(3))
-            print(f"| {label} | {method} | {bare / s0:.2f} | {bare / sd:.2f} | {max(0.0, 1 - s0 / sd):.0%} |",
-                  flush=True)
+            print(f"| {label} | {method} | {bare / s0:.2f} | {bare / sd:.2f} | {max(0.0, 1 - s0 / sd):.0%} | "
+                  f"{ess_per_second(model, spec, shape, chains, device, real, method, args)} |", flush=True)
+
+
+def ess_per_second(model, spec, shape, chains, device, real, method, args) -> str:
+    """The activation's bulk ESS summed over neurons per wall second of one default-λ call (``—``: no ESS)."""
+    steps = 128 if args.quick else 512
+    t0 = time.perf_counter()
+    res = ldam.sample(model, spec, input_shape=shape, chains=chains, steps=steps, device=device, real_data=real,
+                      method=method)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    if res.ess_activation is None or not bool(torch.isfinite(res.ess_activation).all()):
+        return "—"
+    return f"{float(res.ess_activation.sum()) / seconds:.1f}"
 
 
 def main(argv=None):

@@ -6,10 +6,12 @@ Three methods (``method=``):
 
       u ← fold(u + (ε/2)·∇ᵤ log p(u) + √ε·ξ),   ξ ~ N(0, I),   √ε = ``step_size``,
 
-  with ``log p(u) = a_k(x(u)) / (c_k·T) + λ_k·log D(u)`` in the unit box ``u ∈ [0, 1]^d`` (pixels
-  ``x = lo + (hi − lo)·u``; ``fold`` reflects a step that leaves the box back into it). ``c_k``, ``λ_k`` and D
-  are fixed at the end of burn-in, so the sampling phase has one stationary law (up to the O(ε) bias of an
-  unadjusted step).
+  with ``log p(u) = a_k(x(u)) / (c_k·T) + λ_k·log D(u) − γ_k·½Σ(neighbour differences of u)²`` in the unit box
+  ``u ∈ [0, 1]^d`` (pixels ``x = lo + (hi − lo)·u``; ``fold`` reflects a step that leaves the box back into it;
+  ``γ_k = 0`` without D unless ``smoothness`` is given). ``c_k`` is fixed halfway through burn-in, ``λ_k``,
+  ``γ_k`` and D at its end, so the sampling phase has one stationary law up to the O(ε) bias of an unadjusted
+  step, largest where the law's mass sits within a few steps of a wall: on p ∝ e^{−x/θ} on [0, 1] at the default
+  step the mean wall distance is +3.0% off at θ = 0.02 and +8.8% at θ = 0.01 (``tests/test_sampling_laws.py``).
 - ``"mala"``: the same proposal, accepted or rejected with the exact (reflected) proposal densities
   (Metropolis-adjusted Langevin): the sampling phase leaves p exactly invariant. Each neuron's step √ε_k is
   adapted in burn-in's second half by dual averaging toward ``target_accept`` (0.574 unless given; Stan's scheme,

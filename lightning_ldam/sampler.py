@@ -2,10 +2,10 @@
 
 For neuron k of a frozen network, the default method samples inputs from
 
-    p_k(x) ∝ exp( a_k(x) / (c_k·T) + λ_k · log D(x) ),   x inside the input box,
+    p_k(x) ∝ exp( a_k(x) / (c_k·T) + λ_k · log D(x) − γ_k · ½Σ(neighbour differences)² ),   x inside the box,
 
 by Langevin dynamics after a burn-in that fixes ``c_k`` (the neuron's scale, so that T means the same on
-every layer and model), ``λ_k`` and the discriminator D; ``method="mala"`` adds a Metropolis test that makes
+every layer and model), ``λ_k``, the smoothness weight ``γ_k`` and the discriminator D; ``method="mala"`` adds a Metropolis test that makes
 the sampling phase exact. :mod:`lightning_ldam.config` states each method's law and constants.
 
 Every chain of every neuron lives in one batch: one forward evaluates all of them and each chain's
@@ -213,8 +213,10 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
     With the defaults (``method="langevin"``) the returned images are the states, after ``steps`` steps, of
-    Langevin chains whose law from step ``burn_in`` on is ``p_k(x) ∝ exp(a_k(x)/(c_k·T) + λ_k·log D(x))`` in the
-    box; ``result.scales`` and ``result.disc_weights`` hold ``c_k`` and ``λ_k``. :mod:`lightning_ldam.config`
+    Langevin chains whose law from step ``burn_in`` on is
+    ``p_k(x) ∝ exp(a_k(x)/(c_k·T) + λ_k·log D(x) − γ_k·½Σ(neighbour differences)²)`` in the box (``γ_k = 0``
+    without D unless ``smoothness`` is given); ``result.scales`` and ``result.disc_weights`` hold ``c_k`` and
+    ``λ_k``. :mod:`lightning_ldam.config`
     says how they are set and what ``"mala"`` and ``"annealed"`` do.
 
     Args:
