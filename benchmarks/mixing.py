@@ -14,8 +14,9 @@ chains forget their start (compare diversity and activation ratio with the ``--i
 
 ``--rounds N`` runs N calls on the same network as the callback's rounds run them with persistent chains
 (``lightning_ldam.persistence.PersistentChains``, ``--redraw`` of the chains re-drawn each round, seed + round) and
-prints a row per round: how far burn-in carries a continued chain (cosine of each final image with its own start,
-continued chains only) and the mixing measures.
+prints a row per round: how far a continued chain moves in a round (L2 from its start over the mean L2 between
+two of the neuron's chains, median over neurons: 0 = not at all, ≈ 1 = as far as chains are apart) and the mixing
+measures.
 
 Run: ``python benchmarks/mixing.py --case mnist --set method=mala [--set target_accept=none]``,
 ``python benchmarks/mixing.py --case mnist --rounds 4 --redraw 0.25``.
@@ -93,7 +94,7 @@ def main(argv=None):
 def rounds(bench, kw, extra, args) -> None:
     """The callback's rounds on fixed weights: each call continues the last one's chains (see the docstring)."""
     store, disc = PersistentChains(args.redraw), None
-    print("| round | continued chains: cos(final, start) | R-hat (≤ 1.1) | ESS | judge | realism | diversity | "
+    print("| round | continued chains: L2 moved / L2 between chains | R-hat (≤ 1.1) | ESS | judge | realism | diversity | "
           "lift | s |\n|---|---|---|---|---|---|---|---|---|")
     for r in range(args.rounds):
         shape = (10, args.chains, *bench.input_shape)
@@ -105,15 +106,18 @@ def rounds(bench, kw, extra, args) -> None:
         res = ldam.sample(bench.target, f"{bench.logits}:0-9", **call)
         secs = time.perf_counter() - t0
         disc = res.discriminator
-        cos = "—"
-        if init is not None:
+        moved = "—"
+        if init is not None:  # L2 from its start / mean L2 between two chains of the neuron (as ldam/drift reads)
             kept = [i for i in range(args.chains) if i not in set(redrawn_rows(args.chains, args.redraw, r).tolist())]
             a, b = res.images[:, kept].flatten(2), init[:, kept].flatten(2)
-            cos = f"{torch.nn.functional.cosine_similarity(a - 0.5, b - 0.5, dim=-1).median().item():.2f}"
+            own = (a - b).norm(dim=-1).mean(1)
+            flat = res.images.flatten(2)
+            apart = torch.cdist(flat, flat).sum((1, 2)) / (args.chains * (args.chains - 1))
+            moved = f"{(own / apart).median().item():.2f}"
         store.keep("raw", res.images)
         q = Q.score_logits(bench, res, {})
         rh = res.rhat_activation
-        print(f"| {r} | {cos} | {rh.median().item():.2f} ({(rh <= 1.1).float().mean().item():.0%}) | "
+        print(f"| {r} | {moved} | {rh.median().item():.2f} ({(rh <= 1.1).float().mean().item():.0%}) | "
               f"{res.ess_activation.median().item():.1f} | {q['judge_agreement']:.2f} | {q['realism']:.2f} | "
               f"{q['diversity']:.2f} | {q['median_lift']:.2f} | {secs:.0f} |", flush=True)
 

@@ -33,7 +33,7 @@ from lightning_ldam.first_round import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.inputs import InputKey, extract_input
 from lightning_ldam.interrupts import RoundInterrupted, sigterm_interrupts
 from lightning_ldam.own_line import own_line
-from lightning_ldam.persistence import PersistentChains
+from lightning_ldam.persistence import PersistentChains, redrawn_rows
 from lightning_ldam.outputs import is_tensorboard, settings_text, write_round, write_settings
 from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
@@ -338,8 +338,9 @@ class LDAMCallbackLogic:
             if budgeted and self._budget is not None and self._fit_rounds == 0 and _fitting(trainer):
                 self._size = self._fit_first_round(trainer, plan)
             self._apply_size(plan)
-            self._continue_chains(trainer, plan)
-            self._report.announce(step, plan.describe(len(self._resolved) or None), len(plan.variants), plan.steps)
+            continuing = self._continue_chains(trainer, plan)
+            self._report.announce(step, plan.describe(len(self._resolved) or None) + continuing, len(plan.variants),
+                                  plan.steps)
             with sigterm_interrupts():
                 results = self._sample(trainer, plan)
             if trainer.is_global_zero and results:
@@ -387,12 +388,13 @@ class LDAMCallbackLogic:
         if "chains" not in self._given:
             plan.chains = self._size.chains
 
-    def _continue_chains(self, trainer: "pl.Trainer", plan: RoundPlan) -> None:
+    def _continue_chains(self, trainer: "pl.Trainer", plan: RoundPlan) -> str:
         """Start each variant from its kept chains (``redraw`` of them re-drawn, the same rows and states for every
         variant); a round that continues any draws its noise with ``seed + round`` (the same for every variant),
-        so a continued chain never replays the noise of its previous rounds."""
+        so a continued chain never replays the noise of its previous rounds. Returns what the round's announcement
+        says of it (``""``: every chain starts afresh)."""
         if self._chains is None or not plan.variants:
-            return
+            return ""
         rank, world = trainer.global_rank, trainer.world_size
         shape = (len(self._resolved[rank::world]), plan.chains, *plan.input_shape)
         continued = False
@@ -401,8 +403,11 @@ class LDAMCallbackLogic:
                                        plan.sampler_kwargs.get("init", "noise"), plan.real, (rank, world))
             if init is not None:
                 plan.variants[i], continued = dataclasses.replace(variant, init=init), True
-        if continued:
-            plan.seed = self.settings.seed + self._rounds
+        if not continued:
+            return ""
+        plan.seed = self.settings.seed + self._rounds
+        redrawn = len(redrawn_rows(plan.chains, self._chains.redraw, self._rounds))
+        return f", continuing the last round's chains ({redrawn} of {plan.chains} per neuron re-drawn)"
 
     def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> NeuronSpec:
         """The neurons of every round: resolved at the first round on the raw weights and the reservoir (where

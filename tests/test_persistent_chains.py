@@ -136,8 +136,13 @@ def _run(tmp_path, monkeypatch, **kwargs):
     return cb, spy.calls
 
 
-def test_a_round_continues_each_variants_chains_and_redraws_the_same_rows(tmp_path, monkeypatch, no_failed_rounds):
-    cb, calls = _run(tmp_path, monkeypatch, redraw=0.25)
+def test_a_round_continues_each_variants_chains_and_redraws_the_same_rows(tmp_path, monkeypatch, no_failed_rounds,
+                                                                          caplog):
+    with caplog.at_level("INFO"):
+        cb, calls = _run(tmp_path, monkeypatch, redraw=0.25)
+    said = [r.getMessage() for r in caplog.records if ": sampling " in r.getMessage()]
+    assert len(said) == 3 and "continuing" not in said[0]
+    assert all("continuing the last round's chains (1 of 4 per neuron re-drawn)" in m for m in said[1:]), said
     assert len(cb.results) == 3 and len(calls) == 6  # 3 rounds x (raw, ema)
     first = calls[:2]
     assert all(not isinstance(c["init"], torch.Tensor) for c in first)  # the sampler's own starts, seed 0
