@@ -19,7 +19,7 @@ two of the neuron's chains, median over neurons: 0 = not at all, ≈ 1 = as far 
 measures.
 
 Run: ``python benchmarks/mixing.py --case mnist --set method=mala [--set target_accept=none]``,
-``python benchmarks/mixing.py --case mnist --rounds 4 --redraw 0.25``.
+``python benchmarks/mixing.py --case mnist --rounds 4 --redraw 0.25 [--continued-search 0]``.
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def main(argv=None):
                         "(held-out) image")
     p.add_argument("--rounds", type=int, default=1, help="calls that continue each other's chains")
     p.add_argument("--redraw", type=float, default=0.25, help="share of the chains re-drawn each round")
+    p.add_argument("--continued-search", type=int, default=None,
+                   help="burn-in search steps of the rounds that continue chains (default: the sampler's)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,6 +104,8 @@ def rounds(bench, kw, extra, args) -> None:
         call = {**kw, **extra, "seed": args.seed + r, "discriminator": disc}
         if init is not None:
             call["init"] = init
+            if args.continued_search is not None:
+                call["search"] = args.continued_search
         t0 = time.perf_counter()
         res = ldam.sample(bench.target, f"{bench.logits}:0-9", **call)
         secs = time.perf_counter() - t0

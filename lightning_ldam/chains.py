@@ -179,7 +179,7 @@ class LangevinChains:
         self.second_moment = torch.zeros_like(u0) if cfg.precondition == "psgld" else None
         # MALA's noise std σ_k = √ε_k per neuron: the sampling phase's, a number (``step_size``) unless it adapts
         # by dual averaging in burn-in's adapting half, then a per-row tensor updated in place (graph-safe)
-        self.adapts_step = cfg.method == "mala" and cfg.target_accept is not None and cfg.burn_in > cfg.burn_in // 2
+        self.adapts_step = cfg.method == "mala" and cfg.target_accept is not None and cfg.burn_in > cfg.search_steps
         self.sigma: object = cfg.step_size
         if self.adapts_step:
             self.log_sigma = torch.full((neurons,), math.log(cfg.step_size), device=dev)
@@ -214,7 +214,7 @@ class LangevinChains:
         track = [max(1.0 / (t + 1), 8.0 / max(cfg.burn_in, 1)) for t in range(cfg.steps)]
         da = DUAL_AVERAGING
         # dual averaging's m-th iteration (m = 1 at the adapting half's first step; 0 outside it)
-        m = [t - cfg.burn_in // 2 + 1 if cfg.burn_in // 2 <= t < cfg.burn_in else 0 for t in range(cfg.steps)]
+        m = [t - cfg.search_steps + 1 if cfg.search_steps <= t < cfg.burn_in else 0 for t in range(cfg.steps)]
         return {"half_eps": [0.5 * cfg.eps(t) for t in range(cfg.steps)],
                 "noise": [cfg.noise_std(t) for t in range(cfg.steps)],
                 "track": track,  # running mean over the first steps, then an EMA over ~⅛ of burn-in
@@ -312,7 +312,7 @@ class LangevinChains:
         """Fix ``c_k`` and D's gradient scale halfway through burn-in, from the search's states (which do not
         depend on T, so neither does ``c_k``); the second half of burn-in samples the law while ``w_k`` adapts."""
         cfg = self.cfg
-        if cfg.burn_in // 2 == 0:  # no search step tracked anything: measure at the initial chains
+        if cfg.search_steps == 0:  # no search step tracked anything: measure at the initial chains
             self._track_scales(self.objective(self.u), 1.0)
         if cfg.scale is not None:
             scale = torch.full_like(self.ms_act, cfg.scale)

@@ -158,6 +158,8 @@ class LangevinConfig:
         target_accept: ``"mala"``: the mean acceptance probability each neuron's step is adapted toward in
             burn-in's adapting half (dual averaging; ``step_size`` is where it starts), then fixed; ``None``: the
             step stays ``step_size``. :func:`resolve_config` gives MALA :data:`DEFAULT_TARGET_ACCEPT`.
+        search: burn-in steps that search before ``c_k`` is fixed (``None``: half of burn-in; 0: ``c_k`` is measured
+            at the starting chains, as for chains continued from an earlier call).
     """
 
     method: str = "langevin"
@@ -179,6 +181,12 @@ class LangevinConfig:
     disc_warmup: int = 50
     disc_lr: float = 1e-3
     target_accept: Optional[float] = None
+    search: Optional[int] = None
+
+    @property
+    def search_steps(self) -> int:
+        """Burn-in's search steps: ``search``, by default half of burn-in (the rest of burn-in adapts)."""
+        return self.burn_in // 2 if self.search is None else self.search
 
     @property
     def sampling_steps(self) -> int:
@@ -198,7 +206,7 @@ class LangevinConfig:
             f = self.factor(t)
             return self.step_size * (self.final_step_fraction + (1 - self.final_step_fraction) * f)
         base = self.step_size ** 2
-        search = self.burn_in // 2  # the boost decays over burn-in's search half; the adapting half runs the law
+        search = self.search_steps  # the boost decays over burn-in's search; the adapting part runs the law
         if t >= search or search <= 1:
             return base
         f = 0.5 * (1 + math.cos(math.pi * t / (search - 1)))
@@ -218,7 +226,7 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
                    noise: Optional[float] = None,
                    schedule: Optional[str] = None, disc_every: int = 1, disc_steps: Optional[int] = None,
                    disc_warmup: int = 50, disc_lr: float = 1e-3,
-                   target_accept: Union[str, float, None] = "auto") -> LangevinConfig:
+                   target_accept: Union[str, float, None] = "auto", search: Optional[int] = None) -> LangevinConfig:
     """Check every sampler setting and return the resolved :class:`LangevinConfig`.
 
     Raises ``ValueError``/``TypeError`` naming the argument, the accepted values and the value given.
@@ -242,6 +250,11 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
         raise LDAMArgumentError("burn_in", f"method='annealed' has no burn-in (got burn_in={burn_in})")
     if burn_in >= steps:
         raise LDAMArgumentError("burn_in", f"expected fewer than steps={steps} burn-in steps, got {burn_in}")
+    if search is not None:
+        V.check_positive("search", search, integer=True, allow_zero=True)
+        if annealed or search > burn_in:
+            raise LDAMArgumentError("search", f"expected at most burn_in={burn_in} search steps of a Langevin "
+                                              f"method's burn-in, got {V.shown(search)} (method={method!r})")
     if isinstance(scale, str):
         V.check_choice("scale", scale, ("auto",))
         scale = None
@@ -275,7 +288,7 @@ def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, bur
     return replace(cfg, steps=steps, burn_in=burn_in, temperature=float(temperature), scale=scale,
                    disc_weight=float(disc_weight), adapt_disc=adapt_disc, smoothness=float(smoothness),
                    disc_every=disc_every,
-                   disc_warmup=disc_warmup, disc_lr=float(disc_lr), target_accept=target_accept,
+                   disc_warmup=disc_warmup, disc_lr=float(disc_lr), target_accept=target_accept, search=search,
                    **{k: (float(v) if isinstance(v, float) else v) for k, v in given.items()})
 
 

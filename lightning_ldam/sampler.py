@@ -207,7 +207,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            noise: Optional[float] = None, precondition: Optional[str] = None, schedule: Optional[str] = None,
            spatial: str = "mean", discriminator: Optional[nn.Module] = None, disc_lr: float = 1e-3,
            disc_every: int = 1, disc_steps: Optional[int] = None, disc_warmup: Optional[int] = None,
-           target_accept: Union[str, float, None] = "auto", autocast_dtype: Optional[torch.dtype] = None,
+           target_accept: Union[str, float, None] = "auto", search: Optional[int] = None,
+           autocast_dtype: Optional[torch.dtype] = None,
            channels_last: bool = False, cuda_graph: bool = False,
            progress: Union[bool, float, Progress] = False) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
@@ -252,6 +253,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             adapting half by dual averaging (Stan's scheme; ``"auto"``: 0.574, the optimal rate of a Langevin
             proposal), starting from ``step_size`` and fixed for the sampling phase (``result.step_sizes``);
             ``None``: the step stays ``step_size``. Other methods: ``"auto"`` or ``None`` only.
+        search: burn-in's search steps before ``c_k`` is fixed (default half of ``burn_in``); 0 skips the search
+            (``c_k`` measured at the starting chains: for chains that continue an earlier call's, ``init=``).
         temperature: T.
         scale: ``"auto"`` (``c_k`` from the unit's input-gradient scale in burn-in) or a number (``c_k`` for all).
         adapt_disc: in burn-in's second half, lower a neuron's prior weight w_k (log D and smoothness; starts at 1)
@@ -314,7 +317,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
                          schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
                          disc_warmup=(disc_warmup if disc_warmup is not None
                                       else (50 if discriminator is None else 0)), disc_lr=disc_lr,
-                         target_accept=target_accept)
+                         target_accept=target_accept, search=search)
     if isinstance(init, str) and init == "data" and real_data is None:
         raise LDAMArgumentError("init",
             "'data' starts chains from real images; pass real_data=..., or use init='noise'")
@@ -764,8 +767,8 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
         for t in range(cfg.steps):
             if t == timed_from:
                 timer = _synchronized_clock(device)
-            phase = "sample" if t >= cfg.burn_in else ("search" if t < cfg.burn_in // 2 else "adapt")
-            if cfg.method != "annealed" and t == cfg.burn_in // 2:
+            phase = "sample" if t >= cfg.burn_in else ("search" if t < cfg.search_steps else "adapt")
+            if cfg.method != "annealed" and t == cfg.search_steps:
                 chains.freeze_scales()
             if cfg.method != "annealed" and t == cfg.burn_in:
                 if disc.ensure_finite(chains.u):  # D is frozen from here on: one check, one sync

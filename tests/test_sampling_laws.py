@@ -317,3 +317,15 @@ def test_mala_under_bf16_autocast_accepts_with_float32_log_densities():
         chains_module.Objective.__call__ = original
     # (measured: mean 0.061 against 0.020, P(x > 3θ) 0.44 against 0.05)
     assert rounded.images[0].mean().item() > 2 * exact
+
+
+def test_search_zero_measures_c_k_at_the_starting_chains():
+    """a = −|x|²/2 in the box ±6: at x = 2 the pixel gradient is −2, −24 per unit-box pixel, so with no search
+    ``c_k`` = 0.01 × 24 = 0.24; the default search climbs toward 0 first and measures a smaller gradient."""
+    start = torch.full((8, 1, 1, 2), 2.0)
+    kw = dict(input_shape=(1, 1, 2), value_range=BOX, chains=8, steps=40, init=start)
+    assert BOX == (-6.0, 6.0)
+    now = ldam.sample(nn.Sequential(Quadratic()), "0:0", search=0, **kw)
+    assert now.scales[0].item() == pytest.approx(0.24, rel=1e-5)
+    searched = ldam.sample(nn.Sequential(Quadratic()), "0:0", **kw)
+    assert searched.scales[0].item() < 0.2
