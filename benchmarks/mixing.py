@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightning_ldam as ldam  # noqa: E402
 import quality as Q  # noqa: E402
-from lightning_ldam.persistence import PersistentChains, redrawn_rows  # noqa: E402
+from lightning_ldam.persistence import PersistentChains, continued_rows, redrawn_rows  # noqa: E402
 
 
 def main(argv=None):
@@ -53,6 +53,8 @@ def main(argv=None):
     p.add_argument("--redraw", type=float, default=0.25, help="share of the chains re-drawn each round")
     p.add_argument("--continued-search", type=int, default=None,
                    help="burn-in search steps of the rounds that continue chains (default: the sampler's)")
+    p.add_argument("--no-hold", dest="hold", action="store_false",
+                   help="continued chains run burn-in's search too (the callback holds them through it)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,8 +98,8 @@ def main(argv=None):
 def rounds(bench, kw, extra, args) -> None:
     """The callback's rounds on fixed weights: each call continues the last one's chains (see the docstring)."""
     store, disc = PersistentChains(args.redraw), None
-    print("| round | continued chains: L2 moved / L2 between chains | R-hat (≤ 1.1) | ESS | judge | realism | diversity | "
-          "lift | s |\n|---|---|---|---|---|---|---|---|---|")
+    print("| round | continued chains: L2 moved / L2 between chains | R-hat (≤ 1.1) | ESS | judge | realism | "
+          "diversity | lift | s |\n|---|---|---|---|---|---|---|---|---|")
     for r in range(args.rounds):
         shape = (10, args.chains, *bench.input_shape)
         init = store.starts("raw", shape, r, args.seed, (0.0, 1.0))
@@ -106,6 +108,8 @@ def rounds(bench, kw, extra, args) -> None:
             call["init"] = init
             if args.continued_search is not None:
                 call["search"] = args.continued_search
+            if args.hold:  # as the callback does: continued chains skip the search the re-drawn ones run
+                call["continued"] = continued_rows(args.chains, args.redraw, r)
         t0 = time.perf_counter()
         res = ldam.sample(bench.target, f"{bench.logits}:0-9", **call)
         secs = time.perf_counter() - t0

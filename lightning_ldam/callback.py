@@ -33,7 +33,7 @@ from lightning_ldam.first_round import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.inputs import InputKey, extract_input
 from lightning_ldam.interrupts import RoundInterrupted, sigterm_interrupts
 from lightning_ldam.own_line import own_line
-from lightning_ldam.persistence import PersistentChains, redrawn_rows
+from lightning_ldam.persistence import PersistentChains, continued_rows, redrawn_rows
 from lightning_ldam.outputs import is_tensorboard, settings_text, write_round, write_settings
 from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
@@ -402,7 +402,8 @@ class LDAMCallbackLogic:
             init = self._chains.starts(variant.name, shape, self._rounds, self.settings.seed, plan.value_range,
                                        plan.sampler_kwargs.get("init", "noise"), plan.real, (rank, world))
             if init is not None:
-                plan.variants[i], continued = dataclasses.replace(variant, init=init), True
+                held = continued_rows(plan.chains, self._chains.redraw, self._rounds)
+                plan.variants[i], continued = dataclasses.replace(variant, init=init, continued=held), True
         if not continued:
             return ""
         plan.seed = self.settings.seed + self._rounds

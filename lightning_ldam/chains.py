@@ -86,7 +86,8 @@ def fold(v: torch.Tensor) -> torch.Tensor:
 
 def _log_fold_density(y: torch.Tensor, mean: torch.Tensor, std) -> torch.Tensor:
     """Per row, ``log`` of the density of ``fold(mean + std·ξ)`` at ``y`` (up to a constant shared by every call
-    with the same ``std``, a number or one per row): the Gaussian summed over the preimages of ``y`` nearest ``mean`` (±3 box widths)."""
+    with the same ``std``, a number, one per row or one per element): the Gaussian summed over the preimages of
+    ``y`` nearest ``mean`` (±3 box widths)."""
     base = 2.0 * torch.round(mean / 2.0)
     pre = torch.stack([base + y, base - y, base + y - 2, base - y + 2, base + y + 2, base - y - 2])
     log_k = -0.5 * ((pre - mean) / std).square()
@@ -150,8 +151,10 @@ class LangevinChains:
 
     def __init__(self, u0: torch.Tensor, objective: Objective, cfg: LangevinConfig, neurons: int,
                  generator: torch.Generator, real_acts: Optional[Sequence[torch.Tensor]] = None,
-                 graph: bool = False, law: Optional[Mapping[str, Sequence[float]]] = None):
+                 graph: bool = False, law: Optional[Mapping[str, Sequence[float]]] = None,
+                 held: Optional[torch.Tensor] = None):
         self.u = u0.clone()
+        self.held = None if held is None else held.view((-1,) + (1,) * (u0.dim() - 1))  # rows the search skips
         self.objective, self.cfg, self.n, self.gen = objective, cfg, neurons, generator
         self.restart_gen = torch.Generator(device=generator.device).manual_seed(
             (generator.initial_seed() + RESTART_SEED_OFFSET) % 2 ** 63)
@@ -282,7 +285,10 @@ class LangevinChains:
                 drift.sub_(roughness_grad(self.u), alpha=self.search_smooth)
             else:
                 drift.sub_(roughness_grad(self.u) * self.search_smooth)
+        before = None if self.held is None else self.u.clone()
         self._move(drift, t, terms.acts)
+        if before is not None:  # continued chains keep their states; their gradients still count in c_k
+            torch.where(self.held, before, self.u, out=self.u)
         self._tick(t)
 
     def _track_scales(self, terms: Terms, rate, act: bool = True):

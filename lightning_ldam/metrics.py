@@ -229,8 +229,8 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
     Conv channels reduce to the mean over positions (``spatial="mean"``) or the centre unit
     (``spatial="center"``), linear units are read as they are; the other readings of
     :mod:`~lightning_ldam.unit_axes` (channels last, tokens) as they say. ``"mean"``/``"center"`` read axis 1:
-    pass ``SampleResult.config["spatial"]``, which holds each layer's resolved reading. The model runs in eval mode (as it does
-    while sampling: BN uses running statistics, Dropout is off) and is left in the mode it was found in;
+    pass ``SampleResult.config["spatial"]``, which holds each layer's resolved reading. The model runs in eval mode
+    (as it does while sampling: BN uses running statistics, Dropout is off) and is left in the mode it was found in;
     the forward stops at the deepest target layer.
 
     Args:

@@ -18,7 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["PersistentChains", "redrawn_rows"]
+__all__ = ["PersistentChains", "redrawn_rows", "continued_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,13 @@ def redrawn_rows(chains: int, redraw: float, round_index: int) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.long)
     k = min(chains, max(1, round(redraw * chains)))
     return (torch.arange(k) + round_index * k) % chains
+
+
+def continued_rows(chains: int, redraw: float, round_index: int) -> torch.Tensor:
+    """``[chains]`` bool: the chains a continued round carries on (the others are re-drawn and search)."""
+    mask = torch.ones(chains, dtype=torch.bool)
+    mask[redrawn_rows(chains, redraw, round_index)] = False
+    return mask
 
 
 class PersistentChains:

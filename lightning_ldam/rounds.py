@@ -50,6 +50,8 @@ class Variant:
         disc_state: a saved discriminator ``state_dict`` to restore when ``discriminator`` is ``None``.
         init: ``[neurons, chains, *input]`` starting images (the variant's persistent chains), or ``None``: the
             plan's own starts (``sampler_kwargs["init"]``, else noise), the same for every variant.
+        continued: with ``init``, the ``[chains]`` bool mask of the chains that continue (held through burn-in's
+            search, which the re-drawn ones run; :func:`~lightning_ldam.sample`'s ``continued``).
     """
 
     name: str
@@ -58,6 +60,7 @@ class Variant:
     discriminator: Optional[nn.Module] = None
     disc_state: Optional[Dict[str, Any]] = None
     init: Optional[torch.Tensor] = None
+    continued: Optional[torch.Tensor] = None
 
     @property
     def warm(self) -> bool:
@@ -267,7 +270,7 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
             steps=plan.steps, real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,
             normalize=plan.normalize, seed=plan.seed, device=plan.device,
             discriminator=_discriminator(variant, plan, note),
-            **{**kwargs, **({} if variant.init is None else {"init": variant.init})},
+            **{**kwargs, **({} if variant.init is None else {"init": variant.init, "continued": variant.continued})},
             progress=progress.labelled(f"LDAM {variant.name}") if isinstance(progress, Progress) else progress)
         if plan.real is not None:  # the scale of lift and of the health counts: this variant's units on real inputs
             res.real_activations = unit_activations(net, res.neurons, plan.real[:REAL_FOR_METRICS],

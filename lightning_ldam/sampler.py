@@ -5,8 +5,9 @@ For neuron k of a frozen network, the default method samples inputs from
     p_k(x) ∝ exp( a_k(x) / (c_k·T) + λ_k · log D(x) − γ_k · ½Σ(neighbour differences)² ),   x inside the box,
 
 by Langevin dynamics after a burn-in that fixes ``c_k`` (the neuron's scale, so that T means the same on
-every layer and model), ``λ_k``, the smoothness weight ``γ_k`` and the discriminator D; ``method="mala"`` adds a Metropolis test that makes
-the sampling phase exact. :mod:`lightning_ldam.config` states each method's law and constants.
+every layer and model), ``λ_k``, the smoothness weight ``γ_k`` and the discriminator D; ``method="mala"`` adds
+a Metropolis test that makes the sampling phase exact. :mod:`lightning_ldam.config` states each method's law and
+constants.
 
 Every chain of every neuron lives in one batch: one forward evaluates all of them and each chain's
 energy reads its own neuron. Chains are kept in the *unit box* ``u ∈ [0, 1]`` (``x = lo + (hi-lo)·u``),
@@ -208,6 +209,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            spatial: str = "mean", discriminator: Optional[nn.Module] = None, disc_lr: float = 1e-3,
            disc_every: int = 1, disc_steps: Optional[int] = None, disc_warmup: Optional[int] = None,
            target_accept: Union[str, float, None] = "auto", search: Optional[int] = None,
+           continued: Optional[torch.Tensor] = None,
            autocast_dtype: Optional[torch.dtype] = None,
            channels_last: bool = False, cuda_graph: bool = False,
            progress: Union[bool, float, Progress] = False) -> SampleResult:
@@ -255,6 +257,10 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             ``None``: the step stays ``step_size``. Other methods: ``"auto"`` or ``None`` only.
         search: burn-in's search steps before ``c_k`` is fixed (default half of ``burn_in``); 0 skips the search
             (``c_k`` measured at the starting chains: for chains that continue an earlier call's, ``init=``).
+        continued: with a tensor ``init``, a bool mask ``[chains]`` or ``[n_neurons, chains]`` of the chains that
+            continue an earlier call's: they are held at their starts through burn-in's search (which the others
+            run) and step the law from its end; ``c_k`` reads every chain's gradients. ``None``: every chain
+            searches.
         temperature: T.
         scale: ``"auto"`` (``c_k`` from the unit's input-gradient scale in burn-in) or a number (``c_k`` for all).
         adapt_disc: in burn-in's second half, lower a neuron's prior weight w_k (log D and smoothness; starts at 1)
@@ -348,6 +354,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             to_model = _ModelInput(lo, hi, norm, dtype, nhwc, autocast_dtype, device, cuda_graph)
             law = _LayerLaw(resolved, settings, cfg, smoothness, shape, spatial)
             run = _Run(net, resolved, shape, chains, cfg, real_cpu, (lo, hi), to_model, law, device, seed)
+            run.held = _held_rows(continued, init, len(resolved), chains, device)
             return run(init, discriminator, cuda_graph, progress, started)
 
 
@@ -447,6 +454,20 @@ class _LayerLaw:
                                             f"(C, H, W); input_shape={shape}")
                 for k, v in zip(knobs, (lam, own.get("temperature", cfg.temperature), kappa)):
                     self.per_neuron[k].append(float(v))
+
+
+def _held_rows(continued, init, n: int, chains: int, device) -> Optional[torch.Tensor]:
+    """``continued`` as one bool per batch row (neuron-major), or ``None``; checked against ``init`` and the counts."""
+    if continued is None:
+        return None
+    if not isinstance(init, torch.Tensor):
+        raise LDAMArgumentError("continued", "marks chains that continue given starting images; pass init= a "
+                                             "tensor of them, or drop continued=")
+    if not isinstance(continued, torch.Tensor) or continued.dtype != torch.bool \
+            or tuple(continued.shape) not in ((chains,), (n, chains)):
+        raise LDAMArgumentError("continued", f"expected a bool tensor of shape [{chains}] or [{n}, {chains}], got "
+                                             f"{V.shown(continued)}")
+    return continued.to(device).expand(n, chains).reshape(-1).clone()
 
 
 def _check_init_images(init: torch.Tensor, shape, box) -> None:
@@ -552,6 +573,7 @@ class _Run:
         self.net, self.neurons, self.shape, self.chains, self.cfg = net, neurons, shape, chains, cfg
         self.box, self.to_model, self.law, self.device, self.seed = box, to_model, law, device, seed
         self.spatial, self.uses_disc = law.spatial, law.uses_disc
+        self.held: Optional[torch.Tensor] = None  # rows held through burn-in's search (``continued=``)
         lo, hi = box
         self.real = None if real_cpu is None else ((real_cpu - lo) / (hi - lo)).clamp_(0, 1).to(device)
         # Separate streams: the chains' starts and noise never depend on how much D was trained.
@@ -596,7 +618,7 @@ class _Run:
         try:
             with reader.attached():
                 chains = LangevinChains(u0, objective, cfg, len(neurons), self.chain_gen, targets, graph=cuda_graph,
-                                        law=self.law.per_neuron)
+                                        law=self.law.per_neuron, held=self.held)
                 step_seconds = _loop(chains, disc, cfg, cuda_graph, self.device, progress)
                 disc.ensure_finite(chains.u)  # "annealed" trains D to the end: never return a broken one
                 with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 
 import lightning_ldam.rounds as rounds_module
 from lightning_ldam.callback import LDAMCallback
-from lightning_ldam.persistence import PersistentChains, redrawn_rows
+from lightning_ldam.persistence import PersistentChains, continued_rows, redrawn_rows
 from test_callback import FAST, NEURONS, fit
 
 SHAPE = (3, 4, 1, 5, 5)  # neurons, chains, C, H, W
@@ -76,6 +76,11 @@ def test_redrawn_rows_start_as_the_sampler_would_start_them():
     assert float(noise.min()) < 0 < float(noise.max())  # uniform over the whole box, not [0, 1]
 
 
+def test_continued_rows_are_the_complement_of_the_redrawn_ones():
+    assert continued_rows(8, 0.25, 1).tolist() == [True, True, False, False, True, True, True, True]
+    assert continued_rows(4, 0.0, 3).all() and not continued_rows(4, 1.0, 3).any()
+
+
 def test_no_starts_without_states_or_when_they_do_not_fit():
     store = PersistentChains()
     assert store.starts("raw", SHAPE, 1, 0, (0.0, 1.0)) is None
@@ -113,6 +118,7 @@ class Spy:
             if kwargs.get("steps") == FAST["steps"]:
                 init = kwargs.get("init")
                 self.calls.append({"init": init.clone() if isinstance(init, torch.Tensor) else init,
+                                   "continued": kwargs.get("continued"),
                                    "seed": kwargs["seed"], "images": res.images.clone()})
             return res
 
@@ -156,6 +162,8 @@ def test_a_round_continues_each_variants_chains_and_redraws_the_same_rows(tmp_pa
             assert torch.equal(call["init"][:, keep], before[:, keep])  # continued from the last round
             assert not torch.equal(call["init"][:, rows], before[:, rows])
         assert torch.equal(raw["init"][:, rows], ema["init"][:, rows])  # the same re-drawn starts
+        for call in (raw, ema):  # the continued chains are held through the search the re-drawn ones run
+            assert call["continued"].tolist() == [i not in rows for i in range(4)]
     assert torch.equal(cb.state_dict()["chains"]["states"]["raw"], cb.results[-1]["raw"])
 
 

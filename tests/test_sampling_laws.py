@@ -329,3 +329,24 @@ def test_search_zero_measures_c_k_at_the_starting_chains():
     assert now.scales[0].item() == pytest.approx(0.24, rel=1e-5)
     searched = ldam.sample(nn.Sequential(Quadratic()), "0:0", **kw)
     assert searched.scales[0].item() < 0.2
+
+
+def test_continued_chains_are_held_through_the_search_and_step_the_law_after_it():
+    """``continued=``: the marked chains keep their starts through burn-in's search (their activation before every
+    search step is their start's), then move; the others search from the first step. ``c_k`` reads all of them."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.rand(6, 1, 1, 2, generator=g) * 4 - 2
+    held = torch.tensor([True, True, True, False, False, False])
+    res = ldam.sample(nn.Sequential(Quadratic()), "0:0", input_shape=(1, 1, 2), value_range=BOX, chains=6,
+                      steps=40, burn_in=20, search=10, init=start, continued=held)
+    trace = res.trace[0]  # [chains, steps]: the activation before each step
+    first = -(start.flatten(1) ** 2).sum(1) / 2
+    assert torch.allclose(trace[:3, :11], first[:3, None].expand(3, 11), atol=1e-6)
+    assert not torch.allclose(trace[:3, 11:], first[:3, None].expand(3, 29), atol=1e-6)  # moving after the search
+    assert (trace[3:, 1] != first[3:]).all()  # the others searched from step 0
+    with pytest.raises(ldam.LDAMArgumentError, match="continued"):
+        ldam.sample(nn.Sequential(Quadratic()), "0:0", input_shape=(1, 1, 2), value_range=BOX, chains=6, steps=4,
+                    continued=held)  # no starting images to continue
+    with pytest.raises(ldam.LDAMArgumentError, match=r"continued: expected a bool tensor of shape \[6\]"):
+        ldam.sample(nn.Sequential(Quadratic()), "0:0", input_shape=(1, 1, 2), value_range=BOX, chains=6, steps=4,
+                    init=start, continued=held[:4])
