@@ -44,8 +44,8 @@ NOTES = {
                             "if they fail"),
     "unmixed": ("warn", "LDAMCallback: step {step}: the chains of {layer} have not mixed: split R-hat > {bound:g} for "
                         "{bad} of {total} neurons (median {rhat:.2f}; bulk ESS median {ess:.0f} draws), so its samples "
-                        "show where each chain's search ended, not draws of the law (README: 'Reading R-hat and "
-                        "ESS'). Said once per layer; ldam/<variant>/<layer>/rhat and /ess follow it"),
+                        "show where each chain sits in its own basin, not draws of the whole law (README: 'Reading "
+                        "R-hat and ESS'). Said once per layer; ldam/<variant>/<layer>/rhat and /ess follow it"),
     "foreign_state": ("warn", "LDAMCallback: the checkpoint holds LDAM state under {keys}, not under this callback's "
                               "key {mine} (other neurons, seed, module or schedule), so this callback starts fresh: no "
                               "EMA, reservoir, discriminators or round counts are restored. Resume with the same "
