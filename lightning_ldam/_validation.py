@@ -142,15 +142,15 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def check_fraction(name: str, value, *, one: bool = True) -> float:
+    """A number in [0, 1] (``one=False``: in [0, 1))."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not (0.0 <= value <= 1.0 if one else
+                                                                       0.0 <= value < 1.0):
+        raise LDAMArgumentError(name, f"expected a {'number' if one else 'float'} in [0, 1{']' if one else ')'}, "
+                                      f"got {shown(value)}")
+    return float(value)
+
+
 def check_decay(name: str, value) -> float:
     """A decay in [0, 1) (EMA weights)."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
-        raise LDAMArgumentError(name, f"expected a float in [0, 1), got {shown(value)}")
-    return float(value)
-
-
-def check_fraction(name: str, value) -> float:
-    """A share in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value <= 1.0:
-        raise LDAMArgumentError(name, f"expected a number in [0, 1], got {shown(value)}")
-    return float(value)
+    return check_fraction(name, value, one=False)

@@ -33,7 +33,7 @@ from lightning_ldam.first_round import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.inputs import InputKey, extract_input
 from lightning_ldam.interrupts import RoundInterrupted, sigterm_interrupts
 from lightning_ldam.own_line import own_line
-from lightning_ldam.persistence import PersistentChains, continued_rows, redrawn_rows
+from lightning_ldam.persistence import PersistentChains, continued_rows
 from lightning_ldam.outputs import is_tensorboard, settings_text, write_round, write_settings
 from lightning_ldam.progress import Progress
 from lightning_ldam.reservoir import Reservoir
@@ -397,18 +397,17 @@ class LDAMCallbackLogic:
             return ""
         rank, world = trainer.global_rank, trainer.world_size
         shape = (len(self._resolved[rank::world]), plan.chains, *plan.input_shape)
+        held = continued_rows(plan.chains, self._chains.redraw, self._rounds)
         continued = False
         for i, variant in enumerate(plan.variants):
             init = self._chains.starts(variant.name, shape, self._rounds, self.settings.seed, plan.value_range,
                                        plan.sampler_kwargs.get("init", "noise"), plan.real, (rank, world))
             if init is not None:
-                held = continued_rows(plan.chains, self._chains.redraw, self._rounds)
                 plan.variants[i], continued = dataclasses.replace(variant, init=init, continued=held), True
         if not continued:
             return ""
         plan.seed = self.settings.seed + self._rounds
-        redrawn = len(redrawn_rows(plan.chains, self._chains.redraw, self._rounds))
-        return f", continuing the last round's chains ({redrawn} of {plan.chains} per neuron re-drawn)"
+        return f", continuing the last round's chains ({int((~held).sum())} of {plan.chains} per neuron re-drawn)"
 
     def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> NeuronSpec:
         """The neurons of every round: resolved at the first round on the raw weights and the reservoir (where

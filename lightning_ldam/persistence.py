@@ -85,11 +85,9 @@ class PersistentChains:
             out[:, rows] = lo + (hi - lo) * torch.rand((n, len(rows), *shape[2:]), generator=gen)
         return out
 
-    def keep(self, name: str, images: Optional[torch.Tensor], shard: Tuple[int, int] = (0, 1)) -> None:
+    def keep(self, name: str, images: torch.Tensor, shard: Tuple[int, int] = (0, 1)) -> None:
         """Keep a round's final states of variant ``name`` sampled by ``shard`` (``(rank, world)``); non-finite
         states are dropped (the variant restarts afresh)."""
-        if images is None:
-            return
         images = images.detach().to("cpu", torch.float32)
         if not bool(torch.isfinite(images).all()):
             log.info("LDAM: variant %r ended with non-finite chains; its next round starts afresh", name)

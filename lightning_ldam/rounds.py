@@ -264,13 +264,14 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
     out: Dict[str, SampleResult] = {}
     nets: Dict[str, nn.Module] = {}
     for variant in plan.variants:
+        starts = {} if variant.init is None else {"init": variant.init, "continued": variant.continued}
         net = prepare_network(variant.network, variant.refresh_bn, plan.real, plan.normalize, note, variant.name)
         res = sample(
             net, plan.neurons if neurons is None else neurons, input_shape=plan.input_shape, chains=plan.chains,
             steps=plan.steps, real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,
             normalize=plan.normalize, seed=plan.seed, device=plan.device,
             discriminator=_discriminator(variant, plan, note),
-            **{**kwargs, **({} if variant.init is None else {"init": variant.init, "continued": variant.continued})},
+            **{**kwargs, **starts},
             progress=progress.labelled(f"LDAM {variant.name}") if isinstance(progress, Progress) else progress)
         if plan.real is not None:  # the scale of lift and of the health counts: this variant's units on real inputs
             res.real_activations = unit_activations(net, res.neurons, plan.real[:REAL_FOR_METRICS],

@@ -354,8 +354,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             to_model = _ModelInput(lo, hi, norm, dtype, nhwc, autocast_dtype, device, cuda_graph)
             law = _LayerLaw(resolved, settings, cfg, smoothness, shape, spatial)
             run = _Run(net, resolved, shape, chains, cfg, real_cpu, (lo, hi), to_model, law, device, seed)
-            run.held = _held_rows(continued, init, len(resolved), chains, device)
-            return run(init, discriminator, cuda_graph, progress, started)
+            held = _held_rows(continued, init, len(resolved), chains, device)
+            return run(init, discriminator, cuda_graph, progress, started, held)
 
 
 def _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator, channels_last,
@@ -573,7 +573,6 @@ class _Run:
         self.net, self.neurons, self.shape, self.chains, self.cfg = net, neurons, shape, chains, cfg
         self.box, self.to_model, self.law, self.device, self.seed = box, to_model, law, device, seed
         self.spatial, self.uses_disc = law.spatial, law.uses_disc
-        self.held: Optional[torch.Tensor] = None  # rows held through burn-in's search (``continued=``)
         lo, hi = box
         self.real = None if real_cpu is None else ((real_cpu - lo) / (hi - lo)).clamp_(0, 1).to(device)
         # Separate streams: the chains' starts and noise never depend on how much D was trained.
@@ -606,7 +605,7 @@ class _Run:
         acts = unit_activations(self.net, self.neurons, real, spatial=self.spatial, normalize=self.to_model.norm)
         return acts.mean(0).to(self.device), acts.max(0).values.to(self.device)
 
-    def __call__(self, init, given_disc, cuda_graph, progress, started) -> SampleResult:
+    def __call__(self, init, given_disc, cuda_graph, progress, started, held=None) -> SampleResult:
         cfg, neurons = self.cfg, self.neurons
         u0 = self._initial(init)
         disc = _DiscriminatorKeeper(self, given_disc, u0)
@@ -618,7 +617,7 @@ class _Run:
         try:
             with reader.attached():
                 chains = LangevinChains(u0, objective, cfg, len(neurons), self.chain_gen, targets, graph=cuda_graph,
-                                        law=self.law.per_neuron, held=self.held)
+                                        law=self.law.per_neuron, held=held)
                 step_seconds = _loop(chains, disc, cfg, cuda_graph, self.device, progress)
                 disc.ensure_finite(chains.u)  # "annealed" trains D to the end: never return a broken one
                 with torch.no_grad():
