@@ -344,6 +344,11 @@ def test_continued_chains_are_held_through_the_search_and_step_the_law_after_it(
     assert torch.allclose(trace[:3, :11], first[:3, None].expand(3, 11), atol=1e-6)
     assert not torch.allclose(trace[:3, 11:], first[:3, None].expand(3, 29), atol=1e-6)  # moving after the search
     assert (trace[3:, 1] != first[3:]).all()  # the others searched from step 0
+    # every chain held at x = 2: the search tracks the gradient at the starts only, so c_k = 0.01 × 24 (as search=0)
+    still = ldam.sample(nn.Sequential(Quadratic()), "0:0", input_shape=(1, 1, 2), value_range=BOX, chains=6,
+                        steps=40, burn_in=20, search=10, init=torch.full((6, 1, 1, 2), 2.0),
+                        continued=torch.ones(6, dtype=torch.bool))
+    assert still.scales[0].item() == pytest.approx(0.24, rel=1e-5)
     with pytest.raises(ldam.LDAMArgumentError, match="continued"):
         ldam.sample(nn.Sequential(Quadratic()), "0:0", input_shape=(1, 1, 2), value_range=BOX, chains=6, steps=4,
                     continued=held)  # no starting images to continue
