@@ -127,6 +127,10 @@ MUTANTS = [
            "persistence.py", "(int(seed) * 1_000_003 + int(round_index) * 7_919) % 2 ** 62",
            "(int(seed) * 1_000_003 + int(round_index) * 7_919 + hash(name) % 9973) % 2 ** 62",
            ("tests/test_persistent_chains.py",)),
+    Mutant("metric-noise-unscaled", "a diagonal metric scales the drift but not the noise (M·∇ with √ε·ξ)",
+           "chains.py", "            noise = noise * self.metric_sqrt", "            pass",
+           ("tests/test_sampling_laws.py",),
+           also=(("chains.py", "            sigma = sigma * self.metric_sqrt", "            pass"),)),
 ]
 
 

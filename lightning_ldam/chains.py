@@ -13,7 +13,7 @@ from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_ldam.config import PIXEL_SCALE, LangevinConfig, prior_weight_max
+from lightning_ldam.config import METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE, LangevinConfig, prior_weight_max
 
 __all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "RESTART_SEED_OFFSET"]
 
@@ -190,6 +190,14 @@ class LangevinChains:
             self.h_bar = torch.zeros(neurons, device=dev)
             self.mu = math.log(math.sqrt(10.0) * cfg.step_size)
             self.sigma = self._per_row(self.log_sigma.exp())
+        # metric="diagonal": M's diagonal per row (ones until fixed), its square root, and the window's running sums
+        # of the states and their squares (the chains' spread per pixel)
+        self.diag = cfg.metric == "diagonal"
+        if self.diag:
+            self.metric = torch.ones_like(u0)
+            self.metric_sqrt = torch.ones_like(u0)
+            self.moments = torch.zeros((2, *u0.shape), device=dev)
+            self.mu = torch.full((neurons,), self.mu, device=dev) if self.adapts_step else None
         law = law or {}
         per = {k: [float(v) for v in law.get(k, [getattr(cfg, k)] * neurons)]
                for k in ("disc_weight", "temperature", "smoothness")}
@@ -216,15 +224,20 @@ class LangevinChains:
         cfg = self.cfg
         track = [max(1.0 / (t + 1), 8.0 / max(cfg.burn_in, 1)) for t in range(cfg.steps)]
         da = DUAL_AVERAGING
-        # dual averaging's m-th iteration (m = 1 at the adapting half's first step; 0 outside it)
-        m = [t - cfg.search_steps + 1 if cfg.search_steps <= t < cfg.burn_in else 0 for t in range(cfg.steps)]
+        # dual averaging's m-th iteration (m = 1 at the adapting half's first step; 0 outside it), started anew where a
+        # diagonal metric is fixed
+        start = cfg.search_steps if cfg.metric_end is None else cfg.metric_end
+        m = [t - (start if t >= start else cfg.search_steps) + 1 if cfg.search_steps <= t < cfg.burn_in else 0
+             for t in range(cfg.steps)]
+        end = cfg.metric_end or 0
         return {"half_eps": [0.5 * cfg.eps(t) for t in range(cfg.steps)],
                 "noise": [cfg.noise_std(t) for t in range(cfg.steps)],
                 "track": track,  # running mean over the first steps, then an EMA over ~⅛ of burn-in
                 "psgld": [1.0 / (1 - 0.99 ** (t + 1)) for t in range(cfg.steps)],
                 "da_rate": [1.0 / (k + da["t0"]) if k else 0.0 for k in m],
                 "da_shrink": [math.sqrt(k) / da["gamma"] for k in m],
-                "da_average": [k ** -da["kappa"] if k else 0.0 for k in m]}
+                "da_average": [k ** -da["kappa"] if k else 0.0 for k in m],
+                "metric_window": [1.0 if cfg.search_steps <= t < end else 0.0 for t in range(cfg.steps)]}
 
     def at(self, name: str, t: Optional[int]):
         """Per-step scalar ``name`` at step ``t`` (``None``: the graph form, read at the device counter)."""
@@ -252,11 +265,17 @@ class LangevinChains:
             self.counter.add_(1)
 
     # ---- moving -------------------------------------------------------------------------------------------
-    def _move(self, drift: torch.Tensor, t: Optional[int], acts: torch.Tensor, reflect: bool = True) -> None:
-        """``u ← boundary(u + (ε/2)·drift + noise·ξ)``; a chain that turns non-finite restarts from a fresh
-        uniform state (not its own start, which may lie where the model itself is NaN: it would reset every step)."""
+    def _move(self, drift: torch.Tensor, t: Optional[int], acts: torch.Tensor, reflect: bool = True,
+              metric: bool = False) -> None:
+        """``u ← boundary(u + (ε/2)·drift + noise·ξ)`` (``metric``: ``u + (ε/2)·M·drift + noise·M^½·ξ``); a chain
+        that turns non-finite restarts from a fresh uniform state (not its own start, which may lie where the model
+        itself is NaN: it would reset every step)."""
+        noise = torch.randn(self.u.shape, generator=self.gen, device=self.u.device)
+        if metric and self.diag:
+            drift = drift * self.metric
+            noise = noise * self.metric_sqrt
         y = self.u.add(drift * self.at("half_eps", t))
-        y.add_(torch.randn(y.shape, generator=self.gen, device=y.device) * self.at("noise", t))
+        y.add_(noise * self.at("noise", t))
         # Before the boundary (which would map +-Inf into the box): a row sum is non-finite iff the row is.
         bad = ~torch.isfinite(y.flatten(1).sum(1) + acts)
         y = fold(y) if reflect else y.clamp_(0.0, 1.0)
@@ -346,10 +365,59 @@ class LangevinChains:
         self._record(t, terms.acts)
         self._track_scales(terms, self.at("track", t), act=False)  # D still trains: follow its gradient scale
         self._set_weights()
-        self._move(self._drift(terms, self.u), t, terms.acts)
+        self._move(self._drift(terms, self.u), t, terms.acts, metric=True)
+        self._accumulate(t)
         if terms.g_disc is not None or self.smooth:
             self._adapt_weight(terms.acts)
         self._tick(t)
+
+    def _accumulate(self, t: Optional[int]) -> None:
+        """``metric="diagonal"``: add the states to the window's sums (inside the window; weight 0 outside it)."""
+        if not self.diag:
+            return
+        w = self.at("metric_window", t)
+        if t is not None and not w:
+            return
+        self.moments[0].add_(self.u * w)
+        self.moments[1].addcmul_(self.u, self.u * w)
+
+    def fix_metric(self) -> None:
+        """``metric="diagonal"``: M's diagonal from the window's spread, per neuron: each pixel's variance over the
+        neuron's chains and the window's steps, over its mean over pixels, floored at ``METRIC_FLOOR`` and scaled
+        to mean 1. MALA's dual averaging starts anew from the current step (Stan's last warm-up window)."""
+        if not self.diag:
+            return
+        count = self.chains * (self.cfg.metric_end - self.cfg.search_steps)
+        first, second = (m.view(self.n, self.chains, -1).sum(1) / count for m in self.moments)
+        var = (second - first.square()).clamp_min_(0.0).nan_to_num_(0.0)
+        # the stiffest pixel keeps its step (m = 1), the others' grow with their spread: an unadjusted step's
+        # error relative to each pixel's spread is then no worse than the stiffest pixel's was
+        ref = torch.maximum(var.min(1, keepdim=True).values, METRIC_FLOOR * var.mean(1, keepdim=True))
+        m = torch.where(ref > 0, var / ref.clamp_min(1e-30), torch.ones_like(var))
+        m = torch.minimum(m.clamp_min_(1.0), self._metric_cap().view(-1, 1))
+        self.metric.copy_(m.repeat_interleave(self.chains, 0).view_as(self.metric))
+        torch.sqrt(self.metric, out=self.metric_sqrt)
+        if self.adapts_step:
+            self.h_bar.zero_()
+            self.log_sigma_bar.copy_(self.log_sigma)
+            torch.add(self.log_sigma, 0.5 * math.log(10.0), out=self.mu)
+
+    def _metric_cap(self) -> torch.Tensor:
+        """``[neurons]`` the largest entry of M that keeps a step stable on the smoothness prior: its curvature is at
+        most ``8·γ_k`` (the grid Laplacian's largest eigenvalue, a checkerboard), so ``ε·m·8·γ_k`` stays below
+        ``METRIC_STABILITY`` at the largest ``γ_k`` ``adapt_disc`` may reach (no cap but the floor's without it)."""
+        sigma = self.sigma if isinstance(self.sigma, float) else self.sigma.view(self.n, self.chains)[:, 0]
+        top = torch.full((self.n,), 1.0 / METRIC_FLOOR, device=self.u.device)
+        if not self.smooth:
+            return top
+        curvature = 8.0 * self.smooth_unit * self.weight_max * sigma * sigma
+        return torch.where(curvature > 0, METRIC_STABILITY / curvature.clamp_min(1e-30), top).clamp(1.0, top[0])
+
+    def metric_diagonal(self) -> Optional[torch.Tensor]:
+        """``[neurons, *shape]`` M's diagonal of the sampling phase (``None``: the identity)."""
+        if not self.diag:
+            return None
+        return self.metric.view(self.n, self.chains, *self.metric.shape[1:])[:, 0].clone()
 
     def freeze(self) -> None:
         """Fix ``λ_k`` and ``γ_k`` at the end of burn-in: from here on the law is fixed."""
@@ -392,7 +460,7 @@ class LangevinChains:
         """An unadjusted Langevin step of the fixed law (after :meth:`freeze`)."""
         terms = self.objective(self.u)
         self._record(t, terms.acts)
-        self._move(self._drift(terms, self.u), t, terms.acts)
+        self._move(self._drift(terms, self.u), t, terms.acts, metric=True)
         self._tick(t)
 
     def _mala_move(self, cur: Terms, sigma) -> torch.Tensor:
@@ -401,6 +469,9 @@ class LangevinChains:
         rejected); ``cur`` follows the accepted states. Returns each chain's ``log α``."""
         u = self.u
         half_eps = 0.5 * sigma * sigma
+        if self.diag:  # M diagonal: per pixel the drift's step is (ε/2)·m_i and the noise's std σ·√m_i
+            half_eps = half_eps * self.metric
+            sigma = sigma * self.metric_sqrt
         mean = u + self._drift(cur, u) * half_eps
         y = fold(mean + torch.randn(u.shape, generator=self.gen, device=u.device) * sigma)
         prop = self.objective(y, exact=True)
@@ -433,6 +504,7 @@ class LangevinChains:
         self._set_weights()
         acts = cur.acts.clone()  # the move overwrites cur with the accepted proposals
         log_alpha = self._mala_move(cur, self.sigma)
+        self._accumulate(t)
         self._dual_average(log_alpha, t)
         if cur.g_disc is not None or self.smooth:
             self._adapt_weight(acts)

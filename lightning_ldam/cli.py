@@ -30,7 +30,8 @@ _IMPORT_NOTE = ("The current working directory is put first on sys.path before i
 _OPTION_OF = {"neurons": "--neurons", "input_shape": "--input-shape", "value_range": "--value-range",
               "normalize": "--mean/--std", "chains": "--chains", "steps": "--steps", "seed": "--seed",
               "disc_weight": "--disc-weight", "real_data": "--input-shape/--value-range (checkpoint reservoir)",
-              "module": "--module", "device": "--device", "method": "--method", "model": "--model"}
+              "module": "--module", "device": "--device", "method": "--method", "metric": "--metric",
+              "model": "--model"}
 
 
 # ---- argument types (argparse turns their ValueError/TypeError into a usage error naming the option) ---------
@@ -133,6 +134,9 @@ def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None
                         "else 0)")
     c.add_argument("--method", choices=("langevin", "mala", "annealed"), default="langevin",
                    help="sampler method (default langevin; mala: Metropolis-adjusted; annealed: the earlier search)")
+    c.add_argument("--metric", choices=("identity", "diagonal"), default="identity",
+                   help="the Langevin methods' mass matrix (default identity; diagonal: each pixel's spread, "
+                        "measured in burn-in)")
     c.add_argument("--seed", type=int, default=0, help="seed shared by every variant (default 0)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     c.add_argument("--out", default=os.path.join("runs", "compare"), metavar="DIR",
@@ -490,7 +494,7 @@ def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _
                       disc_weight=inputs.weight, normalize=inputs.normalize,
                       sampler_kwargs=dict(channels_last=args.channels_last, cuda_graph=args.cuda_graph,
                                           autocast_dtype=torch.bfloat16 if args.bf16 else None,
-                                          method=args.method))
+                                          method=args.method, metric=args.metric))
     if args.steps is None and plan.real is not None and all(v.warm for v in built):
         print(f"steps: {plan.steps} (every variant has a warm discriminator from the checkpoint; --steps overrides)")
     for v in built:

@@ -29,7 +29,9 @@ class SampleResult:
         acceptance_rate: ``[n]`` share of proposals accepted after burn-in (``method="mala"``), else ``None``.
         step_sizes: ``[n]`` σ_k = √ε_k, the noise std per pixel and step of the sampling phase (unit box): MALA's as
             adapted in burn-in (``target_accept``), else ``step_size`` for every neuron; ``None`` for
-            ``"annealed"``. The drift's preconditioner is the identity (in the unit box) for both Langevin methods.
+            ``"annealed"``.
+        metric: ``[n, *input_shape]`` the diagonal of the mass matrix M of the sampling phase (``metric="diagonal"``:
+            drift ``(ε/2)·M·∇log p``, noise std ``σ_k·√M``; mean 1 per neuron), ``None`` for the identity.
         rhat: ``[n]`` rank-normalised split R-hat over the sampling phase (after burn-in), the worst of the
             activation's and of 4 fixed random projections of the image (:mod:`lightning_ldam.diagnostics`): ≈ 1
             when the chains sample one law, above 1.1 not mixed. ``None`` for ``"annealed"`` or fewer than 4
@@ -63,6 +65,7 @@ class SampleResult:
     step_seconds: float = 0.0
     acceptance_rate: Optional[torch.Tensor] = None
     step_sizes: Optional[torch.Tensor] = None
+    metric: Optional[torch.Tensor] = None
     rhat: Optional[torch.Tensor] = None
     ess: Optional[torch.Tensor] = None
     rhat_activation: Optional[torch.Tensor] = None
@@ -126,7 +129,7 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         nonfinite_resets=stack("nonfinite_resets"), value_range=first.value_range, discriminator=None,
         seconds=max(s.seconds for s in present), step_seconds=max(s.step_seconds for s in present),
         acceptance_rate=stack("acceptance_rate"), step_sizes=stack("step_sizes"), scales=stack("scales"),
-        disc_weights=stack("disc_weights"),
+        metric=stack("metric"), disc_weights=stack("disc_weights"),
         rhat=stack("rhat"), ess=stack("ess"), rhat_activation=stack("rhat_activation"),
         ess_activation=stack("ess_activation"),
         config=dict(first.config),

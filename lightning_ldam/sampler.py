@@ -209,7 +209,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            spatial: str = "mean", discriminator: Optional[nn.Module] = None, disc_lr: float = 1e-3,
            disc_every: int = 1, disc_steps: Optional[int] = None, disc_warmup: Optional[int] = None,
            target_accept: Union[str, float, None] = "auto", search: Optional[int] = None,
-           continued: Optional[torch.Tensor] = None,
+           metric: str = "identity", continued: Optional[torch.Tensor] = None,
            autocast_dtype: Optional[torch.dtype] = None,
            channels_last: bool = False, cuda_graph: bool = False,
            progress: Union[bool, float, Progress] = False) -> SampleResult:
@@ -255,6 +255,10 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             adapting half by dual averaging (Stan's scheme; ``"auto"``: 0.574, the optimal rate of a Langevin
             proposal), starting from ``step_size`` and fixed for the sampling phase (``result.step_sizes``);
             ``None``: the step stays ``step_size``. Other methods: ``"auto"`` or ``None`` only.
+        metric: the mass matrix M of both Langevin methods (drift ``(ε/2)·M·∇log p``, noise ``√ε·M^½·ξ``, the same
+            law): ``"identity"`` (default) or ``"diagonal"``, each pixel's variance over the neuron's chains in the
+            first 60% of burn-in's adapting part, over its mean over pixels (mean 1), then fixed
+            (``result.metric``); MALA re-adapts its step after it is fixed. Diagonal, so each wall still reflects.
         search: burn-in's search steps before ``c_k`` is fixed (default half of ``burn_in``); 0 skips the search
             (``c_k`` measured at the starting chains: for chains that continue an earlier call's, ``init=``).
         continued: with a tensor ``init``, a bool mask ``[chains]`` or ``[n_neurons, chains]`` of the chains that
@@ -323,7 +327,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
                          schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
                          disc_warmup=(disc_warmup if disc_warmup is not None
                                       else (50 if discriminator is None else 0)), disc_lr=disc_lr,
-                         target_accept=target_accept, search=search)
+                         target_accept=target_accept, search=search, metric=metric)
     if isinstance(init, str) and init == "data" and real_data is None:
         raise LDAMArgumentError("init",
             "'data' starts chains from real images; pass real_data=..., or use init='noise'")
@@ -646,6 +650,7 @@ class _Run:
             step_seconds=step_seconds,
             acceptance_rate=_cpu(chains.acceptance_rate()),
             step_sizes=_cpu(chains.step_sizes()),
+            metric=_cpu(chains.metric_diagonal()),
             **_mixing(chains, n, c),
             scales=chains.scale.cpu() if fixed else None,
             disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
@@ -791,6 +796,8 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
             phase = "sample" if t >= cfg.burn_in else ("search" if t < cfg.search_steps else "adapt")
             if cfg.method != "annealed" and t == cfg.search_steps:
                 chains.freeze_scales()
+            if t == cfg.metric_end:
+                chains.fix_metric()
             if cfg.method != "annealed" and t == cfg.burn_in:
                 if disc.ensure_finite(chains.u):  # D is frozen from here on: one check, one sync
                     chains.replace_discriminator(disc.module)

@@ -444,6 +444,7 @@ def test_compare_takes_the_warm_discriminator_steps_when_every_variant_has_one(
     (["--bf16", "--channels-last"], {"autocast_dtype": torch.bfloat16, "channels_last": True, "cuda_graph": False,
                                      "method": "langevin"}),
     (["--method", "mala"], {"autocast_dtype": None, "channels_last": False, "cuda_graph": False, "method": "mala"}),
+    (["--metric", "diagonal", "--steps", "16"], {"method": "langevin", "metric": "diagonal"}),
 ])
 def test_speed_flags_reach_the_sampler(ckpts, tmp_path, capsys, monkeypatch, flags, expected):
     import lightning_ldam.rounds as sampler  # the shared round calls sample()

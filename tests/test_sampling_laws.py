@@ -187,13 +187,14 @@ class Wall(nn.Module):
         return -(x.flatten(1) / self.theta).sum(1, keepdim=True)
 
 
-@pytest.mark.parametrize("method, tolerance", [("mala", 0.05), ("langevin", 0.12)])
-def test_a_law_at_the_wall_is_sampled_with_reflection_not_clamping(method, tolerance):
+@pytest.mark.parametrize("method, tolerance, metric", [("mala", 0.05, "identity"), ("langevin", 0.12, "identity"),
+                                                      ("mala", 0.05, "diagonal"), ("langevin", 0.12, "diagonal")])
+def test_a_law_at_the_wall_is_sampled_with_reflection_not_clamping(method, tolerance, metric):
     theta = 0.02
     exact = theta * (1 - (1 / theta) * torch.exp(torch.tensor(-1 / theta)).item()
                      / (1 - torch.exp(torch.tensor(-1 / theta)).item()))
     res = ldam.sample(nn.Sequential(Wall(theta)), "0:0", input_shape=(1, 1, 4), value_range=(0.0, 1.0),
-                      chains=1024, steps=600, method=method, scale=1.0, disc_weight=0.0, seed=0)
+                      chains=1024, steps=600, method=method, scale=1.0, disc_weight=0.0, seed=0, metric=metric)
     x = res.images[0].flatten()
     # ULA's bias at a wall is O(step): at the default step 0.005 its mean reads +3.0% at θ = 0.02 and +8.8% at
     # θ = 0.01 (1024 chains x 600 steps); MALA's −1.2% and −1.0%
@@ -250,7 +251,8 @@ def _grid_laplacian(h: int, w: int) -> torch.Tensor:
     return lap
 
 
-def test_the_law_with_a_fixed_analytic_d_and_the_smoothness_prior_is_the_stated_gaussian():
+@pytest.mark.parametrize("metric", ["identity", "diagonal"])
+def test_the_law_with_a_fixed_analytic_d_and_the_smoothness_prior_is_the_stated_gaussian(metric):
     # log p(u) = a(x(u))/(c·T) + λ_k·log D(u) − γ_k·E_s(u), a = −½|x|², x = −6 + 12u, c = 1 (scale=1), T = 1:
     # precision P = 144·I + λ_k·I + γ_k·L, mean P⁻¹(144·½·1 + λ_k·m), γ_k = κ / PIXEL_SCALE
     from lightning_ldam.config import PIXEL_SCALE
@@ -259,7 +261,7 @@ def test_the_law_with_a_fixed_analytic_d_and_the_smoothness_prior_is_the_stated_
     kappa = 3.0
     res = ldam.sample(nn.Sequential(Quadratic()), "0:0", input_shape=(1, 2, 2), value_range=BOX, chains=2048,
                       steps=800, method="mala", scale=1.0, step_size=0.01, disc_weight=1.0, smoothness=kappa,
-                      discriminator=GaussianD(centre), seed=4)
+                      discriminator=GaussianD(centre), seed=4, metric=metric)
     lam = float(res.disc_weights[0])
     assert lam > 0
     gamma = kappa / PIXEL_SCALE
@@ -276,6 +278,52 @@ def test_the_law_with_a_fixed_analytic_d_and_the_smoothness_prior_is_the_stated_
     assert (corr(emp) - corr(cov)).abs().max().item() < 0.1
     assert corr(cov)[0, 1].item() > 0.2  # the prior's correlation is there to be matched, not ≈ 0
     assert res.acceptance_rate[0].item() > 0.5
+
+
+# ---- a diagonal metric (issue #21 item 2) ---------------------------------------------------------------------
+class Anisotropic(nn.Module):
+    """a(x) = −½·Σ (x_i/s_i)²: with ``scale=1``, p is N(0, s_i²) per pixel, pixels whose spreads differ 10x."""
+
+    def __init__(self, spreads):
+        super().__init__()
+        self.register_buffer("spreads", torch.tensor(spreads))
+
+    def forward(self, x):
+        return -((x.flatten(1) / self.spreads) ** 2).sum(1, keepdim=True) / 2
+
+
+ANISO = dict(input_shape=(1, 1, 2), value_range=BOX, chains=512, scale=1.0, step_size=0.004, steps=1200, seed=1)
+
+
+@pytest.mark.parametrize("method", ["langevin", "mala"])
+def test_a_diagonal_metric_keeps_the_law_and_mixes_the_wide_pixel_faster(method):
+    model = nn.Sequential(Anisotropic([1.0, 0.1]))
+    plain = ldam.sample(model, "0:0", method=method, **ANISO)
+    diag = ldam.sample(model, "0:0", method=method, metric="diagonal", **ANISO)
+    assert plain.metric is None
+    m = diag.metric[0].flatten()
+    # the narrow pixel keeps its step (m = 1); the wide one's grows with its measured spread (100x the narrow's
+    # variance in the law; less within the window, which its chains have not yet crossed)
+    assert m[1].item() == pytest.approx(1.0) and m[0].item() > 10
+    var = diag.images[0].flatten(1).var(0)
+    assert var[0].item() == pytest.approx(1.0, rel=0.15)
+    assert var[1].item() == pytest.approx(0.01, rel=0.15)
+    assert diag.ess_activation[0] > 3 * plain.ess_activation[0]
+    assert diag.rhat_activation[0] < plain.rhat_activation[0]
+    if method == "mala":
+        assert 0.4 < diag.acceptance_rate[0].item() < 0.8
+
+
+def test_the_metric_is_capped_where_the_smoothness_prior_would_make_a_step_diverge():
+    from lightning_ldam.config import METRIC_STABILITY, PIXEL_SCALE
+
+    model = nn.Sequential(Anisotropic([1.0, 0.1]))
+    free = ldam.sample(model, "0:0", metric="diagonal", **ANISO)
+    kappa = 16.0  # cap ≈ 2.4; the law's coupled variances still differ ≈ 9x
+    capped = ldam.sample(model, "0:0", metric="diagonal", smoothness=kappa, **ANISO)
+    cap = METRIC_STABILITY / (ANISO["step_size"] ** 2 * 8 * kappa / PIXEL_SCALE)  # one channel: w_k <= 1
+    assert free.metric.max().item() > 1.5 * cap  # without the prior nothing caps it
+    assert capped.metric.max().item() == pytest.approx(cap, rel=1e-4)
 
 
 # ---- MALA's accept test under bf16 autocast (issue #21 item 6) ------------------------------------------------

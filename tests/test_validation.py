@@ -153,10 +153,17 @@ def test_discriminator_needs_image_inputs():
 
 
 @pytest.mark.parametrize("name, value", [
-    ("spatial", "max"), ("init", "zeros"), ("init", None), ("method", "hmc"), ("scale", "std"),
+    ("spatial", "max"), ("init", "zeros"), ("init", None), ("method", "hmc"), ("scale", "std"), ("metric", "dense"),
 ])
 def test_bad_choices_list_the_accepted_values(name, value):
     _raises_before_sampling(ValueError, rf"{name}: expected one of \[.*\], got {value!r}", **{name: value})
+
+
+def test_a_diagonal_metric_needs_a_langevin_method_and_an_adapting_part_to_measure_it_in():
+    _raises_before_sampling(ValueError, r"^metric: method='annealed' has no metric \(got metric='diagonal'\)",
+                            method="annealed", metric="diagonal")
+    _raises_before_sampling(ValueError, r"^metric: .* at least 4 steps; got burn_in=6, search=4 \(2 adapting",
+                            steps=10, burn_in=6, search=4, metric="diagonal")
 
 
 @pytest.mark.parametrize("name, value", [("precondition", "adam"), ("schedule", "exp"), ("noise", -0.1)])
