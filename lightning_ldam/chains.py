@@ -383,8 +383,9 @@ class LangevinChains:
 
     def fix_metric(self) -> None:
         """``metric="diagonal"``: M's diagonal from the window's spread, per neuron: each pixel's variance over the
-        neuron's chains and the window's steps, over its mean over pixels, floored at ``METRIC_FLOOR`` and scaled
-        to mean 1. MALA's dual averaging starts anew from the current step (Stan's last warm-up window)."""
+        neuron's chains and the window's steps, over the smallest pixel's (that at least ``METRIC_FLOOR`` × the
+        mean), at least 1 and at most :meth:`_metric_cap`. MALA's dual averaging starts anew from the current step
+        (Stan's last warm-up window)."""
         if not self.diag:
             return
         count = self.chains * (self.cfg.metric_end - self.cfg.search_steps)

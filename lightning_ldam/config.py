@@ -82,7 +82,7 @@ METRIC_WINDOW = 0.6
 METRIC_FLOOR = 0.01
 #: ``metric="diagonal"``: the largest ``ε·m_i·8·γ_k`` allowed, the step times the smoothness prior's largest
 #: curvature (a checkerboard's): above ~2 an unadjusted step diverges along it. Uncapped, ULA's chains on the MNIST
-#: CNN reached R-hat 1.25 but as speckle (realism 9.6; MALA shrank its step 50x to move there at all).
+#: CNN reached R-hat 1.25 but as speckle (realism 9.6; MALA shrank its step to 0.0001, 10-20x, to move there at all).
 METRIC_STABILITY = 0.5
 PRECONDITIONERS = ("rms", "psgld", "none")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -184,8 +184,8 @@ class LangevinConfig:
             at the starting chains, as for chains continued from an earlier call).
         metric: the Langevin methods' mass matrix M (drift ``(ε/2)·M·∇log p``, noise ``√ε·M^½·ξ``): ``"identity"``,
             or ``"diagonal"``: per neuron and pixel, the variance of the neuron's chains over the first
-            :data:`METRIC_WINDOW` of burn-in's adapting part, over its mean (floored at :data:`METRIC_FLOOR`,
-            mean 1), fixed from then on. Diagonal, so reflecting at each wall stays exact.
+            :data:`METRIC_WINDOW` of burn-in's adapting part, over the smallest (see the module docstring), fixed
+            from then on. Diagonal, so reflecting at each wall stays exact.
     """
 
     method: str = "langevin"
@@ -220,8 +220,7 @@ class LangevinConfig:
         """``metric="diagonal"``: the step at which the metric is fixed (``None`` for the identity)."""
         if self.metric == "identity":
             return None
-        adapting = self.burn_in - self.search_steps
-        return self.search_steps + max(2, round(METRIC_WINDOW * adapting))
+        return self.search_steps + round(METRIC_WINDOW * (self.burn_in - self.search_steps))
 
     @property
     def sampling_steps(self) -> int:
@@ -337,7 +336,7 @@ def _check_metric(metric, method: str, burn_in: int, search: Optional[int]) -> N
     if method == "annealed":
         raise LDAMArgumentError("metric", f"method='annealed' has no metric (got metric={metric!r}); it is a "
                                           f"Langevin method's (langevin, mala)")
-    adapting = burn_in - (burn_in // 2 if search is None else search)
+    adapting = burn_in - LangevinConfig(burn_in=burn_in, search=search).search_steps
     if adapting < 4:
         raise LDAMArgumentError("metric", f"metric='diagonal' is measured over burn-in's adapting part, which needs "
                                           f"at least 4 steps; got burn_in={burn_in}, search={search} "

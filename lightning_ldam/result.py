@@ -31,7 +31,7 @@ class SampleResult:
             adapted in burn-in (``target_accept``), else ``step_size`` for every neuron; ``None`` for
             ``"annealed"``.
         metric: ``[n, *input_shape]`` the diagonal of the mass matrix M of the sampling phase (``metric="diagonal"``:
-            drift ``(ε/2)·M·∇log p``, noise std ``σ_k·√M``; mean 1 per neuron), ``None`` for the identity.
+            drift ``(ε/2)·M·∇log p``, noise std ``σ_k·√M``; 1 at the stiffest pixel, ≥ 1 elsewhere), ``None`` for the identity.
         rhat: ``[n]`` rank-normalised split R-hat over the sampling phase (after burn-in), the worst of the
             activation's and of 4 fixed random projections of the image (:mod:`lightning_ldam.diagnostics`): ≈ 1
             when the chains sample one law, above 1.1 not mixed. ``None`` for ``"annealed"`` or fewer than 4

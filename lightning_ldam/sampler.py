@@ -257,8 +257,9 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             ``None``: the step stays ``step_size``. Other methods: ``"auto"`` or ``None`` only.
         metric: the mass matrix M of both Langevin methods (drift ``(ε/2)·M·∇log p``, noise ``√ε·M^½·ξ``, the same
             law): ``"identity"`` (default) or ``"diagonal"``, each pixel's variance over the neuron's chains in the
-            first 60% of burn-in's adapting part, over its mean over pixels (mean 1), then fixed
-            (``result.metric``); MALA re-adapts its step after it is fixed. Diagonal, so each wall still reflects.
+            first 60% of burn-in's adapting part, over the smallest pixel's (the stiffest keeps its step), capped by
+            the smoothness prior's curvature, then fixed (``result.metric``); MALA re-adapts its step after it is
+            fixed. Diagonal, so each wall still reflects.
         search: burn-in's search steps before ``c_k`` is fixed (default half of ``burn_in``); 0 skips the search
             (``c_k`` measured at the starting chains: for chains that continue an earlier call's, ``init=``).
         continued: with a tensor ``init``, a bool mask ``[chains]`` or ``[n_neurons, chains]`` of the chains that
