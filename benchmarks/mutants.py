@@ -131,6 +131,9 @@ MUTANTS = [
            "chains.py", "            noise = noise * self.metric_sqrt", "            pass",
            ("tests/test_sampling_laws.py",),
            also=(("chains.py", "            sigma = sigma * self.metric_sqrt", "            pass"),)),
+    Mutant("hmc-no-momentum-flip", "HMC reflects a leapfrog's position at a wall but keeps its momentum",
+           "chains.py", "        torch.where(flip, -p, p, out=p)", "        pass",
+           ("tests/test_sampling_laws.py",)),
 ]
 
 

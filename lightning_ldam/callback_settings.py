@@ -29,7 +29,7 @@ __all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_se
 SAMPLER_EXTRA_KWARGS = frozenset({
     "method", "burn_in", "step_size", "burn_in_boost", "temperature", "scale", "adapt_disc", "smoothness", "noise",
     "precondition", "schedule", "spatial", "init", "disc_lr", "disc_every", "disc_steps", "disc_warmup",
-    "target_accept", "search", "metric", "autocast_dtype", "channels_last", "cuda_graph", "progress"})
+    "target_accept", "search", "metric", "leapfrog_steps", "autocast_dtype", "channels_last", "cuda_graph", "progress"})
 _CONFIG_KWARGS = SAMPLER_EXTRA_KWARGS - {"spatial", "init", "autocast_dtype", "channels_last", "cuda_graph",
                                          "progress"}
 AVERAGING = ("auto", "ema", None)

@@ -13,7 +13,8 @@ from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_ldam.config import METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE, LangevinConfig, prior_weight_max
+from lightning_ldam.config import (HMC_JITTER, HMC_STEP_FRACTION, METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE,
+                                   LangevinConfig, prior_weight_max)
 
 __all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "RESTART_SEED_OFFSET"]
 
@@ -169,6 +170,7 @@ class LangevinChains:
         self.proj_trace = torch.empty((self.draws, batch, PROJECTIONS), device=dev) if self.draws else None
         self.resets = torch.zeros(batch, dtype=torch.long, device=dev)
         self.accepted = torch.zeros(batch, device=dev)
+        self.transitions = 0  # "hmc": Metropolis tests so far in the sampling phase
         self.ms_act = torch.zeros(neurons, device=dev)  # mean-square input gradients over burn-in
         self.ms_disc = torch.zeros(neurons, device=dev)
         self.weight = torch.ones(neurons, device=dev)  # w_k, the adapted multiple of λ (and κ)
@@ -182,7 +184,8 @@ class LangevinChains:
         self.second_moment = torch.zeros_like(u0) if cfg.precondition == "psgld" else None
         # MALA's noise std σ_k = √ε_k per neuron: the sampling phase's, a number (``step_size``) unless it adapts
         # by dual averaging in burn-in's adapting half, then a per-row tensor updated in place (graph-safe)
-        self.adapts_step = cfg.method == "mala" and cfg.target_accept is not None and cfg.burn_in > cfg.search_steps
+        self.adapts_step = (cfg.method in ("mala", "hmc") and cfg.target_accept is not None
+                            and cfg.burn_in > cfg.search_steps)
         self.sigma: object = cfg.step_size
         if self.adapts_step:
             self.log_sigma = torch.full((neurons,), math.log(cfg.step_size), device=dev)
@@ -426,7 +429,7 @@ class LangevinChains:
         if self.adapts_step:  # the averaged iterate, as Stan ends its warm-up
             self.log_sigma.copy_(self.log_sigma_bar)
             self.sigma.copy_(self._per_row(self.log_sigma.exp()))
-        if self.cfg.method == "mala":
+        if self.cfg.method in ("mala", "hmc"):
             self.current = self.objective(self.u, exact=True)
 
     def replace_discriminator(self, discriminator: torch.nn.Module) -> None:
@@ -511,6 +514,55 @@ class LangevinChains:
             self._adapt_weight(acts)
         self._tick(t)
 
+    def hmc_step(self, t: int) -> None:
+        """One leapfrog of a Hamiltonian transition of the fixed law (eager only): a transition starts every
+        ``leapfrog_steps`` steps of the sampling phase with fresh momenta ``p ~ N(0, M⁻¹)`` and ends with the
+        Metropolis test on ``H = −log p(u) + ½·pᵀMp`` (the log-densities in float32). Each leapfrog is
+        ``p += (ε/2)·∇log p; u += ε·M·p; p += (ε/2)·∇log p`` with ``ε = HMC_STEP_FRACTION · σ_k``; a coordinate
+        that leaves the box is reflected at its wall and its momentum flipped (volume-preserving and reversible,
+        so the test is exact). The trace records the current (accepted) state at every step, so the diagnostics
+        count gradient evaluations, as MALA's do."""
+        cfg = self.cfg
+        k = (t - cfg.burn_in) % cfg.leapfrog_steps
+        end = k == cfg.leapfrog_steps - 1 or t == cfg.steps - 1
+        self._record(t, self.current.acts)
+        if k == 0:
+            # each chain's ε jittered by ±HMC_JITTER per transition: a fixed trajectory length that matches a
+            # period of the law returns a chain near its start (Neal 2011, §5.4.2.2)
+            jitter = torch.rand((self.u.shape[0],),
+                                generator=self.gen, device=self.u.device).view(self.view)
+            self.leap = self.sigma * HMC_STEP_FRACTION * (1.0 + HMC_JITTER * (2.0 * jitter - 1.0))
+            self.momentum = torch.randn(self.u.shape, generator=self.gen, device=self.u.device)
+            self.h_start = self._kinetic(self.momentum) - self._log_p(self.current, self.u)
+            self.position = self.u.clone()
+            self.grad = self._drift(self.current, self.u)
+        p, x = self.momentum, self.position
+        scale = self.leap * self.metric_sqrt if self.diag else self.leap  # p' = M^½·p ~ N(0, I): u moves ε·M^½·p'
+        p.add_(self.grad * (0.5 * scale))
+        x.add_(p * scale)
+        wrapped = x.remainder(2.0)
+        flip = wrapped > 1.0
+        torch.where(flip, 2.0 - wrapped, wrapped, out=x)
+        torch.where(flip, -p, p, out=p)
+        terms = self.objective(x, exact=end)
+        self.grad = self._drift(terms, x)
+        p.add_(self.grad * (0.5 * scale))
+        if end:
+            log_alpha = self.h_start - self._kinetic(p) + self._log_p(terms, x)
+            log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf)
+            accept = torch.rand(log_alpha.shape, generator=self.gen, device=x.device).log_() < log_alpha
+            torch.where(accept.view(self.view), x, self.u, out=self.u)
+            for old, new in zip(self.current, terms):
+                if old is not None:
+                    torch.where(accept.view((-1,) + (1,) * (old.dim() - 1)), new, old, out=old)
+            self.accepted.add_(accept)
+            self.transitions += 1
+
+    @staticmethod
+    def _kinetic(p: torch.Tensor) -> torch.Tensor:
+        """The kinetic energy ``½·|p'|² = ½·pᵀMp`` per row, in the standardised momenta ``p' = M^½·p``."""
+        return 0.5 * p.flatten(1).square().sum(1)
+
     def _dual_average(self, log_alpha: torch.Tensor, t: Optional[int]) -> None:
         """``h̄ ← (1 − r)·h̄ + r·(δ − ᾱ_k)``, ``log σ = μ − (√m/γ)·h̄``, ``log σ̄ ← (1 − m^−κ)·log σ̄ + m^−κ·log σ``."""
         prob = log_alpha.clamp(max=0.0).exp()
@@ -550,6 +602,7 @@ class LangevinChains:
 
     def acceptance_rate(self) -> Optional[torch.Tensor]:
         """``[neurons]`` share of MALA proposals accepted after burn-in (``None`` for the other methods)."""
-        if self.cfg.method != "mala":
+        if self.cfg.method not in ("mala", "hmc"):
             return None
-        return self._per_neuron(self.accepted) / max(self.cfg.sampling_steps, 1)
+        proposals = self.transitions if self.cfg.method == "hmc" else self.cfg.sampling_steps
+        return self._per_neuron(self.accepted) / max(proposals, 1)

@@ -132,8 +132,9 @@ def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None
     c.add_argument("--disc-weight", type=float, metavar="LAMBDA",
                    help="discriminator weight λ (default: the sampler's with the checkpoint's real inputs, "
                         "else 0)")
-    c.add_argument("--method", choices=("langevin", "mala", "annealed"), default="langevin",
-                   help="sampler method (default langevin; mala: Metropolis-adjusted; annealed: the earlier search)")
+    c.add_argument("--method", choices=("langevin", "mala", "hmc", "annealed"), default="langevin",
+                   help="sampler method (default langevin; mala: Metropolis-adjusted; hmc: Hamiltonian transitions "
+                        "of 16 leapfrogs; annealed: the earlier search)")
     c.add_argument("--metric", choices=("identity", "diagonal"), default="identity",
                    help="the Langevin methods' mass matrix (default identity; diagonal: each pixel's spread, "
                         "measured in burn-in)")

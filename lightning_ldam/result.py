@@ -26,10 +26,12 @@ class SampleResult:
         seconds: wall time of the call.
         step_seconds: mean wall time of one Langevin step after the first (device-synchronised; the first
             step's one-off costs and the call's setup excluded): the figure to extrapolate a call's cost from.
-        acceptance_rate: ``[n]`` share of proposals accepted after burn-in (``method="mala"``), else ``None``.
+        acceptance_rate: ``[n]`` share of proposals accepted after burn-in (``method="mala"``; ``"hmc"``: of its
+            transitions), else ``None``.
         step_sizes: ``[n]`` σ_k = √ε_k, the noise std per pixel and step of the sampling phase (unit box): MALA's as
             adapted in burn-in (``target_accept``), else ``step_size`` for every neuron; ``None`` for
-            ``"annealed"``.
+            ``"annealed"``. ``"hmc"``: the MALA step its burn-in adapted; its leapfrogs take
+            ``HMC_STEP_FRACTION`` (0.4) of it.
         metric: ``[n, *input_shape]`` the diagonal of the mass matrix M of the sampling phase (``metric="diagonal"``:
             drift ``(ε/2)·M·∇log p``, noise std ``σ_k·√M``; 1 at the stiffest pixel, ≥ 1 elsewhere), ``None`` for the identity.
         rhat: ``[n]`` rank-normalised split R-hat over the sampling phase (after burn-in), the worst of the

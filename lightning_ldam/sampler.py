@@ -209,7 +209,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
            spatial: str = "mean", discriminator: Optional[nn.Module] = None, disc_lr: float = 1e-3,
            disc_every: int = 1, disc_steps: Optional[int] = None, disc_warmup: Optional[int] = None,
            target_accept: Union[str, float, None] = "auto", search: Optional[int] = None,
-           metric: str = "identity", continued: Optional[torch.Tensor] = None,
+           metric: str = "identity", leapfrog_steps: Optional[int] = None,
+           continued: Optional[torch.Tensor] = None,
            autocast_dtype: Optional[torch.dtype] = None,
            channels_last: bool = False, cuda_graph: bool = False,
            progress: Union[bool, float, Progress] = False) -> SampleResult:
@@ -246,16 +247,21 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         seed: seed of the private generators; the global RNG is never used. The chains' noise has its own
             generator, so variants sampled with one seed share their starts and noise.
         device: where to sample; default the model's device (a copy of the model is moved otherwise).
-        method: ``"langevin"`` (default), ``"mala"`` (exact: Metropolis-adjusted) or ``"annealed"`` (the
-            earlier releases' annealed search; not a sampler of a fixed law).
+        method: ``"langevin"`` (default), ``"mala"`` (exact: Metropolis-adjusted), ``"hmc"`` (exact: Hamiltonian
+            transitions of ``leapfrog_steps`` leapfrogs, reflected at the walls; burn-in as MALA's) or
+            ``"annealed"`` (the earlier releases' annealed search; not a sampler of a fixed law).
         burn_in: steps before the law is fixed (default ``steps // 2``; not for ``"annealed"``).
         step_size: noise std per pixel and step in the sampling phase, unit box (default 0.005);
             ``"annealed"``: ε at the first step (default 0.1).
-        target_accept: ``"mala"``: the acceptance probability each neuron's step is adapted toward over burn-in's
-            adapting half by dual averaging (Stan's scheme; ``"auto"``: 0.574, the optimal rate of a Langevin
-            proposal), starting from ``step_size`` and fixed for the sampling phase (``result.step_sizes``);
-            ``None``: the step stays ``step_size``. Other methods: ``"auto"`` or ``None`` only.
-        metric: the mass matrix M of both Langevin methods (drift ``(ε/2)·M·∇log p``, noise ``√ε·M^½·ξ``, the same
+        leapfrog_steps: ``"hmc"``: leapfrogs (gradient evaluations) per transition (default 16); each sampling
+            step is one leapfrog, so ``steps`` counts gradients for every method.
+        target_accept: ``"mala"``/``"hmc"``: the acceptance probability each neuron's MALA step is adapted toward
+            over burn-in's adapting half by dual averaging (Stan's scheme; ``"auto"``: 0.574, the optimal rate of a
+            Langevin proposal), starting from ``step_size`` and fixed for the sampling phase
+            (``result.step_sizes``); ``None``: the step stays ``step_size``. ``"hmc"`` leapfrogs at
+            :data:`~lightning_ldam.config.HMC_STEP_FRACTION` (0.4) of that step. Other methods: ``"auto"`` or
+            ``None`` only.
+        metric: the mass matrix M of the Langevin methods (drift ``(ε/2)·M·∇log p``, noise ``√ε·M^½·ξ``, the same
             law): ``"identity"`` (default) or ``"diagonal"``, each pixel's variance over the neuron's chains in the
             first 60% of burn-in's adapting part, over the smallest pixel's (the stiffest keeps its step), capped by
             the smoothness prior's curvature, then fixed (``result.metric``); MALA re-adapts its step after it is
@@ -328,7 +334,11 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
                          schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
                          disc_warmup=(disc_warmup if disc_warmup is not None
                                       else (50 if discriminator is None else 0)), disc_lr=disc_lr,
-                         target_accept=target_accept, search=search, metric=metric)
+                         target_accept=target_accept, search=search, metric=metric,
+                         leapfrog_steps=leapfrog_steps)
+    if cuda_graph and cfg.method == "hmc":
+        raise LDAMArgumentError("cuda_graph", "method='hmc' runs its transitions eagerly (a transition's first "
+                                "and last leapfrogs differ from the rest); pass cuda_graph=False")
     if isinstance(init, str) and init == "data" and real_data is None:
         raise LDAMArgumentError("init",
             "'data' starts chains from real images; pass real_data=..., or use init='noise'")
@@ -819,7 +829,8 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
 
 def _phases(chains: LangevinChains, cfg: LangevinConfig):
     """The step function of each phase: burn-in's search, burn-in's adapting half, then the method's step."""
-    sampling = {"langevin": chains.langevin_step, "mala": chains.mala_step, "annealed": chains.annealed_step}
+    sampling = {"langevin": chains.langevin_step, "mala": chains.mala_step, "hmc": chains.hmc_step,
+                "annealed": chains.annealed_step}
     adapt = chains.mala_adapt_step if chains.adapts_step else chains.adapt_step
     return {"search": chains.search_step, "adapt": adapt, "sample": sampling[cfg.method]}
 

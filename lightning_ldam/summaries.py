@@ -12,7 +12,7 @@ path, or its alias):
   the real inputs), ``realism`` (texture-feature Fréchet distance to the real inputs over that of real ones,
   :func:`lightning_ldam.realism.realism`: ≈ 1 real, higher less real; images only, >= 4 samples and 8 real inputs),
   ``nearest_real`` (pixel L2 to the nearest real input over the real inputs' own spacing), ``diversity`` (chain
-  spread over the real inputs' spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA);
+  spread over the real inputs' spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA, HMC);
 * scalars ``ldam/divergence/{variant}/{layer}`` (averaged variant vs raw) and ``ldam/drift/{variant}/{layer}`` (this
   round vs the previous one): :func:`lightning_ldam.metrics.divergence` (paired chains), mean over the layer's
   neurons;

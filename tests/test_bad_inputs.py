@@ -50,7 +50,7 @@ AT_CONSTRUCTION = [
      "sampler_kwargs['precondition']"),
     ("langevin-with-noise", dict(sampler_kwargs={"noise": 0.1}), "sampler_kwargs['noise']"),
     ("burn-in-past-steps", dict(sampler_kwargs={"burn_in": 600}), "sampler_kwargs['burn_in']"),
-    ("unknown-method", dict(sampler_kwargs={"method": "hmc"}), "sampler_kwargs['method']"),
+    ("unknown-method", dict(sampler_kwargs={"method": "nuts"}), "sampler_kwargs['method']"),
     ("target-accept-with-langevin", dict(sampler_kwargs={"target_accept": 0.6}), "sampler_kwargs['target_accept']"),
     ("metric-word", dict(sampler_kwargs={"metric": "dense"}), "sampler_kwargs['metric']"),
     ("target-accept-one", dict(sampler_kwargs={"method": "mala", "target_accept": 1.0}),

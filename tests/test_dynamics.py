@@ -25,7 +25,7 @@ def test_noise_free_small_steps_never_decrease_the_activation(smooth_net, target
     assert (path[..., -1] > path[..., 0]).all()  # and it did climb
 
 
-@pytest.mark.parametrize("method", ["langevin", "mala", "annealed"])
+@pytest.mark.parametrize("method", ["langevin", "mala", "hmc", "annealed"])
 def test_activation_goes_up_with_default_settings(tiny_net, method):
     res = ldam.sample(tiny_net, ["classifier.2:0-4", "features.3:0-1", "features.0:2"],
                       input_shape=INPUT_SHAPE, chains=4, steps=40, method=method)

@@ -185,6 +185,21 @@ def test_restarts_leave_the_healthy_chains_bitwise_unchanged():
     assert not torch.equal(sick.images[1], healthy.images[1])
 
 
+@pytest.mark.parametrize("method", ["mala", "hmc"])
+def test_exact_methods_reject_nonfinite_proposals_and_leave_the_healthy_neurons_alone(method):
+    from test_dynamics import NaNChannel
+
+    conv = nn.Conv2d(1, 3, 3, padding=1)
+    kw = dict(input_shape=INPUT_SHAPE, chains=3, steps=40, method=method)
+    if method == "hmc":
+        kw["leapfrog_steps"] = 4  # 5 transitions in the 20 sampling steps
+    sick = ldam.sample(nn.Sequential(conv, nn.Tanh(), NaNChannel(bad=1)), "2:0-2", **kw)
+    healthy = ldam.sample(nn.Sequential(conv, nn.Tanh(), nn.Identity()), "2:0-2", **kw)
+    assert torch.isfinite(sick.images).all()
+    assert sick.acceptance_rate[1].item() == 0.0 and (sick.acceptance_rate[[0, 2]] > 0).all()
+    assert torch.equal(sick.images[[0, 2]], healthy.images[[0, 2]])
+
+
 def test_the_graph_form_registers_the_restart_generator(monkeypatch):
     registered = []
 
@@ -267,7 +282,7 @@ def poison_mid_run(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("method", ["langevin", "mala"])
+@pytest.mark.parametrize("method", ["langevin", "mala", "hmc"])
 def test_a_discriminator_broken_in_burn_in_is_rebuilt_before_the_law_is_fixed(poison_mid_run, caplog, method):
     poison_mid_run["at"] = 4 + 2 * 3  # warm-up (4), then 3 burn-in steps of 2 updates each
     with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampler"):

@@ -153,7 +153,7 @@ def test_discriminator_needs_image_inputs():
 
 
 @pytest.mark.parametrize("name, value", [
-    ("spatial", "max"), ("init", "zeros"), ("init", None), ("method", "hmc"), ("scale", "std"), ("metric", "dense"),
+    ("spatial", "max"), ("init", "zeros"), ("init", None), ("method", "nuts"), ("scale", "std"), ("metric", "dense"),
 ])
 def test_bad_choices_list_the_accepted_values(name, value):
     _raises_before_sampling(ValueError, rf"{name}: expected one of \[.*\], got {value!r}", **{name: value})
@@ -249,3 +249,15 @@ def test_check_normalize_returns_flat_mean_and_std(normalize, mean, std):
     m, s = (t.view(1, -1, 1, 1) for t in got)
     torch.testing.assert_close(((x - m) / s)[0, :, 0, 0],
                                ((0.7 - torch.tensor(mean)) / torch.tensor(std)).expand(3))
+
+
+def test_leapfrog_steps_belong_to_hmc_and_are_a_positive_count():
+    _raises_before_sampling(ValueError, r"^leapfrog_steps: only method='hmc' takes it \(got leapfrog_steps=8 with "
+                                        r"method='mala'\)", method="mala", leapfrog_steps=8)
+    _raises_before_sampling(ValueError, r"^leapfrog_steps: expected a finite int > 0, got 0", method="hmc",
+                            leapfrog_steps=0)
+
+
+def test_hmc_refuses_cuda_graphs_before_sampling():
+    _raises_before_sampling(ValueError, r"^cuda_graph: method='hmc' runs its transitions eagerly", method="hmc",
+                            cuda_graph=True)
