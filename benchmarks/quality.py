@@ -9,7 +9,11 @@ Cases (``--case``):
 - ``mnist-layers``: 8 neurons of each of its first conv, last conv, hidden linear layer and logits;
 - ``rgb``: the 10 class logits of an RGB CNN (benchmarks/rgb_models.py) trained on the same digits pasted in
   a random colour on a random background (3×32×32), on normalised inputs: sampled with ``normalize=``;
-- ``rgb-layers``: 8 neurons of each of the RGB CNN's first conv, last conv, hidden linear layer and logits.
+- ``rgb-layers``: 8 neurons of each of the RGB CNN's first conv, last conv, hidden linear layer and logits;
+- ``photo32``: the 8 class logits of the same RGB CNN trained on 32-px patches of eight real photographs
+  (scikit-image's bundled ones; a patch's class is its photograph; target, judge and held-out patches from
+  disjoint bands of each photograph: benchmarks/photo_models.py), normalised inputs. Held out: no default was
+  tuned on it.
 
 Metrics (lightning_ldam.metrics, all against the held-out images):
 
@@ -62,6 +66,7 @@ CASES = {
     "mnist-layers": ("QUALITY_LAYERS", "Quality per layer (MNIST): lift"),
     "rgb": ("QUALITY_RGB", "Quality (RGB digits)"),
     "rgb-layers": ("QUALITY_RGB_LAYERS", "Quality per layer (RGB digits): lift"),
+    "photo32": ("QUALITY_PHOTO32", "Quality (photo patches, 32 px; held out)"),
 }
 #: ``--resample``: sampling seeds of one network seed are seed, seed + RESAMPLE_STRIDE, ...
 RESAMPLE_STRIDE = 1000
@@ -71,7 +76,7 @@ SEED_TABLES = {"mnist": ("QUALITY_SEEDS", "Quality over seeds (MNIST)"),
 #: neurons per layer in the layer cases (all of a layer's units when it has fewer)
 PER_LAYER = 8
 #: epochs of the target by default (the MNIST judge trains twice as long; the RGB judge as long, one-cycle)
-DEFAULT_EPOCHS = {"mnist": 8, "rgb": 24}
+DEFAULT_EPOCHS = {"mnist": 8, "rgb": 24, "photo": 24}
 
 
 @dataclass
@@ -124,19 +129,28 @@ def build_mnist(seed: int, epochs: int, with_judge: bool) -> Bench:
     return bench
 
 
-def build_rgb(seed: int, epochs: int, with_judge: bool) -> Bench:
-    """The RGB target, trained on normalised coloured digits, and, if asked, its judge (normalising inside)."""
+def build_photo(seed: int, epochs: int, with_judge: bool) -> Bench:
+    """The photo-patch case (32 px): :func:`build_rgb`'s networks with 8 classes on photo patches."""
+    from photo_models import PHOTOS, load_photo_splits
+
+    return build_rgb(seed, epochs, with_judge, data=load_photo_splits(seed), classes=len(PHOTOS))
+
+
+def build_rgb(seed: int, epochs: int, with_judge: bool, data: Optional[Dict[str, torch.Tensor]] = None,
+              classes: int = 10) -> Bench:
+    """The RGB target, trained on normalised coloured digits (or ``data``), and, if asked, its judge (normalising
+    inside)."""
     from rgb_models import RGBNet, load_rgb_splits, rgb_judge
 
     torch.manual_seed(seed)  # the networks' initial weights come from the global RNG
-    d = load_rgb_splits(seed)
+    d = load_rgb_splits(seed) if data is None else data
     mean, std = d["mean"], d["std"]
 
     def normed(x):
         return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
     # one-cycle at 3e-3: a constant 1e-3 leaves the target under 0.9 held-out accuracy in a CPU minute
-    target, acc, secs = fit(RGBNet(), normed(d["target_x"]), d["target_y"], normed(d["held_x"]), d["held_y"],
+    target, acc, secs = fit(RGBNet(classes), normed(d["target_x"]), d["target_y"], normed(d["held_x"]), d["held_y"],
                             epochs=epochs, seed=seed, lr=3e-3, one_cycle=True)
     bench = Bench(target, d, (3, 32, 32), "classifier.fc2", normalize=(mean, std), accuracy={"target": acc},
                   seconds={"target": secs}, seed=seed)
@@ -273,8 +287,8 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
                    f"{s.get('nearest_real', math.nan):.2f} | {s['diversity']:.2f} | {s['median_lift']:.2f} | "
                    f"{s.get('rhat', math.nan):.2f} | {s.get('ess', math.nan):.1f} | {secs:.1f} |\n"
                    for lam, seed, s, secs in rows)
-    what = ("10 class logits" if args.case == "mnist"
-            else "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised inputs)")
+    what = {"mnist": "10 class logits", "rgb": "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised "
+            "inputs)", "photo32": "8 class logits of the RGB CNN on 32-px photo patches (normalised inputs)"}[args.case]
     return head + body + footer(args, benches, what, argv)
 
 
@@ -306,12 +320,13 @@ def run_layers(benches: List[Bench], args, lambdas, extra, argv) -> str:
 
 def run(args, argv: Optional[List[str]] = None) -> str:
     """Train the case's networks, sample at each λ, return the case's Markdown table with its footer."""
-    family = "rgb" if args.case.startswith("rgb") else "mnist"
+    family = "rgb" if args.case.startswith("rgb") else ("photo" if args.case.startswith("photo") else "mnist")
     epochs = DEFAULT_EPOCHS[family] if args.epochs is None else args.epochs
-    logit_case = args.case in ("mnist", "rgb")
+    logit_case = args.case in ("mnist", "rgb", "photo32")
     benches = []
     for seed in args.seeds:
-        benches.append((build_rgb if family == "rgb" else build_mnist)(seed, epochs, with_judge=logit_case))
+        build = {"rgb": build_rgb, "photo": build_photo, "mnist": build_mnist}[family]
+        benches.append(build(seed, epochs, with_judge=logit_case))
         print(f"seed {seed}: " + ", ".join(f"{role} CNN held-out accuracy {benches[-1].accuracy[role]:.3f} (trained "
                                            f"in {benches[-1].seconds[role]:.1f} s)" for role in benches[-1].accuracy),
               flush=True)

@@ -102,3 +102,21 @@ def test_resample_samples_each_network_with_seeds_a_stride_apart_and_averages_ev
     assert [r.split(" | ")[1] for r in rows] == ["3 / 3", "3 / 1003", "7 / 7", "7 / 1007", "mean"]
     assert rows[-1].split(" | ")[3] == f"{(3 + 1003 + 7 + 1007) / 4:.3f}"  # judge column: the mean of the draws
     assert "seed / sampling seed" in table.splitlines()[0]
+
+
+def test_photo_patches_come_from_disjoint_bands_of_real_photographs():
+    pytest.importorskip("skimage")
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    import photo_models
+
+    d = photo_models.load_photo_splits(0, per_class={"target": 40, "judge": 40, "held": 10})
+    n = len(photo_models.PHOTOS)
+    assert d["target_x"].shape == (40 * n, 3, 32, 32) and d["held_x"].shape == (10 * n, 3, 32, 32)
+    assert torch.equal(torch.bincount(d["held_y"]), torch.full((n,), 10))
+    assert 0.0 <= float(d["target_x"].min()) and float(d["target_x"].max()) <= 1.0
+    # real photographs, not flat colours: each patch has texture
+    assert float(d["held_x"].std(dim=(1, 2, 3)).median()) > 0.02
+    # no held-out patch repeats a training one (they are cut from another band of the photograph)
+    dist = torch.cdist(d["held_x"].flatten(1), torch.cat([d["target_x"], d["judge_x"]]).flatten(1))
+    assert float(dist.min()) > 1e-3
