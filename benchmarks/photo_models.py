@@ -1,8 +1,8 @@
 """Patches of real photographs (scikit-image's bundled colour photos, offline): a patch's class is its photograph.
 
-Each photograph is scaled to :data:`PHOTO_HEIGHT` rows and cut into three disjoint vertical bands: the target's
-training patches come from the left band, the judge's from the middle one, the held-out patches from the right
-one, so no pixel of a held-out patch was seen in training by either network.
+Each photograph is scaled to :data:`PHOTO_HEIGHT` patch sides (128 rows for 32-px patches) and cut into three
+disjoint vertical bands: the target's training patches come from the left band, the judge's from the middle one,
+the held-out patches from the right one, so no pixel of a held-out patch was seen in training by either network.
 """
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ import torch.nn.functional as F
 #: scikit-image's bundled colour photographs used as classes (``skimage.data`` loaders, no download).
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble_deep_field", "retina",
           "immunohistochemistry")
-#: rows of each photograph after scaling (a 32-px patch then covers a quarter of its height).
-PHOTO_HEIGHT = 128
+#: rows of each photograph after scaling, in patch sides (a patch covers a quarter of its height).
+PHOTO_HEIGHT = 4
 #: the bands' shares of each photograph's width: target, judge, held out.
 BANDS = (0.4, 0.3, 0.3)
 
 
-def _photo(name: str) -> torch.Tensor:
+def _photo(name: str, height: int) -> torch.Tensor:
     import skimage.data as data
 
     img = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
     x = torch.as_tensor(img[..., :3]).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
-    width = round(x.shape[-1] * PHOTO_HEIGHT / x.shape[-2])
-    return F.interpolate(x, size=(PHOTO_HEIGHT, width), mode="area")[0]
+    width = round(x.shape[-1] * height / x.shape[-2])
+    return F.interpolate(x, size=(height, width), mode="area")[0]
 
 
 def _patches(band: torch.Tensor, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -44,7 +44,7 @@ def load_photo_splits(seed: int = 0, size: int = 32, per_class: Dict[str, int] =
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in per_class}
     labels: Dict[str, List[torch.Tensor]] = {k: [] for k in per_class}
     for label, name in enumerate(PHOTOS):
-        x = _photo(name)
+        x = _photo(name, PHOTO_HEIGHT * size)
         w = x.shape[-1]
         cuts = [0, round(BANDS[0] * w), round((BANDS[0] + BANDS[1]) * w), w]
         for i, part in enumerate(per_class):

@@ -13,7 +13,8 @@ Cases (``--case``):
 - ``photo32``: the 8 class logits of the same RGB CNN trained on 32-px patches of eight real photographs
   (scikit-image's bundled ones; a patch's class is its photograph; target, judge and held-out patches from
   disjoint bands of each photograph: benchmarks/photo_models.py), normalised inputs. Held out: no default was
-  tuned on it.
+  tuned on it;
+- ``photo64``: the same at 64 px (photographs scaled to 256 rows), held out too.
 
 Metrics (lightning_ldam.metrics, all against the held-out images):
 
@@ -67,6 +68,7 @@ CASES = {
     "rgb": ("QUALITY_RGB", "Quality (RGB digits)"),
     "rgb-layers": ("QUALITY_RGB_LAYERS", "Quality per layer (RGB digits): lift"),
     "photo32": ("QUALITY_PHOTO32", "Quality (photo patches, 32 px; held out)"),
+    "photo64": ("QUALITY_PHOTO64", "Quality (photo patches, 64 px; held out)"),
 }
 #: ``--resample``: sampling seeds of one network seed are seed, seed + RESAMPLE_STRIDE, ...
 RESAMPLE_STRIDE = 1000
@@ -129,15 +131,17 @@ def build_mnist(seed: int, epochs: int, with_judge: bool) -> Bench:
     return bench
 
 
-def build_photo(seed: int, epochs: int, with_judge: bool) -> Bench:
-    """The photo-patch case (32 px): :func:`build_rgb`'s networks with 8 classes on photo patches."""
+def build_photo(seed: int, epochs: int, with_judge: bool, size: int = 32) -> Bench:
+    """The photo-patch cases: :func:`build_rgb`'s networks on ``size``-px photo patches, 8 target classes (the
+    judge keeps its 10 outputs, 2 of them never a patch's label)."""
     from photo_models import PHOTOS, load_photo_splits
 
-    return build_rgb(seed, epochs, with_judge, data=load_photo_splits(seed), classes=len(PHOTOS))
+    return build_rgb(seed, epochs, with_judge, data=load_photo_splits(seed, size), classes=len(PHOTOS),
+                     size=size)
 
 
 def build_rgb(seed: int, epochs: int, with_judge: bool, data: Optional[Dict[str, torch.Tensor]] = None,
-              classes: int = 10) -> Bench:
+              classes: int = 10, size: int = 32) -> Bench:
     """The RGB target, trained on normalised coloured digits (or ``data``), and, if asked, its judge (normalising
     inside)."""
     from rgb_models import RGBNet, load_rgb_splits, rgb_judge
@@ -150,13 +154,14 @@ def build_rgb(seed: int, epochs: int, with_judge: bool, data: Optional[Dict[str,
         return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
     # one-cycle at 3e-3: a constant 1e-3 leaves the target under 0.9 held-out accuracy in a CPU minute
-    target, acc, secs = fit(RGBNet(classes), normed(d["target_x"]), d["target_y"], normed(d["held_x"]), d["held_y"],
+    target, acc, secs = fit(RGBNet(classes, size), normed(d["target_x"]), d["target_y"], normed(d["held_x"]),
+                            d["held_y"],
                             epochs=epochs, seed=seed, lr=3e-3, one_cycle=True)
-    bench = Bench(target, d, (3, 32, 32), "classifier.fc2", normalize=(mean, std), accuracy={"target": acc},
+    bench = Bench(target, d, (3, size, size), "classifier.fc2", normalize=(mean, std), accuracy={"target": acc},
                   seconds={"target": secs}, seed=seed)
     if with_judge:
         # the judge normalises with its own training images' statistics: it shares nothing with the target
-        judge = rgb_judge(d["judge_x"].mean(dim=(0, 2, 3)), d["judge_x"].std(dim=(0, 2, 3)))
+        judge = rgb_judge(d["judge_x"].mean(dim=(0, 2, 3)), d["judge_x"].std(dim=(0, 2, 3)), size)
         bench.judge, bench.accuracy["judge"], bench.seconds["judge"] = fit(
             judge, d["judge_x"], d["judge_y"], d["held_x"], d["held_y"], epochs=epochs, seed=seed + 1, lr=3e-3,
             one_cycle=True)
@@ -288,7 +293,8 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
                    f"{s.get('rhat', math.nan):.2f} | {s.get('ess', math.nan):.1f} | {secs:.1f} |\n"
                    for lam, seed, s, secs in rows)
     what = {"mnist": "10 class logits", "rgb": "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised "
-            "inputs)", "photo32": "8 class logits of the RGB CNN on 32-px photo patches (normalised inputs)"}[args.case]
+            "inputs)", "photo32": "8 class logits of the RGB CNN on 32-px photo patches (normalised inputs)",
+            "photo64": "8 class logits of the RGB CNN on 64-px photo patches (normalised inputs)"}[args.case]
     return head + body + footer(args, benches, what, argv)
 
 
@@ -322,11 +328,12 @@ def run(args, argv: Optional[List[str]] = None) -> str:
     """Train the case's networks, sample at each λ, return the case's Markdown table with its footer."""
     family = "rgb" if args.case.startswith("rgb") else ("photo" if args.case.startswith("photo") else "mnist")
     epochs = DEFAULT_EPOCHS[family] if args.epochs is None else args.epochs
-    logit_case = args.case in ("mnist", "rgb", "photo32")
+    logit_case = args.case in ("mnist", "rgb", "photo32", "photo64")
     benches = []
     for seed in args.seeds:
         build = {"rgb": build_rgb, "photo": build_photo, "mnist": build_mnist}[family]
-        benches.append(build(seed, epochs, with_judge=logit_case))
+        size = {"photo64": {"size": 64}}.get(args.case, {})
+        benches.append(build(seed, epochs, with_judge=logit_case, **size))
         print(f"seed {seed}: " + ", ".join(f"{role} CNN held-out accuracy {benches[-1].accuracy[role]:.3f} (trained "
                                            f"in {benches[-1].seconds[role]:.1f} s)" for role in benches[-1].accuracy),
               flush=True)

@@ -84,12 +84,12 @@ class RGBNet(nn.Module):
     ``features.conv2`` (64 channels), ``classifier.fc1`` (128 units, pre-ReLU), ``classifier.fc2`` (logits).
     """
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, image_size: int = IMAGE_SIZE):
         super().__init__()
         self.features = nn.Sequential(OrderedDict(
             conv1=nn.Conv2d(3, 32, 3, padding=1), bn1=nn.BatchNorm2d(32), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
             conv2=nn.Conv2d(32, 64, 3, padding=1), bn2=nn.BatchNorm2d(64), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2)))
-        side = IMAGE_SIZE // 4
+        side = image_size // 4
         self.classifier = nn.Sequential(OrderedDict(
             flatten=nn.Flatten(), fc1=nn.Linear(64 * side * side, 128), relu=nn.ReLU(), dropout=nn.Dropout(0.3),
             fc2=nn.Linear(128, num_classes)))
@@ -110,7 +110,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def rgb_judge(mean: torch.Tensor, std: torch.Tensor) -> nn.Module:
+def rgb_judge(mean: torch.Tensor, std: torch.Tensor, image_size: int = IMAGE_SIZE) -> nn.Module:
     """The independent RGB judge: the LeNet-style :class:`mnist_models.JudgeNet` (5x5 convs, average
     pooling, no BN) on 3x32x32 images, normalised inside (statistics of its own training images)."""
-    return nn.Sequential(Normalize(mean, std), JudgeNet(in_channels=3, image_size=IMAGE_SIZE))
+    return nn.Sequential(Normalize(mean, std), JudgeNet(in_channels=3, image_size=image_size))
