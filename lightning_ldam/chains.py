@@ -13,7 +13,7 @@ from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_ldam.config import (HMC_JITTER, HMC_STEP_FRACTION, METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE,
+from lightning_ldam.config import (EXACT_METHODS, HMC_JITTER, HMC_STEP_FRACTION, METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE,
                                    LangevinConfig, prior_weight_max)
 
 __all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "RESTART_SEED_OFFSET"]
@@ -81,8 +81,15 @@ class Objective:
 
 def fold(v: torch.Tensor) -> torch.Tensor:
     """Reflect ``v`` into [0, 1] (a step that leaves the box bounces back off its wall)."""
+    return reflect(v)[0]
+
+
+def reflect(v: torch.Tensor):
+    """``(fold(v), odd)``: ``odd`` marks the coordinates reflected an odd number of times (whose direction of motion
+    the reflection reverses: HMC flips their momenta)."""
     v = v.remainder(2.0)
-    return torch.where(v > 1.0, 2.0 - v, v)
+    odd = v > 1.0
+    return torch.where(odd, 2.0 - v, v), odd
 
 
 def _log_fold_density(y: torch.Tensor, mean: torch.Tensor, std) -> torch.Tensor:
@@ -170,7 +177,6 @@ class LangevinChains:
         self.proj_trace = torch.empty((self.draws, batch, PROJECTIONS), device=dev) if self.draws else None
         self.resets = torch.zeros(batch, dtype=torch.long, device=dev)
         self.accepted = torch.zeros(batch, device=dev)
-        self.transitions = 0  # "hmc": Metropolis tests so far in the sampling phase
         self.ms_act = torch.zeros(neurons, device=dev)  # mean-square input gradients over burn-in
         self.ms_disc = torch.zeros(neurons, device=dev)
         self.weight = torch.ones(neurons, device=dev)  # w_k, the adapted multiple of λ (and κ)
@@ -184,7 +190,7 @@ class LangevinChains:
         self.second_moment = torch.zeros_like(u0) if cfg.precondition == "psgld" else None
         # MALA's noise std σ_k = √ε_k per neuron: the sampling phase's, a number (``step_size``) unless it adapts
         # by dual averaging in burn-in's adapting half, then a per-row tensor updated in place (graph-safe)
-        self.adapts_step = (cfg.method in ("mala", "hmc") and cfg.target_accept is not None
+        self.adapts_step = (cfg.method in EXACT_METHODS and cfg.target_accept is not None
                             and cfg.burn_in > cfg.search_steps)
         self.sigma: object = cfg.step_size
         if self.adapts_step:
@@ -429,7 +435,7 @@ class LangevinChains:
         if self.adapts_step:  # the averaged iterate, as Stan ends its warm-up
             self.log_sigma.copy_(self.log_sigma_bar)
             self.sigma.copy_(self._per_row(self.log_sigma.exp()))
-        if self.cfg.method in ("mala", "hmc"):
+        if self.cfg.method in EXACT_METHODS:
             self.current = self.objective(self.u, exact=True)
 
     def replace_discriminator(self, discriminator: torch.nn.Module) -> None:
@@ -529,20 +535,18 @@ class LangevinChains:
         if k == 0:
             # each chain's ε jittered by ±HMC_JITTER per transition: a fixed trajectory length that matches a
             # period of the law returns a chain near its start (Neal 2011, §5.4.2.2)
-            jitter = torch.rand((self.u.shape[0],),
-                                generator=self.gen, device=self.u.device).view(self.view)
+            jitter = torch.rand(self.u.shape[:1], generator=self.gen, device=self.u.device).view(self.view)
             self.leap = self.sigma * HMC_STEP_FRACTION * (1.0 + HMC_JITTER * (2.0 * jitter - 1.0))
+            if self.diag:  # in p' = M^½·p ~ N(0, I) a leapfrog moves u by ε·M^½·p'
+                self.leap = self.leap * self.metric_sqrt
             self.momentum = torch.randn(self.u.shape, generator=self.gen, device=self.u.device)
             self.h_start = self._kinetic(self.momentum) - self._log_p(self.current, self.u)
             self.position = self.u.clone()
             self.grad = self._drift(self.current, self.u)
-        p, x = self.momentum, self.position
-        scale = self.leap * self.metric_sqrt if self.diag else self.leap  # p' = M^½·p ~ N(0, I): u moves ε·M^½·p'
+        p, scale = self.momentum, self.leap
         p.add_(self.grad * (0.5 * scale))
-        x.add_(p * scale)
-        wrapped = x.remainder(2.0)
-        flip = wrapped > 1.0
-        torch.where(flip, 2.0 - wrapped, wrapped, out=x)
+        x, flip = reflect(self.position.add_(p * scale))
+        self.position = x
         torch.where(flip, -p, p, out=p)
         terms = self.objective(x, exact=end)
         self.grad = self._drift(terms, x)
@@ -556,7 +560,6 @@ class LangevinChains:
                 if old is not None:
                     torch.where(accept.view((-1,) + (1,) * (old.dim() - 1)), new, old, out=old)
             self.accepted.add_(accept)
-            self.transitions += 1
 
     @staticmethod
     def _kinetic(p: torch.Tensor) -> torch.Tensor:
@@ -601,8 +604,11 @@ class LangevinChains:
         self._tick(t)
 
     def acceptance_rate(self) -> Optional[torch.Tensor]:
-        """``[neurons]`` share of MALA proposals accepted after burn-in (``None`` for the other methods)."""
-        if self.cfg.method not in ("mala", "hmc"):
+        """``[neurons]`` share of MALA's proposals (HMC's transitions) accepted after burn-in (``None`` for the other
+        methods)."""
+        cfg = self.cfg
+        if cfg.method not in EXACT_METHODS:
             return None
-        proposals = self.transitions if self.cfg.method == "hmc" else self.cfg.sampling_steps
+        # HMC: a transition every leapfrog_steps steps, the last one cut short at the end
+        proposals = -(-cfg.sampling_steps // cfg.leapfrog_steps) if cfg.method == "hmc" else cfg.sampling_steps
         return self._per_neuron(self.accepted) / max(proposals, 1)
