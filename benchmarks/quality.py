@@ -14,7 +14,12 @@ Cases (``--case``):
   (scikit-image's bundled ones; a patch's class is its photograph; target, judge and held-out patches from
   disjoint bands of each photograph: benchmarks/photo_models.py), normalised inputs. Held out: no default was
   tuned on it;
-- ``photo64``: the same at 64 px (photographs scaled to 256 rows), held out too.
+- ``photo64``: the same at 64 px (photographs scaled to 256 rows), held out too;
+- ``resnet128``: the 8 class logits of torchvision's ResNet-18 (trained from scratch) on 128-px photo patches
+  (photographs scaled to 512 rows), normalised inputs; the judge is the RGB LeNet at 128 px. Held out;
+- ``shapes``: the 6 class logits of the RGB CNN trained on procedural textured shapes (disk, ring, square,
+  triangle, cross, star; striped fill on a blobby background, colours drawn alike for every class, so only the
+  outline tells the classes apart: benchmarks/shape_models.py), normalised inputs. Held out.
 
 Metrics (lightning_ldam.metrics, all against the held-out images):
 
@@ -69,6 +74,8 @@ CASES = {
     "rgb-layers": ("QUALITY_RGB_LAYERS", "Quality per layer (RGB digits): lift"),
     "photo32": ("QUALITY_PHOTO32", "Quality (photo patches, 32 px; held out)"),
     "photo64": ("QUALITY_PHOTO64", "Quality (photo patches, 64 px; held out)"),
+    "shapes": ("QUALITY_SHAPES", "Quality (procedural textured shapes, 32 px; held out)"),
+    "resnet128": ("QUALITY_RESNET128", "Quality (ResNet-18 on 128-px photo patches; held out)"),
 }
 #: ``--resample``: sampling seeds of one network seed are seed, seed + RESAMPLE_STRIDE, ...
 RESAMPLE_STRIDE = 1000
@@ -78,7 +85,7 @@ SEED_TABLES = {"mnist": ("QUALITY_SEEDS", "Quality over seeds (MNIST)"),
 #: neurons per layer in the layer cases (all of a layer's units when it has fewer)
 PER_LAYER = 8
 #: epochs of the target by default (the MNIST judge trains twice as long; the RGB judge as long, one-cycle)
-DEFAULT_EPOCHS = {"mnist": 8, "rgb": 24, "photo": 24}
+DEFAULT_EPOCHS = {"mnist": 8, "rgb": 24, "photo": 24, "shapes": 24, "resnet128": 6}
 
 
 @dataclass
@@ -106,6 +113,11 @@ class Bench:
     accuracy: Dict[str, float] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
     seed: int = 0
+
+    @property
+    def target_classes(self) -> int:
+        """The number of class logits the target's labels use."""
+        return int(self.data["target_y"].max()) + 1
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, held_x: torch.Tensor, held_y: torch.Tensor,
@@ -140,10 +152,30 @@ def build_photo(seed: int, epochs: int, with_judge: bool, size: int = 32) -> Ben
                      size=size)
 
 
+def build_resnet128(seed: int, epochs: int, with_judge: bool) -> Bench:
+    """The 128-px case: torchvision's ResNet-18 (random init, 8 classes) on 128-px photo patches, normalised
+    inputs; the judge is the RGB LeNet at 128 px. Fewer patches than the 32-px case (150 / 150 / 30 per class):
+    a CPU epoch of ResNet-18 at 128 px costs what 30 epochs of the 32-px CNN do."""
+    import torchvision
+    from photo_models import PHOTOS, load_photo_splits
+
+    data = load_photo_splits(seed, 128, per_class={"target": 150, "judge": 150, "held": 30})
+    net = torchvision.models.resnet18(num_classes=len(PHOTOS))
+    return build_rgb(seed, epochs, with_judge, data=data, classes=len(PHOTOS), size=128, target=net, logits="fc")
+
+
+def build_shapes(seed: int, epochs: int, with_judge: bool) -> Bench:
+    """The procedural case: :func:`build_rgb`'s networks on textured shapes, 6 target classes."""
+    from shape_models import SHAPES, load_shape_splits
+
+    return build_rgb(seed, epochs, with_judge, data=load_shape_splits(seed), classes=len(SHAPES))
+
+
 def build_rgb(seed: int, epochs: int, with_judge: bool, data: Optional[Dict[str, torch.Tensor]] = None,
-              classes: int = 10, size: int = 32) -> Bench:
-    """The RGB target, trained on normalised coloured digits (or ``data``), and, if asked, its judge (normalising
-    inside)."""
+              classes: int = 10, size: int = 32, target: Optional[nn.Module] = None,
+              logits: str = "classifier.fc2") -> Bench:
+    """The RGB target (or ``target``, whose class logits are ``logits``), trained on normalised coloured digits (or
+    ``data``), and, if asked, its judge (normalising inside)."""
     from rgb_models import RGBNet, load_rgb_splits, rgb_judge
 
     torch.manual_seed(seed)  # the networks' initial weights come from the global RNG
@@ -154,10 +186,10 @@ def build_rgb(seed: int, epochs: int, with_judge: bool, data: Optional[Dict[str,
         return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
     # one-cycle at 3e-3: a constant 1e-3 leaves the target under 0.9 held-out accuracy in a CPU minute
-    target, acc, secs = fit(RGBNet(classes, size), normed(d["target_x"]), d["target_y"], normed(d["held_x"]),
-                            d["held_y"],
-                            epochs=epochs, seed=seed, lr=3e-3, one_cycle=True)
-    bench = Bench(target, d, (3, size, size), "classifier.fc2", normalize=(mean, std), accuracy={"target": acc},
+    target, acc, secs = fit(RGBNet(classes, size) if target is None else target, normed(d["target_x"]),
+                            d["target_y"], normed(d["held_x"]), d["held_y"], epochs=epochs, seed=seed, lr=3e-3,
+                            one_cycle=True)
+    bench = Bench(target, d, (3, size, size), logits, normalize=(mean, std), accuracy={"target": acc},
                   seconds={"target": secs}, seed=seed)
     if with_judge:
         # the judge normalises with its own training images' statistics: it shares nothing with the target
@@ -233,14 +265,28 @@ def score_layers(bench: Bench, res, extra) -> Dict[str, Tuple[float, float]]:
     return out
 
 
-def save_grid(res, prefix: str, lam: float, chains: int) -> None:
-    """One row per neuron, one column per chain (colour images stay in colour)."""
+#: real held-out images of a row's class on the left of a class-logit grid.
+REAL_PER_ROW = 4
+
+
+def save_grid(res, prefix: str, lam: float, chains: int, bench: Optional[Bench] = None) -> None:
+    """One row per neuron, one column per chain (colour images stay in colour). With ``bench`` (class-logit
+    cases), each row starts with :data:`REAL_PER_ROW` held-out images of its class and a blank cell."""
     import torchvision
 
     path = f"{prefix}_lam{lam:g}.png"
-    print(f"  grid of samples (one row per neuron, one column per chain): {path}")
+    images, nrow = res.images, chains
+    if bench is not None:
+        d = bench.data
+        blank = torch.ones(1, *bench.input_shape)
+        images = torch.stack([torch.cat([d["held_x"][d["held_y"] == k][:REAL_PER_ROW], blank, res.images[i]])
+                              for i, (_, k) in enumerate(res.neurons)])
+        nrow = images.shape[1]
+        print(f"  grid (real held-out images | samples, one row per neuron): {path}")
+    else:
+        print(f"  grid of samples (one row per neuron, one column per chain): {path}")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    torchvision.utils.save_image(res.images.flatten(0, 1), path, nrow=chains, padding=1)
+    torchvision.utils.save_image(images.flatten(0, 1), path, nrow=nrow, padding=1, pad_value=1.0)
 
 
 def lam_label(lam: float, channels: int) -> str:
@@ -278,23 +324,26 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
                       + f", {secs:.1f}s", flush=True)
                 if args.save_grid:
                     suffix = f"_seed{bench.seed}" + (f"_{seed}" if resampled else "")
-                    save_grid(res, args.save_grid + (suffix if several else ""), lam, args.chains)
+                    save_grid(res, args.save_grid + (suffix if several else ""), lam, args.chains, bench)
         rows += group
         if several:
             mean = {k: sum(g[2][k] for g in group) / len(group) for k in group[0][2]}
             rows.append((lam, "mean", mean, sum(g[3] for g in group) / len(group)))
     seed_head = (("seed / sampling seed | " if resampled else "seed | "), "---:|") if several else ("", "")
     head = (f"| λ (disc_weight) | {seed_head[0]}activation ratio | judge agreement | realism | nearest-real | "
-            f"diversity | median lift | R-hat | ESS | s / call |\n"
-            f"|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            f"diversity | median lift | R-hat | ESS | s / call | s / neuron |\n"
+            f"|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(f"| {lam_label(lam, benches[0].input_shape[0])} | {seed + ' | ' if several else ''}"
                    f"{s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
                    f"{s.get('nearest_real', math.nan):.2f} | {s['diversity']:.2f} | {s['median_lift']:.2f} | "
-                   f"{s.get('rhat', math.nan):.2f} | {s.get('ess', math.nan):.1f} | {secs:.1f} |\n"
+                   f"{s.get('rhat', math.nan):.2f} | {s.get('ess', math.nan):.1f} | {secs:.1f} | "
+                   f"{secs / benches[0].target_classes:.1f} |\n"
                    for lam, seed, s, secs in rows)
     what = {"mnist": "10 class logits", "rgb": "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised "
             "inputs)", "photo32": "8 class logits of the RGB CNN on 32-px photo patches (normalised inputs)",
-            "photo64": "8 class logits of the RGB CNN on 64-px photo patches (normalised inputs)"}[args.case]
+            "photo64": "8 class logits of the RGB CNN on 64-px photo patches (normalised inputs)",
+            "shapes": "6 class logits of the RGB CNN on procedural textured shapes (normalised inputs)",
+            "resnet128": "8 class logits of ResNet-18 on 128-px photo patches (normalised inputs)"}[args.case]
     return head + body + footer(args, benches, what, argv)
 
 
@@ -324,16 +373,34 @@ def run_layers(benches: List[Bench], args, lambdas, extra, argv) -> str:
     return head + body + footer(args, benches, what, argv, note=f"s / call: {calls}")
 
 
+LAYER_CASES = ("mnist-layers", "rgb-layers")
+
+
+def family_of(case: str) -> str:
+    """The data family of ``case`` (the key of :data:`DEFAULT_EPOCHS`)."""
+    return next((f for f in ("rgb", "photo", "shapes", "resnet128") if case.startswith(f)), "mnist")
+
+
+def build_case(case: str, seed: int, epochs: Optional[int] = None) -> Bench:
+    """Train ``case``'s target (and, for a class-logit case, its judge) with ``seed``; ``epochs`` default per
+    family (:data:`DEFAULT_EPOCHS`)."""
+    family = family_of(case)
+    epochs = DEFAULT_EPOCHS[family] if epochs is None else epochs
+    build = {"rgb": build_rgb, "photo": build_photo, "shapes": build_shapes, "resnet128": build_resnet128,
+             "mnist": build_mnist}[family]
+    size = {"photo64": {"size": 64}}.get(case, {})
+    return build(seed, epochs, with_judge=case not in LAYER_CASES, **size)
+
+
 def run(args, argv: Optional[List[str]] = None) -> str:
     """Train the case's networks, sample at each λ, return the case's Markdown table with its footer."""
-    family = "rgb" if args.case.startswith("rgb") else ("photo" if args.case.startswith("photo") else "mnist")
-    epochs = DEFAULT_EPOCHS[family] if args.epochs is None else args.epochs
-    logit_case = args.case in ("mnist", "rgb", "photo32", "photo64")
+    logit_case = args.case not in LAYER_CASES
     benches = []
     for seed in args.seeds:
-        build = {"rgb": build_rgb, "photo": build_photo, "mnist": build_mnist}[family]
-        size = {"photo64": {"size": 64}}.get(args.case, {})
-        benches.append(build(seed, epochs, with_judge=logit_case, **size))
+        epochs = args.epochs
+        if getattr(args, "halve_epochs", False):
+            epochs = max(1, DEFAULT_EPOCHS[family_of(args.case)] // 2)
+        benches.append(build_case(args.case, seed, epochs))
         print(f"seed {seed}: " + ", ".join(f"{role} CNN held-out accuracy {benches[-1].accuracy[role]:.3f} (trained "
                                            f"in {benches[-1].seconds[role]:.1f} s)" for role in benches[-1].accuracy),
               flush=True)
@@ -348,6 +415,23 @@ def run(args, argv: Optional[List[str]] = None) -> str:
         extra[key] = type_guess(value)
     argv = sys.argv[1:] if argv is None else list(argv)
     return (run_logits if logit_case else run_layers)(benches, args, lambdas, extra, argv)
+
+
+#: ``--quick``: what it changes (the epochs are halved per family).
+QUICK = {"chains": 8, "lambdas": "default", "sample": {"steps": 256, "burn_in": 128}}
+
+
+def quick(args) -> None:
+    """Fill what ``--quick`` sets and the command line left open; the rest keeps the full run's values."""
+    if args.chains is None:
+        args.chains = QUICK["chains"] if args.quick else 16
+    if not args.quick:
+        return
+    if args.lambdas is None:
+        args.lambdas = QUICK["lambdas"]
+    given = {kv.partition("=")[0] for kv in args.set or []}
+    args.set = (args.set or []) + [f"{k}={v}" for k, v in QUICK["sample"].items() if k not in given]
+    args.halve_epochs = args.epochs is None
 
 
 def type_guess(value: str):
@@ -368,10 +452,14 @@ def type_guess(value: str):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", choices=list(CASES), default="mnist")
+    p.add_argument("--case", choices=list(CASES) + ["all"], default="mnist", help="a case, or 'all': every case in "
+                   "turn (each case's table, then the suite's wall time)")
+    p.add_argument("--quick", action="store_true", help=f"a 2-core-sized run: {QUICK['chains']} chains, the "
+                   f"default λ only, half the training epochs, sampling with "
+                   + ", ".join(f"{k}={v}" for k, v in QUICK['sample'].items()) + " (explicit options win)")
     p.add_argument("--lambdas", default=None, help="comma-separated disc_weight values, 'default' allowed (default: "
                    "a sweep around the library default for --case mnist, '0,default' otherwise)")
-    p.add_argument("--chains", type=int, default=16)
+    p.add_argument("--chains", type=int, default=None, help="chains per neuron (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds, each a new data split, target, judge and "
                    "sampling seed (class-logit cases): a row per seed and each λ's mean (overrides --seed)")
@@ -386,18 +474,26 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); on a "
                    "CPU shared with other jobs, 1 thread avoids OpenMP oversubscription (2 threads ran 15x slower)")
     args = p.parse_args(argv)
+    quick(args)
     args.seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     if len(args.seeds) > 1 and args.case not in SEED_TABLES:
         p.error(f"--seeds takes several seeds for --case mnist or rgb only, got --case {args.case}")
     if args.resample < 1 or (args.resample > 1 and args.case not in SEED_TABLES):
         p.error(f"--resample takes a count >= 1, above 1 for --case mnist or rgb only; got --resample "
                 f"{args.resample} with --case {args.case}")
+    if args.case == "all" and (len(args.seeds) > 1 or args.resample > 1):
+        p.error("--case all runs one seed per case: drop --seeds and --resample")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    text = run(args, argv)
-    print(text)
-    if args.write:
-        write_section(text, *(SEED_TABLES if len(args.seeds) > 1 or args.resample > 1 else CASES)[args.case])
+    t0 = time.perf_counter()
+    for case in (CASES if args.case == "all" else [args.case]):
+        one = argparse.Namespace(**{**vars(args), "case": case})
+        text = run(one, argv)
+        print(text, flush=True)
+        if args.write:
+            write_section(text, *(SEED_TABLES if len(args.seeds) > 1 or args.resample > 1 else CASES)[case])
+    if args.case == "all":
+        print(f"suite wall time: {time.perf_counter() - t0:.0f} s ({len(CASES)} cases, training included)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import lightning_ldam.callback  # noqa: F401  Lightning sets env vars on import: here, outside the hygiene fixture
+
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
@@ -93,7 +95,8 @@ def test_resample_samples_each_network_with_seeds_a_stride_apart_and_averages_ev
 
     monkeypatch.setattr(quality, "sample", fake_sample)
     monkeypatch.setattr(quality, "score_logits", fake_score)
-    benches = [quality.Bench(target=torch.nn.Identity(), data={}, input_shape=(1, 28, 28), logits="fc",
+    benches = [quality.Bench(target=torch.nn.Identity(), data={"target_y": torch.tensor([0, 1, 1])},
+                             input_shape=(1, 28, 28), logits="fc",
                              accuracy={"target": 0.9}, seconds={"target": 1.0}, seed=s) for s in (3, 7)]
     args = quality.argparse.Namespace(resample=2, case="mnist", chains=2, set=None, warm_d=False, save_grid=None)
     table = quality.run_logits(benches, args, [2.25], {}, [])
@@ -102,6 +105,7 @@ def test_resample_samples_each_network_with_seeds_a_stride_apart_and_averages_ev
     assert [r.split(" | ")[1] for r in rows] == ["3 / 3", "3 / 1003", "7 / 7", "7 / 1007", "mean"]
     assert rows[-1].split(" | ")[3] == f"{(3 + 1003 + 7 + 1007) / 4:.3f}"  # judge column: the mean of the draws
     assert "seed / sampling seed" in table.splitlines()[0]
+    assert rows[0].split(" | ")[-1] == "0.5 |"  # s / neuron: the call's 1.0 s over the target's 2 classes
 
 
 def test_photo_patches_come_from_disjoint_bands_of_real_photographs():
@@ -120,3 +124,60 @@ def test_photo_patches_come_from_disjoint_bands_of_real_photographs():
     # no held-out patch repeats a training one (they are cut from another band of the photograph)
     dist = torch.cdist(d["held_x"].flatten(1), torch.cat([d["target_x"], d["judge_x"]]).flatten(1))
     assert float(dist.min()) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def shape_models():
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    import shape_models
+
+    return shape_models
+
+
+@pytest.mark.parametrize("kind, area", [("disk", 3.14159), ("ring", 3.14159 * (1 - 0.55 ** 2)), ("square", 2.0),
+                                        ("triangle", 3 * 3 ** 0.5 / 4), ("cross", 2.04),
+                                        ("star", 3.14159 * (0.725 ** 2 + 0.275 ** 2 / 2))])
+def test_each_procedural_shape_covers_its_analytic_area(shape_models, kind, area):
+    # radius 40 px on a 128-px grid: the 1-px anti-aliasing ramp changes the area by well under 1%
+    yy, xx = torch.meshgrid(torch.arange(128.0) - 63.5, torch.arange(128.0) - 63.5, indexing="ij")
+    covered = float(shape_models._mask(kind, yy, xx, 40.0, 0.7).sum()) / 40.0 ** 2
+    assert covered == pytest.approx(area, rel=0.02)
+
+
+def test_procedural_shapes_differ_only_in_outline(shape_models):
+    d = shape_models.load_shape_splits(0, per_class={"target": 60, "judge": 10, "held": 10})
+    n = len(shape_models.SHAPES)
+    assert d["target_x"].shape == (60 * n, 3, 32, 32) and torch.equal(torch.bincount(d["held_y"]), torch.full((n,), 10))
+    assert 0.0 <= float(d["target_x"].min()) and float(d["target_x"].max()) <= 1.0
+    # colour says nothing of the class: every class's mean colour is within 0.06 of the data's
+    overall = d["target_x"].mean(dim=(0, 2, 3))
+    for k in range(n):
+        assert float((d["target_x"][d["target_y"] == k].mean(dim=(0, 2, 3)) - overall).abs().max()) < 0.06
+    # the parts are independent draws: no held-out image repeats a training one
+    dist = torch.cdist(d["held_x"].flatten(1), torch.cat([d["target_x"], d["judge_x"]]).flatten(1))
+    assert float(dist.min()) > 1e-3
+
+
+def test_the_lucent_comparison_scores_images_as_the_quality_benchmark_does(shape_models):
+    # real held-out images in place of samples: the judge agreement is the judge's accuracy on them, and each logit
+    # is read on its own row (activation ratio = mean over max of the same real activations)
+    import lucent_compare
+    import quality
+    from rgb_models import RGBNet, rgb_judge
+
+    d = shape_models.load_shape_splits(0, per_class={"target": 4, "judge": 4, "held": 6})
+    torch.manual_seed(0)
+    target, judge = RGBNet(6).eval(), rgb_judge(d["mean"], d["std"]).eval()
+    bench = quality.Bench(target, d, (3, 32, 32), "classifier.fc2", normalize=(d["mean"], d["std"]), judge=judge)
+    classes = [0, 2, 5]
+    images = torch.stack([d["held_x"][d["held_y"] == k] for k in classes])  # [3, 6, 3, 32, 32]
+    s = lucent_compare.score(bench, images, classes)
+    with torch.no_grad():
+        expected = (judge(images.flatten(0, 1)).argmax(1).view(3, 6) == torch.tensor(classes)[:, None]).float().mean()
+        logits = target((images.flatten(0, 1) - d["mean"].view(1, 3, 1, 1)) / d["std"].view(1, 3, 1, 1)).view(3, 6, 6)
+        real = target((d["held_x"] - d["mean"].view(1, 3, 1, 1)) / d["std"].view(1, 3, 1, 1))
+    ratio = torch.stack([logits[i, :, k].mean() / real[:, k].max() for i, k in enumerate(classes)]).mean()
+    assert s["judge_agreement"] == pytest.approx(float(expected))
+    assert s["activation_ratio"] == pytest.approx(float(ratio), rel=1e-4)
+    assert s["median_lift"] < 1.0  # an average real image is not as strong as the best one
