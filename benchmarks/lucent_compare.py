@@ -1,7 +1,7 @@
 """LDAM next to lucent's feature visualisation, on the same class logits, scored by the same metrics.
 
-lucent (``pip install --no-deps torch-lucent kornia decorator ipython``; an optional benchmark extra, not a
-dependency of the package) runs with its usual setup: ``render_vis`` on ``param.image`` (Fourier
+lucent (``pip install -e .[lucent]`` for its dependencies, then ``pip install --no-deps torch-lucent``; an
+optional benchmark extra, not a dependency of the package) runs with its usual setup: ``render_vis`` on ``param.image`` (Fourier
 parametrisation, decorrelated colour), its ``standard_transforms`` (pad 12, jitter 8, random scale ±10%,
 random rotation ±10°, jitter 4), Adam at 0.05 for 512 steps, one batch of ``--chains`` images per logit. Two
 things differ from a 224-px ImageNet call, because the targets are not ImageNet networks: ``fixed_image_size``
@@ -42,9 +42,23 @@ LUCENT_LR = 0.05
 REAL_PER_ROW = 4
 
 
+def _kornia_names() -> None:
+    """lucent 0.1.8 calls ``kornia.get_rotation_matrix2d`` and ``kornia.warp_affine``, which kornia >= 0.6 keeps
+    under ``kornia.geometry.transform`` only: point the old names at them (the same functions)."""
+    import kornia
+    from kornia.geometry import transform as geometry
+
+    for name in ("get_rotation_matrix2d", "warp_affine"):
+        if not hasattr(kornia, name):
+            setattr(kornia, name, getattr(geometry, name))
+
+
 def lucent_samples(bench: "quality.Bench", classes, chains: int, seed: int):
     """lucent's images for each class logit: ``([n, chains, C, H, W] in [0, 1], seconds per logit)``."""
+    import numpy as np
     from lucent.optvis import objectives, param, render, transform
+
+    _kornia_names()
 
     mean, std = bench.normalize
     from rgb_models import Normalize
@@ -54,7 +68,8 @@ def lucent_samples(bench: "quality.Bench", classes, chains: int, seed: int):
     side = bench.input_shape[-1]
     out, seconds = [], []
     for k in classes:
-        torch.manual_seed(seed + k)  # lucent draws its initial image and transforms from the global RNG
+        torch.manual_seed(seed + k)  # lucent draws its initial image and transforms from the global RNGs
+        np.random.seed(seed + k)
         t0 = time.perf_counter()
         imgs = render.render_vis(
             bench.target, objectives.channel(layer, k),
@@ -109,9 +124,14 @@ def main(argv=None):
     p.add_argument("--set", action="append", help="extra ldam.sample keyword for LDAM, e.g. --set steps=128")
     p.add_argument("--save-grid", default=None, help="write the side-by-side grid to PREFIX_<case>.png")
     p.add_argument("--write", action="store_true", help="write the table into benchmarks/README.md")
+    p.add_argument("--cache", default=None, help="a folder of networks trained before (quality.py --cache)")
     args = p.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
-    bench = quality.build_case(args.case, args.seed, args.epochs)
+    try:  # before minutes of training: lucent is an optional extra
+        import lucent.optvis.render  # noqa: F401
+    except ImportError as err:
+        p.error(f"lucent is not importable ({err}): pip install -e .[lucent] && pip install --no-deps torch-lucent")
+    bench = quality.build_case(args.case, args.seed, args.epochs, args.cache)
     print(", ".join(f"{role} held-out accuracy {bench.accuracy[role]:.3f} (trained in {bench.seconds[role]:.1f} s)"
                     for role in bench.accuracy), flush=True)
     n_classes = bench.target_classes

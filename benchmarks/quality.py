@@ -381,11 +381,20 @@ def family_of(case: str) -> str:
     return next((f for f in ("rgb", "photo", "shapes", "resnet128") if case.startswith(f)), "mnist")
 
 
-def build_case(case: str, seed: int, epochs: Optional[int] = None) -> Bench:
+def build_case(case: str, seed: int, epochs: Optional[int] = None, cache: Optional[str] = None) -> Bench:
     """Train ``case``'s target (and, for a class-logit case, its judge) with ``seed``; ``epochs`` default per
-    family (:data:`DEFAULT_EPOCHS`)."""
+    family (:data:`DEFAULT_EPOCHS`). With ``cache`` (a folder), a bench trained before with the same case, seed
+    and epochs is loaded from it instead, and a new one is saved there."""
     family = family_of(case)
     epochs = DEFAULT_EPOCHS[family] if epochs is None else epochs
+    if cache is not None:
+        path = os.path.join(cache, f"{case}_seed{seed}_epochs{epochs}.pt")
+        if os.path.exists(path):
+            return torch.load(path, weights_only=False)
+        bench = build_case(case, seed, epochs)
+        os.makedirs(cache, exist_ok=True)
+        torch.save(bench, path)
+        return bench
     build = {"rgb": build_rgb, "photo": build_photo, "shapes": build_shapes, "resnet128": build_resnet128,
              "mnist": build_mnist}[family]
     size = {"photo64": {"size": 64}}.get(case, {})
@@ -400,7 +409,7 @@ def run(args, argv: Optional[List[str]] = None) -> str:
         epochs = args.epochs
         if getattr(args, "halve_epochs", False):
             epochs = max(1, DEFAULT_EPOCHS[family_of(args.case)] // 2)
-        benches.append(build_case(args.case, seed, epochs))
+        benches.append(build_case(args.case, seed, epochs, getattr(args, "cache", None)))
         print(f"seed {seed}: " + ", ".join(f"{role} CNN held-out accuracy {benches[-1].accuracy[role]:.3f} (trained "
                                            f"in {benches[-1].seconds[role]:.1f} s)" for role in benches[-1].accuracy),
               flush=True)
@@ -471,6 +480,8 @@ def main(argv=None):
                    "earlier default call (as in the callback's later rounds)")
     p.add_argument("--save-grid", default=None, help="write sample grids to PREFIX_lamX.png")
     p.add_argument("--write", action="store_true", help="write the table into benchmarks/README.md")
+    p.add_argument("--cache", default=None, help="a folder: reuse networks trained by an earlier run with the same "
+                   "case, seed and epochs (and save new ones there)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); on a "
                    "CPU shared with other jobs, 1 thread avoids OpenMP oversubscription (2 threads ran 15x slower)")
     args = p.parse_args(argv)

@@ -181,3 +181,24 @@ def test_the_lucent_comparison_scores_images_as_the_quality_benchmark_does(shape
     assert s["judge_agreement"] == pytest.approx(float(expected))
     assert s["activation_ratio"] == pytest.approx(float(ratio), rel=1e-4)
     assert s["median_lift"] < 1.0  # an average real image is not as strong as the best one
+
+
+def test_a_cached_case_is_trained_once_and_loads_the_same_networks(shape_models, monkeypatch, tmp_path):
+    import quality
+    from rgb_models import RGBNet
+
+    built = []
+
+    def fake_build(seed, epochs, with_judge):
+        built.append((seed, epochs))
+        torch.manual_seed(seed)
+        return quality.Bench(RGBNet(6).eval(), {"target_y": torch.tensor([0, 5])}, (3, 32, 32), "classifier.fc2")
+
+    monkeypatch.setattr(quality, "build_shapes", fake_build)
+    first = quality.build_case("shapes", 1, 3, cache=str(tmp_path))
+    second = quality.build_case("shapes", 1, 3, cache=str(tmp_path))
+    other = quality.build_case("shapes", 1, 4, cache=str(tmp_path))  # other epochs: trained anew
+    assert built == [(1, 3), (1, 4)]
+    for a, b in zip(first.target.state_dict().values(), second.target.state_dict().values()):
+        assert torch.equal(a, b)
+    assert other.target_classes == 6
