@@ -82,6 +82,9 @@ RESAMPLE_STRIDE = 1000
 #: the same for a class-logit case run with several ``--seeds`` (or ``--resample``)
 SEED_TABLES = {"mnist": ("QUALITY_SEEDS", "Quality over seeds (MNIST)"),
                "rgb": ("QUALITY_RGB_SEEDS", "Quality over seeds (RGB digits)")}
+SEED_TABLES.update({case: (f"{marker}_SEEDS", f"{heading}: over sampling seeds")
+                    for case, (marker, heading) in CASES.items()
+                    if case not in SEED_TABLES and not case.endswith("-layers")})
 #: neurons per layer in the layer cases (all of a layer's units when it has fewer)
 PER_LAYER = 8
 #: epochs of the target by default (the MNIST judge trains twice as long; the RGB judge as long, one-cycle)
@@ -488,9 +491,10 @@ def main(argv=None):
     quick(args)
     args.seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     if len(args.seeds) > 1 and args.case not in SEED_TABLES:
-        p.error(f"--seeds takes several seeds for --case mnist or rgb only, got --case {args.case}")
+        p.error(f"--seeds takes several seeds for the class-logit cases {sorted(SEED_TABLES)} only, got --case "
+                f"{args.case}")
     if args.resample < 1 or (args.resample > 1 and args.case not in SEED_TABLES):
-        p.error(f"--resample takes a count >= 1, above 1 for --case mnist or rgb only; got --resample "
+        p.error(f"--resample takes a count >= 1, above 1 for the class-logit cases only; got --resample "
                 f"{args.resample} with --case {args.case}")
     if args.case == "all" and (len(args.seeds) > 1 or args.resample > 1):
         p.error("--case all runs one seed per case: drop --seeds and --resample")
