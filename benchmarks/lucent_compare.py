@@ -1,12 +1,12 @@
 """LDAM next to lucent's feature visualisation, on the same class logits, scored by the same metrics.
 
-lucent (``pip install -e .[lucent]`` for its dependencies, then ``pip install --no-deps torch-lucent``; an
-optional benchmark extra, not a dependency of the package) runs with its usual setup: ``render_vis`` on ``param.image`` (Fourier
-parametrisation, decorrelated colour), its ``standard_transforms`` (pad 12, jitter 8, random scale ±10%,
-random rotation ±10°, jitter 4), Adam at 0.05 for 512 steps, one batch of ``--chains`` images per logit. Two
-things differ from a 224-px ImageNet call, because the targets are not ImageNet networks: ``fixed_image_size``
-is the target's own input size (lucent would upsample to 224, which a fully connected head cannot take), and the
-target's own normalisation replaces lucent's ImageNet one (``preprocess=False`` plus a normalising transform).
+lucent (``pip install -e .[lucent]`` for its dependencies, then ``pip install --no-deps torch-lucent``; an optional
+benchmark extra, not a dependency of the package) runs with its usual setup: ``render_vis`` on ``param.image``
+(Fourier parametrisation, decorrelated colour), its ``standard_transforms`` (pad 12, jitter 8, random scale ±10%,
+random rotation ±10°, jitter 4), Adam at 0.05 for 512 steps, one batch of ``--chains`` images per logit. Two things
+differ from a 224-px ImageNet call, because the targets are not ImageNet networks: ``fixed_image_size`` is the
+target's own input size (lucent would upsample to 224, which a fully connected head cannot take), and the target's
+own normalisation replaces lucent's ImageNet one (``preprocess=False`` plus a normalising transform).
 
 LDAM runs ``ldam.sample`` at the library's defaults (real data: the target's training images). Both are scored
 as in benchmarks/quality.py, against the held-out images: activation ratio, judge agreement (next to the judge's
@@ -27,7 +27,6 @@ import time
 from typing import Dict
 
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightning_ldam as ldam  # noqa: E402

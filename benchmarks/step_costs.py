@@ -49,7 +49,8 @@ def main(argv=None):
         opt.step()
 
     for name, f, per in (("target forward + input gradient", target_grad, args.chains),
-                         ("D log-density gradient", disc_grad, args.chains), ("one D update (64 + 64)", disc_update, 1)):
+                         ("D log-density gradient", disc_grad, args.chains),
+                         ("one D update (64 + 64)", disc_update, 1)):
         f()
         t0 = time.perf_counter()
         for _ in range(args.repeats):

@@ -202,3 +202,25 @@ def test_a_cached_case_is_trained_once_and_loads_the_same_networks(shape_models,
     for a, b in zip(first.target.state_dict().values(), second.target.state_dict().values()):
         assert torch.equal(a, b)
     assert other.target_classes == 6
+
+
+def test_quick_fills_only_what_the_command_line_left_open():
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    import quality
+
+    def ns(**kw):
+        base = dict(quick=True, chains=None, lambdas=None, set=None, epochs=None)
+        return quality.argparse.Namespace(**{**base, **kw})
+
+    args = ns()
+    quality.quick(args)
+    assert (args.chains, args.lambdas, args.halve_epochs) == (8, "default", True)
+    assert sorted(args.set) == ["burn_in=128", "steps=256"]
+    args = ns(chains=3, lambdas="0", set=["steps=100"], epochs=5)
+    quality.quick(args)
+    assert (args.chains, args.lambdas, args.halve_epochs) == (3, "0", False)
+    assert sorted(args.set) == ["burn_in=128", "steps=100"]
+    full = ns(quick=False)
+    quality.quick(full)
+    assert (full.chains, full.lambdas, full.set) == (16, None, None)
