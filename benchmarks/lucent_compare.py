@@ -136,7 +136,7 @@ def main(argv=None):
     n_classes = bench.target_classes
     classes = list(range(n_classes if args.classes is None else min(args.classes, n_classes)))
     extra = {kv.partition("=")[0]: quality.type_guess(kv.partition("=")[2]) for kv in args.set or []}
-    lam = ldam.default_disc_weight(bench.input_shape[0])
+    lam = ldam.DEFAULT_DISC_WEIGHT
     ns = argparse.Namespace(chains=args.chains, warm_d=False)
     res, secs = quality.sample(bench, {bench.logits: classes}, lam, ns, extra)
     ldam_images = res.images

@@ -36,9 +36,15 @@ def _patches(band: torch.Tensor, n: int, size: int, gen: torch.Generator) -> tor
     return torch.stack([band[:, t:t + size, s:s + size] for t, s in zip(top, left)])
 
 
-def load_photo_splits(seed: int = 0, size: int = 32, per_class: Dict[str, int] = None) -> Dict[str, torch.Tensor]:
-    """``target_x``/``judge_x``/``held_x`` (``[N, 3, size, size]`` in [0, 1]) with labels, and the target's
-    per-channel ``mean``/``std``. Random crops (and horizontal flips for the training parts) from each band."""
+#: ITU-R BT.601 luma weights: ``gray=True`` patches are this weighted sum of the colour ones.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def load_photo_splits(seed: int = 0, size: int = 32, per_class: Dict[str, int] = None,
+                      gray: bool = False) -> Dict[str, torch.Tensor]:
+    """``target_x``/``judge_x``/``held_x`` (``[N, 3, size, size]`` in [0, 1], or ``[N, 1, size, size]`` luma with
+    ``gray``; the same crops either way) with labels, and the target's per-channel ``mean``/``std``. Random crops
+    (and horizontal flips for the training parts) from each band."""
     per_class = per_class or {"target": 300, "judge": 300, "held": 60}
     gen = torch.Generator().manual_seed(seed)
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in per_class}
@@ -55,8 +61,11 @@ def load_photo_splits(seed: int = 0, size: int = 32, per_class: Dict[str, int] =
             parts[part].append(p)
             labels[part].append(torch.full((len(p),), label, dtype=torch.long))
     out = {}
+    luma = torch.tensor(LUMA).view(1, 3, 1, 1)
     for part in per_class:
         out[f"{part}_x"], out[f"{part}_y"] = torch.cat(parts[part]), torch.cat(labels[part])
+        if gray:
+            out[f"{part}_x"] = (out[f"{part}_x"] * luma).sum(1, keepdim=True)
     out["mean"] = out["target_x"].mean(dim=(0, 2, 3))
     out["std"] = out["target_x"].std(dim=(0, 2, 3))
     return out

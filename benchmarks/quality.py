@@ -16,6 +16,8 @@ Cases (``--case``):
   disjoint bands of each photograph: benchmarks/photo_models.py), normalised inputs. Held out: no default was
   tuned on it;
 - ``photo64``: the same at 64 px (photographs scaled to 256 rows), held out too;
+- ``photo32-gray``: ``photo32``'s crops as one luma channel (ITU-R BT.601), the same networks with one input
+  channel: a one-channel case of natural images, held out;
 - ``resnet128``: the 8 class logits of torchvision's ResNet-18 (trained from scratch) on 128-px photo patches
   (photographs scaled to 512 rows), normalised inputs; the judge is the RGB LeNet at 128 px. Held out;
 - ``shapes``: the 6 class logits of the RGB CNN trained on procedural textured shapes (disk, ring, square,
@@ -42,7 +44,7 @@ Metrics (lightning_ldam.metrics, all against the held-out images):
 
 Run: ``python benchmarks/quality.py [--case CASE]`` (prints a Markdown table; ``--write`` puts it into
 benchmarks/README.md between the case's markers: QUALITY, QUALITY_LAYERS, QUALITY_RGB, QUALITY_RGB_LAYERS,
-QUALITY_PHOTO32, QUALITY_PHOTO64, QUALITY_SHAPES, QUALITY_RESNET128). ``--case all`` runs every case in turn and
+QUALITY_PHOTO32, QUALITY_PHOTO64, QUALITY_PHOTO32_GRAY, QUALITY_SHAPES, QUALITY_RESNET128). ``--case all`` runs every case in turn and
 prints the suite's wall time; ``--quick`` sizes a run for 2 CPU cores (8 chains, the default λ only, half the
 training epochs, 256 steps of which 128 burn-in; explicit options win); ``--cache DIR`` reuses networks trained by an
 earlier run with the same case, seed and epochs. ``--seeds 0,1,2`` repeats a class-logit case on new data splits,
@@ -51,8 +53,10 @@ QUALITY_RGB_SEEDS for MNIST and RGB, with ``--write``). ``--resample N`` samples
 sampling seeds seed, seed + 1000, ...: what the sampler's own randomness (initial chains, noise, D's initialisation
 and batches) moves, apart from the networks' (rows per network seed and sampling seed).
 
-Which cases tuned the defaults: ``mnist`` (λ, step size, κ, D's one-channel resolution) and ``rgb`` (the colour λ,
-8 D updates per step, the prior-weight cap); every other case is held out.
+Which cases tuned the defaults: ``mnist`` and ``rgb`` (one one-channel and one colour case: λ, D updates per step,
+the prior-weight cap, the detail share that sets D's resolution, each swapped alone on both, with ``photo32`` and
+``photo32-gray`` read as checks); every other case is held out. The table's last column is the share of the call's
+wall time spent in D's updates (:class:`DiscClock`).
 """
 from __future__ import annotations
 
@@ -82,6 +86,7 @@ CASES = {
     "rgb-layers": ("QUALITY_RGB_LAYERS", "Quality per layer (RGB digits): lift"),
     "photo32": ("QUALITY_PHOTO32", "Quality (photo patches, 32 px; held out)"),
     "photo64": ("QUALITY_PHOTO64", "Quality (photo patches, 64 px; held out)"),
+    "photo32-gray": ("QUALITY_PHOTO32_GRAY", "Quality (grayscale photo patches, 32 px; held out)"),
     "shapes": ("QUALITY_SHAPES", "Quality (procedural textured shapes, 32 px; held out)"),
     "resnet128": ("QUALITY_RESNET128", "Quality (ResNet-18 on 128-px photo patches; held out)"),
 }
@@ -154,12 +159,12 @@ def build_mnist(seed: int, epochs: int, with_judge: bool) -> Bench:
     return bench
 
 
-def build_photo(seed: int, epochs: int, with_judge: bool, size: int = 32) -> Bench:
-    """The photo-patch cases: :func:`build_rgb`'s networks on ``size``-px photo patches, 8 target classes (the
-    judge keeps its 10 outputs, 2 of them never a patch's label)."""
+def build_photo(seed: int, epochs: int, with_judge: bool, size: int = 32, gray: bool = False) -> Bench:
+    """The photo-patch cases: :func:`build_rgb`'s networks on ``size``-px photo patches (one luma channel with
+    ``gray``), 8 target classes (the judge keeps its 10 outputs, 2 of them never a patch's label)."""
     from photo_models import PHOTOS, load_photo_splits
 
-    return build_rgb(seed, epochs, with_judge, data=load_photo_splits(seed, size), classes=len(PHOTOS),
+    return build_rgb(seed, epochs, with_judge, data=load_photo_splits(seed, size, gray=gray), classes=len(PHOTOS),
                      size=size)
 
 
@@ -186,21 +191,22 @@ def build_rgb(seed: int, epochs: int, with_judge: bool, data: Optional[Dict[str,
               classes: int = 10, size: int = 32, target: Optional[nn.Module] = None,
               logits: str = "classifier.fc2") -> Bench:
     """The RGB target (or ``target``, whose class logits are ``logits``), trained on normalised coloured digits (or
-    ``data``), and, if asked, its judge (normalising inside)."""
+    ``data``, of as many channels as its images have), and, if asked, its judge (normalising inside)."""
     from rgb_models import RGBNet, load_rgb_splits, rgb_judge
 
     torch.manual_seed(seed)  # the networks' initial weights come from the global RNG
     d = load_rgb_splits(seed) if data is None else data
     mean, std = d["mean"], d["std"]
+    channels = d["target_x"].shape[1]
 
     def normed(x):
-        return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
     # one-cycle at 3e-3: a constant 1e-3 leaves the target under 0.9 held-out accuracy in a CPU minute
-    target, acc, secs = fit(RGBNet(classes, size) if target is None else target, normed(d["target_x"]),
+    target, acc, secs = fit(RGBNet(classes, size, channels) if target is None else target, normed(d["target_x"]),
                             d["target_y"], normed(d["held_x"]), d["held_y"], epochs=epochs, seed=seed, lr=3e-3,
                             one_cycle=True)
-    bench = Bench(target, d, (3, size, size), logits, normalize=(mean, std), accuracy={"target": acc},
+    bench = Bench(target, d, (channels, size, size), logits, normalize=(mean, std), accuracy={"target": acc},
                   seconds={"target": secs}, seed=seed)
     if with_judge:
         # the judge normalises with its own training images' statistics: it shares nothing with the target
@@ -233,10 +239,52 @@ def sample(bench: Bench, spec, lam: float, args, extra: Dict[str, object], seed:
         # the callback's later rounds: a discriminator already trained by an earlier (default) call
         first = ldam.sample(bench.target, spec, real_data=real, disc_weight=lam, seed=seed + 1, **kw)
         warm = {"discriminator": first.discriminator}
-    t0 = time.perf_counter()
-    res = ldam.sample(bench.target, spec, **{**kw, "real_data": real if lam > 0 else None, "disc_weight": lam,
-                                             "seed": seed, **warm, **extra})
-    return res, time.perf_counter() - t0
+    with DiscClock() as clock:
+        t0 = time.perf_counter()
+        res = ldam.sample(bench.target, spec, **{**kw, "real_data": real if lam > 0 else None, "disc_weight": lam,
+                                                 "seed": seed, **warm, **extra})
+        secs = time.perf_counter() - t0
+    return res, CallTime(secs, clock.seconds)
+
+
+class CallTime(float):
+    """A call's wall time in seconds (a float), with ``disc``: the seconds of it spent in D's updates."""
+
+    def __new__(cls, seconds: float, disc: float = 0.0):
+        obj = super().__new__(cls, seconds)
+        obj.disc = disc
+        return obj
+
+    @property
+    def disc_share(self) -> float:
+        """D's updates' share of the call (0 for a call that took no time)."""
+        return self.disc / float(self) if float(self) > 0 else 0.0
+
+
+class DiscClock:
+    """Within the block, the wall time of every :meth:`DiscriminatorTrainer.step` (one D update) is summed in
+    ``seconds``. On the CPU a step's work is done when it returns, so the sum is D's updates' share of the call; on
+    a GPU it would time the kernel launches only."""
+
+    def __enter__(self) -> "DiscClock":
+        from lightning_ldam.discriminator import DiscriminatorTrainer
+
+        self.seconds, self._step, clock = 0.0, DiscriminatorTrainer.step, self
+
+        def step(trainer, fake):
+            t0 = time.perf_counter()
+            try:
+                return clock._step(trainer, fake)
+            finally:
+                clock.seconds += time.perf_counter() - t0
+
+        DiscriminatorTrainer.step = step
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from lightning_ldam.discriminator import DiscriminatorTrainer
+
+        DiscriminatorTrainer.step = self._step
 
 
 def real_activations(bench: Bench, res, extra) -> torch.Tensor:
@@ -300,8 +348,8 @@ def save_grid(res, prefix: str, lam: float, chains: int, bench: Optional[Bench] 
     torchvision.utils.save_image(images.flatten(0, 1), path, nrow=nrow, padding=1, pad_value=1.0)
 
 
-def lam_label(lam: float, channels: int) -> str:
-    return f"{lam:g}{' (default)' if lam == ldam.default_disc_weight(channels) else ''}"
+def lam_label(lam: float) -> str:
+    return f"{lam:g}{' (default)' if lam == ldam.DEFAULT_DISC_WEIGHT else ''}"
 
 
 def footer(args, benches: List[Bench], what: str, argv: List[str], note: str = "") -> str:
@@ -339,20 +387,22 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
         rows += group
         if several:
             mean = {k: sum(g[2][k] for g in group) / len(group) for k in group[0][2]}
-            rows.append((lam, "mean", mean, sum(g[3] for g in group) / len(group)))
+            rows.append((lam, "mean", mean, CallTime(sum(g[3] for g in group) / len(group),
+                                                     sum(getattr(g[3], "disc", 0.0) for g in group) / len(group))))
     seed_head = (("seed / sampling seed | " if resampled else "seed | "), "---:|") if several else ("", "")
     head = (f"| λ (disc_weight) | {seed_head[0]}activation ratio | judge agreement | realism | nearest-real | "
-            f"diversity | median lift | R-hat | ESS | s / call | s / neuron |\n"
-            f"|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-    body = "".join(f"| {lam_label(lam, benches[0].input_shape[0])} | {seed + ' | ' if several else ''}"
+            f"diversity | median lift | R-hat | ESS | s / call | s / neuron | D updates' share |\n"
+            f"|---:|{seed_head[1]}---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    body = "".join(f"| {lam_label(lam)} | {seed + ' | ' if several else ''}"
                    f"{s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
                    f"{s.get('nearest_real', math.nan):.2f} | {s['diversity']:.2f} | {s['median_lift']:.2f} | "
                    f"{s.get('rhat', math.nan):.2f} | {s.get('ess', math.nan):.1f} | {secs:.1f} | "
-                   f"{secs / benches[0].target_classes:.1f} |\n"
+                   f"{secs / benches[0].target_classes:.1f} | {getattr(secs, 'disc_share', math.nan):.0%} |\n"
                    for lam, seed, s, secs in rows)
     what = {"mnist": "10 class logits", "rgb": "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised "
             "inputs)", "photo32": "8 class logits of the RGB CNN on 32-px photo patches (normalised inputs)",
             "photo64": "8 class logits of the RGB CNN on 64-px photo patches (normalised inputs)",
+            "photo32-gray": "8 class logits of the CNN on 32-px grayscale photo patches (normalised inputs)",
             "shapes": "6 class logits of the RGB CNN on procedural textured shapes (normalised inputs)",
             "resnet128": "8 class logits of ResNet-18 on 128-px photo patches (normalised inputs)"}[args.case]
     return head + body + footer(args, benches, what, argv)
@@ -373,7 +423,7 @@ def run_layers(benches: List[Bench], args, lambdas, extra, argv) -> str:
               + f", {secs:.1f}s", flush=True)
         if args.save_grid:
             save_grid(res, args.save_grid, lam, args.chains)
-    columns = " | ".join(f"λ {lam_label(lam, bench.input_shape[0])}: median lift | min lift" for lam in lambdas)
+    columns = " | ".join(f"λ {lam_label(lam)}: median lift | min lift" for lam in lambdas)
     head = f"| layer | type | neurons | {columns} |\n|---|---|---:|" + "---:|---:|" * len(lambdas) + "\n"
     body = "".join(f"| `{t.path}` | {t.type_name} | {len(spec[t.path])} | "
                    + " | ".join(f"{s[t.path][0]:.2f} | {s[t.path][1]:.2f}" for s in scores) + " |\n"
@@ -408,7 +458,7 @@ def build_case(case: str, seed: int, epochs: Optional[int] = None, cache: Option
         return bench
     build = {"rgb": build_rgb, "photo": build_photo, "shapes": build_shapes, "resnet128": build_resnet128,
              "mnist": build_mnist}[family]
-    size = {"photo64": {"size": 64}}.get(case, {})
+    size = {"photo64": {"size": 64}, "photo32-gray": {"gray": True}}.get(case, {})
     return build(seed, epochs, with_judge=case not in LAYER_CASES, **size)
 
 
@@ -424,7 +474,7 @@ def run(args, argv: Optional[List[str]] = None) -> str:
         print(f"seed {seed}: " + ", ".join(f"{role} CNN held-out accuracy {benches[-1].accuracy[role]:.3f} (trained "
                                            f"in {benches[-1].seconds[role]:.1f} s)" for role in benches[-1].accuracy),
               flush=True)
-    d = ldam.default_disc_weight(benches[0].input_shape[0])
+    d = ldam.DEFAULT_DISC_WEIGHT
     if args.lambdas is not None:
         lambdas = [d if v == "default" else float(v) for v in args.lambdas.split(",")]
     else:  # the full sweep for the MNIST logits; λ = 0 and the default elsewhere

@@ -84,10 +84,10 @@ class RGBNet(nn.Module):
     ``features.conv2`` (64 channels), ``classifier.fc1`` (128 units, pre-ReLU), ``classifier.fc2`` (logits).
     """
 
-    def __init__(self, num_classes: int = 10, image_size: int = IMAGE_SIZE):
+    def __init__(self, num_classes: int = 10, image_size: int = IMAGE_SIZE, in_channels: int = 3):
         super().__init__()
         self.features = nn.Sequential(OrderedDict(
-            conv1=nn.Conv2d(3, 32, 3, padding=1), bn1=nn.BatchNorm2d(32), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
+            conv1=nn.Conv2d(in_channels, 32, 3, padding=1), bn1=nn.BatchNorm2d(32), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
             conv2=nn.Conv2d(32, 64, 3, padding=1), bn2=nn.BatchNorm2d(64), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2)))
         side = image_size // 4
         self.classifier = nn.Sequential(OrderedDict(
@@ -112,5 +112,6 @@ class Normalize(nn.Module):
 
 def rgb_judge(mean: torch.Tensor, std: torch.Tensor, image_size: int = IMAGE_SIZE) -> nn.Module:
     """The independent RGB judge: the LeNet-style :class:`mnist_models.JudgeNet` (5x5 convs, average
-    pooling, no BN) on 3x32x32 images, normalised inside (statistics of its own training images)."""
-    return nn.Sequential(Normalize(mean, std), JudgeNet(in_channels=3, image_size=image_size))
+    pooling, no BN) on 3x32x32 images (or as many channels as ``mean`` has), normalised inside (statistics of its
+    own training images)."""
+    return nn.Sequential(Normalize(mean, std), JudgeNet(in_channels=len(mean), image_size=image_size))

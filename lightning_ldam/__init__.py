@@ -16,7 +16,7 @@ from lightning_ldam.averaging import EMA
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.discriminator import Discriminator, DiscriminatorTrainer
 from lightning_ldam.result import SampleResult
-from lightning_ldam.config import DEFAULT_DISC_WEIGHT, DEFAULT_DISC_WEIGHT_COLOUR, default_disc_weight
+from lightning_ldam.config import DEFAULT_DISC_WEIGHT
 from lightning_ldam.sampler import LangevinConfig, sample
 from lightning_ldam.targets import LayerInfo, list_targets, parse_neurons, resolve_neurons
 
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LDAMCallback", "LDAMArgumentError", "EMA", "sample", "list_targets", "SampleResult", "LangevinConfig",
     "Discriminator", "DiscriminatorTrainer", "LayerInfo", "parse_neurons", "resolve_neurons", "DEFAULT_DISC_WEIGHT",
-    "DEFAULT_DISC_WEIGHT_COLOUR", "default_disc_weight", "__version__",
+    "__version__",
 ]
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_ldam.config import (EXACT_METHODS, HMC_JITTER, HMC_STEP_FRACTION, METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE,
-                                   LangevinConfig, prior_weight_max)
+                                   LangevinConfig, PRIOR_WEIGHT_MAX)
 
 __all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "RESTART_SEED_OFFSET"]
 
@@ -180,7 +180,6 @@ class LangevinChains:
         self.ms_act = torch.zeros(neurons, device=dev)  # mean-square input gradients over burn-in
         self.ms_disc = torch.zeros(neurons, device=dev)
         self.weight = torch.ones(neurons, device=dev)  # w_k, the adapted multiple of λ (and κ)
-        self.weight_max = prior_weight_max(u0.shape[1] if u0.dim() == 4 else 1)
         self.real_acts = real_acts
         # The law's constants: c_k (``scale``) from freeze_scales(); λ_k and γ_k per neuron and per row, set by
         # _set_weights() while w_k adapts and fixed by freeze().
@@ -333,14 +332,14 @@ class LangevinChains:
 
     def _adapt_weight(self, acts: torch.Tensor) -> None:
         """Dual ascent on "lift ≥ TARGET_LIFT": w_k falls while the neuron is below it and rises above it, within
-        [0, :func:`~lightning_ldam.config.prior_weight_max`] (2 on colour images, else 1)."""
+        [0, :data:`~lightning_ldam.config.PRIOR_WEIGHT_MAX`]."""
         if self.real_acts is None or not self.cfg.adapt_disc:
             return
         mean, top = self.real_acts
         spread = (top - mean).clamp_min(1e-12)
         progress = (self._per_neuron(acts) - (mean + TARGET_LIFT * spread)) / spread
         rate = 8.0 / max(self.cfg.burn_in, 1)  # w can cross [0, 4] within the adapting half of burn-in
-        self.weight.add_(progress.nan_to_num(0.0).clamp(-1.0, 1.0), alpha=rate).clamp_(0.0, self.weight_max)
+        self.weight.add_(progress.nan_to_num(0.0).clamp(-1.0, 1.0), alpha=rate).clamp_(0.0, PRIOR_WEIGHT_MAX)
 
     def freeze_scales(self) -> None:
         """Fix ``c_k`` and D's gradient scale halfway through burn-in, from the search's states (which do not
@@ -420,7 +419,7 @@ class LangevinChains:
         top = torch.full((self.n,), 1.0 / METRIC_FLOOR, device=self.u.device)
         if not self.smooth:
             return top
-        curvature = 8.0 * self.smooth_unit * self.weight_max * sigma * sigma
+        curvature = 8.0 * self.smooth_unit * PRIOR_WEIGHT_MAX * sigma * sigma
         return torch.where(curvature > 0, METRIC_STABILITY / curvature.clamp_min(1e-30), top).clamp(1.0, top[0])
 
     def metric_diagonal(self) -> Optional[torch.Tensor]:

@@ -441,7 +441,7 @@ def _compare_inputs(args, ckpts, settings: Dict[str, Any]) -> _Inputs:
     """Real inputs from the first checkpoint with a reservoir, then shape, value range, λ, normalisation."""
     from lightning_ldam.checkpoint import real_inputs
     from lightning_ldam.inputs import value_box
-    from lightning_ldam.config import default_disc_weight
+    from lightning_ldam.config import DEFAULT_DISC_WEIGHT
 
     real, real_from = next(((r, p) for r, p in ((real_inputs(c), p) for c, p in zip(ckpts, args.ckpts))
                             if r is not None), (None, None))
@@ -467,7 +467,7 @@ def _compare_inputs(args, ckpts, settings: Dict[str, Any]) -> _Inputs:
               "(λ = 0)")
     elif real is not None:
         print(f"real inputs: {real.shape[0]} from {real_from}'s reservoir; λ = "
-              f"{default_disc_weight(shape[0]) if weight is None else weight:g}")
+              f"{DEFAULT_DISC_WEIGHT if weight is None else weight:g}")
     normalize = None
     if args.mean is not None:
         normalize = V.check_normalize((args.mean, args.std), shape[0])

@@ -35,9 +35,10 @@ from lightning_ldam.capture import ActivationReader, probe_outputs
 from lightning_ldam.unit_axes import resolve_reading, unit_count
 from lightning_ldam.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
 from lightning_ldam.chains import LangevinChains, Objective
-from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_DISC_WEIGHT_COLOUR, DEFAULT_SMOOTHNESS, INITS, SPATIAL,
-                                   LangevinConfig, default_disc_steps, default_disc_weight, resolve_config)
-from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
+from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig,
+                                   resolve_config)
+from lightning_ldam.discriminator import (DiscriminatorTrainer, build_discriminator, calibrated_max_size,
+                                          finite_weights)
 from lightning_ldam.inputs import extract_input
 from lightning_ldam.metrics import unit_activations
 from lightning_ldam.progress import Progress
@@ -45,7 +46,7 @@ from lightning_ldam.result import SampleResult
 from lightning_ldam.targets import (TOP_REAL_IMAGES, NeuronSpec, UnitPick, find_layer, layer_settings,
                                     parse_neurons, resolve_neurons)
 
-__all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "DEFAULT_DISC_WEIGHT_COLOUR", "WARM_DISC_STEPS"]
+__all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "WARM_DISC_STEPS"]
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             to train the discriminator on, to set each neuron's target for ``adapt_disc``, to start
             ``init="data"`` chains from and to rank units for ``"layer:topK"``.
         disc_weight: λ, the weight of log D's drift against the unit's (see :mod:`lightning_ldam.config`).
-            Default, when ``real_data`` or ``discriminator`` is given: :data:`DEFAULT_DISC_WEIGHT` (2.25) for
-            one-channel images, :data:`DEFAULT_DISC_WEIGHT_COLOUR` (1.0) for colour ones; else 0
+            Default, when ``real_data`` or ``discriminator`` is given: :data:`DEFAULT_DISC_WEIGHT` (1.0); else 0
             (no discriminator is built: it costs nothing).
         value_range: the pixel box ``(lo, hi)`` samples stay in.
         normalize: ``(mean, std)`` applied to pixel-space chains before the model (per channel or scalar).
@@ -291,8 +291,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             says whether it was replaced.
         disc_lr: discriminator learning rate (Adam).
         disc_every: train D every this many steps (in burn-in; ``"annealed"``: throughout).
-        disc_steps: D updates each time it is trained (default 2; 8 on colour images except for ``"annealed"``:
-            :func:`~lightning_ldam.config.default_disc_steps`).
+        disc_steps: D updates each time it is trained (default
+            :data:`~lightning_ldam.config.DEFAULT_DISC_STEPS`, 2).
         disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option). ``"mala"``
             computes its accept test from a float32 forward (autocast off) at each proposal: one more forward a
@@ -320,10 +320,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     shape, (lo, hi) = _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator,
                                   channels_last, cuda_graph, progress)
     if disc_weight is None:
-        disc_weight = default_disc_weight(shape[0]) if (real_data is not None or discriminator is not None) else 0.0
+        disc_weight = DEFAULT_DISC_WEIGHT if (real_data is not None or discriminator is not None) else 0.0
     V.check_positive("disc_weight", disc_weight, allow_zero=True)
-    if disc_steps is None:
-        disc_steps = default_disc_steps(shape[0] if len(shape) == 3 else 1, method)
     own = layer_settings(neurons)  # the spec's per-layer settings, by the layer paths it writes
     _check_disc_source(disc_weight, own, real_data is not None or discriminator is not None)
     cfg = resolve_config(method=method, steps=steps, burn_in=burn_in, step_size=step_size,
@@ -722,7 +720,8 @@ class _DiscriminatorKeeper:
 
     def _build(self) -> nn.Module:
         run = self.run
-        return build_discriminator(run.shape[0], run.shape[1:], run.seed, run.device)
+        size = None if run.real is None else calibrated_max_size(run.real, run.shape[1:])
+        return build_discriminator(run.shape[0], run.shape[1:], run.seed, run.device, max_size=size)
 
     def _use(self, disc: nn.Module, u: torch.Tensor, warmup: int) -> None:
         """Take ``disc`` (on the device) and warm it up on the chain states ``u`` (with real data only)."""

@@ -3,10 +3,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator, restore_discriminator
+from lightning_ldam.config import DEFAULT_DISC_STEPS
+from lightning_ldam.discriminator import (DiscriminatorTrainer, build_discriminator, calibrated_max_size, detail_kept,
+                                          restore_discriminator)
 
 SHAPE = (1, 14, 14)
 
@@ -192,41 +195,70 @@ def test_restore_rebuilds_a_colour_discriminator_with_or_without_statistics(stat
         assert torch.equal(saved(x), restored(x))
 
 
-def test_the_default_lambda_depends_on_the_channels():
-    real = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 36, 3))
-    res = ldam.sample(net, "2:0", input_shape=(3, 8, 8), chains=1, steps=2, real_data=real, disc_warmup=1)
-    assert res.config["disc_weight"] == ldam.DEFAULT_DISC_WEIGHT_COLOUR == ldam.default_disc_weight(3)
-    assert ldam.default_disc_weight(1) == ldam.DEFAULT_DISC_WEIGHT
-
-
-@pytest.mark.parametrize("channels, method, updates", [(3, "langevin", 8), (1, "langevin", 2), (3, "annealed", 2),
-                                                       (3, "mala", 8)])
-def test_colour_images_train_d_harder_by_default(monkeypatch, channels, method, updates):
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_the_default_lambda_and_d_updates_do_not_depend_on_the_channels(monkeypatch, channels):
     calls = []
     step = DiscriminatorTrainer.step
     monkeypatch.setattr(DiscriminatorTrainer, "step", lambda self, fake: calls.append(1) or step(self, fake))
     real = torch.rand(16, channels, 8, 8, generator=torch.Generator().manual_seed(0))
     net = nn.Sequential(nn.Conv2d(channels, 2, 3), nn.Flatten(), nn.Linear(2 * 36, 3))
-    res = ldam.sample(net, "2:0", input_shape=(channels, 8, 8), chains=1, steps=6, real_data=real, disc_warmup=1,
-                      method=method)
+    res = ldam.sample(net, "2:0", input_shape=(channels, 8, 8), chains=1, steps=6, real_data=real, disc_warmup=1)
+    assert res.config["disc_weight"] == ldam.DEFAULT_DISC_WEIGHT == 1.0
+    assert res.config["disc_steps"] == DEFAULT_DISC_STEPS == 2
+    assert len(calls) == 1 + res.config["burn_in"] * DEFAULT_DISC_STEPS  # warm-up, then 2 per burn-in step
+
+
+@pytest.mark.parametrize("method", ["langevin", "mala", "annealed"])
+def test_d_updates_follow_disc_steps(monkeypatch, method):
+    calls = []
+    step = DiscriminatorTrainer.step
+    monkeypatch.setattr(DiscriminatorTrainer, "step", lambda self, fake: calls.append(1) or step(self, fake))
+    real = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 36, 3))
+    res = ldam.sample(net, "2:0", input_shape=(3, 8, 8), chains=1, steps=6, real_data=real, disc_warmup=1,
+                      method=method, disc_steps=3)
     trained = res.config["steps"] if method == "annealed" else res.config["burn_in"]
-    assert res.config["disc_steps"] == updates
-    assert len(calls) == 1 + trained * updates  # warm-up, then `updates` per trained step
-    explicit = ldam.sample(net, "2:0", input_shape=(channels, 8, 8), chains=1, steps=6, real_data=real,
-                           disc_warmup=1, method=method, disc_steps=3)
-    assert explicit.config["disc_steps"] == 3
+    assert res.config["disc_steps"] == 3 and len(calls) == 1 + trained * 3
 
 
-def test_one_channel_images_are_looked_at_with_half_their_side_and_old_states_restore():
-    d = build_discriminator(1, (28, 28), seed=0)
-    assert d.pool_factor == 2  # 28 px looked at as 14
-    assert build_discriminator(1, (14, 14), seed=0).pool_factor == 1  # never below 14 px
-    assert build_discriminator(3, (32, 32), seed=0).pool_factor == 1  # colour: full resolution
-    old = build_discriminator(1, (28, 28), seed=0, max_size=64)  # what checkpoints before this default hold
-    assert old.pool_factor == 1 and set(old.state_dict()) != set(d.state_dict())  # one more conv level
-    restored = restore_discriminator(old.state_dict(), 1, (28, 28))
+def _blobs(n, channels, side, seed=0):
+    """Smooth images: random 4x4 noise upsampled bilinearly, so nearly all their detail is coarser than 2 px."""
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(n, channels, 4, 4, generator=g), size=(side, side), mode="bilinear",
+                         align_corners=False)
+
+
+def test_detail_kept_is_one_for_smooth_images_and_low_for_pixel_noise():
+    assert detail_kept(_blobs(8, 3, 32), 2) > 0.97
+    noise = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert detail_kept(noise, 2) < 0.3  # i.i.d. pixels: pooling by 2 keeps about a quarter of their variance
+    assert detail_kept(noise, 2) > detail_kept(noise, 4)  # coarser pooling keeps less
+    assert detail_kept(torch.full((2, 1, 8, 8), 0.5), 2) == 1.0  # flat: nothing to lose
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_d_resolution_is_calibrated_from_the_real_images_not_the_channels(channels):
+    noise = torch.rand(64, channels, 32, 32, generator=torch.Generator().manual_seed(0))
+    smooth = _blobs(64, channels, 32)
+    assert calibrated_max_size(noise, (32, 32)) == 16  # detail in the finest pixels: half the side
+    assert calibrated_max_size(smooth, (32, 32)) == 32  # smooth: full resolution
+    assert calibrated_max_size(noise[:, :, :20, :20], (20, 20)) == 20  # never below 14 px
+    assert calibrated_max_size(_blobs(8, channels, 128), (128, 128)) == 64  # the cap, smooth at 64 px too
+    assert calibrated_max_size(torch.rand(8, channels, 224, 224), (224, 224)) == 28  # cap 56, then halved
+    # what the sampler builds: the same rule for one and three channels
+    net = nn.Sequential(nn.Conv2d(channels, 2, 3), nn.Flatten(), nn.Linear(2 * 30 * 30, 3))
+    for real, factor in ((noise, 2), (smooth, 1)):
+        res = ldam.sample(net, "2:0", input_shape=(channels, 32, 32), chains=1, steps=2, real_data=real,
+                          disc_warmup=1)
+        assert res.discriminator.pool_factor == factor
+
+
+@pytest.mark.parametrize("max_size", [14, 28, 64])
+def test_restore_finds_the_resolution_a_state_was_saved_at(max_size):
+    saved = build_discriminator(1, (28, 28), seed=0, max_size=max_size)
+    restored = restore_discriminator(saved.state_dict(), 1, (28, 28))
+    assert restored.pool_factor == saved.pool_factor
     x = torch.rand(3, 1, 28, 28)
-    old.eval(), restored.eval()
+    saved.eval(), restored.eval()
     with torch.no_grad():
-        assert torch.equal(old(x), restored(x))
+        assert torch.equal(saved(x), restored(x))

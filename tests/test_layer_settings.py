@@ -69,7 +69,7 @@ def test_a_layer_at_zero_lambda_moves_exactly_as_without_a_discriminator():
     plain = ldam.sample(net, {"features.0": [0, 1], "classifier.2": [0, 1]}, disc_weight=0.0, **kw)
     assert mixed.discriminator is not None and plain.discriminator is None
     assert torch.equal(mixed.images[:2], plain.images[:2])  # λ 0 and κ 0 there: the same drift, starts and noise
-    assert not torch.equal(mixed.images[2:], plain.images[2:])  # the call's λ (2.25) and κ (1.5) shape these
+    assert not torch.equal(mixed.images[2:], plain.images[2:])  # the call's λ (1.0) and κ (1.5) shape these
     assert torch.equal(mixed.disc_weights[:2], torch.zeros(2))
     assert (mixed.disc_weights[2:] > 0).all()
 
@@ -163,6 +163,6 @@ def test_layer_settings_equal_to_the_calls_change_nothing_bitwise(method):
     net, real = make_tiny_net(), _real()
     kw = dict(input_shape=INPUT_SHAPE, chains=3, steps=24, real_data=real, seed=2, method=method)
     plain = ldam.sample(net, {"features.0": [0], "classifier.2": [0, 1]}, **kw)
-    same = ldam.sample(net, {"features.0": {"units": [0], "disc_weight": 2.25, "temperature": 1.0, "smoothness": 1.5},
-                             "classifier.2": [0, 1]}, **kw)
+    same = ldam.sample(net, {"features.0": {"units": [0], "disc_weight": ldam.DEFAULT_DISC_WEIGHT, "temperature": 1.0,
+                                            "smoothness": 1.5}, "classifier.2": [0, 1]}, **kw)
     assert torch.equal(plain.images, same.images)

@@ -87,7 +87,7 @@ def test_resample_samples_each_network_with_seeds_a_stride_apart_and_averages_ev
 
     def fake_sample(bench, spec, lam, args, extra, seed=None):
         drawn.append((bench.seed, seed))
-        return seed, 1.0
+        return seed, quality.CallTime(1.0, disc=0.25)
 
     def fake_score(bench, res, extra):  # a score that identifies the draw
         return {k: float(res) for k in ("activation_ratio", "judge_agreement", "realism", "diversity",
@@ -105,7 +105,31 @@ def test_resample_samples_each_network_with_seeds_a_stride_apart_and_averages_ev
     assert [r.split(" | ")[1] for r in rows] == ["3 / 3", "3 / 1003", "7 / 7", "7 / 1007", "mean"]
     assert rows[-1].split(" | ")[3] == f"{(3 + 1003 + 7 + 1007) / 4:.3f}"  # judge column: the mean of the draws
     assert "seed / sampling seed" in table.splitlines()[0]
-    assert rows[0].split(" | ")[-1] == "0.5 |"  # s / neuron: the call's 1.0 s over the target's 2 classes
+    assert rows[0].split(" | ")[-2] == "0.5"  # s / neuron: the call's 1.0 s over the target's 2 classes
+    assert rows[0].split(" | ")[-1] == rows[-1].split(" | ")[-1] == "25% |"  # D's 0.25 s of the 1.0 s call
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_disc_clock_times_d_updates_alone_and_restores_the_trainer(lam):
+    """λ > 0: D's updates take a part of the call, not none and not all of it; λ = 0 builds no D: 0 s."""
+    pytest.importorskip("mlxtend")
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    import quality
+    from lightning_ldam.discriminator import DiscriminatorTrainer
+
+    step = DiscriminatorTrainer.step
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 3))
+    real = torch.rand(32, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    bench = quality.Bench(target=net, data={"target_x": real, "target_y": torch.zeros(32, dtype=torch.long)},
+                          input_shape=(1, 16, 16), logits="2", accuracy={}, seconds={}, seed=0)
+    args = quality.argparse.Namespace(chains=4, warm_d=False)
+    res, secs = quality.sample(bench, {"2": [0, 1]}, lam, args, {"steps": 8, "disc_warmup": 4})
+    assert DiscriminatorTrainer.step is step
+    if lam:
+        assert 0.0 < secs.disc < float(secs) and 0.0 < secs.disc_share < 1.0
+    else:
+        assert secs.disc == 0.0 and secs.disc_share == 0.0
 
 
 def test_photo_patches_come_from_disjoint_bands_of_real_photographs():
@@ -124,6 +148,22 @@ def test_photo_patches_come_from_disjoint_bands_of_real_photographs():
     # no held-out patch repeats a training one (they are cut from another band of the photograph)
     dist = torch.cdist(d["held_x"].flatten(1), torch.cat([d["target_x"], d["judge_x"]]).flatten(1))
     assert float(dist.min()) > 1e-3
+
+
+def test_grayscale_photo_patches_are_the_luma_of_the_same_crops():
+    pytest.importorskip("skimage")
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    import photo_models
+
+    per_class = {"target": 8, "judge": 8, "held": 4}
+    colour = photo_models.load_photo_splits(0, per_class=per_class)
+    gray = photo_models.load_photo_splits(0, per_class=per_class, gray=True)
+    n = len(photo_models.PHOTOS)
+    assert gray["held_x"].shape == (4 * n, 1, 32, 32) and gray["mean"].shape == (1,)
+    luma = (colour["held_x"] * torch.tensor(photo_models.LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    torch.testing.assert_close(gray["held_x"], luma)
+    assert torch.equal(gray["held_y"], colour["held_y"])
 
 
 @pytest.fixture(scope="module")

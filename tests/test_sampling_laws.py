@@ -334,13 +334,13 @@ def test_a_diagonal_metric_keeps_the_law_and_mixes_the_wide_pixel_faster(method)
 
 
 def test_the_metric_is_capped_where_the_smoothness_prior_would_make_a_step_diverge():
-    from lightning_ldam.config import METRIC_STABILITY, PIXEL_SCALE
+    from lightning_ldam.config import METRIC_STABILITY, PIXEL_SCALE, PRIOR_WEIGHT_MAX
 
     model = nn.Sequential(Anisotropic([1.0, 0.1]))
     free = ldam.sample(model, "0:0", metric="diagonal", **ANISO)
-    kappa = 16.0  # cap ≈ 2.4; the law's coupled variances still differ ≈ 9x
+    kappa = 8.0  # cap ≈ 2.4: the metric is sized for the largest prior weight w_k may reach (2)
     capped = ldam.sample(model, "0:0", metric="diagonal", smoothness=kappa, **ANISO)
-    cap = METRIC_STABILITY / (ANISO["step_size"] ** 2 * 8 * kappa / PIXEL_SCALE)  # one channel: w_k <= 1
+    cap = METRIC_STABILITY / (ANISO["step_size"] ** 2 * 8 * kappa * PRIOR_WEIGHT_MAX / PIXEL_SCALE)
     assert free.metric.max().item() > 1.5 * cap  # without the prior nothing caps it
     assert capped.metric.max().item() == pytest.approx(cap, rel=1e-4)
 
