@@ -50,8 +50,8 @@ each neuron's step adapting toward ``target_accept``) while, with ``adapt_disc``
 per-neuron weight w_k on the priors (log D and the smoothness prior), starting at 1, falls while the unit sits below
 a lift of :data:`~lightning_ldam.chains.TARGET_LIFT` over the real inputs and rises while it sits above, up to
 :data:`PRIOR_WEIGHT_MAX` (2). D trains on the chains throughout burn-in (:data:`DEFAULT_DISC_STEPS`, 2 updates a
-step), looking at the images at the resolution their detail calls for
-(:func:`~lightning_ldam.discriminator.calibrated_max_size`). Over burn-in it measures
+step), looking at the images at full resolution (up to :data:`~lightning_ldam.discriminator.MAX_SIDE` px). Over
+burn-in it measures
 each neuron's input-gradient scale; at its end the law's constants are fixed:
 
 - ``c_k = PIXEL_SCALE · RMS(∂a_k/∂u)`` (per pixel, over the neuron's chains, averaged over the search). A rise of

@@ -20,20 +20,15 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 __all__ = ["Discriminator", "DiscriminatorTrainer", "build_discriminator", "restore_discriminator", "finite_weights",
-           "colour_statistics", "calibrated_max_size", "detail_kept", "MAX_SIDE", "DETAIL_KEPT"]
+           "colour_statistics", "MAX_SIDE"]
 
 #: Features the colour statistics are mapped to before D's head.
 STATS_WIDTH = 32
-#: The largest side D looks at: larger images are average-pooled down first (D's cost stays bounded at 224 px).
+#: The largest side D looks at: larger images are average-pooled down by a whole factor first (D's cost stays bounded
+#: at 224 px). Smaller images are looked at at full resolution, whatever their channels: halving MNIST's side helped
+#: its realism but cost the coloured digits their judge agreement, and no measure of the images' detail told the two
+#: apart (benchmarks/README.md, "One set of defaults").
 MAX_SIDE = 64
-#: The smallest side :func:`calibrated_max_size` pools down to.
-MIN_SIDE = 14
-#: :func:`calibrated_max_size` halves the side D looks at when the real images keep less than this share of their
-#: detail under 2x pooling (:func:`detail_kept`): MNIST digits keep 0.84, coloured digits 0.85, photo patches
-#: 0.92-0.93 (benchmarks/README.md, "D's resolution").
-DETAIL_KEPT = 0.9
-#: Real images :func:`calibrated_max_size` measures.
-DETAIL_IMAGES = 256
 
 
 class Discriminator(nn.Module):
@@ -41,8 +36,7 @@ class Discriminator(nn.Module):
 
     Stride-2 convolutions halve the resolution until it is at most 4 pixels (at most 5 of them),
     then a global average pool and a linear layer give one logit per image. Inputs larger than
-    ``max_size`` are average-pooled down first, which keeps D cheap next to a 224 px network. The sampler sets
-    ``max_size`` from its real images (:func:`calibrated_max_size`).
+    ``max_size`` are average-pooled down first, which keeps D cheap next to a 224 px network.
 
     Args:
         in_channels: image channels.
@@ -94,56 +88,6 @@ class Discriminator(nn.Module):
         if self.stats is not None:
             h = torch.cat([h, self.stats(colour_statistics(z, self.triu))], 1)
         return self.head(h).squeeze(1)
-
-
-def detail_kept(images: torch.Tensor, factor: int) -> float:
-    """The share of ``images``' detail left after average-pooling them by ``factor`` (and upsampling back):
-    ``1 − Σ(x − up(pool(x)))² / Σ(x − x̄)²``, with ``x̄`` each image's per-channel mean. 1 for flat or smooth images,
-    lower the more of their variance sits in detail finer than ``factor`` pixels.
-
-    Example::
-
-        >>> smooth = torch.linspace(0, 1, 32).repeat(1, 1, 32, 1)  # one gradient across the image
-        >>> checker = (torch.arange(32).view(1, -1) + torch.arange(32).view(-1, 1)).remainder(2).float()
-        >>> round(detail_kept(smooth, 2), 3), detail_kept(checker.view(1, 1, 32, 32), 2)
-        (1.0, 0.0)
-    """
-    x = images.float()
-    h, w = x.shape[-2:]
-    coarse = F.interpolate(F.avg_pool2d(x, factor, ceil_mode=True), size=(h, w), mode="bilinear",
-                           align_corners=False)
-    total = (x - x.mean(dim=(-2, -1), keepdim=True)).square().sum()
-    return 1.0 - float((x - coarse).square().sum() / total) if total > 0 else 1.0
-
-
-def calibrated_max_size(real: torch.Tensor, image_size: Sequence[int]) -> int:
-    """The side D looks at for images like ``real`` (``[N, C, H, W]``, the first :data:`DETAIL_IMAGES` used).
-
-    The image's side, halved until at most :data:`MAX_SIDE`; then halved once more (if D still sees
-    :data:`MIN_SIDE` px) when the real images, at that side, keep less than :data:`DETAIL_KEPT` of their detail under
-    2x pooling (:func:`detail_kept`): when much of their variance sits in the finest pixels.
-
-    Why, as measured rather than derived (benchmarks/README.md, "D's resolution"): on images whose detail sits in
-    sharp edges (strokes on a flat ground: MNIST keeps 0.84, the coloured digits 0.85) a full-resolution D's
-    gradient chases edges pixel by pixel and the samples speckle; at half the side MNIST's realism read 3.3 against
-    4.1. On smooth images (photo patches keep 0.92-0.93) what tells a chain from a real image is its pixel noise,
-    which D sees at full resolution: halved, both photo cases lost judge agreement and realism.
-
-    Example::
-
-        >>> smooth = torch.linspace(0, 1, 32).repeat(8, 1, 32, 1)
-        >>> calibrated_max_size(smooth, (32, 32)), calibrated_max_size(torch.rand(8, 1, 32, 32), (32, 32))
-        (32, 16)
-    """
-    side = max(int(s) for s in image_size)
-    factor = 1
-    while math.ceil(side / factor) > MAX_SIDE:
-        factor *= 2
-    sample = real[:DETAIL_IMAGES].float()
-    coarse = F.avg_pool2d(sample, factor, ceil_mode=True) if factor > 1 else sample
-    if math.ceil(side / (2 * factor)) >= MIN_SIDE and detail_kept(coarse, 2) < DETAIL_KEPT:
-        factor *= 2
-    return math.ceil(side / factor)
 
 
 def colour_statistics(z: torch.Tensor, triu: torch.Tensor) -> torch.Tensor:

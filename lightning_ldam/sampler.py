@@ -37,8 +37,7 @@ from lightning_ldam.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
 from lightning_ldam.chains import LangevinChains, Objective
 from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig,
                                    resolve_config)
-from lightning_ldam.discriminator import (DiscriminatorTrainer, build_discriminator, calibrated_max_size,
-                                          finite_weights)
+from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
 from lightning_ldam.inputs import extract_input
 from lightning_ldam.metrics import unit_activations
 from lightning_ldam.progress import Progress
@@ -720,8 +719,7 @@ class _DiscriminatorKeeper:
 
     def _build(self) -> nn.Module:
         run = self.run
-        size = None if run.real is None else calibrated_max_size(run.real, run.shape[1:])
-        return build_discriminator(run.shape[0], run.shape[1:], run.seed, run.device, max_size=size)
+        return build_discriminator(run.shape[0], run.shape[1:], run.seed, run.device)
 
     def _use(self, disc: nn.Module, u: torch.Tensor, warmup: int) -> None:
         """Take ``disc`` (on the device) and warm it up on the chain states ``u`` (with real data only)."""
