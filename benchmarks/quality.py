@@ -44,8 +44,8 @@ Metrics (lightning_ldam.metrics, all against the held-out images):
 
 Run: ``python benchmarks/quality.py [--case CASE]`` (prints a Markdown table; ``--write`` puts it into
 benchmarks/README.md between the case's markers: QUALITY, QUALITY_LAYERS, QUALITY_RGB, QUALITY_RGB_LAYERS,
-QUALITY_PHOTO32, QUALITY_PHOTO64, QUALITY_PHOTO32_GRAY, QUALITY_SHAPES, QUALITY_RESNET128). ``--case all`` runs every case in turn and
-prints the suite's wall time; ``--quick`` sizes a run for 2 CPU cores (8 chains, the default λ only, half the
+QUALITY_PHOTO32, QUALITY_PHOTO64, QUALITY_PHOTO32_GRAY, QUALITY_SHAPES, QUALITY_RESNET128). ``--case all`` runs
+every case in turn and prints the suite's wall time; ``--quick`` sizes a run for 2 CPU cores (8 chains, the default λ only, half the
 training epochs, 256 steps of which 128 burn-in; explicit options win); ``--cache DIR`` reuses networks trained by an
 earlier run with the same case, seed and epochs. ``--seeds 0,1,2`` repeats a class-logit case on new data splits,
 networks and sampling seeds: a row per seed and each λ's mean (markers ``<CASE>_SEEDS``, QUALITY_SEEDS and
@@ -54,8 +54,8 @@ sampling seeds seed, seed + 1000, ...: what the sampler's own randomness (initia
 and batches) moves, apart from the networks' (rows per network seed and sampling seed).
 
 Which cases tuned the defaults: ``mnist`` and ``rgb`` (one one-channel and one colour case: λ, D updates per step,
-the prior-weight cap, the detail share that sets D's resolution, each swapped alone on both, with ``photo32`` and
-``photo32-gray`` read as checks); every other case is held out. The table's last column is the share of the call's
+the prior-weight cap and D's resolution, each swapped alone on both, with ``photo32`` and ``photo32-gray`` read as
+checks); every other case is held out. The table's last column is the share of the call's
 wall time spent in D's updates (:class:`DiscClock`).
 """
 from __future__ import annotations
@@ -388,7 +388,7 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
         if several:
             mean = {k: sum(g[2][k] for g in group) / len(group) for k in group[0][2]}
             rows.append((lam, "mean", mean, CallTime(sum(g[3] for g in group) / len(group),
-                                                     sum(getattr(g[3], "disc", 0.0) for g in group) / len(group))))
+                                                     sum(g[3].disc for g in group) / len(group))))
     seed_head = (("seed / sampling seed | " if resampled else "seed | "), "---:|") if several else ("", "")
     head = (f"| λ (disc_weight) | {seed_head[0]}activation ratio | judge agreement | realism | nearest-real | "
             f"diversity | median lift | R-hat | ESS | s / call | s / neuron | D updates' share |\n"
@@ -397,7 +397,7 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
                    f"{s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
                    f"{s.get('nearest_real', math.nan):.2f} | {s['diversity']:.2f} | {s['median_lift']:.2f} | "
                    f"{s.get('rhat', math.nan):.2f} | {s.get('ess', math.nan):.1f} | {secs:.1f} | "
-                   f"{secs / benches[0].target_classes:.1f} | {getattr(secs, 'disc_share', math.nan):.0%} |\n"
+                   f"{secs / benches[0].target_classes:.1f} | {secs.disc_share:.0%} |\n"
                    for lam, seed, s, secs in rows)
     what = {"mnist": "10 class logits", "rgb": "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised "
             "inputs)", "photo32": "8 class logits of the RGB CNN on 32-px photo patches (normalised inputs)",

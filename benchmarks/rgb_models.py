@@ -87,7 +87,8 @@ class RGBNet(nn.Module):
     def __init__(self, num_classes: int = 10, image_size: int = IMAGE_SIZE, in_channels: int = 3):
         super().__init__()
         self.features = nn.Sequential(OrderedDict(
-            conv1=nn.Conv2d(in_channels, 32, 3, padding=1), bn1=nn.BatchNorm2d(32), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
+            conv1=nn.Conv2d(in_channels, 32, 3, padding=1), bn1=nn.BatchNorm2d(32), relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
             conv2=nn.Conv2d(32, 64, 3, padding=1), bn2=nn.BatchNorm2d(64), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2)))
         side = image_size // 4
         self.classifier = nn.Sequential(OrderedDict(
