@@ -274,8 +274,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         temperature: T.
         scale: ``"auto"`` (``c_k`` from the unit's input-gradient scale in burn-in) or a number (``c_k`` for all).
         adapt_disc: in burn-in's second half, lower a neuron's prior weight w_k (log D and smoothness; starts at 1)
-            while its lift over the real inputs is below 1.25, raise it while above, up to 1 (colour images: 2)
-            (needs real data).
+            while its lift over the real inputs is below 1.25, raise it while above, up to
+            :data:`~lightning_ldam.config.PRIOR_WEIGHT_MAX` (2) (needs real data).
         smoothness: κ of the smoothness prior (image inputs; default 1.5 with the discriminator, else 0).
         burn_in_boost: the drift's ε at the first burn-in step over the sampling ε (default 40, cosine decay to 1
             over burn-in's first half; the noise stays at ``step_size``).
