@@ -14,7 +14,7 @@ neither averager swaps weights into the module while training. ``LDAMCallback`` 
 before the averagers) samples the class logits and a few hidden units at the end of every epoch, every variant
 from the same chain starts and noise; a subclass records each round through its public ``on_round_end`` hook.
 
-Per round, variant and layer the study keeps the callback's scalar tags (``lightning_ldam.summaries``):
+Per round, variant and layer the study keeps the callback's scalar tags (``lightning_ldam.report.tags``):
 lift, realism (texture features) and nearest-real (pixels), diversity (against the callback's reservoir of real
 training inputs), divergence from raw and
 drift from the previous round; plus two measured here: judge agreement (the share of a class logit's samples

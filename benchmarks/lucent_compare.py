@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightning_ldam as ldam  # noqa: E402
-from lightning_ldam.metrics import diversity, lift, realism, unit_activations  # noqa: E402
+from lightning_ldam.report.metrics import diversity, lift, realism  # noqa: E402
+from lightning_ldam.sampling.activations import unit_activations  # noqa: E402
 import quality  # noqa: E402
 from readme_tables import write_section  # noqa: E402
 

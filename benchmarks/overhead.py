@@ -33,7 +33,7 @@ import lightning.pytorch as pl  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_ldam import EMA, LDAMCallback  # noqa: E402
-from lightning_ldam.reservoir import Reservoir  # noqa: E402
+from lightning_ldam.callback.reservoir import Reservoir  # noqa: E402
 from mnist_models import TargetCNN  # noqa: E402
 
 

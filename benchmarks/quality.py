@@ -24,11 +24,11 @@ Cases (``--case``):
   triangle, cross, star; striped fill on a blobby background, colours drawn alike for every class, so only the
   outline tells the classes apart: benchmarks/shape_models.py), normalised inputs. Held out.
 
-Metrics (lightning_ldam.metrics, all against the held-out images):
+Metrics (lightning_ldam.report.metrics, all against the held-out images):
 
 - activation ratio: mean LDAM activation / max activation over held-out real images of that neuron;
 - judge agreement: share of samples the judge labels as the target class;
-- realism: ``lightning_ldam.realism.realism`` against the held-out images: the Fréchet distance of the samples'
+- realism: ``lightning_ldam.report.realism.realism`` against the held-out images: the Fréchet distance of the samples'
   texture features to half of them over that of as many images of the other half, square-rooted (≈ 1 real,
   higher less real; blur, class means and noise read well above 1);
 - nearest-real: mean L2 distance from a sample to its nearest held-out image / the same for held-out images
@@ -74,7 +74,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightning_ldam as ldam  # noqa: E402
-from lightning_ldam.metrics import diversity, lift, nearest_real, realism, unit_activations  # noqa: E402
+from lightning_ldam.report.metrics import diversity, lift, nearest_real, realism  # noqa: E402
+from lightning_ldam.sampling.activations import unit_activations  # noqa: E402
 from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
 from readme_tables import write_section  # noqa: E402
 
@@ -267,7 +268,7 @@ class DiscClock:
     a GPU it would time the kernel launches only."""
 
     def __enter__(self) -> "DiscClock":
-        from lightning_ldam.discriminator import DiscriminatorTrainer
+        from lightning_ldam.sampling.discriminator import DiscriminatorTrainer
 
         self.seconds, self._step, clock = 0.0, DiscriminatorTrainer.step, self
 
@@ -282,7 +283,7 @@ class DiscClock:
         return self
 
     def __exit__(self, *exc) -> None:
-        from lightning_ldam.discriminator import DiscriminatorTrainer
+        from lightning_ldam.sampling.discriminator import DiscriminatorTrainer
 
         DiscriminatorTrainer.step = self._step
 

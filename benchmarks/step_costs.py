@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lightning_ldam.discriminator import build_discriminator  # noqa: E402
+from lightning_ldam.sampling.discriminator import build_discriminator  # noqa: E402
 
 
 def main(argv=None):

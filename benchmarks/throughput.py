@@ -246,7 +246,7 @@ def section_options(args, device):
 
 def section_disc(args, device):
     """What the discriminator costs per Langevin step, by its width and update cadence (MNIST CNN)."""
-    from lightning_ldam.discriminator import build_discriminator
+    from lightning_ldam.sampling.discriminator import build_discriminator
 
     _, model, spec, shape, chains, batch, real = next(models(args.quick, device))  # the MNIST example CNN
     bare = bare_loop(model, (batch, *shape), args.steps, device)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.summaries import summarize, write_tensorboard
+from lightning_ldam.report.tags import summarize, write_tensorboard
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: layer3 channels and four classes: goldfish, golden retriever, bee, bubble

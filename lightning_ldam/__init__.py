@@ -12,13 +12,13 @@ Example::
     >>> tuple(res.images.shape)
     (3, 4, 1, 28, 28)
 """
-from lightning_ldam.averaging import EMA
+from lightning_ldam.weights.ema import EMA
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.discriminator import Discriminator, DiscriminatorTrainer
-from lightning_ldam.result import SampleResult
-from lightning_ldam.config import DEFAULT_DISC_WEIGHT
-from lightning_ldam.sampler import LangevinConfig, sample
-from lightning_ldam.targets import LayerInfo, list_targets, parse_neurons, resolve_neurons
+from lightning_ldam.sampling.discriminator import Discriminator, DiscriminatorTrainer
+from lightning_ldam.sampling.result import SampleResult
+from lightning_ldam.sampling.config import DEFAULT_DISC_WEIGHT
+from lightning_ldam.sampling.api import LangevinConfig, sample
+from lightning_ldam.sampling.targets import LayerInfo, list_targets, parse_neurons, resolve_neurons
 
 __version__ = "0.1.0"
 

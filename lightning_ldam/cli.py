@@ -3,7 +3,7 @@
 ``lightning-ldam targets MODEL --input-shape C,H,W`` prints the layers a neuron spec can name.
 ``lightning-ldam compare CKPT [CKPT2] --model CLASS --neurons SPEC`` samples the raw and averaged weights of
 one checkpoint (or the raw weights of two) with common random numbers and writes a TensorBoard run with the
-callback's tag layout (:mod:`lightning_ldam.summaries`) plus one PNG contact sheet per layer.
+callback's tag layout (:mod:`lightning_ldam.report.tags`) plus one PNG contact sheet per layer.
 """
 from __future__ import annotations
 
@@ -219,15 +219,15 @@ def build_model(path: str, init_args: Dict[str, Any], ckpt: Optional[Dict[str, A
 
 
 def _submodule(model: nn.Module, name: Optional[str]) -> nn.Module:
-    from lightning_ldam.rounds import submodule
+    from lightning_ldam.engine.rounds import submodule
 
     return submodule(model, name, "--module")
 
 
 # ---- targets ----------------------------------------------------------------------------------------------
 def _targets(args) -> int:
-    from lightning_ldam.checkpoint import real_inputs
-    from lightning_ldam.targets import list_targets
+    from lightning_ldam.weights.checkpoint import real_inputs
+    from lightning_ldam.sampling.targets import list_targets
 
     ckpt = _load(args.ckpt, "--ckpt") if args.ckpt else None
     shape = args.input_shape
@@ -255,7 +255,7 @@ def _targets(args) -> int:
 
 # ---- compare ----------------------------------------------------------------------------------------------
 def _load(path: str, option: str) -> Dict[str, Any]:
-    from lightning_ldam.checkpoint import load_checkpoint
+    from lightning_ldam.weights.checkpoint import load_checkpoint
 
     try:
         return load_checkpoint(path)
@@ -264,7 +264,7 @@ def _load(path: str, option: str) -> Dict[str, Any]:
 
 
 def _tag_name(text: str) -> str:
-    from lightning_ldam.outputs import file_safe
+    from lightning_ldam.report.writers import file_safe
 
     return file_safe(text).strip("_") or "ckpt"
 
@@ -302,9 +302,9 @@ def _cli_message(err: BaseException) -> str:
 
 def _compare(args) -> int:
     """``lightning-ldam compare``: check the options, then variants, inputs, sampling and output in turn."""
-    from lightning_ldam.checkpoint import ldam_settings
-    from lightning_ldam.progress import Progress
-    from lightning_ldam.rounds import resolve_targets, sample_variants
+    from lightning_ldam.weights.checkpoint import ldam_settings
+    from lightning_ldam.sampling.progress import Progress
+    from lightning_ldam.engine.rounds import resolve_targets, sample_variants
 
     _check_compare_options(args)
     if args.threads is not None:
@@ -365,7 +365,7 @@ def _check_out(out: str) -> None:
 
 def _neurons_and_module(args, settings: Dict[str, Any]) -> Tuple[Any, Optional[str]]:
     """``--neurons`` and ``--module``, else what the checkpoint's LDAMCallback ran with."""
-    from lightning_ldam.targets import parse_neurons
+    from lightning_ldam.sampling.targets import parse_neurons
 
     neurons: Any = args.neurons
     if neurons is None:
@@ -386,7 +386,7 @@ def _neurons_and_module(args, settings: Dict[str, Any]) -> Tuple[Any, Optional[s
 
 def _compare_variants(args, ckpts, settings, module):
     """``([(name, state dict, discriminator state, checkpoint index)], parameter-only variant names)``."""
-    from lightning_ldam.checkpoint import ldam_state, params_only_variants, weight_variants
+    from lightning_ldam.weights.checkpoint import ldam_state, params_only_variants, weight_variants
 
     variants: List[Tuple[str, Dict[str, torch.Tensor], Optional[dict], int]] = []
     params_only: List[str] = []
@@ -439,9 +439,9 @@ class _Inputs:
 
 def _compare_inputs(args, ckpts, settings: Dict[str, Any]) -> _Inputs:
     """Real inputs from the first checkpoint with a reservoir, then shape, value range, λ, normalisation."""
-    from lightning_ldam.checkpoint import real_inputs
-    from lightning_ldam.inputs import value_box
-    from lightning_ldam.config import DEFAULT_DISC_WEIGHT
+    from lightning_ldam.weights.checkpoint import real_inputs
+    from lightning_ldam.sampling.inputs import value_box
+    from lightning_ldam.sampling.config import DEFAULT_DISC_WEIGHT
 
     real, real_from = next(((r, p) for r, p in ((real_inputs(c), p) for c, p in zip(ckpts, args.ckpts))
                             if r is not None), (None, None))
@@ -481,8 +481,8 @@ def _compare_inputs(args, ckpts, settings: Dict[str, Any]) -> _Inputs:
 
 
 def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _Inputs):
-    """Build and load each variant's network; one :class:`~lightning_ldam.rounds.RoundPlan` for all of them."""
-    from lightning_ldam.rounds import Variant, plan_round
+    """Build and load each variant's network; one :class:`~lightning_ldam.engine.rounds.RoundPlan` for all of them."""
+    from lightning_ldam.engine.rounds import Variant, plan_round
 
     built = []
     for name, state, disc_state, idx in variants:
@@ -507,8 +507,8 @@ def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _
 def _labeller(given: Optional[Dict[str, Any]], settings: Dict[str, Any], network: Optional[nn.Module] = None):
     """``--labels``, else a ``labels=`` dict the callback recorded (a callable is not saved), as a labeller; with
     ``network``, each key of ``--labels`` must name one of its layers."""
-    from lightning_ldam.callback_settings import check_labels, labeller_of
-    from lightning_ldam.targets import canonical_path, find_layer
+    from lightning_ldam.report.labels import check_labels, labeller_of
+    from lightning_ldam.sampling.targets import canonical_path, find_layer
 
     labels = given if given is not None else (settings.get("labels") if isinstance(settings.get("labels"), dict)
                                               else None)
@@ -525,9 +525,9 @@ def _labeller(given: Optional[Dict[str, Any]], settings: Dict[str, Any], network
 
 def _write_comparison(args, ckpts, results, real, labeller=None) -> int:
     """The TensorBoard run (the callback's tag layout) and one PNG contact sheet per layer under ``--out``."""
-    from lightning_ldam.outputs import png_path, save_png
-    from lightning_ldam.result import reference
-    from lightning_ldam.summaries import summarize, write_tensorboard
+    from lightning_ldam.report.writers import png_path, save_png
+    from lightning_ldam.sampling.result import reference
+    from lightning_ldam.report.tags import summarize, write_tensorboard
     from torch.utils.tensorboard import SummaryWriter
 
     step = int(ckpts[0].get("global_step", 0) or 0)
@@ -560,7 +560,7 @@ def _write_metrics(out: str, scalars: Dict[str, float], ref: str = "raw") -> Lis
     ``retention`` need a previous round, which one compare does not have)."""
     import csv
 
-    from lightning_ldam.summaries import TABLE_COLUMNS, metrics_table
+    from lightning_ldam.report.tags import TABLE_COLUMNS, metrics_table
 
     rows = metrics_table(scalars, ref)
     head = ["layer", "variant", *TABLE_COLUMNS]

@@ -1,4 +1,4 @@
-"""The callback's own EMA (``lightning_ldam.averaging.EMA``), without a Trainer."""
+"""The callback's own EMA (``lightning_ldam.weights.ema.EMA``), without a Trainer."""
 import copy
 import pickle
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_ldam.averaging import EMA
+from lightning_ldam.weights.ema import EMA
 
 
 def _linear(seed: int = 0) -> nn.Linear:
@@ -167,7 +167,7 @@ def test_the_fast_update_matches_averaged_models_own_update():
     """Two foreach kernels on the model's device give what AveragedModel.update_parameters gives."""
     from torch.optim.swa_utils import AveragedModel
 
-    from lightning_ldam.averaging import _EMAUpdate
+    from lightning_ldam.weights.ema import _EMAUpdate
 
     net = _bn_net()
     ema = EMA(net, decay=0.8)
@@ -207,7 +207,7 @@ def test_the_update_follows_tensors_the_model_replaces():
     """The tensor lists are cached; a buffer swapped for a new object, or parameters recast, must be seen."""
     from torch.optim.swa_utils import AveragedModel
 
-    from lightning_ldam.averaging import _EMAUpdate
+    from lightning_ldam.weights.ema import _EMAUpdate
 
     net = _bn_net()
     ema = EMA(net, decay=0.5)
@@ -244,7 +244,7 @@ def _pixels(n: int = 24) -> torch.Tensor:
 @pytest.mark.parametrize("normalize", [(0.5, 0.25), ((0.4, 0.5, 0.6), (0.2, 0.25, 0.5))],
                          ids=["scalar", "per-channel"])
 def test_refresh_batchnorm_recomputes_statistics_of_the_normalised_inputs(normalize):
-    from lightning_ldam.averaging import refresh_batchnorm
+    from lightning_ldam.weights.ema import refresh_batchnorm
 
     net, x = _bn_first_net(), _pixels()
     net[0].momentum = 0.3
@@ -265,7 +265,7 @@ def test_refresh_batchnorm_recomputes_statistics_of_the_normalised_inputs(normal
 def test_refresh_batchnorm_casts_the_inputs_to_the_models_dtype(model_dtype, input_dtype, normalize):
     """A bf16 model (or float64 inputs) must not fail on a dtype mismatch, and must get float32's statistics
     up to its precision."""
-    from lightning_ldam.averaging import refresh_batchnorm
+    from lightning_ldam.weights.ema import refresh_batchnorm
 
     x = _pixels()
     reference, net = _bn_first_net(), _bn_first_net(model_dtype)
@@ -288,7 +288,7 @@ def test_refresh_batchnorm_casts_the_inputs_to_the_models_dtype(model_dtype, inp
     ({"batch_size": 0}, r"^batch_size: expected a finite int > 0, got 0$"),
 ])
 def test_refresh_batchnorm_bad_arguments_name_the_argument(kwargs, match):
-    from lightning_ldam.averaging import refresh_batchnorm
+    from lightning_ldam.weights.ema import refresh_batchnorm
     from lightning_ldam.errors import LDAMArgumentError
 
     net = _bn_first_net()
@@ -301,7 +301,7 @@ def test_refresh_batchnorm_bad_arguments_name_the_argument(kwargs, match):
 def test_averaging_docstring_examples_run():
     import doctest
 
-    from lightning_ldam import averaging
+    from lightning_ldam.weights import ema as averaging
 
     results = doctest.testmod(averaging, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert results.attempted > 0 and results.failed == 0

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_ldam.callback import LDAMCallback
-from lightning_ldam.metrics import UNDRIVEN_LIFT, divergence, health
-from lightning_ldam.result import SampleResult
-from lightning_ldam.summaries import summarize
+from lightning_ldam.report.metrics import UNDRIVEN_LIFT, divergence, health
+from lightning_ldam.sampling.result import SampleResult
+from lightning_ldam.report.tags import summarize
 from test_callback import NEURONS, SIZE, TinyModule, events, fit
 
 pytestmark = pytest.mark.usefixtures("lightning_env")
@@ -172,7 +172,7 @@ def test_transfer_reads_each_variants_unit_on_the_other_variants_samples():
     """A constructed pair: the 'ema' network's logit 0 is raw's negated. Raw's samples push raw's unit up, so the
     negated unit reads them far below its real-input mean (and the other way round): transfer < 0 both ways. Read on
     its own samples a unit always transfers 1; read across, this pair cannot."""
-    from lightning_ldam.rounds import RoundPlan, Variant, sample_variants
+    from lightning_ldam.engine.rounds import RoundPlan, Variant, sample_variants
 
     torch.manual_seed(0)
     raw = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_ldam.budget import OverheadBudget
+from lightning_ldam.callback.budget import OverheadBudget
 
 
 class Clock:

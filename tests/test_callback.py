@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheck
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import lightning_ldam.callback as callback_module
+import lightning_ldam.callback.ldam_callback as callback_module
 from lightning_ldam.callback import LDAMCallback
 
 NEURONS = ["features.0:0-1", "classifier.2:0-2"]

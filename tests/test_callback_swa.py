@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 
-from lightning_ldam.averaging import refresh_batchnorm
+from lightning_ldam.weights.ema import refresh_batchnorm
 from conftest import make_tiny_net
 from test_callback import FAST, NEURONS, VariantLog, clone_state, fit
 

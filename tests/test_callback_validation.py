@@ -16,10 +16,10 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 
-import lightning_ldam.callback as callback_module
-import lightning_ldam.rounds as rounds_module
-from lightning_ldam.progress import Progress
-from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig
+import lightning_ldam.callback.ldam_callback as callback_module
+import lightning_ldam.engine.rounds as rounds_module
+from lightning_ldam.sampling.progress import Progress
+from lightning_ldam.sampling.api import WARM_DISC_STEPS, LangevinConfig
 
 from lightning_ldam.callback import LDAMCallback
 from test_callback import (FAST, NEURONS, LiveAtBatchEnd, TinyModule, VariantLog, _live, assert_same, clone_state,
@@ -191,7 +191,7 @@ def test_a_generous_budget_runs_every_round_and_measures_them(tmp_path, no_faile
 
 def test_the_measured_cost_of_a_round_decides_whether_later_rounds_run(tmp_path, no_failed_rounds, monkeypatch):
     """A first round measured as expensive makes the callback skip the next; a cheap one lets it run."""
-    from lightning_ldam.budget import OverheadBudget
+    from lightning_ldam.callback.budget import OverheadBudget
 
     real = OverheadBudget.record_round
     for seconds, rounds in ((1e12, 1), (0.0, 2)):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.capture import ActivationReader, capture_outputs, run_to_targets
+from lightning_ldam.sampling.activations import ActivationReader, capture_outputs, run_to_targets
 
 from conftest import INPUT_SHAPE
 

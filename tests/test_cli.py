@@ -1,4 +1,4 @@
-"""End-to-end tests of the ``lightning-ldam`` command line and of :mod:`lightning_ldam.checkpoint`.
+"""End-to-end tests of the ``lightning-ldam`` command line and of :mod:`lightning_ldam.weights.checkpoint`.
 
 A tiny LightningModule (importable as ``test_cli.TinyClassifier``: pytest puts tests/ on sys.path) is trained
 for 4 steps on random data once per module; the checkpoints cover LDAMCallback's own EMA + reservoir +
@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_ldam.config import LangevinConfig
+from lightning_ldam.sampling.config import LangevinConfig
 from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from lightning_ldam.averaging import EMA  # noqa: E402
+from lightning_ldam.weights.ema import EMA  # noqa: E402
 from lightning_ldam.callback import LDAMCallback  # noqa: E402
-from lightning_ldam.checkpoint import (ldam_settings, ldam_state, load_checkpoint, real_inputs,  # noqa: E402
+from lightning_ldam.weights.checkpoint import (ldam_settings, ldam_state, load_checkpoint, real_inputs,  # noqa: E402
                                        weight_variants)
 from lightning_ldam.cli import main  # noqa: E402
-from lightning_ldam.targets import parse_neurons  # noqa: E402
+from lightning_ldam.sampling.targets import parse_neurons  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--chains", "2", "--steps", "3", "--no-progress"]
@@ -410,7 +410,7 @@ def test_console_script_help():
 
 def _spy_steps(monkeypatch):
     """Records the steps each full sampling call asks for (1-chain neuron checks aside) and runs 2."""
-    import lightning_ldam.rounds as sampler  # the shared round calls sample()
+    import lightning_ldam.engine.rounds as sampler  # the shared round calls sample()
 
     asked, real = [], sampler.sample
 
@@ -425,7 +425,7 @@ def _spy_steps(monkeypatch):
 
 def test_compare_takes_the_warm_discriminator_steps_when_every_variant_has_one(
         ckpts, tmp_path, capsys, monkeypatch):
-    from lightning_ldam.sampler import WARM_DISC_STEPS
+    from lightning_ldam.sampling.api import WARM_DISC_STEPS
 
     asked = _spy_steps(monkeypatch)
     code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--chains", "2", "--out", tmp_path / "w",
@@ -447,7 +447,7 @@ def test_compare_takes_the_warm_discriminator_steps_when_every_variant_has_one(
     (["--metric", "diagonal", "--steps", "16"], {"method": "langevin", "metric": "diagonal"}),
 ])
 def test_speed_flags_reach_the_sampler(ckpts, tmp_path, capsys, monkeypatch, flags, expected):
-    import lightning_ldam.rounds as sampler  # the shared round calls sample()
+    import lightning_ldam.engine.rounds as sampler  # the shared round calls sample()
 
     seen, real = [], sampler.sample
 
@@ -473,8 +473,8 @@ class TinyBNClassifier(TinyClassifier):
 def test_swa_variant_gets_batchnorm_statistics_recomputed_on_the_saved_inputs(tmp_path, capsys, monkeypatch):
     from lightning.pytorch.callbacks import StochasticWeightAveraging
 
-    from lightning_ldam.averaging import refresh_batchnorm
-    from lightning_ldam.checkpoint import params_only_variants
+    from lightning_ldam.weights.ema import refresh_batchnorm
+    from lightning_ldam.weights.checkpoint import params_only_variants
 
     torch.manual_seed(0)
     cb = LDAMCallback("conv:0-1", every_n_epochs=None, max_overhead=None, on_fit_end=True, chains=2, steps=2,
@@ -489,7 +489,7 @@ def test_swa_variant_gets_batchnorm_statistics_recomputed_on_the_saved_inputs(tm
     assert params_only_variants(ckpt) == ["swa"] and "swa" in weight_variants(ckpt)
 
     seen = {}
-    import lightning_ldam.rounds as sampler  # the shared round calls sample()
+    import lightning_ldam.engine.rounds as sampler  # the shared round calls sample()
     real_sample = sampler.sample
 
     def spy(net, *args, **kwargs):
@@ -521,7 +521,7 @@ def test_compare_reuses_the_callbacks_normalize_and_value_range(tmp_path, capsys
     settings = cb.state_dict()["settings"]
     assert settings["normalize"] == [[0.5], [0.25]] and settings["value_range"] == [0.0, 1.0]
 
-    import lightning_ldam.rounds as sampler  # the shared round calls sample()
+    import lightning_ldam.engine.rounds as sampler  # the shared round calls sample()
     seen, real_sample = [], sampler.sample
 
     def spy(*args, **kwargs):
@@ -564,7 +564,7 @@ def test_compare_seed_sets_the_samples(ckpts, tmp_path, capsys):
 
 # ---- issue #11: --out and shapes checked before sampling; the callback's state found by its format -------------
 def _count_sampling(monkeypatch):
-    import lightning_ldam.rounds as rounds
+    import lightning_ldam.engine.rounds as rounds
 
     calls, real = [], rounds.sample
 
@@ -661,7 +661,7 @@ def test_compare_prints_and_writes_the_metrics_table(ckpts, tmp_path, capsys):
 
 
 def test_labels_for_a_layer_the_model_lacks_fail_before_any_sampling(ckpts, tmp_path, capsys, monkeypatch):
-    import lightning_ldam.rounds as rounds
+    import lightning_ldam.engine.rounds as rounds
 
     calls = []
     real = rounds.sample

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_ldam.diagnostics import ess_bulk, split_rhat
+from lightning_ldam.sampling.diagnostics import ess_bulk, split_rhat
 from lightning_ldam.errors import LDAMArgumentError
 
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.config import DEFAULT_DISC_STEPS
-from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator, restore_discriminator
+from lightning_ldam.sampling.config import DEFAULT_DISC_STEPS
+from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_discriminator, restore_discriminator
 
 SHAPE = (1, 14, 14)
 

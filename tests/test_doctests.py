@@ -11,8 +11,8 @@ import lightning_ldam
 MODULES = ["lightning_ldam"] + sorted(f"lightning_ldam.{m.name}" for m in pkgutil.iter_modules(lightning_ldam.__path__)
                                       if m.name != "__main__")
 #: Modules whose docstrings must hold examples (a guard against a parametrisation that finds nothing to run).
-WITH_EXAMPLES = {"lightning_ldam", "lightning_ldam.targets", "lightning_ldam.sampler", "lightning_ldam.discriminator",
-                 "lightning_ldam.unit_axes", "lightning_ldam.realism", "lightning_ldam.capture"}
+WITH_EXAMPLES = {"lightning_ldam", "lightning_ldam.sampling.targets", "lightning_ldam.sampling.api", "lightning_ldam.sampling.discriminator",
+                 "lightning_ldam.sampling.unit_axes", "lightning_ldam.report.realism", "lightning_ldam.sampling.activations"}
 for _name in MODULES:  # at collection: importing Lightning sets environment variables, which a test may not
     importlib.import_module(_name)
 

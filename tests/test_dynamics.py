@@ -70,14 +70,14 @@ class NaNAbove(nn.Module):
 def test_always_nan_neuron_is_reset_every_step_others_untouched(caplog):
     net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), NaNChannel(bad=1))
     steps, chains = 6, 3
-    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampler"):
+    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampling.api"):
         res = ldam.sample(net, "2:0-2", input_shape=INPUT_SHAPE, chains=chains, steps=steps)
     assert res.nonfinite_resets.tolist() == [0, steps * chains, 0]
     assert torch.isfinite(res.images).all()
     assert torch.isfinite(res.activations[[0, 2]]).all() and torch.isnan(res.activations[1]).all()
     assert res.activations[[0, 2]].mean() > res.trace[[0, 2], :, 0].mean()  # healthy neurons still climbed
     records = [r for r in caplog.records
-               if r.name == "lightning_ldam.sampler" and r.levelno == logging.WARNING]
+               if r.name == "lightning_ldam.sampling.api" and r.levelno == logging.WARNING]
     assert len(records) == 1 and f"{steps * chains} chain states" in records[0].getMessage()
 
 
@@ -90,20 +90,20 @@ def test_chains_climbing_into_a_nan_region_are_reset(caplog, method, step_size):
         conv.weight[0].fill_(0.1)
         conv.weight[1].fill_(-0.1)
     net = nn.Sequential(NaNAbove(0.6), conv)
-    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampler"):
+    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampling.api"):
         res = ldam.sample(net, "1:0-1", input_shape=INPUT_SHAPE, chains=4, steps=30, step_size=step_size,
                           method=method)
     assert res.nonfinite_resets[0] > 0 and res.nonfinite_resets[1] == 0
     assert torch.isfinite(res.images).all()
     assert res.images.min() >= 0 and res.images.max() <= 1
-    assert any("NaN/Inf" in r.getMessage() for r in caplog.records if r.name == "lightning_ldam.sampler")
+    assert any("NaN/Inf" in r.getMessage() for r in caplog.records if r.name == "lightning_ldam.sampling.api")
 
 
 def test_no_warning_without_nonfinite_values(tiny_net, caplog):
-    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampler"):
+    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampling.api"):
         res = ldam.sample(tiny_net, "classifier.2:0", input_shape=INPUT_SHAPE, chains=2, steps=5)
     assert int(res.nonfinite_resets.sum()) == 0
-    assert not [r for r in caplog.records if r.name == "lightning_ldam.sampler"]
+    assert not [r for r in caplog.records if r.name == "lightning_ldam.sampling.api"]
 
 
 def test_temperature_slows_the_climb_without_preconditioning(smooth_net):
@@ -197,8 +197,8 @@ def test_the_prior_weight_follows_each_units_lift_within_its_bounds(channels):
     # Three units, two chains each, with constant activations 5, -1 and 1.25 against real inputs of mean 0 and max 1
     # (lifts 5, -1 and exactly the target 1.25): over burn-in's adapting half w_k rises to its cap (2, whatever the
     # channels), falls to 0, and stays at 1.
-    from lightning_ldam.chains import TARGET_LIFT, LangevinChains, Objective
-    from lightning_ldam.config import PRIOR_WEIGHT_MAX, resolve_config
+    from lightning_ldam.sampling.chains import TARGET_LIFT, LangevinChains, Objective
+    from lightning_ldam.sampling.config import PRIOR_WEIGHT_MAX, resolve_config
 
     cap = PRIOR_WEIGHT_MAX
     assert cap == 2.0

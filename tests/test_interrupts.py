@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.interrupts import RoundInterrupted, sigterm_interrupts
+from lightning_ldam.callback.interrupts import RoundInterrupted, sigterm_interrupts
 from test_callback import FAST, NEURONS, TinyModule, fit
 
 pytestmark = pytest.mark.usefixtures("lightning_env")

@@ -15,9 +15,9 @@ from torch import nn
 
 import lightning_ldam as ldam
 from lightning_ldam.callback import LDAMCallback
-from lightning_ldam.metrics import unit_activations
-from lightning_ldam.rounds import fixed_spec
-from lightning_ldam.targets import layer_settings, spec_with_settings
+from lightning_ldam.sampling.activations import unit_activations
+from lightning_ldam.engine.rounds import fixed_spec
+from lightning_ldam.sampling.targets import layer_settings, spec_with_settings
 
 from conftest import INPUT_SHAPE, make_tiny_net
 from test_callback import FAST, fit, loader

@@ -1,4 +1,4 @@
-"""lightning_ldam.metrics on constructed cases whose answer is known in advance."""
+"""lightning_ldam.report.metrics on constructed cases whose answer is known in advance."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from conftest import INPUT_SHAPE, make_tiny_net, neuron_activations
-from lightning_ldam.metrics import diversity, lift, nearest_real, unit_activations
+from lightning_ldam.report.metrics import diversity, lift, nearest_real
+from lightning_ldam.sampling.activations import unit_activations
 
 # ---- lift ------------------------------------------------------------------------------------------
 

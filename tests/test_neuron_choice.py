@@ -12,8 +12,8 @@ from torch import nn
 
 import lightning_ldam as ldam
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.metrics import unit_activations
-from lightning_ldam.targets import TOP_REAL_IMAGES, UnitPick, random_units, top_units
+from lightning_ldam.sampling.activations import unit_activations
+from lightning_ldam.sampling.targets import TOP_REAL_IMAGES, UnitPick, random_units, top_units
 
 from conftest import INPUT_SHAPE, make_tiny_net
 

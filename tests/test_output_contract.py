@@ -152,7 +152,7 @@ def test_init_data_accepts_an_iterable_of_batches(tiny_net):
 @pytest.mark.parametrize("steps", [1, 6])
 def test_step_seconds_times_the_steps_inside_the_call(tiny_net, monkeypatch, steps):
     """step_seconds covers the steps after the first (or the only one), none of the setup around them."""
-    import lightning_ldam.sampler as sampler_module
+    import lightning_ldam.sampling.api as sampler_module
 
     ticks = []
     real = sampler_module._synchronized_clock

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from tqdm import tqdm
 
-from lightning_ldam.own_line import own_line
+from lightning_ldam.callback.own_line import own_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

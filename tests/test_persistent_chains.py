@@ -8,9 +8,9 @@ from typing import Any, Dict, List
 import pytest
 import torch
 
-import lightning_ldam.rounds as rounds_module
+import lightning_ldam.engine.rounds as rounds_module
 from lightning_ldam.callback import LDAMCallback
-from lightning_ldam.persistence import PersistentChains, continued_rows, redrawn_rows
+from lightning_ldam.engine.persistent_chains import PersistentChains, continued_rows, redrawn_rows
 from test_callback import FAST, NEURONS, fit
 
 SHAPE = (3, 4, 1, 5, 5)  # neurons, chains, C, H, W

@@ -5,9 +5,9 @@ import sys
 import pytest
 
 import lightning_ldam as ldam
-import lightning_ldam.progress as progress_module
+import lightning_ldam.sampling.progress as progress_module
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.progress import Progress
+from lightning_ldam.sampling.progress import Progress
 
 from conftest import INPUT_SHAPE, make_tiny_net
 

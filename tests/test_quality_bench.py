@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lightning_ldam.callback  # noqa: F401  Lightning sets env vars on import: here, outside the hygiene fixture
+import lightning_ldam.callback.ldam_callback  # noqa: F401  Lightning sets env vars on import: here, outside the hygiene fixture
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -116,7 +116,7 @@ def test_disc_clock_times_d_updates_alone_and_restores_the_trainer(lam):
     if BENCHMARKS not in sys.path:
         sys.path.insert(0, BENCHMARKS)
     import quality
-    from lightning_ldam.discriminator import DiscriminatorTrainer
+    from lightning_ldam.sampling.discriminator import DiscriminatorTrainer
 
     step = DiscriminatorTrainer.step
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 3))

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.metrics import nearest_real
-from lightning_ldam.realism import TextureFeatures, frechet_distance, realism
+from lightning_ldam.report.metrics import nearest_real
+from lightning_ldam.report.realism import TextureFeatures, frechet_distance, realism
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 M = 80  # samples per case: 10 logits x 8 chains, a callback round's layer

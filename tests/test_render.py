@@ -4,9 +4,9 @@ import doctest
 import pytest
 import torch
 
-from lightning_ldam import render
+from lightning_ldam.report import render
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.render import MAX_LABEL, MAX_WIDTH, compare_grid, neuron_grid, upscale_factor
+from lightning_ldam.report.render import MAX_LABEL, MAX_WIDTH, compare_grid, neuron_grid, upscale_factor
 
 PAD = 2
 GAP = 6  # light gutter between a comparison sheet's column blocks and neuron groups
@@ -320,7 +320,7 @@ def test_compare_grid_draws_a_score_column_and_checks_its_shape():
 # ---- sheets fit TensorBoard's card ----------------------------------------------------------------------------
 @pytest.mark.parametrize("side", [64, 128, 224])
 def test_compare_sheets_of_large_images_fit_the_card_with_fewer_chains_then_smaller_tiles(side):
-    from lightning_ldam.render import CARD_WIDTH, MIN_FIT_CHAINS
+    from lightning_ldam.report.render import CARD_WIDTH, MIN_FIT_CHAINS
 
     v = [torch.rand(3, 8, 3, side, side) for _ in range(2)]
     kw = dict(names=["raw", "swa"], row_labels=["0: airplane", "1: automobile", "2"], scores=[[None, 0.9]] * 3)

@@ -5,8 +5,8 @@ import errno
 
 import torch
 
-from lightning_ldam.reporting import RoundReporter
-from lightning_ldam.result import SampleResult
+from lightning_ldam.callback.messages import RoundReporter
+from lightning_ldam.sampling.result import SampleResult
 
 
 def _reporter():

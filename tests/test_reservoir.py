@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lightning_ldam.inputs import extract_input
-from lightning_ldam.reservoir import Reservoir
+from lightning_ldam.sampling.inputs import extract_input
+from lightning_ldam.callback.reservoir import Reservoir
 
 
 def _stream(n: int, batch: int):

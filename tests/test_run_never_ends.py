@@ -103,7 +103,7 @@ def test_a_late_batch_the_input_key_cannot_read_is_skipped_and_counted(tmp_path)
 
 
 def test_an_ema_update_that_fails_warns_once_and_training_goes_on(tmp_path, monkeypatch):
-    import lightning_ldam.averaging as averaging
+    import lightning_ldam.weights.ema as averaging
 
     def broken(self, model, step):
         raise RuntimeError("EMA boom")
@@ -202,7 +202,7 @@ def test_a_write_that_fills_the_disk_leaves_lightnings_writer_working(full_disk,
     """Without the reserve the rounds fill the 200-KiB disk for real: the asynchronous event writer keeps the ENOSPC
     for its next call, Lightning's finalize. The writer is reopened and the round's partial records cut off, so the
     fit ends normally, and the events of the rounds that landed read back."""
-    import lightning_ldam.outputs as outputs
+    import lightning_ldam.report.writers as outputs
 
     monkeypatch.setattr(outputs, "check_room", lambda *args: None)
     cb, logger = _fit_on(full_disk, tmp_path, TinyModule)

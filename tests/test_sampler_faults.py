@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-import lightning_ldam.discriminator as disc_module
-import lightning_ldam.sampler as sampler_module
-from lightning_ldam.discriminator import build_discriminator, finite_weights
+import lightning_ldam.sampling.discriminator as disc_module
+import lightning_ldam.sampling.api as sampler_module
+from lightning_ldam.sampling.discriminator import build_discriminator, finite_weights
 from lightning_ldam.errors import LDAMArgumentError
 
 from conftest import INPUT_SHAPE, make_tiny_net
@@ -285,14 +285,14 @@ def poison_mid_run(monkeypatch):
 @pytest.mark.parametrize("method", ["langevin", "mala", "hmc"])
 def test_a_discriminator_broken_in_burn_in_is_rebuilt_before_the_law_is_fixed(poison_mid_run, caplog, method):
     poison_mid_run["at"] = 4 + 2 * 3  # warm-up (4), then 3 burn-in steps of 2 updates each
-    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampler"):
+    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampling.api"):
         res = ldam.sample(make_tiny_net(), "classifier.2:0-1", input_shape=INPUT_SHAPE, chains=3, steps=16,
                           real_data=_real(), disc_warmup=4, method=method, adapt_disc=False)
     _assert_healthy(res)
     assert res.discriminator is not poison_mid_run["first"] and not finite_weights(poison_mid_run["first"])
     # λ_k from the rebuilt D's gradient scale (the broken D's tracked scale had fallen to 0)
     assert torch.isfinite(res.disc_weights).all() and (res.disc_weights > 0).all()
-    warned = [r.getMessage() for r in caplog.records if r.name == "lightning_ldam.sampler"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "lightning_ldam.sampling.api"]
     assert any("discriminator's weights turned NaN/Inf while training; rebuilt it (seed 0)" in m and "(4 updates)" in m
                for m in warned)
     assert res.discriminator.training and all(p.requires_grad for p in res.discriminator.parameters())

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.chains import _log_fold_density, fold
+from lightning_ldam.sampling.chains import _log_fold_density, fold
 
 
 class Quadratic(nn.Module):
@@ -274,7 +274,7 @@ def _grid_laplacian(h: int, w: int) -> torch.Tensor:
 def test_the_law_with_a_fixed_analytic_d_and_the_smoothness_prior_is_the_stated_gaussian(method, metric):
     # log p(u) = a(x(u))/(c·T) + λ_k·log D(u) − γ_k·E_s(u), a = −½|x|², x = −6 + 12u, c = 1 (scale=1), T = 1:
     # precision P = 144·I + λ_k·I + γ_k·L, mean P⁻¹(144·½·1 + λ_k·m), γ_k = κ / PIXEL_SCALE
-    from lightning_ldam.config import PIXEL_SCALE
+    from lightning_ldam.sampling.config import PIXEL_SCALE
 
     centre = torch.tensor([0.2, 0.7, 0.4, 0.9]).view(1, 2, 2)
     kappa = 3.0
@@ -334,7 +334,7 @@ def test_a_diagonal_metric_keeps_the_law_and_mixes_the_wide_pixel_faster(method)
 
 
 def test_the_metric_is_capped_where_the_smoothness_prior_would_make_a_step_diverge():
-    from lightning_ldam.config import METRIC_STABILITY, PIXEL_SCALE, PRIOR_WEIGHT_MAX
+    from lightning_ldam.sampling.config import METRIC_STABILITY, PIXEL_SCALE, PRIOR_WEIGHT_MAX
 
     model = nn.Sequential(Anisotropic([1.0, 0.1]))
     free = ldam.sample(model, "0:0", metric="diagonal", **ANISO)
@@ -375,7 +375,7 @@ def test_mala_under_bf16_autocast_accepts_with_float32_log_densities():
     # the returned activations are the model's own (float32) readings of the returned images
     assert bf16.activations[0].dtype == torch.float32
     # what the test guards against: the same call deciding on bf16 activations is visibly wrong
-    from lightning_ldam import chains as chains_module
+    from lightning_ldam.sampling import chains as chains_module
     original = chains_module.Objective.__call__
     try:
         chains_module.Objective.__call__ = lambda self, u, exact=False: original(self, u, exact=False)

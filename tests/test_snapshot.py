@@ -1,4 +1,4 @@
-"""Frozen, isolated snapshots of a live network (``lightning_ldam.snapshot``)."""
+"""Frozen, isolated snapshots of a live network (``lightning_ldam.weights.snapshot``)."""
 import gc
 import types
 import weakref
@@ -7,7 +7,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_ldam.snapshot import snapshot
+from lightning_ldam.weights.snapshot import snapshot
 
 
 class Module(pl.LightningModule):

@@ -71,7 +71,7 @@ class _EagerGraphForm:
 
 @pytest.fixture
 def graph_form_on_cpu(monkeypatch):
-    import lightning_ldam.sampler as sampler_module
+    import lightning_ldam.sampling.api as sampler_module
 
     monkeypatch.setattr(sampler_module, "_graphs_supported", lambda device: True)
     monkeypatch.setattr(sampler_module, "_GraphedStep", _EagerGraphForm)

@@ -5,8 +5,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("pytorch_lightning", reason="the standalone pytorch_lightning package is not installed")
 
-from lightning_ldam.callback import LDAMCallbackLogic  # noqa: E402
-from lightning_ldam.standalone import LDAMCallback  # noqa: E402
+from lightning_ldam.callback.ldam_callback import LDAMCallbackLogic  # noqa: E402
+from lightning_ldam.callback.standalone import LDAMCallback  # noqa: E402
 
 
 class TinyModule(pl.LightningModule):

@@ -1,8 +1,8 @@
 """The tag contract of ``summaries.summarize`` for the sampler's newer fields."""
 import torch
 
-from lightning_ldam.result import SampleResult
-from lightning_ldam.summaries import summarize
+from lightning_ldam.sampling.result import SampleResult
+from lightning_ldam.report.tags import summarize
 
 
 def _result(acceptance):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.targets import canonical_path, find_module
+from lightning_ldam.sampling.targets import canonical_path, find_module
 
 from conftest import INPUT_SHAPE, CompiledLike, Wrapper, make_tiny_net
 

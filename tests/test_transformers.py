@@ -10,7 +10,8 @@ from torch import nn
 
 import lightning_ldam as ldam
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.metrics import lift, unit_activations
+from lightning_ldam.report.metrics import lift
+from lightning_ldam.sampling.activations import unit_activations
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 from vit import TinyViT  # noqa: E402

@@ -1,7 +1,7 @@
 """LDAM's Langevin chains: their state and one step of each phase (burn-in search, Langevin, MALA, annealed).
 
 The chains of all neurons live in one neuron-major batch (``chains`` consecutive rows per neuron) in the unit box
-``u ∈ [0, 1]^d``. What each method samples is stated in :mod:`lightning_ldam.config`. Every step is written
+``u ∈ [0, 1]^d``. What each method samples is stated in :mod:`lightning_ldam.sampling.config`. Every step is written
 graph-safe: no host sync, state updated in place, per-step scalars read through :meth:`LangevinChains.at` (a
 Python float in an eager step, a device-table entry at a device counter in a CUDA-graph replay).
 """
@@ -13,7 +13,7 @@ from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_ldam.config import (EXACT_METHODS, HMC_JITTER, HMC_STEP_FRACTION, METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE,
+from lightning_ldam.sampling.config import (EXACT_METHODS, HMC_JITTER, HMC_STEP_FRACTION, METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE,
                                    LangevinConfig, PRIOR_WEIGHT_MAX)
 
 __all__ = ["Terms", "Objective", "LangevinChains", "fold", "TARGET_LIFT", "RESTART_SEED_OFFSET"]
@@ -332,7 +332,7 @@ class LangevinChains:
 
     def _adapt_weight(self, acts: torch.Tensor) -> None:
         """Dual ascent on "lift ≥ TARGET_LIFT": w_k falls while the neuron is below it and rises above it, within
-        [0, :data:`~lightning_ldam.config.PRIOR_WEIGHT_MAX`]."""
+        [0, :data:`~lightning_ldam.sampling.config.PRIOR_WEIGHT_MAX`]."""
         if self.real_acts is None or not self.cfg.adapt_disc:
             return
         mean, top = self.real_acts

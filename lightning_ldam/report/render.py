@@ -379,7 +379,7 @@ def compare_grid(variants: Sequence[torch.Tensor], value_range: Tuple[float, flo
     * **|diff|** (on every line but the first variant's): ``|mean(variant) - mean(first variant)|``, per pixel
       and channel, scaled so that a difference of half the box is white (black: averaging changed nothing);
     * **score** (with ``scores``): one number per line, e.g. the neuron's transfer with raw
-      (:func:`lightning_ldam.metrics.transfer`), two decimals; blank for ``None``, ``-`` for NaN.
+      (:func:`lightning_ldam.report.metrics.transfer`), two decimals; blank for ``None``, ``-`` for NaN.
 
     With ``names``, a header band on top labels the columns: ``chains`` ``k of n``, ``mean`` ``of n``,
     ``|diff|`` ``vs <first name>``. Tiles, means and differences use the one fixed scaling of ``value_range``.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 from typing import Callable, Dict, Hashable, List, Mapping, Optional, Tuple
 
-from lightning_ldam.result import SampleResult
+from lightning_ldam.sampling.result import SampleResult
 
 __all__ = ["RoundReporter", "NOTES"]
 

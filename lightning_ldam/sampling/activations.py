@@ -7,16 +7,18 @@ target never run), and hooks are always removed in ``finally``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
-from lightning_ldam.targets import Neuron, find_module, first_tensor
-from lightning_ldam.unit_axes import find_layouts, reduce_units, units_first
+from lightning_ldam import _validation as V
+from lightning_ldam.sampling.targets import Neuron, find_module, first_tensor
+from lightning_ldam.sampling.unit_axes import READINGS, find_layouts, reduce_units, units_first
 
-__all__ = ["ActivationReader", "capture_outputs", "probe_outputs", "spatial_mode", "Spatial"]
+__all__ = ["ActivationReader", "capture_outputs", "probe_outputs", "spatial_mode", "Spatial", "unit_activations",
+           "chain_activations"]
 
 #: How conv channels reduce to one number: ``"mean"``/``"center"`` for every layer, or ``{layer: mode}`` (a layer
 #: not in the dict reads ``"mean"``).
@@ -100,7 +102,7 @@ def run_to_targets(model: nn.Module, x: torch.Tensor, outputs: Dict[str, torch.T
 def probe_outputs(model: nn.Module, paths: Sequence[str], x: torch.Tensor
                   ) -> Tuple[Dict[str, torch.Tensor], Dict[str, int], Dict[str, bool]]:
     """One whole forward of ``x`` (no early stop): each target's first output, how often each target ran, and for
-    targets with >= 3-dim outputs whether their channels are last (:func:`~lightning_ldam.unit_axes.find_layouts`).
+    targets with >= 3-dim outputs whether their channels are last (:func:`~lightning_ldam.sampling.unit_axes.find_layouts`).
 
     A module that runs more than once per forward (one ReLU shared by two places) cannot be read by the early-stop
     forward, which sees its first call only: this is where such targets are found. An error of the model raised
@@ -146,7 +148,7 @@ class ActivationReader:
         model: the frozen network (eval mode).
         neurons: resolved ``(layer_path, index)`` pairs.
         chains: chains per neuron.
-        spatial: a reading of :mod:`~lightning_ldam.unit_axes` (``"mean"``: a conv channel's mean over its
+        spatial: a reading of :mod:`~lightning_ldam.sampling.unit_axes` (``"mean"``: a conv channel's mean over its
             positions; ``"center"``: its centre unit; ``"channels_last_mean"``, ...), or ``{layer: reading}`` (see
             :data:`Spatial`). ``"mean"``/``"center"`` read axis 1 here: the sampler resolves each layer's layout.
         device: where index tensors live.
@@ -188,3 +190,75 @@ class ActivationReader:
             picked = units_first(outputs[layer], reading)[self.rows[layer], self.channels[layer]]  # [n, *positions]
             values.append(reduce_units(picked, reading).float())
         return torch.cat(values)[self.inverse]
+
+
+def chain_activations(model: nn.Module, neurons: Sequence[Neuron], images: torch.Tensor, spatial: Spatial = "mean",
+                      normalize: Optional[Tuple] = None) -> torch.Tensor:
+    """``[n, chains]``: each chain of ``images`` (``[n, chains, *input_shape]``, pixel space) read on its own neuron,
+    as the sampler reads it (:func:`unit_activations`)."""
+    n, c = images.shape[:2]
+    acts = unit_activations(model, neurons, images.flatten(0, 1), spatial=spatial, normalize=normalize)
+    return acts.view(n, c, n).diagonal(dim1=0, dim2=2).t().contiguous()
+
+
+@torch.no_grad()
+def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch.Tensor, spatial: Spatial = "mean",
+                     normalize: Optional[Tuple] = None, batch_size: int = 256) -> torch.Tensor:
+    """Activations of resolved neurons on real images, read as the sampler reads them.
+
+    Conv channels reduce to the mean over positions (``spatial="mean"``) or the centre unit
+    (``spatial="center"``), linear units are read as they are; the other readings of
+    :mod:`~lightning_ldam.sampling.unit_axes` (channels last, tokens) as they say. ``"mean"``/``"center"`` read axis 1:
+    pass ``SampleResult.config["spatial"]``, which holds each layer's resolved reading. The model runs in eval mode
+    (as it does while sampling: BN uses running statistics, Dropout is off) and is left in the mode it was found in;
+    the forward stops at the deepest target layer.
+
+    Args:
+        model: the network.
+        layer_neurons: resolved ``(layer_path, index)`` pairs, e.g. ``SampleResult.neurons``.
+        x: ``[N, *input_shape]`` real images in pixel space.
+        spatial: a reading, or ``{layer: reading}`` (e.g. ``SampleResult.config["spatial"]`` when
+            layers set their own).
+        normalize: ``(mean, std)`` (per channel or scalar) applied to ``x`` before the model.
+        batch_size: images per forward.
+
+    Returns:
+        ``[N, n]`` float32 activations on the CPU, column ``j`` for ``layer_neurons[j]``.
+
+    Raises:
+        ValueError: an unknown ``spatial``, an empty neuron list, or a layer the forward never calls.
+    """
+    for mode in ([spatial] if isinstance(spatial, str) else list(spatial.values())):
+        V.check_choice("spatial", mode, READINGS)
+    V.check_positive("batch_size", batch_size, integer=True)
+    neurons = [(str(layer), int(index)) for layer, index in layer_neurons]
+    if not neurons:
+        raise LDAMArgumentError("layer_neurons", "expected at least one (layer_path, index) pair")
+    layers: List[str] = list(dict.fromkeys(layer for layer, _ in neurons))
+    columns: Dict[str, List[int]] = {layer: [j for j, (l, _) in enumerate(neurons) if l == layer] for layer in layers}
+    device, dtype = V.model_device(model), V.model_dtype(model)
+    index = {layer: torch.tensor([neurons[j][1] for j in columns[layer]], device=device) for layer in layers}
+    norm = None
+    if normalize is not None:
+        mean, std = V.check_normalize(normalize, x.shape[1])
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        norm = (mean.to(device).view(view), std.to(device).view(view))
+    result = torch.empty((x.shape[0], len(neurons)))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with capture_outputs(model, layers) as outputs:
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start:start + batch_size].to(device, torch.float32)
+                if norm is not None:
+                    xb = (xb - norm[0]) / norm[1]
+                captured = run_to_targets(model, xb.to(dtype), outputs, layers)
+                for layer in layers:
+                    reading = spatial_mode(spatial, layer)
+                    picked = reduce_units(units_first(captured[layer], reading).index_select(1, index[layer]),
+                                          reading, start=2)
+                    result[start:start + xb.shape[0], columns[layer]] = picked.float().cpu()
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return result

@@ -2,7 +2,7 @@
 
 A default round (every neuron × 8 chains × 512 steps × each variant) can take minutes on a CPU next to a small
 model's seconds-long epochs. Before the first round the callback times one step of it
-(:func:`lightning_ldam.rounds.time_a_step`) and, when the estimate is over :data:`EPOCHS_BOUND` epochs of
+(:func:`lightning_ldam.engine.rounds.time_a_step`) and, when the estimate is over :data:`EPOCHS_BOUND` epochs of
 training (the measured mean batch time × the batches per epoch), runs fewer steps, then fewer chains, so that the
 round fits; the later rounds of the fit keep the fitted size, so rounds stay comparable. An explicit ``steps=`` or
 ``chains=`` is never changed. Pure: no Lightning, no timing of its own.

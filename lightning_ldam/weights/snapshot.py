@@ -52,7 +52,7 @@ def eager(model: nn.Module) -> nn.Module:
     it wraps, and each compiled ``forward`` set on an instance removed (its class's ``forward`` runs again).
 
     Layer paths keep their meaning: ``_orig_mod.`` segments are wrapper segments to
-    :func:`~lightning_ldam.targets.find_layer`.
+    :func:`~lightning_ldam.sampling.targets.find_layer`.
     """
     model = _unwrapped(model)
     for module in model.modules():

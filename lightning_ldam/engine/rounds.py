@@ -17,14 +17,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from lightning_ldam.averaging import has_batchnorm, refresh_batchnorm
-from lightning_ldam.discriminator import finite_weights, restore_discriminator
+from lightning_ldam.weights.ema import has_batchnorm, refresh_batchnorm
+from lightning_ldam.sampling.discriminator import finite_weights, restore_discriminator
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.metrics import chain_activations, unit_activations
-from lightning_ldam.progress import Progress
-from lightning_ldam.result import SampleResult, merge_shards, reference
-from lightning_ldam.sampler import WARM_DISC_STEPS, LangevinConfig, sample
-from lightning_ldam.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
+from lightning_ldam.sampling.activations import chain_activations, unit_activations
+from lightning_ldam.sampling.progress import Progress
+from lightning_ldam.sampling.result import SampleResult, merge_shards, reference
+from lightning_ldam.sampling.api import WARM_DISC_STEPS, LangevinConfig, sample
+from lightning_ldam.sampling.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
 
 __all__ = ["time_a_step", "Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round",
            "resolve_targets",
@@ -134,7 +134,7 @@ def plan_round(variants: Sequence[Variant], neurons: NeuronSpec, *, input_shape:
                sampler_kwargs: Optional[Dict[str, Any]] = None) -> RoundPlan:
     """Settle a round's settings once.
 
-    Steps: ``steps`` if given; else :data:`~lightning_ldam.sampler.WARM_DISC_STEPS` when every variant resumes a
+    Steps: ``steps`` if given; else :data:`~lightning_ldam.sampling.api.WARM_DISC_STEPS` when every variant resumes a
     trained discriminator and real inputs keep training it (the same for all, so they stay comparable); else
     the sampler's default. Without real inputs, a discriminator or a given λ, λ is 0 (nothing to train D on).
     """

@@ -106,7 +106,7 @@ def find_variants(network: Callable[[nn.Module], nn.Module], pl_module: nn.Modul
         network: maps a LightningModule (the live one or an averaged copy) to the network LDAM runs.
         pl_module: the live module.
         averagers: Lightning's averaging callbacks in the trainer.
-        own_ema: the callback's :class:`~lightning_ldam.averaging.EMA`, or ``None``.
+        own_ema: the callback's :class:`~lightning_ldam.weights.ema.EMA`, or ``None``.
         trainer: the trainer (epoch, to spot SWA's batch-norm epoch).
         raw_gone: an averager already copied its average into the module (the fit-end round has no raw).
         note: ``note(key, message)``: an informational message, shown once per key.

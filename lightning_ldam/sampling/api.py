@@ -6,7 +6,7 @@ For neuron k of a frozen network, the default method samples inputs from
 
 by Langevin dynamics after a burn-in that fixes ``c_k`` (the neuron's scale, so that T means the same on
 every layer and model), ``λ_k``, the smoothness weight ``γ_k`` and the discriminator D; ``method="mala"`` adds
-a Metropolis test that makes the sampling phase exact. :mod:`lightning_ldam.config` states each method's law and
+a Metropolis test that makes the sampling phase exact. :mod:`lightning_ldam.sampling.config` states each method's law and
 constants.
 
 Every chain of every neuron lives in one batch: one forward evaluates all of them and each chain's
@@ -31,18 +31,17 @@ from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam import _validation as V
-from lightning_ldam.capture import ActivationReader, probe_outputs
-from lightning_ldam.unit_axes import resolve_reading, unit_count
-from lightning_ldam.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
-from lightning_ldam.chains import LangevinChains, Objective
-from lightning_ldam.config import (DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig,
+from lightning_ldam.sampling.activations import ActivationReader, probe_outputs, unit_activations
+from lightning_ldam.sampling.unit_axes import resolve_reading, unit_count
+from lightning_ldam.sampling.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
+from lightning_ldam.sampling.chains import LangevinChains, Objective
+from lightning_ldam.sampling.config import (DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig,
                                    resolve_config)
-from lightning_ldam.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
-from lightning_ldam.inputs import extract_input
-from lightning_ldam.metrics import unit_activations
-from lightning_ldam.progress import Progress
-from lightning_ldam.result import SampleResult
-from lightning_ldam.targets import (TOP_REAL_IMAGES, NeuronSpec, UnitPick, find_layer, layer_settings,
+from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
+from lightning_ldam.sampling.inputs import extract_input
+from lightning_ldam.sampling.progress import Progress
+from lightning_ldam.sampling.result import SampleResult
+from lightning_ldam.sampling.targets import (TOP_REAL_IMAGES, NeuronSpec, UnitPick, find_layer, layer_settings,
                                     parse_neurons, resolve_neurons)
 
 __all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "WARM_DISC_STEPS"]
@@ -135,10 +134,10 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
 def _layer_shapes(model: nn.Module, paths: list, input_shape, device, normalize, dtype,
                  real: Optional[torch.Tensor] = None) -> Tuple[dict, dict]:
     """Layer path -> output shape (for a batch of :data:`PROBE_BATCH`), and path -> whether its channels are on the
-    last axis (outputs with >= 3 dims, :func:`~lightning_ldam.unit_axes.find_layouts`), from one whole forward of
+    last axis (outputs with >= 3 dims, :func:`~lightning_ldam.sampling.unit_axes.find_layouts`), from one whole forward of
     two zero inputs (two: a model that needs batch statistics refuses one), or of two real ones where zeros take a
     path that skips a target. Targets that run more than once per forward are refused here
-    (:func:`~lightning_ldam.capture.probe_outputs`)."""
+    (:func:`~lightning_ldam.sampling.activations.probe_outputs`)."""
     zeros = torch.zeros((PROBE_BATCH, *input_shape), device=device)
     try:
         captured, calls, layouts = _probe(model, paths, zeros, input_shape, normalize, dtype)
@@ -220,21 +219,21 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     Langevin chains whose law from step ``burn_in`` on is
     ``p_k(x) ∝ exp(a_k(x)/(c_k·T) + λ_k·log D(x) − γ_k·½Σ(neighbour differences)²)`` in the box (``γ_k = 0``
     without D unless ``smoothness`` is given); ``result.scales`` and ``result.disc_weights`` hold ``c_k`` and
-    ``λ_k``. :mod:`lightning_ldam.config`
+    ``λ_k``. :mod:`lightning_ldam.sampling.config`
     says how they are set and what ``"mala"`` and ``"annealed"`` do.
 
     Args:
         model: the network; left exactly as found (modes, ``requires_grad``, ``.grad``, buffers).
         neurons: which neurons, e.g. ``"features.3:0-7"``, ``["conv1:0", "fc:all"]``,
             ``{"fc": [1, 2]}``, ``"fc:top3"`` (the 3 units most active on ``real_data``), ``"fc:random3"`` (drawn
-            with ``seed``) (see :mod:`lightning_ldam.targets`). ``result.neurons`` names the units chosen.
+            with ``seed``) (see :mod:`lightning_ldam.sampling.targets`). ``result.neurons`` names the units chosen.
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
         chains: chains per neuron.
         steps: steps in all, burn-in included (default 512).
         real_data: real images in pixel space (a tensor ``[N, *input_shape]`` or an iterable of batches)
             to train the discriminator on, to set each neuron's target for ``adapt_disc``, to start
             ``init="data"`` chains from and to rank units for ``"layer:topK"``.
-        disc_weight: λ, the weight of log D's drift against the unit's (see :mod:`lightning_ldam.config`).
+        disc_weight: λ, the weight of log D's drift against the unit's (see :mod:`lightning_ldam.sampling.config`).
             Default, when ``real_data`` or ``discriminator`` is given: :data:`DEFAULT_DISC_WEIGHT` (1.0); else 0
             (no discriminator is built: it costs nothing).
         value_range: the pixel box ``(lo, hi)`` samples stay in.
@@ -258,7 +257,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             over burn-in's adapting half by dual averaging (Stan's scheme; ``"auto"``: 0.574, the optimal rate of a
             Langevin proposal), starting from ``step_size`` and fixed for the sampling phase
             (``result.step_sizes``); ``None``: the step stays ``step_size``. ``"hmc"`` leapfrogs at
-            :data:`~lightning_ldam.config.HMC_STEP_FRACTION` (0.4) of that step. Other methods: ``"auto"`` or
+            :data:`~lightning_ldam.sampling.config.HMC_STEP_FRACTION` (0.4) of that step. Other methods: ``"auto"`` or
             ``None`` only.
         metric: the mass matrix M of the Langevin methods (drift ``(ε/2)·M·∇log p``, noise ``√ε·M^½·ξ``, the same
             law): ``"identity"`` (default) or ``"diagonal"``, each pixel's variance over the neuron's chains in the
@@ -275,7 +274,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         scale: ``"auto"`` (``c_k`` from the unit's input-gradient scale in burn-in) or a number (``c_k`` for all).
         adapt_disc: in burn-in's second half, lower a neuron's prior weight w_k (log D and smoothness; starts at 1)
             while its lift over the real inputs is below 1.25, raise it while above, up to
-            :data:`~lightning_ldam.config.PRIOR_WEIGHT_MAX` (2) (needs real data).
+            :data:`~lightning_ldam.sampling.config.PRIOR_WEIGHT_MAX` (2) (needs real data).
         smoothness: κ of the smoothness prior (image inputs; default 1.5 with the discriminator, else 0).
         burn_in_boost: the drift's ε at the first burn-in step over the sampling ε (default 40, cosine decay to 1
             over burn-in's first half; the noise stays at ``step_size``).
@@ -291,7 +290,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         disc_lr: discriminator learning rate (Adam).
         disc_every: train D every this many steps (in burn-in; ``"annealed"``: throughout).
         disc_steps: D updates each time it is trained (default
-            :data:`~lightning_ldam.config.DEFAULT_DISC_STEPS`, 2).
+            :data:`~lightning_ldam.sampling.config.DEFAULT_DISC_STEPS`, 2).
         disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option). ``"mala"``
             computes its accept test from a float32 forward (autocast off) at each proposal: one more forward a
@@ -302,11 +301,11 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             whose steps are bound by kernel launches. D's updates stay eager between replays.
         progress: ``True``: a progress bar on a terminal (nothing when stderr is not one); a number of seconds:
             the same bar, appearing only once sampling has taken that long (for callers that do not know in
-            advance whether a call is slow); a :class:`~lightning_ldam.progress.Progress`: its bar on a
+            advance whether a call is slow); a :class:`~lightning_ldam.sampling.progress.Progress`: its bar on a
             terminal, else plain lines for log files (e.g. ``Progress(delay=3.0, write=log.info)``).
 
     Returns:
-        :class:`~lightning_ldam.result.SampleResult`.
+        :class:`~lightning_ldam.sampling.result.SampleResult`.
 
     Example::
 
@@ -432,7 +431,7 @@ def _check_disc_source(disc_weight: float, settings: Dict[str, dict], has_source
 
 class _LayerLaw:
     """The law's per-neuron knobs where the spec's per-layer settings override the call's (see
-    :data:`~lightning_ldam.targets.LAYER_SETTINGS`).
+    :data:`~lightning_ldam.sampling.targets.LAYER_SETTINGS`).
 
     A layer that sets ``disc_weight`` but not ``smoothness`` gets the smoothness default of its own λ (κ 1.5 where
     λ > 0, 0 at λ = 0), unless the call gave ``smoothness``.
@@ -670,8 +669,8 @@ class _Run:
 
 def _mixing(chains: LangevinChains, n: int, c: int) -> Dict[str, Optional[torch.Tensor]]:
     """Split R-hat and bulk ESS per neuron over the sampling phase, of the activation and of the fixed random
-    projections of the state (:mod:`lightning_ldam.diagnostics`); ``None`` without a sampling phase of at least
-    :data:`~lightning_ldam.diagnostics.MIN_DRAWS` steps (``"annealed"``, or burn-in to the end)."""
+    projections of the state (:mod:`lightning_ldam.sampling.diagnostics`); ``None`` without a sampling phase of at least
+    :data:`~lightning_ldam.sampling.diagnostics.MIN_DRAWS` steps (``"annealed"``, or burn-in to the end)."""
     none = dict.fromkeys(("rhat", "ess", "rhat_activation", "ess_activation"))
     draws = chains.draws
     if draws < MIN_DRAWS:

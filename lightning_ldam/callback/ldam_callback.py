@@ -1,7 +1,7 @@
 """``LDAMCallback``: raw vs weight-averaged LDAM samples in TensorBoard while a model trains.
 
 The callback only orchestrates: it snapshots the network (raw weights and averaged copies), keeps a
-reservoir of real inputs, runs one round (:mod:`lightning_ldam.rounds`, shared with the CLI) and logs what
+reservoir of real inputs, runs one round (:mod:`lightning_ldam.engine.rounds`, shared with the CLI) and logs what
 comes back. It never changes the training it watches: snapshots are frozen copies, the reservoir and the
 sampler draw from private generators, and nothing touches the optimizer, gradients or modes of the live
 model, and its compiled code never sees a snapshot. Nothing it does can end the run: a failed round is a warning
@@ -24,27 +24,27 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
 
-from lightning_ldam.averaging import EMA
-from lightning_ldam.budget import OverheadBudget
-from lightning_ldam.callback_settings import (AVERAGING, CallbackSettings, argument_given, check_on_first_batch,
+from lightning_ldam.weights.ema import EMA
+from lightning_ldam.callback.budget import OverheadBudget
+from lightning_ldam.callback.settings import (AVERAGING, CallbackSettings, argument_given, check_on_first_batch,
                                               check_on_setup, given_arguments)
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
-from lightning_ldam.first_round import EPOCHS_BOUND, RoundSize, fit_round
-from lightning_ldam.inputs import InputKey, extract_input
-from lightning_ldam.interrupts import RoundInterrupted, sigterm_interrupts
-from lightning_ldam.own_line import own_line
-from lightning_ldam.persistence import PersistentChains, continued_rows
-from lightning_ldam.outputs import is_tensorboard, settings_text, write_round, write_settings
-from lightning_ldam.progress import Progress
-from lightning_ldam.reservoir import Reservoir
-from lightning_ldam.result import SampleResult
-from lightning_ldam.reporting import NOTES, RoundReporter
-from lightning_ldam.rounds import (RoundPlan, WarmDiscriminators, fixed_spec, plan_round, prepare_network,
+from lightning_ldam.callback.round_size import EPOCHS_BOUND, RoundSize, fit_round
+from lightning_ldam.sampling.inputs import InputKey, extract_input
+from lightning_ldam.callback.interrupts import RoundInterrupted, sigterm_interrupts
+from lightning_ldam.callback.own_line import own_line
+from lightning_ldam.engine.persistent_chains import PersistentChains, continued_rows
+from lightning_ldam.report.writers import is_tensorboard, settings_text, write_round, write_settings
+from lightning_ldam.sampling.progress import Progress
+from lightning_ldam.callback.reservoir import Reservoir
+from lightning_ldam.sampling.result import SampleResult
+from lightning_ldam.callback.messages import NOTES, RoundReporter
+from lightning_ldam.engine.rounds import (RoundPlan, WarmDiscriminators, fixed_spec, plan_round, prepare_network,
                                    resolve_targets, run_round, submodule, time_a_step)
-from lightning_ldam.snapshot import snapshot
-from lightning_ldam.summaries import RHAT_BOUND, summarize, unhealthy_units, unmixed_layers
-from lightning_ldam.targets import NeuronSpec, spec_key
-from lightning_ldam.variants import Source, find_variants, is_averager
+from lightning_ldam.weights.snapshot import snapshot
+from lightning_ldam.report.tags import RHAT_BOUND, summarize, unhealthy_units, unmixed_layers
+from lightning_ldam.sampling.targets import NeuronSpec, spec_key
+from lightning_ldam.weights.lightning_averagers import Source, find_variants, is_averager
 
 __all__ = ["LDAMCallback", "AVERAGING"]
 
@@ -56,7 +56,7 @@ _PROGRESS_AFTER_S = 3.0
 class LDAMCallbackLogic:
     """Everything the callback does, independent of which Lightning package provides ``Callback``.
 
-    :class:`LDAMCallback` (``lightning.pytorch``) and :class:`lightning_ldam.standalone.LDAMCallback`
+    :class:`LDAMCallback` (``lightning.pytorch``) and :class:`lightning_ldam.callback.standalone.LDAMCallback`
     (``pytorch_lightning``) add only the base class and that package's rank-zero messages.
     """
 
@@ -363,7 +363,7 @@ class LDAMCallbackLogic:
 
     def _fit_first_round(self, trainer: "pl.Trainer", plan: RoundPlan) -> Optional[RoundSize]:
         """Time one step of the fit's first round; cut the steps, then the chains, the user did not set when the round
-        would take over :data:`~lightning_ldam.first_round.EPOCHS_BOUND` epochs of training (one line says so)."""
+        would take over :data:`~lightning_ldam.callback.round_size.EPOCHS_BOUND` epochs of training (one line says so)."""
         try:
             per_step = time_a_step(plan)
         except Exception as err:  # the round itself will say what is wrong, inside the failure boundary
@@ -553,7 +553,7 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
     Args:
         neurons: which neurons (paths relative to the network that runs), e.g. ``"features.3:0-7"``,
             ``["conv1:0-3", "fc:all"]``, ``"fc:top8"`` or, with per-layer settings,
-            ``{"conv1": {"units": "top4", "disc_weight": 0.0}}`` (see :mod:`lightning_ldam.targets`). Rules are
+            ``{"conv1": {"units": "top4", "disc_weight": 0.0}}`` (see :mod:`lightning_ldam.sampling.targets`). Rules are
             resolved at the first round (on the raw weights and the reservoir) and fixed from then on.
         every_n_epochs: sample at the end of every n-th training epoch (``None``/0: off).
         every_n_train_steps: sample every n optimizer steps (``None``/0: off).
@@ -593,9 +593,9 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
         persistent: each variant's chains continue from round to round (kept in the checkpoint); ``False``: every
             round starts afresh from the sampler's starts.
         redraw: share of each variant's chains restarted every round (in turn; the same rows and starts for every
-            variant), so new modes keep being found (see :mod:`lightning_ldam.persistence`).
+            variant), so new modes keep being found (see :mod:`lightning_ldam.engine.persistent_chains`).
 
-    The checked arguments are ``cb.settings`` (a :class:`~lightning_ldam.callback_settings.CallbackSettings`);
+    The checked arguments are ``cb.settings`` (a :class:`~lightning_ldam.callback.settings.CallbackSettings`);
     :meth:`on_round_end` is a hook for subclasses that want each round's results.
 
     Example::

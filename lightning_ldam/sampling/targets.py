@@ -23,7 +23,7 @@ The grammar, one layer at a time (``K`` is an integer >= 1)::
     units   := N | "N" | "N-M" | "N,M,..." | [N, ...] | range(...) | "all" | "topK" | "randomK"
 
 ``topK`` ranks a layer's units by their mean activation over the real inputs (``real_data`` of
-:func:`~lightning_ldam.sampler.sample`, at most 512 images), each read as the sampler reads it (a conv
+:func:`~lightning_ldam.sampling.api.sample`, at most 512 images), each read as the sampler reads it (a conv
 channel's mean over positions, or its centre with ``spatial="center"``); ties go to the lower index. It
 needs real inputs. ``randomK`` draws from a private generator seeded by the call's ``seed`` and the
 layer's path (never the global RNG): the same seed gives the same units, whatever else the spec holds.
@@ -104,7 +104,7 @@ class LayerInfo:
         tokens: for a ``[B, tokens, channels]`` output, the number of tokens (what ``"layer:0-3"`` indexes with
             ``spatial="tokens"``); else ``None``.
         channels_last: whether the channels were found on the last axis (see
-            :func:`~lightning_ldam.unit_axes.find_layouts`).
+            :func:`~lightning_ldam.sampling.unit_axes.find_layouts`).
     """
 
     path: str
@@ -212,7 +212,7 @@ def _check_setting(layer: str, key: str, value):
     """One per-layer setting, checked like the call's argument of that name; numbers come back as floats."""
     try:
         if key == "spatial":
-            from lightning_ldam.unit_axes import SPATIAL  # here: unit_axes is imported by capture, which imports us
+            from lightning_ldam.sampling.unit_axes import SPATIAL  # here: unit_axes is imported by capture, which imports us
             return V.check_choice(key, value, SPATIAL)
         return float(V.check_positive(key, value, allow_zero=key != "temperature"))
     except LDAMArgumentError as err:
@@ -515,7 +515,7 @@ def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> L
         [('0', 4), ('1', 4), ('2', 2704), ('3', 10)]
     """
     from lightning_ldam._validation import check_input_shape, check_model, model_device  # avoid cycle
-    from lightning_ldam.unit_axes import find_layouts
+    from lightning_ldam.sampling.unit_axes import find_layouts
 
     check_model(model)
     shape = check_input_shape(input_shape)

@@ -16,14 +16,15 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 
 from lightning_ldam import _validation as V
-from lightning_ldam.config import INITS, SPATIAL, resolve_config
+from lightning_ldam.sampling.config import INITS, SPATIAL, resolve_config
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.progress import Progress
-from lightning_ldam.rounds import RoundPlan, resolve_targets
-from lightning_ldam.targets import NeuronSpec, canonical_path, find_layer, parse_neurons
+from lightning_ldam.report.labels import check_labels, labeller_of
+from lightning_ldam.sampling.progress import Progress
+from lightning_ldam.engine.rounds import RoundPlan, resolve_targets
+from lightning_ldam.sampling.targets import NeuronSpec, canonical_path, find_layer, parse_neurons
 
 __all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch",
-           "check_labels", "labeller_of", "given_arguments", "argument_given", "check_pixel_space"]
+           "given_arguments", "argument_given", "check_pixel_space"]
 
 #: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs`` (the rest are callback arguments).
 SAMPLER_EXTRA_KWARGS = frozenset({
@@ -306,32 +307,3 @@ def check_on_setup(strategy: str, network, settings: "CallbackSettings") -> None
                                                      f"ldam/<variant>/{name}; expected a tag name that no other "
                                                      f"sampled layer has, got {settings.layer_aliases!r}")
         names[name] = path
-
-
-def labeller_of(labels: Any) -> Optional[Callable[[str, int], Optional[str]]]:
-    """A ``labels`` argument (``None``, a callable, ``{layer: [names]}``) as ``(layer, index) -> label or None``."""
-    if labels is None or callable(labels):
-        return labels
-
-    def lookup(layer: str, index: int) -> Optional[str]:
-        names = labels.get(layer)
-        return str(names[index]) if names is not None and 0 <= index < len(names) else None
-
-    return lookup
-
-
-def check_labels(labels: Any, aliases: Any) -> None:
-    """``labels`` and ``layer_aliases`` as the callback takes them (errors name the argument)."""
-    if labels is not None and not callable(labels):
-        ok = isinstance(labels, dict) and all(
-            isinstance(k, str) and isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
-            for k, v in labels.items())
-        if not ok:
-            raise LDAMArgumentError("labels", f"expected a dict {{layer path: [name of unit 0, name of unit 1, ...]}} "
-                                              f"or a callable (layer, index) -> str, got {V.shown(labels)}")
-    if aliases is not None:
-        ok = isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) and v and "/" not in v
-                                               for k, v in aliases.items())
-        if not ok or len(set(aliases.values())) != len(aliases):
-            raise LDAMArgumentError("layer_aliases", f"expected a dict {{layer path: distinct tag name without '/'}}, "
-                                                     f"got {V.shown(aliases)}")

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from lightning_ldam.variants import averager_kind
+from lightning_ldam.weights.lightning_averagers import averager_kind
 
 __all__ = ["load_checkpoint", "weight_variants", "params_only_variants", "ldam_state", "ldam_settings", "real_inputs"]
 
@@ -89,7 +89,7 @@ def ldam_settings(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
 
     From its state's ``"settings"`` dict; checkpoints written before it existed have them parsed from the state
     key (``LDAMCallback{'neurons': "'fc:all'", 'module': None, ...}``) plus the state's ``value_range`` and
-    ``normalize``. ``neurons`` comes back as a spec :func:`~lightning_ldam.targets.parse_neurons` takes. Empty when
+    ``normalize``. ``neurons`` comes back as a spec :func:`~lightning_ldam.sampling.targets.parse_neurons` takes. Empty when
     there is no callback state.
     """
     entry = _ldam_entry(ckpt)

@@ -15,7 +15,7 @@ Four methods (``method=``):
 - ``"mala"``: the same proposal, accepted or rejected with the exact (reflected) proposal densities
   (Metropolis-adjusted Langevin): the sampling phase leaves p exactly invariant. Each neuron's step √ε_k is
   adapted in burn-in's second half by dual averaging toward ``target_accept`` (0.574 unless given; Stan's scheme,
-  :data:`~lightning_ldam.chains.DUAL_AVERAGING`) and fixed at its averaged value for the sampling phase. The
+  :data:`~lightning_ldam.sampling.chains.DUAL_AVERAGING`) and fixed at its averaged value for the sampling phase. The
   acceptance rate and the steps used are reported.
 - ``"hmc"``: Hamiltonian Monte Carlo with reflection at the walls, exact like MALA. Burn-in runs as MALA's (its
   step σ_k adapted by dual averaging toward ``target_accept``); the sampling phase runs transitions of
@@ -48,9 +48,9 @@ RMS-normalised drifts (so it climbs at the same pace on any layer), a drift step
 which fixes ``c_k`` at its end. The second half runs the law's own steps (under ``"mala"`` Metropolis-adjusted ones,
 each neuron's step adapting toward ``target_accept``) while, with ``adapt_disc``, a
 per-neuron weight w_k on the priors (log D and the smoothness prior), starting at 1, falls while the unit sits below
-a lift of :data:`~lightning_ldam.chains.TARGET_LIFT` over the real inputs and rises while it sits above, up to
+a lift of :data:`~lightning_ldam.sampling.chains.TARGET_LIFT` over the real inputs and rises while it sits above, up to
 :data:`PRIOR_WEIGHT_MAX` (2). D trains on the chains throughout burn-in (:data:`DEFAULT_DISC_STEPS`, 2 updates a
-step), looking at the images at full resolution (up to :data:`~lightning_ldam.discriminator.MAX_SIDE` px). Over
+step), looking at the images at full resolution (up to :data:`~lightning_ldam.sampling.discriminator.MAX_SIDE` px). Over
 burn-in it measures
 each neuron's input-gradient scale; at its end the law's constants are fixed:
 
@@ -75,7 +75,7 @@ from typing import Optional, Union
 
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
-from lightning_ldam.unit_axes import SPATIAL as UNIT_READINGS
+from lightning_ldam.sampling.unit_axes import SPATIAL as UNIT_READINGS
 
 __all__ = ["LangevinConfig", "resolve_config", "METHODS", "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT",
            "PRIOR_WEIGHT_MAX", "DEFAULT_DISC_STEPS",
@@ -97,7 +97,7 @@ METRIC_STABILITY = 0.5
 PRECONDITIONERS = ("rms", "psgld", "none")
 SCHEDULES = ("cosine", "linear", "constant")
 INITS = ("noise", "data")
-#: How a unit is read from its layer's output (see :mod:`lightning_ldam.unit_axes`).
+#: How a unit is read from its layer's output (see :mod:`lightning_ldam.sampling.unit_axes`).
 SPATIAL = UNIT_READINGS
 #: Per-pixel length (fraction of the box) that one unit of ``log p`` buys at T = 1: sets ``c_k`` (see above).
 PIXEL_SCALE = 0.01
@@ -107,7 +107,7 @@ PIXEL_SCALE = 0.01
 #: 0.77 / 0.84) and 1.0 was no worse on the one-channel ones.
 DEFAULT_DISC_WEIGHT = 1.0
 #: How far ``adapt_disc`` may raise a neuron's prior weight w_k above 1 while its chains sit above
-#: :data:`~lightning_ldam.chains.TARGET_LIFT`: a unit that beats its best real input easily gets more of D and the
+#: :data:`~lightning_ldam.sampling.chains.TARGET_LIFT`: a unit that beats its best real input easily gets more of D and the
 #: smoothness prior, not a stronger super-stimulus. A cap of 1 read realism worse on both colour cases and changed
 #: nothing on MNIST (benchmarks/README.md, "One set of defaults").
 PRIOR_WEIGHT_MAX = 2.0

@@ -4,17 +4,12 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam import _validation as V
-from lightning_ldam.capture import Spatial, capture_outputs, run_to_targets, spatial_mode
-from lightning_ldam.realism import realism
-from lightning_ldam.unit_axes import READINGS, reduce_units, units_first
-from lightning_ldam.targets import Neuron
+from lightning_ldam.report.realism import realism
 
-__all__ = ["lift", "realism", "nearest_real", "diversity", "divergence", "transfer", "health", "unit_activations",
-           "chain_activations", "UNDRIVEN_LIFT", "EXPLODING_FACTOR"]
+__all__ = ["lift", "realism", "nearest_real", "diversity", "divergence", "transfer", "health", "UNDRIVEN_LIFT",
+           "EXPLODING_FACTOR"]
 
 #: A unit whose samples reach less than this lift is "undriven": the sampler cannot push it even halfway from an
 #: average real input to its best one.
@@ -33,7 +28,7 @@ def lift(sample_acts: torch.Tensor, real_acts: torch.Tensor) -> torch.Tensor:
 
     Args:
         sample_acts: ``[n, chains]`` activation of each neuron's own chains (``SampleResult.activations``).
-        real_acts: ``[N_real, n]`` activations of the same neurons on real images (:func:`unit_activations`).
+        real_acts: ``[N_real, n]`` activations of the same neurons on real images (:func:`~lightning_ldam.sampling.activations.unit_activations`).
 
     Returns:
         ``[n]`` float32 lifts. A neuron that is constant over the real images (zero denominator, e.g. a dead
@@ -188,15 +183,6 @@ def transfer(own_acts: torch.Tensor, cross_acts: torch.Tensor, real_acts: torch.
     return torch.where(own >= UNDRIVEN_LIFT, cross / own, torch.full_like(own, float("nan")))
 
 
-def chain_activations(model: nn.Module, neurons: Sequence[Neuron], images: torch.Tensor, spatial: Spatial = "mean",
-                      normalize: Optional[Tuple] = None) -> torch.Tensor:
-    """``[n, chains]``: each chain of ``images`` (``[n, chains, *input_shape]``, pixel space) read on its own neuron,
-    as the sampler reads it (:func:`unit_activations`)."""
-    n, c = images.shape[:2]
-    acts = unit_activations(model, neurons, images.flatten(0, 1), spatial=spatial, normalize=normalize)
-    return acts.view(n, c, n).diagonal(dim1=0, dim2=2).t().contiguous()
-
-
 def health(real_acts: torch.Tensor, sample_acts: torch.Tensor) -> Dict[str, List[int]]:
     """Which neurons are dead, undriven or saturated/exploding (positions into the neuron axis).
 
@@ -206,7 +192,7 @@ def health(real_acts: torch.Tensor, sample_acts: torch.Tensor) -> Dict[str, List
       range by :data:`EXPLODING_FACTOR` (samples' mean minus the real mean over the real max minus min).
 
     Args:
-        real_acts: ``[N_real, n]`` activations on real inputs (:func:`unit_activations`).
+        real_acts: ``[N_real, n]`` activations on real inputs (:func:`~lightning_ldam.sampling.activations.unit_activations`).
         sample_acts: ``[n, chains]`` the samples' activations (``SampleResult.activations``).
     """
     real_acts, sample_acts = torch.as_tensor(real_acts).float(), torch.as_tensor(sample_acts).float()
@@ -219,66 +205,3 @@ def health(real_acts: torch.Tensor, sample_acts: torch.Tensor) -> Dict[str, List
     saturated = ~finite | (~dead & (reach > EXPLODING_FACTOR))
     return {name: torch.nonzero(mask).flatten().tolist()
             for name, mask in (("dead", dead), ("undriven", undriven), ("saturated", saturated))}
-
-
-@torch.no_grad()
-def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch.Tensor, spatial: Spatial = "mean",
-                     normalize: Optional[Tuple] = None, batch_size: int = 256) -> torch.Tensor:
-    """Activations of resolved neurons on real images, read as the sampler reads them.
-
-    Conv channels reduce to the mean over positions (``spatial="mean"``) or the centre unit
-    (``spatial="center"``), linear units are read as they are; the other readings of
-    :mod:`~lightning_ldam.unit_axes` (channels last, tokens) as they say. ``"mean"``/``"center"`` read axis 1:
-    pass ``SampleResult.config["spatial"]``, which holds each layer's resolved reading. The model runs in eval mode
-    (as it does while sampling: BN uses running statistics, Dropout is off) and is left in the mode it was found in;
-    the forward stops at the deepest target layer.
-
-    Args:
-        model: the network.
-        layer_neurons: resolved ``(layer_path, index)`` pairs, e.g. ``SampleResult.neurons``.
-        x: ``[N, *input_shape]`` real images in pixel space.
-        spatial: a reading, or ``{layer: reading}`` (e.g. ``SampleResult.config["spatial"]`` when
-            layers set their own).
-        normalize: ``(mean, std)`` (per channel or scalar) applied to ``x`` before the model.
-        batch_size: images per forward.
-
-    Returns:
-        ``[N, n]`` float32 activations on the CPU, column ``j`` for ``layer_neurons[j]``.
-
-    Raises:
-        ValueError: an unknown ``spatial``, an empty neuron list, or a layer the forward never calls.
-    """
-    for mode in ([spatial] if isinstance(spatial, str) else list(spatial.values())):
-        V.check_choice("spatial", mode, READINGS)
-    V.check_positive("batch_size", batch_size, integer=True)
-    neurons = [(str(layer), int(index)) for layer, index in layer_neurons]
-    if not neurons:
-        raise LDAMArgumentError("layer_neurons", "expected at least one (layer_path, index) pair")
-    layers: List[str] = list(dict.fromkeys(layer for layer, _ in neurons))
-    columns: Dict[str, List[int]] = {layer: [j for j, (l, _) in enumerate(neurons) if l == layer] for layer in layers}
-    device, dtype = V.model_device(model), V.model_dtype(model)
-    index = {layer: torch.tensor([neurons[j][1] for j in columns[layer]], device=device) for layer in layers}
-    norm = None
-    if normalize is not None:
-        mean, std = V.check_normalize(normalize, x.shape[1])
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        norm = (mean.to(device).view(view), std.to(device).view(view))
-    result = torch.empty((x.shape[0], len(neurons)))
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with capture_outputs(model, layers) as outputs:
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start:start + batch_size].to(device, torch.float32)
-                if norm is not None:
-                    xb = (xb - norm[0]) / norm[1]
-                captured = run_to_targets(model, xb.to(dtype), outputs, layers)
-                for layer in layers:
-                    reading = spatial_mode(spatial, layer)
-                    picked = reduce_units(units_first(captured[layer], reading).index_select(1, index[layer]),
-                                          reading, start=2)
-                    result[start:start + xb.shape[0], columns[layer]] = picked.float().cpu()
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    return result

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 
-from lightning_ldam.tensorboard_writes import write_round_to
+from lightning_ldam.report.tensorboard_writer import write_round_to
 
 __all__ = ["write_round", "png_path", "save_png", "is_tensorboard", "check_room", "DISK_RESERVE_BYTES",
            "settings_text", "write_settings"]
@@ -86,7 +86,7 @@ def write_settings(loggers: Iterable, text: str, step: int) -> None:
 def write_round(loggers: Iterable, images: Mapping[str, torch.Tensor], scalars: Mapping[str, float], step: int,
                 png_dir: str) -> bool:
     """Write to every logger, scalars before images: TensorBoard gets both (a failed write reopens its writer:
-    :mod:`lightning_ldam.tensorboard_writes`), others ``log_metrics`` and ``log_image`` if they have it. Without an
+    :mod:`lightning_ldam.report.tensorboard_writer`), others ``log_metrics`` and ``log_image`` if they have it. Without an
     image-capable logger the images go to PNGs under ``png_dir``.
 
     Each logger, and within it the scalars and the images, fails on its own: a failed image write never loses

@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-# extract_input and value_box lived here before lightning_ldam.inputs: re-imported for older imports.
+# extract_input and value_box lived here before lightning_ldam.sampling.inputs: re-imported for older imports.
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.inputs import InputKey, extract_input, value_box  # noqa: F401
+from lightning_ldam.sampling.inputs import InputKey, extract_input, value_box  # noqa: F401
 
 __all__ = ["Reservoir", "ShapeChanged", "extract_input", "value_box", "available_memory"]
 

@@ -35,7 +35,7 @@ class SampleResult:
         metric: ``[n, *input_shape]`` the diagonal of the mass matrix M of the sampling phase (``metric="diagonal"``:
             drift ``(ε/2)·M·∇log p``, noise std ``σ_k·√M``; 1 at the stiffest pixel, ≥ 1 elsewhere), ``None`` for the identity.
         rhat: ``[n]`` rank-normalised split R-hat over the sampling phase (after burn-in), the worst of the
-            activation's and of 4 fixed random projections of the image (:mod:`lightning_ldam.diagnostics`): ≈ 1
+            activation's and of 4 fixed random projections of the image (:mod:`lightning_ldam.sampling.diagnostics`): ≈ 1
             when the chains sample one law, above 1.1 not mixed. ``None`` for ``"annealed"`` or fewer than 4
             sampling steps.
         ess: ``[n]`` bulk effective sample size over the sampling phase, the smallest of the same quantities: how
@@ -51,8 +51,8 @@ class SampleResult:
         cross_activations: ``{source: [n, c]}`` this result's units (its weights) read on another set of chains of
             the same neurons (each chain on its own neuron): ``"raw"``'s chains for an averaged variant and each
             averaged variant's for ``raw``, ``"previous"`` for this variant's chains of the previous round. Filled
-            by :func:`lightning_ldam.rounds.sample_variants` (with real inputs); the scale of
-            :func:`lightning_ldam.metrics.transfer`.
+            by :func:`lightning_ldam.engine.rounds.sample_variants` (with real inputs); the scale of
+            :func:`lightning_ldam.report.metrics.transfer`.
     """
 
     neurons: List[Tuple[str, int]]

@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from lightning_ldam import _validation as V
-from lightning_ldam.snapshot import snapshot
+from lightning_ldam.weights.snapshot import snapshot
 
 __all__ = ["EMA", "has_batchnorm", "refresh_batchnorm"]
 
