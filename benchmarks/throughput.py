@@ -16,7 +16,7 @@ Sections (``--only`` picks some):
   128 px, the same step count, whole calls timed. lucent runs one channel at a time with a batch of 8
   and its standard transforms minus the rotation (its kornia call no longer exists): pad, jitter, scale.
 * ``disc``: the discriminator's cost per step by width (32, 16 = the default, 8) and update cadence.
-* ``methods``: per-step cost of ``method="langevin"`` (default), ``"mala"``, ``"hmc"`` and ``"annealed"`` at λ = 0
+* ``methods``: per-step cost of ``method="langevin"`` (default), ``"mala"``, ``"hmc"`` and ``"ascent"`` at λ = 0
   and at the default λ, and the discriminator's share of the default-λ step (1 − λ=0 step / default step); and the
   activation's bulk ESS per second of one whole default-λ call (512 steps; 128 with ``--quick``), summed over
   the neurons (``SampleResult.ess_activation``): mixing per wall second, the figure issue #21 targets. On these
@@ -275,7 +275,7 @@ def section_methods(args, device):
     for label, model, spec, shape, chains, batch, real in models(args.quick, device):
         if label.startswith("ResNet-50") and args.quick:
             continue
-        for method in ("langevin", "mala", "hmc", "annealed"):
+        for method in ("langevin", "mala", "hmc", "ascent"):
             runs = []
             for _ in range(args.repeats):
                 runs.append((bare_loop(model, (batch, *shape), args.steps, device),

@@ -16,14 +16,16 @@ from lightning_ldam.weights.ema import EMA
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.sampling.discriminator import Discriminator, DiscriminatorTrainer
 from lightning_ldam.sampling.result import SampleResult
-from lightning_ldam.sampling.config import DEFAULT_DISC_WEIGHT
-from lightning_ldam.sampling.api import LangevinConfig, sample
+from lightning_ldam.sampling.config import (DEFAULT_DISC_WEIGHT, DiscriminatorConfig, LangevinConfig, SamplerConfig,
+                                            SpeedOptions)
+from lightning_ldam.sampling.api import sample
 from lightning_ldam.sampling.targets import LayerInfo, list_targets, parse_neurons, resolve_neurons
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LDAMCallback", "LDAMArgumentError", "EMA", "sample", "list_targets", "SampleResult", "LangevinConfig",
+    "LDAMCallback", "LDAMArgumentError", "EMA", "sample", "list_targets", "SampleResult", "SamplerConfig",
+    "LangevinConfig", "DiscriminatorConfig", "SpeedOptions",
     "Discriminator", "DiscriminatorTrainer", "LayerInfo", "parse_neurons", "resolve_neurons", "DEFAULT_DISC_WEIGHT",
     "__version__",
 ]

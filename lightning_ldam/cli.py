@@ -28,10 +28,9 @@ _IMPORT_NOTE = ("The current working directory is put first on sys.path before i
                 "'examples.mnist.MNISTClassifier' works from the repository root.")
 #: Library argument names (the start of its error messages) -> the CLI option they come from.
 _OPTION_OF = {"neurons": "--neurons", "input_shape": "--input-shape", "value_range": "--value-range",
-              "normalize": "--mean/--std", "chains": "--chains", "steps": "--steps", "seed": "--seed",
-              "disc_weight": "--disc-weight", "real_data": "--input-shape/--value-range (checkpoint reservoir)",
-              "module": "--module", "device": "--device", "method": "--method", "metric": "--metric",
-              "model": "--model"}
+              "normalize": "--mean/--std", "chains": "--chains", "seed": "--seed",
+              "real_data": "--input-shape/--value-range (checkpoint reservoir)", "module": "--module",
+              "device": "--device", "model": "--model"}
 
 
 # ---- argument types (argparse turns their ValueError/TypeError into a usage error naming the option) ---------
@@ -132,12 +131,6 @@ def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None
     c.add_argument("--disc-weight", type=float, metavar="LAMBDA",
                    help="discriminator weight λ (default: the sampler's with the checkpoint's real inputs, "
                         "else 0)")
-    c.add_argument("--method", choices=("langevin", "mala", "hmc", "annealed"), default="langevin",
-                   help="sampler method (default langevin; mala: Metropolis-adjusted; hmc: Hamiltonian transitions "
-                        "of 16 leapfrogs; annealed: the earlier search)")
-    c.add_argument("--metric", choices=("identity", "diagonal"), default="identity",
-                   help="the Langevin methods' mass matrix (default identity; diagonal: each pixel's spread, "
-                        "measured in burn-in)")
     c.add_argument("--seed", type=int, default=0, help="seed shared by every variant (default 0)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     c.add_argument("--out", default=os.path.join("runs", "compare"), metavar="DIR",
@@ -151,10 +144,66 @@ def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None
                    help="CPU threads for torch (default: torch's own choice; 1-2 keeps a loaded machine responsive)")
     c.add_argument("--no-progress", action="store_true",
                    help="no progress (default: a bar on a terminal, a line every 10%% or 30 s in a log file)")
-    c.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast (GPU speed option)")
-    c.add_argument("--channels-last", action="store_true", help="NHWC convolutions (GPU speed option)")
-    c.add_argument("--cuda-graph", action="store_true",
-                   help="replay each Langevin step as a CUDA graph (CUDA only; for small, launch-bound networks)")
+    _add_sampler_settings(c)
+
+
+#: Sampler settings ``compare`` takes as options of its own (their defaults depend on the checkpoint).
+_COMPARE_OWN = ("steps", "disc_weight")
+
+
+def _setting_option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _auto_or_float(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+
+
+def _auto_float_or_none(text: str):
+    return None if text == "none" else _auto_or_float(text)
+
+
+#: How the CLI reads each kind of sampler setting (:func:`lightning_ldam.sampling.config._setting`).
+_READERS = {"int": int, "float": float, "str": str, "auto-or-float": _auto_or_float,
+            "auto-float-or-none": _auto_float_or_none, "dtype": lambda text: getattr(torch, text)}
+
+
+def _add_sampler_settings(c) -> None:
+    """One option per field of :class:`~lightning_ldam.sampling.config.SamplerConfig` (but ``compare``'s own):
+    the options follow the settings, with their help; an option not given leaves the sampler's default."""
+    from dataclasses import fields
+
+    from lightning_ldam.sampling.config import SECTIONS
+
+    group = c.add_argument_group("sampler settings", "the fields of lightning_ldam.SamplerConfig; each defaults "
+                                                     "to the sampler's own")
+    for section in SECTIONS.values():
+        for f in fields(section):
+            if f.name in _COMPARE_OWN:
+                continue
+            meta = f.metadata
+            kw = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"])
+            if meta["kind"] == "bool":
+                group.add_argument(_setting_option(f.name), action=argparse.BooleanOptionalAction, **kw)
+                continue
+            choices = meta["choices"]
+            if meta["kind"] == "dtype":
+                kw["metavar"] = "{" + ",".join(choices) + "}"
+                choices = [getattr(torch, c) for c in choices]
+            group.add_argument(_setting_option(f.name), type=_READERS[meta["kind"]], choices=choices, **kw)
+
+
+def _sampler_settings(args) -> Dict[str, Any]:
+    """The sampler settings given as options (the others stay the sampler's defaults)."""
+    from lightning_ldam.sampling.config import SamplerConfig
+
+    return {name: getattr(args, name) for name in SamplerConfig.setting_names()
+            if name not in _COMPARE_OWN and hasattr(args, name)}
 
 
 # ---- model ------------------------------------------------------------------------------------------------
@@ -291,9 +340,11 @@ def _load_weights(model: nn.Module, state: Dict[str, torch.Tensor], what: str, m
 def _cli_message(err: BaseException) -> str:
     """One line for a user error; a library argument error names the CLI option it comes from."""
     from lightning_ldam.errors import LDAMArgumentError
+    from lightning_ldam.sampling.config import SamplerConfig
 
     if isinstance(err, LDAMArgumentError):
-        option = _OPTION_OF.get(err.argument, err.argument)
+        option = _OPTION_OF.get(err.argument) or (_setting_option(err.argument)
+                                                  if err.argument in SamplerConfig.setting_names() else err.argument)
         return f"{option}: {err.message}"
     text = " ".join(str(err).split())  # one line, whatever the error's own layout
     return text if isinstance(err, (ValueError, TypeError, FileNotFoundError, ImportError)) \
@@ -341,7 +392,7 @@ def _check_compare_options(args) -> None:
     for name in ("chains", "steps"):
         if getattr(args, name) is not None:
             V.check_positive(name, getattr(args, name), integer=True)
-    if args.cuda_graph and (args.device == "cpu" or not torch.cuda.is_available()):
+    if getattr(args, "cuda_graph", False) and (args.device == "cpu" or not torch.cuda.is_available()):
         raise ValueError(f"--cuda-graph: CUDA graphs need a CUDA device (--device {args.device}, "
                          f"torch.cuda.is_available() is {torch.cuda.is_available()}); drop --cuda-graph")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -493,9 +544,7 @@ def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _
     plan = plan_round(built, neurons, input_shape=inputs.shape, value_range=inputs.box, chains=args.chains,
                       seed=args.seed, device=inputs.device, steps=args.steps, real=inputs.real,
                       disc_weight=inputs.weight, normalize=inputs.normalize,
-                      sampler_kwargs=dict(channels_last=args.channels_last, cuda_graph=args.cuda_graph,
-                                          autocast_dtype=torch.bfloat16 if args.bf16 else None,
-                                          method=args.method, metric=args.metric))
+                      sampler_kwargs=_sampler_settings(args))
     if args.steps is None and plan.real is not None and all(v.warm for v in built):
         print(f"steps: {plan.steps} (every variant has a warm discriminator from the checkpoint; --steps overrides)")
     for v in built:

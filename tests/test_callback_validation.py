@@ -19,7 +19,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 import lightning_ldam.callback.ldam_callback as callback_module
 import lightning_ldam.engine.rounds as rounds_module
 from lightning_ldam.sampling.progress import Progress
-from lightning_ldam.sampling.api import WARM_DISC_STEPS, LangevinConfig
+from lightning_ldam.sampling.api import WARM_DISC_STEPS
+from lightning_ldam.sampling.config import LangevinConfig
 
 from lightning_ldam.callback import LDAMCallback
 from test_callback import (FAST, NEURONS, LiveAtBatchEnd, TinyModule, VariantLog, _live, assert_same, clone_state,

@@ -440,13 +440,14 @@ def test_compare_takes_the_warm_discriminator_steps_when_every_variant_has_one(
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ([], {"autocast_dtype": None, "channels_last": False, "cuda_graph": False, "method": "langevin"}),
-    (["--bf16", "--channels-last"], {"autocast_dtype": torch.bfloat16, "channels_last": True, "cuda_graph": False,
-                                     "method": "langevin"}),
-    (["--method", "mala"], {"autocast_dtype": None, "channels_last": False, "cuda_graph": False, "method": "mala"}),
-    (["--metric", "diagonal", "--steps", "16"], {"method": "langevin", "metric": "diagonal"}),
+    ([], {"autocast_dtype": None, "channels_last": None, "cuda_graph": None, "method": None}),
+    (["--autocast-dtype", "bfloat16", "--channels-last"], {"autocast_dtype": torch.bfloat16, "channels_last": True,
+                                                           "cuda_graph": None, "method": None}),
+    (["--method", "mala", "--no-adapt-disc"], {"autocast_dtype": None, "method": "mala", "adapt_disc": False}),
+    (["--metric", "diagonal", "--steps", "16", "--scale", "auto", "--target-accept", "none", "--disc-steps", "3"],
+     {"method": None, "metric": "diagonal", "scale": "auto", "target_accept": None, "disc_steps": 3}),
 ])
-def test_speed_flags_reach_the_sampler(ckpts, tmp_path, capsys, monkeypatch, flags, expected):
+def test_sampler_setting_options_reach_the_sampler_and_only_those_given(ckpts, tmp_path, capsys, monkeypatch, flags, expected):
     import lightning_ldam.engine.rounds as sampler  # the shared round calls sample()
 
     seen, real = [], sampler.sample

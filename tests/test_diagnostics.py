@@ -95,9 +95,9 @@ def test_sample_reports_rhat_and_ess_of_the_sampling_phase():
     assert res.rhat.shape == res.ess.shape == (3,)
     short = ldam.sample(_net(), "3:0", input_shape=(1, 8, 8), chains=2, steps=6, disc_weight=0.0)  # 3 draws
     assert short.rhat is None and short.ess is None
-    annealed = ldam.sample(_net(), "3:0", input_shape=(1, 8, 8), chains=2, steps=20, disc_weight=0.0,
-                           method="annealed")
-    assert annealed.rhat is None  # a search, not a law: nothing to mix
+    ascent = ldam.sample(_net(), "3:0", input_shape=(1, 8, 8), chains=2, steps=20, disc_weight=0.0,
+                           method="ascent")
+    assert ascent.rhat is None  # a search, not a law: nothing to mix
 
 
 @pytest.mark.usefixtures("lightning_env")

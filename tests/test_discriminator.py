@@ -206,7 +206,7 @@ def test_the_default_lambda_and_d_updates_do_not_depend_on_the_channels(monkeypa
     assert len(calls) == 1 + res.config["burn_in"] * DEFAULT_DISC_STEPS  # warm-up, then 2 per burn-in step
 
 
-@pytest.mark.parametrize("method", ["langevin", "mala", "annealed"])
+@pytest.mark.parametrize("method", ["langevin", "mala", "ascent"])
 def test_d_updates_follow_disc_steps(monkeypatch, method):
     calls = []
     step = DiscriminatorTrainer.step
@@ -215,7 +215,7 @@ def test_d_updates_follow_disc_steps(monkeypatch, method):
     net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 36, 3))
     res = ldam.sample(net, "2:0", input_shape=(3, 8, 8), chains=1, steps=6, real_data=real, disc_warmup=1,
                       method=method, disc_steps=3)
-    trained = res.config["steps"] if method == "annealed" else res.config["burn_in"]
+    trained = res.config["steps"] if method == "ascent" else res.config["burn_in"]
     assert res.config["disc_steps"] == 3 and len(calls) == 1 + trained * 3
 
 

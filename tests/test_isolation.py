@@ -60,9 +60,9 @@ def prepared_net():
     {},
     {"real_data": "real", "disc_weight": 1.0, "disc_warmup": 2},
     {"real_data": "real", "init": "data", "disc_weight": 0.0, "normalize": (0.5, 0.5), "method": "mala"},
-    {"method": "annealed", "precondition": "psgld"},
+    {"method": "ascent", "precondition": "psgld"},
     {"real_data": "real", "disc_weight": 1.0, "disc_warmup": 2, "method": "hmc", "leapfrog_steps": 3},
-], ids=["plain", "discriminator", "init-data-mala", "annealed", "hmc"])
+], ids=["plain", "discriminator", "init-data-mala", "ascent", "hmc"])
 def test_model_is_left_exactly_as_found(prepared_net, extra):
     extra = {k: (torch.rand(16, *INPUT_SHAPE) if v == "real" else v) for k, v in extra.items()}
     before = _snapshot(prepared_net)

@@ -157,7 +157,7 @@ def test_the_callback_keeps_the_layer_settings_in_every_round(tmp_path, lightnin
             assert torch.equal(res.disc_weights[:2], torch.zeros(2))
 
 
-@pytest.mark.parametrize("method", ["langevin", "mala", "annealed"])
+@pytest.mark.parametrize("method", ["langevin", "mala", "ascent"])
 def test_layer_settings_equal_to_the_calls_change_nothing_bitwise(method):
     """The per-neuron form of λ, T and κ does the scalar form's arithmetic: same values, same samples."""
     net, real = make_tiny_net(), _real()

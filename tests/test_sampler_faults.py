@@ -298,10 +298,10 @@ def test_a_discriminator_broken_in_burn_in_is_rebuilt_before_the_law_is_fixed(po
     assert res.discriminator.training and all(p.requires_grad for p in res.discriminator.parameters())
 
 
-def test_an_annealed_run_whose_discriminator_breaks_returns_a_rebuilt_one(poison_mid_run):
+def test_an_ascent_run_whose_discriminator_breaks_returns_a_rebuilt_one(poison_mid_run):
     poison_mid_run["at"] = 10
     res = ldam.sample(make_tiny_net(), "classifier.2:0", input_shape=INPUT_SHAPE, chains=3, steps=12,
-                      real_data=_real(), method="annealed", disc_warmup=4)
+                      real_data=_real(), method="ascent", disc_warmup=4)
     _assert_healthy(res)
     assert res.discriminator is not poison_mid_run["first"]
 

@@ -170,8 +170,8 @@ def test_reported_law_constants():
     res = ldam.sample(nn.Sequential(Quadratic()), "0:0", steps=20, **QUAD)
     assert res.scales.shape == (1,) and res.disc_weights is None and res.acceptance_rate is None
     assert res.config["method"] == "langevin" and res.config["burn_in"] == 10
-    annealed = ldam.sample(nn.Sequential(Quadratic()), "0:0", steps=20, method="annealed", **QUAD)
-    assert annealed.scales is None and annealed.config["burn_in"] == 0
+    ascent = ldam.sample(nn.Sequential(Quadratic()), "0:0", steps=20, method="ascent", **QUAD)
+    assert ascent.scales is None and ascent.config["burn_in"] == 0
 
 
 # ---- a law with its mass at a wall, and the state a call returns (issue #21: each caught a mutant no test did) ---

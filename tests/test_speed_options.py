@@ -78,9 +78,9 @@ def graph_form_on_cpu(monkeypatch):
 
 
 @pytest.mark.parametrize("kw", [{"method": "langevin"}, {"method": "mala"},
-                                {"method": "annealed", "precondition": "rms"},
-                                {"method": "annealed", "precondition": "psgld"},
-                                {"method": "annealed", "precondition": "none"}], ids=lambda kw: "-".join(kw.values()))
+                                {"method": "ascent", "precondition": "rms"},
+                                {"method": "ascent", "precondition": "psgld"},
+                                {"method": "ascent", "precondition": "none"}], ids=lambda kw: "-".join(kw.values()))
 def test_the_graph_form_of_the_step_gives_the_eager_samples(graph_form_on_cpu, kw):
     spec = ["features.0:0-1", "classifier.2:all"]
     kwargs = dict(KW, steps=12, **kw)

@@ -160,8 +160,8 @@ def test_bad_choices_list_the_accepted_values(name, value):
 
 
 def test_a_diagonal_metric_needs_a_langevin_method_and_an_adapting_part_to_measure_it_in():
-    _raises_before_sampling(ValueError, r"^metric: method='annealed' has no metric \(got metric='diagonal'\)",
-                            method="annealed", metric="diagonal")
+    _raises_before_sampling(ValueError, r"^metric: method='ascent' has no metric \(got metric='diagonal'\)",
+                            method="ascent", metric="diagonal")
     _raises_before_sampling(ValueError, r"^metric: .* at least 4 steps; got burn_in=6, search=4 \(2 adapting",
                             steps=10, burn_in=6, search=4, metric="diagonal")
 
@@ -169,18 +169,18 @@ def test_a_diagonal_metric_needs_a_langevin_method_and_an_adapting_part_to_measu
 @pytest.mark.parametrize("name, value", [("precondition", "adam"), ("schedule", "exp"), ("noise", -0.1)])
 def test_the_annealed_search_checks_its_own_knobs(name, value):
     match = rf"{name}: expected one of \[.*\], got {value!r}" if name != "noise" else r"noise: expected a finite"
-    _raises_before_sampling(ValueError, match, method="annealed", **{name: value})
+    _raises_before_sampling(ValueError, match, method="ascent", **{name: value})
 
 
 @pytest.mark.parametrize("name, value", [("precondition", "rms"), ("schedule", "cosine"), ("noise", 0.1)])
-def test_annealed_only_knobs_are_refused_by_the_langevin_methods(name, value):
-    _raises_before_sampling(ValueError, rf"^{name}: only method='annealed' takes it \(got {name}={value!r} with "
+def test_ascent_only_knobs_are_refused_by_the_langevin_methods(name, value):
+    _raises_before_sampling(ValueError, rf"^{name}: only method='ascent' takes it \(got {name}={value!r} with "
                             rf"method='langevin'\)", **{name: value})
 
 
 @pytest.mark.parametrize("kw, match", [
     ({"burn_in": 8, "steps": 8}, r"^burn_in: expected fewer than steps=8 burn-in steps, got 8$"),
-    ({"burn_in": 2, "method": "annealed"}, r"^burn_in: method='annealed' has no burn-in \(got burn_in=2\)$"),
+    ({"burn_in": 2, "method": "ascent"}, r"^burn_in: method='ascent' has no burn-in \(got burn_in=2\)$"),
     ({"burn_in_boost": 0.5}, r"^burn_in_boost: expected a number >= 1"),
     ({"adapt_disc": "yes"}, r"^adapt_disc: expected True or False, got 'yes'$"),
 ])

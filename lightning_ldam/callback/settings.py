@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 
 from lightning_ldam import _validation as V
-from lightning_ldam.sampling.config import INITS, SPATIAL, resolve_config
+from lightning_ldam.sampling.config import INITS, SPATIAL, SamplerConfig
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.report.labels import check_labels, labeller_of
 from lightning_ldam.sampling.progress import Progress
@@ -26,13 +26,13 @@ from lightning_ldam.sampling.targets import NeuronSpec, canonical_path, find_lay
 __all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch",
            "given_arguments", "argument_given", "check_pixel_space"]
 
-#: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs`` (the rest are callback arguments).
-SAMPLER_EXTRA_KWARGS = frozenset({
-    "method", "burn_in", "step_size", "burn_in_boost", "temperature", "scale", "adapt_disc", "smoothness", "noise",
-    "precondition", "schedule", "spatial", "init", "disc_lr", "disc_every", "disc_steps", "disc_warmup",
-    "target_accept", "search", "metric", "leapfrog_steps", "autocast_dtype", "channels_last", "cuda_graph", "progress"})
-_CONFIG_KWARGS = SAMPLER_EXTRA_KWARGS - {"spatial", "init", "autocast_dtype", "channels_last", "cuda_graph",
-                                         "progress"}
+#: ``lightning_ldam.sample`` keywords the callback sets itself (its own arguments of the same names).
+CALLBACK_OWN_SETTINGS = frozenset({"steps", "disc_weight"})
+#: ``lightning_ldam.sample``'s own arguments (not settings of its config) that ``sampler_kwargs`` may give.
+_CALL_KWARGS = frozenset({"spatial", "init", "progress"})
+#: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs``: every sampler setting
+#: (:class:`~lightning_ldam.sampling.config.SamplerConfig`) but the callback's own, and a few of the call's.
+SAMPLER_EXTRA_KWARGS = frozenset(SamplerConfig.setting_names()) - CALLBACK_OWN_SETTINGS | _CALL_KWARGS
 AVERAGING = ("auto", "ema", None)
 
 
@@ -185,20 +185,14 @@ def check_sampler_kwargs(kwargs: Optional[Dict[str, Any]], steps: Optional[int],
     if unknown:
         raise LDAMArgumentError("sampler_kwargs", f"unknown keys {unknown}; accepted: {sorted(SAMPLER_EXTRA_KWARGS)} "
                                                   f"(the other lightning_ldam.sample arguments are the callback's own)")
-    config = {k: v for k, v in kwargs.items() if k in _CONFIG_KWARGS}
+    settings = {k: v for k, v in kwargs.items() if k not in _CALL_KWARGS}
     try:
-        resolve_config(**config, steps=steps, disc_weight=disc_weight or 0.0)
+        own = {"steps": steps} if steps is not None else {}
+        SamplerConfig().with_settings(**settings, **own, disc_weight=disc_weight)
         if "spatial" in kwargs:
             V.check_choice("spatial", kwargs["spatial"], SPATIAL)
         if "init" in kwargs:
             V.check_choice("init", kwargs["init"], INITS)
-        for name in ("channels_last", "cuda_graph"):
-            if name in kwargs and not isinstance(kwargs[name], bool):
-                raise LDAMArgumentError(name, f"expected True or False, got {V.shown(kwargs[name])}")
-        dtype = kwargs.get("autocast_dtype")
-        if dtype is not None and not isinstance(dtype, torch.dtype):
-            raise LDAMArgumentError("autocast_dtype", f"expected a torch.dtype such as torch.bfloat16, "
-                                                      f"got {V.shown(dtype)}")
         if kwargs.get("cuda_graph") and not torch.cuda.is_available():
             raise LDAMArgumentError("cuda_graph", "CUDA graphs need a CUDA device and torch.cuda.is_available() is "
                                                   "False; drop it")

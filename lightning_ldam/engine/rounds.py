@@ -23,7 +23,8 @@ from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.sampling.activations import chain_activations, unit_activations
 from lightning_ldam.sampling.progress import Progress
 from lightning_ldam.sampling.result import SampleResult, merge_shards, reference
-from lightning_ldam.sampling.api import WARM_DISC_STEPS, LangevinConfig, sample
+from lightning_ldam.sampling.api import WARM_DISC_STEPS, sample
+from lightning_ldam.sampling.config import LangevinConfig
 from lightning_ldam.sampling.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
 
 __all__ = ["time_a_step", "Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round",
@@ -182,7 +183,7 @@ def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) 
     disc_weight = 0.0  # no discriminator is built: the real inputs only rank units
     if dry_run:
         extra = {k: v for k, v in plan.sampler_kwargs.items() if k not in ("burn_in", "disc_warmup", "progress")}
-        if extra.get("method", "langevin") != "annealed":
+        if extra.get("method", "langevin") != "ascent":
             extra["burn_in"] = 1
         extra["disc_warmup"] = 1
         disc_weight = plan.disc_weight
@@ -231,7 +232,7 @@ def time_a_step(plan: RoundPlan) -> float:
     estimate errs long). A fresh discriminator is used: the variant's warm one is left as it is."""
     variant = plan.variants[0]
     kwargs = {k: v for k, v in plan.sampler_kwargs.items() if k not in ("progress", "burn_in", "disc_warmup")}
-    if kwargs.get("method", "langevin") != "annealed":
+    if kwargs.get("method", "langevin") != "ascent":
         kwargs["burn_in"] = 1
     res = sample(variant.network, plan.neurons, input_shape=plan.input_shape, chains=plan.chains, steps=2,
                  real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,

@@ -24,7 +24,8 @@ import logging
 import sys
 import time
 import warnings
-from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+from dataclasses import replace
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -35,8 +36,8 @@ from lightning_ldam.sampling.activations import ActivationReader, probe_outputs,
 from lightning_ldam.sampling.unit_axes import resolve_reading, unit_count
 from lightning_ldam.sampling.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
 from lightning_ldam.sampling.chains import LangevinChains, Objective
-from lightning_ldam.sampling.config import (DEFAULT_DISC_WEIGHT, DEFAULT_SMOOTHNESS, INITS, SPATIAL, LangevinConfig,
-                                   resolve_config)
+from lightning_ldam.sampling.config import (FRESH_DISC_WARMUP, INITS, SPATIAL, DiscriminatorConfig, LangevinConfig,
+                                            SamplerConfig, default_smoothness)
 from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
 from lightning_ldam.sampling.inputs import extract_input
 from lightning_ldam.sampling.progress import Progress
@@ -44,7 +45,7 @@ from lightning_ldam.sampling.result import SampleResult
 from lightning_ldam.sampling.targets import (TOP_REAL_IMAGES, NeuronSpec, UnitPick, find_layer, layer_settings,
                                     parse_neurons, resolve_neurons)
 
-__all__ = ["sample", "LangevinConfig", "DEFAULT_DISC_WEIGHT", "WARM_DISC_STEPS"]
+__all__ = ["sample", "WARM_DISC_STEPS"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ MAX_REAL_IMAGES = 4096
 PROBE_BATCH = 2
 #: Real images whose activations set each neuron's target in ``adapt_disc`` (the strongest of them).
 TARGET_REAL_IMAGES = 512
-#: Updates that warm up a discriminator built during a call (one given with NaN/Inf weights, or one rebuilt).
-FRESH_DISC_WARMUP = 50
 
 
 def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.Tensor:
@@ -198,29 +197,18 @@ def _input_shape_hint(input_shape) -> str:
 
 
 def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int], chains: int = 8,
-           steps: Optional[int] = None, real_data=None, disc_weight: Optional[float] = None,
-           value_range: Tuple[float, float] = (0.0, 1.0), normalize=None, init: Union[str, torch.Tensor] = "noise",
-           seed: int = 0, device: Union[str, torch.device, None] = None, method: str = "langevin",
-           burn_in: Optional[int] = None, step_size: Optional[float] = None, temperature: float = 1.0,
-           scale: Union[str, float] = "auto", adapt_disc: bool = True, smoothness: Optional[float] = None,
-           burn_in_boost: Optional[float] = None,
-           noise: Optional[float] = None, precondition: Optional[str] = None, schedule: Optional[str] = None,
-           spatial: str = "mean", discriminator: Optional[nn.Module] = None, disc_lr: float = 1e-3,
-           disc_every: int = 1, disc_steps: Optional[int] = None, disc_warmup: Optional[int] = None,
-           target_accept: Union[str, float, None] = "auto", search: Optional[int] = None,
-           metric: str = "identity", leapfrog_steps: Optional[int] = None,
-           continued: Optional[torch.Tensor] = None,
-           autocast_dtype: Optional[torch.dtype] = None,
-           channels_last: bool = False, cuda_graph: bool = False,
-           progress: Union[bool, float, Progress] = False) -> SampleResult:
+           real_data=None, value_range: Tuple[float, float] = (0.0, 1.0), normalize=None,
+           init: Union[str, torch.Tensor] = "noise", seed: int = 0, device: Union[str, torch.device, None] = None,
+           spatial: str = "mean", discriminator: Optional[nn.Module] = None,
+           continued: Optional[torch.Tensor] = None, progress: Union[bool, float, Progress] = False,
+           config: Optional[SamplerConfig] = None, **settings) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
     With the defaults (``method="langevin"``) the returned images are the states, after ``steps`` steps, of
     Langevin chains whose law from step ``burn_in`` on is
     ``p_k(x) ∝ exp(a_k(x)/(c_k·T) + λ_k·log D(x) − γ_k·½Σ(neighbour differences)²)`` in the box (``γ_k = 0``
     without D unless ``smoothness`` is given); ``result.scales`` and ``result.disc_weights`` hold ``c_k`` and
-    ``λ_k``. :mod:`lightning_ldam.sampling.config`
-    says how they are set and what ``"mala"`` and ``"annealed"`` do.
+    ``λ_k``. :mod:`lightning_ldam.sampling.config` says how they are set and what the other methods do.
 
     Args:
         model: the network; left exactly as found (modes, ``requires_grad``, ``.grad``, buffers).
@@ -229,13 +217,9 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             with ``seed``) (see :mod:`lightning_ldam.sampling.targets`). ``result.neurons`` names the units chosen.
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
         chains: chains per neuron.
-        steps: steps in all, burn-in included (default 512).
         real_data: real images in pixel space (a tensor ``[N, *input_shape]`` or an iterable of batches)
             to train the discriminator on, to set each neuron's target for ``adapt_disc``, to start
             ``init="data"`` chains from and to rank units for ``"layer:topK"``.
-        disc_weight: λ, the weight of log D's drift against the unit's (see :mod:`lightning_ldam.sampling.config`).
-            Default, when ``real_data`` or ``discriminator`` is given: :data:`DEFAULT_DISC_WEIGHT` (1.0); else 0
-            (no discriminator is built: it costs nothing).
         value_range: the pixel box ``(lo, hi)`` samples stay in.
         normalize: ``(mean, std)`` applied to pixel-space chains before the model (per channel or scalar).
         init: ``"noise"`` (uniform in the box), ``"data"`` (real images), or a float tensor of starting images in
@@ -245,67 +229,32 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         seed: seed of the private generators; the global RNG is never used. The chains' noise has its own
             generator, so variants sampled with one seed share their starts and noise.
         device: where to sample; default the model's device (a copy of the model is moved otherwise).
-        method: ``"langevin"`` (default), ``"mala"`` (exact: Metropolis-adjusted), ``"hmc"`` (exact: Hamiltonian
-            transitions of ``leapfrog_steps`` leapfrogs, reflected at the walls; burn-in as MALA's) or
-            ``"annealed"`` (the earlier releases' annealed search; not a sampler of a fixed law).
-        burn_in: steps before the law is fixed (default ``steps // 2``; not for ``"annealed"``).
-        step_size: noise std per pixel and step in the sampling phase, unit box (default 0.005);
-            ``"annealed"``: ε at the first step (default 0.1).
-        leapfrog_steps: ``"hmc"``: leapfrogs (gradient evaluations) per transition (default 16); each sampling
-            step is one leapfrog, so ``steps`` counts gradients for every method.
-        target_accept: ``"mala"``/``"hmc"``: the acceptance probability each neuron's MALA step is adapted toward
-            over burn-in's adapting half by dual averaging (Stan's scheme; ``"auto"``: 0.574, the optimal rate of a
-            Langevin proposal), starting from ``step_size`` and fixed for the sampling phase
-            (``result.step_sizes``); ``None``: the step stays ``step_size``. ``"hmc"`` leapfrogs at
-            :data:`~lightning_ldam.sampling.config.HMC_STEP_FRACTION` (0.4) of that step. Other methods: ``"auto"`` or
-            ``None`` only.
-        metric: the mass matrix M of the Langevin methods (drift ``(ε/2)·M·∇log p``, noise ``√ε·M^½·ξ``, the same
-            law): ``"identity"`` (default) or ``"diagonal"``, each pixel's variance over the neuron's chains in the
-            first 60% of burn-in's adapting part, over the smallest pixel's (the stiffest keeps its step), capped by
-            the smoothness prior's curvature, then fixed (``result.metric``); MALA re-adapts its step after it is
-            fixed. Diagonal, so each wall still reflects.
-        search: burn-in's search steps before ``c_k`` is fixed (default half of ``burn_in``); 0 skips the search
-            (``c_k`` measured at the starting chains: for chains that continue an earlier call's, ``init=``).
-        continued: with a tensor ``init``, a bool mask ``[chains]`` or ``[n_neurons, chains]`` of the chains that
-            continue an earlier call's: they are held at their starts through burn-in's search (which the others
-            run) and step the law from its end; ``c_k`` reads every chain's gradients. ``None``: every chain
-            searches.
-        temperature: T.
-        scale: ``"auto"`` (``c_k`` from the unit's input-gradient scale in burn-in) or a number (``c_k`` for all).
-        adapt_disc: in burn-in's second half, lower a neuron's prior weight w_k (log D and smoothness; starts at 1)
-            while its lift over the real inputs is below 1.25, raise it while above, up to
-            :data:`~lightning_ldam.sampling.config.PRIOR_WEIGHT_MAX` (2) (needs real data).
-        smoothness: κ of the smoothness prior (image inputs; default 1.5 with the discriminator, else 0).
-        burn_in_boost: the drift's ε at the first burn-in step over the sampling ε (default 40, cosine decay to 1
-            over burn-in's first half; the noise stays at ``step_size``).
-        noise, precondition, schedule: ``"annealed"`` only: σ (default 0.1), ``"rms"``/``"psgld"``/``"none"``,
-            ``"cosine"``/``"linear"``/``"constant"``.
         spatial: conv channels reduce by ``"mean"`` over positions (default) or take the ``"center"`` unit.
         discriminator: a discriminator to use (and to train further in burn-in if ``real_data`` is given), e.g.
             the ``result.discriminator`` of an earlier call (warm start). Takes unit-box images ``[B, C, H, W]``
             and returns logits ``[B]``. One with NaN/Inf weights is left alone and a fresh one used (with a
             warning); one whose weights turn NaN/Inf while training is rebuilt at the end of burn-in (and of an
-            ``"annealed"`` call): ``result.discriminator`` is never non-finite, ``result.config["disc_rebuilt"]``
+            ``"ascent"`` call): ``result.discriminator`` is never non-finite, ``result.config["disc_rebuilt"]``
             says whether it was replaced.
-        disc_lr: discriminator learning rate (Adam).
-        disc_every: train D every this many steps (in burn-in; ``"annealed"``: throughout).
-        disc_steps: D updates each time it is trained (default
-            :data:`~lightning_ldam.sampling.config.DEFAULT_DISC_STEPS`, 2).
-        disc_warmup: D updates before the first step (default 50 for a fresh D, 0 for a given one).
-        autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast (GPU speed option). ``"mala"``
-            computes its accept test from a float32 forward (autocast off) at each proposal: one more forward a
-            step, without which bf16's rounding of the activation would decide acceptance.
-        channels_last: run convolutions in NHWC memory layout (a GPU speed option with autocast; the
-            model's tensors get their layout back afterwards, values are never touched).
-        cuda_graph: replay each step as a CUDA graph (CUDA only; one graph per phase): for small networks,
-            whose steps are bound by kernel launches. D's updates stay eager between replays.
+        continued: with a tensor ``init``, a bool mask ``[chains]`` or ``[n_neurons, chains]`` of the chains that
+            continue an earlier call's: they are held at their starts through burn-in's search (which the others
+            run) and step the law from its end; ``c_k`` reads every chain's gradients. ``None``: every chain
+            searches.
         progress: ``True``: a progress bar on a terminal (nothing when stderr is not one); a number of seconds:
             the same bar, appearing only once sampling has taken that long (for callers that do not know in
             advance whether a call is slow); a :class:`~lightning_ldam.sampling.progress.Progress`: its bar on a
             terminal, else plain lines for log files (e.g. ``Progress(delay=3.0, write=log.info)``).
+        config: the sampler's settings (:class:`~lightning_ldam.sampling.config.SamplerConfig`; default: every
+            default).
+        **settings: any field of ``config``'s sections by name, applied over ``config``: ``method``, ``steps``,
+            ``burn_in``, ``step_size``, ``temperature``, ``disc_weight``, ``disc_steps``, ``autocast_dtype``, ...
+            (:class:`~lightning_ldam.sampling.config.LangevinConfig`,
+            :class:`~lightning_ldam.sampling.config.DiscriminatorConfig`,
+            :class:`~lightning_ldam.sampling.config.SpeedOptions`).
 
     Returns:
-        :class:`~lightning_ldam.sampling.result.SampleResult`.
+        :class:`~lightning_ldam.sampling.result.SampleResult`; ``result.sampler_config`` holds the settings used,
+        every default filled in.
 
     Example::
 
@@ -313,32 +262,31 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         >>> res = sample(net, "3:0-1", input_shape=(1, 28, 28), chains=2, steps=5)
         >>> res.images.shape, res.activations.shape, res.neurons
         (torch.Size([2, 2, 1, 28, 28]), torch.Size([2, 2]), [('3', 0), ('3', 1)])
+        >>> res.sampler_config.langevin.burn_in
+        2
     """
     started = time.perf_counter()
     shape, (lo, hi) = _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator,
-                                  channels_last, cuda_graph, progress)
-    if disc_weight is None:
-        disc_weight = DEFAULT_DISC_WEIGHT if (real_data is not None or discriminator is not None) else 0.0
-    V.check_positive("disc_weight", disc_weight, allow_zero=True)
+                                  progress)
+    if config is not None and not isinstance(config, SamplerConfig):
+        raise LDAMArgumentError("config", f"expected a SamplerConfig or None, got {V.shown(config)}")
+    requested = (config or SamplerConfig()).with_settings(**settings)
     own = layer_settings(neurons)  # the spec's per-layer settings, by the layer paths it writes
-    _check_disc_source(disc_weight, own, real_data is not None or discriminator is not None)
-    cfg = resolve_config(method=method, steps=steps, burn_in=burn_in, step_size=step_size,
-                         burn_in_boost=burn_in_boost, temperature=temperature, scale=scale,
-                         disc_weight=disc_weight, adapt_disc=adapt_disc,
-                         smoothness=_default_smoothness(smoothness, method, shape, disc_weight),
-                         precondition=precondition, noise=noise,
-                         schedule=schedule, disc_every=disc_every, disc_steps=disc_steps,
-                         disc_warmup=(disc_warmup if disc_warmup is not None
-                                      else (50 if discriminator is None else 0)), disc_lr=disc_lr,
-                         target_accept=target_accept, search=search, metric=metric,
-                         leapfrog_steps=leapfrog_steps)
-    if cuda_graph and cfg.method == "hmc":
-        raise LDAMArgumentError("cuda_graph", "method='hmc' runs its transitions eagerly (a transition's first "
-                                "and last leapfrogs differ from the rest); pass cuda_graph=False")
+    has_source = real_data is not None or discriminator is not None
+    disc_cfg = requested.discriminator.resolved(has_source=has_source, given=discriminator is not None)
+    given_weight = requested.discriminator.disc_weight  # as given: the message quotes it
+    _check_disc_source(disc_cfg.disc_weight if given_weight is None else given_weight, own, has_source)
+    smoothness = requested.langevin.smoothness
+    if smoothness and len(shape) != 3:
+        raise LDAMArgumentError("smoothness", f"the smoothness prior needs image inputs (C, H, W); "
+                                              f"input_shape={shape}")
+    cfg = replace(requested, langevin=requested.langevin.resolved(images=len(shape) == 3,
+                                                                  prior=disc_cfg.disc_weight > 0),
+                  discriminator=disc_cfg)
     if isinstance(init, str) and init == "data" and real_data is None:
         raise LDAMArgumentError("init",
             "'data' starts chains from real images; pass real_data=..., or use init='noise'")
-    if len(shape) != 3 and (_uses_disc(cfg.disc_weight, own) or discriminator is not None):
+    if len(shape) != 3 and (_uses_disc(disc_cfg.disc_weight, own) or discriminator is not None):
         raise LDAMArgumentError("disc_weight", f"the discriminator needs image inputs (C, H, W); input_shape={shape}")
     norm = V.check_normalize(normalize, shape[0])
     real_cpu = _collect_real(real_data, shape, MAX_REAL_IMAGES) if real_data is not None else None
@@ -348,7 +296,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
 
     model_dev = V.model_device(model)
     device = _sampling_device(device, model_dev)
-    if cuda_graph and not _graphs_supported(device):
+    speed = cfg.speed
+    if speed.cuda_graph and not _graphs_supported(device):
         raise LDAMArgumentError("cuda_graph", f"CUDA graphs need a CUDA device; sampling runs on {device}. "
                          f"Pass cuda_graph=False (or device='cuda')")
 
@@ -357,20 +306,19 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         if norm is not None:
             # clone(): tensors made under a caller's inference_mode cannot be saved for backward
             norm = tuple(t.to(device).view(1, -1, *([1] * (len(shape) - 1))).clone() for t in norm)
-        nhwc = channels_last and len(shape) == 3  # a layout of 4-D (image) batches only
+        nhwc = speed.channels_last and len(shape) == 3  # a layout of 4-D (image) batches only
         with _frozen(net, channels_last=nhwc):
             dtype = V.model_dtype(net)
-            resolved, settings = _resolve(net, neurons, shape, device, norm, dtype, real=real_cpu, spatial=spatial,
-                                          seed=seed)
-            to_model = _ModelInput(lo, hi, norm, dtype, nhwc, autocast_dtype, device, cuda_graph)
-            law = _LayerLaw(resolved, settings, cfg, smoothness, shape, spatial)
+            resolved, layer_own = _resolve(net, neurons, shape, device, norm, dtype, real=real_cpu, spatial=spatial,
+                                           seed=seed)
+            to_model = _ModelInput(lo, hi, norm, dtype, nhwc, speed.autocast_dtype, device, speed.cuda_graph)
+            law = _LayerLaw(resolved, layer_own, cfg, smoothness, shape, spatial)
             run = _Run(net, resolved, shape, chains, cfg, real_cpu, (lo, hi), to_model, law, device, seed)
             held = _held_rows(continued, init, len(resolved), chains, device)
-            return run(init, discriminator, cuda_graph, progress, started, held)
+            return run(init, discriminator, speed.cuda_graph, progress, started, held)
 
 
-def _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator, channels_last,
-                cuda_graph, progress):
+def _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator, progress):
     """The checks of ``sample``'s arguments that are not sampler settings; returns the shape and the box."""
     V.check_model(model)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
@@ -392,23 +340,9 @@ def _check_call(model, input_shape, chains, value_range, init, spatial, seed, di
     if discriminator is not None and any(p.is_meta for p in discriminator.parameters()):
         raise LDAMArgumentError("discriminator", "expected a discriminator with weights, got one whose "
                                 "parameters are on the meta device")
-    for name, flag in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
-        if not isinstance(flag, bool):
-            raise LDAMArgumentError(name, f"expected True or False, got {V.shown(flag)}")
     if not isinstance(progress, (bool, Progress)):
         V.check_positive("progress", progress, allow_zero=True)
     return shape, box
-
-
-def _default_smoothness(smoothness, method, shape, disc_weight) -> float:
-    """The smoothness prior comes with the discriminator (λ > 0) on images, for the Langevin methods: λ = 0 is the
-    paper's pixel-level end of the trade-off, with no prior at all."""
-    if smoothness is not None:
-        if smoothness and len(shape) != 3:
-            raise LDAMArgumentError("smoothness",
-                f"the smoothness prior needs image inputs (C, H, W); input_shape={shape}")
-        return smoothness
-    return DEFAULT_SMOOTHNESS if (method != "annealed" and len(shape) == 3 and disc_weight > 0) else 0.0
 
 
 def _uses_disc(disc_weight: float, settings: Dict[str, dict]) -> bool:
@@ -437,34 +371,33 @@ class _LayerLaw:
     λ > 0, 0 at λ = 0), unless the call gave ``smoothness``.
 
     Attributes:
-        per_neuron: ``{"disc_weight" | "temperature" | "smoothness": [value per neuron]}``, or ``None`` when no
-            layer overrides a knob of the law (every neuron takes ``cfg``'s).
+        per_neuron: ``{"disc_weight" | "temperature" | "smoothness": [value per neuron]}`` (a layer's own setting,
+            else the call's).
         spatial: the call's ``spatial``, or ``{layer: mode}`` for every layer when a layer sets its own.
         settings: the per-layer settings, keyed by resolved layer path (reported in ``result.config``).
         uses_disc: whether any neuron's λ is > 0.
     """
 
-    def __init__(self, neurons, settings: Dict[str, dict], cfg: LangevinConfig, smoothness: Optional[float],
+    def __init__(self, neurons, settings: Dict[str, dict], cfg: SamplerConfig, smoothness: Optional[float],
                  shape, spatial: str):
         self.settings = settings
-        self.uses_disc = _uses_disc(cfg.disc_weight, settings)
+        disc_weight, law = cfg.discriminator.disc_weight, cfg.langevin
+        self.uses_disc = _uses_disc(disc_weight, settings)
         layers = list(dict.fromkeys(layer for layer, _ in neurons))
         modes = {layer: settings.get(layer, {}).get("spatial", spatial) for layer in layers}
         self.spatial = spatial if all(m == spatial for m in modes.values()) else modes
         knobs = ("disc_weight", "temperature", "smoothness")
-        self.per_neuron = None
-        if any(k in s for s in settings.values() for k in knobs):
-            self.per_neuron = {k: [] for k in knobs}
-            for layer, _ in neurons:
-                own = settings.get(layer, {})
-                lam = own.get("disc_weight", cfg.disc_weight)
-                kappa = own.get("smoothness", cfg.smoothness if (smoothness is not None or "disc_weight" not in own)
-                                else _default_smoothness(None, cfg.method, shape, lam))
-                if kappa and len(shape) != 3:
-                    raise LDAMArgumentError("neurons", f"layer {layer!r}: the smoothness prior needs image inputs "
-                                            f"(C, H, W); input_shape={shape}")
-                for k, v in zip(knobs, (lam, own.get("temperature", cfg.temperature), kappa)):
-                    self.per_neuron[k].append(float(v))
+        self.per_neuron: Dict[str, List[float]] = {k: [] for k in knobs}
+        for layer, _ in neurons:
+            own = settings.get(layer, {})
+            lam = own.get("disc_weight", disc_weight)
+            kappa = own.get("smoothness", law.smoothness if (smoothness is not None or "disc_weight" not in own)
+                            else default_smoothness(law.method, len(shape) == 3, lam > 0))
+            if kappa and len(shape) != 3:
+                raise LDAMArgumentError("neurons", f"layer {layer!r}: the smoothness prior needs image inputs "
+                                        f"(C, H, W); input_shape={shape}")
+            for k, v in zip(knobs, (lam, own.get("temperature", law.temperature), kappa)):
+                self.per_neuron[k].append(float(v))
 
 
 def _held_rows(continued, init, n: int, chains: int, device) -> Optional[torch.Tensor]:
@@ -579,9 +512,10 @@ class _ModelInput:
 class _Run:
     """One sampling call: the chains, the discriminator and the loop over steps."""
 
-    def __init__(self, net, neurons, shape, chains, cfg: LangevinConfig, real_cpu, box, to_model: _ModelInput,
+    def __init__(self, net, neurons, shape, chains, config: SamplerConfig, real_cpu, box, to_model: _ModelInput,
                  law: _LayerLaw, device, seed):
-        self.net, self.neurons, self.shape, self.chains, self.cfg = net, neurons, shape, chains, cfg
+        self.net, self.neurons, self.shape, self.chains = net, neurons, shape, chains
+        self.config, self.cfg, self.disc_cfg = config, config.langevin, config.discriminator
         self.box, self.to_model, self.law, self.device, self.seed = box, to_model, law, device, seed
         self.spatial, self.uses_disc = law.spatial, law.uses_disc
         lo, hi = box
@@ -609,7 +543,7 @@ class _Run:
 
     def _real_targets(self):
         """``(mean, max)`` activation per neuron over up to TARGET_REAL_IMAGES real inputs (for ``adapt_disc``)."""
-        if self.real is None or not self.cfg.adapt_disc or self.cfg.method == "annealed" or not self.uses_disc:
+        if self.real is None or not self.disc_cfg.adapt_disc or self.cfg.method == "ascent" or not self.uses_disc:
             return None
         lo, hi = self.box
         real = lo + (hi - lo) * self.real[:TARGET_REAL_IMAGES]  # back to pixel space
@@ -630,7 +564,7 @@ class _Run:
                 chains = LangevinChains(u0, objective, cfg, len(neurons), self.chain_gen, targets, graph=cuda_graph,
                                         law=self.law.per_neuron, held=held)
                 step_seconds = _loop(chains, disc, cfg, cuda_graph, self.device, progress)
-                disc.ensure_finite(chains.u)  # "annealed" trains D to the end: never return a broken one
+                disc.ensure_finite(chains.u)  # "ascent" trains D to the end: never return a broken one
                 with torch.no_grad():
                     final = self.to_model.run(reader, chains.u)
                     scores = disc.scores(chains.u)
@@ -645,7 +579,7 @@ class _Run:
         total_resets = int(chains.resets.sum())
         if total_resets:
             log.warning("LDAM: %d chain states turned NaN/Inf and were re-initialised", total_resets)
-        fixed = cfg.method != "annealed"
+        fixed = cfg.method != "ascent"
         return SampleResult(
             neurons=list(self.neurons),
             images=(lo + (hi - lo) * chains.u).clamp_(lo, hi).detach().cpu().view(n, c, *self.shape),
@@ -661,7 +595,8 @@ class _Run:
             **_mixing(chains, n, c),
             scales=chains.scale.cpu() if fixed else None,
             disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
-            config={**cfg.__dict__, "chains": c, "seed": self.seed, "spatial": self.spatial,
+            sampler_config=self.config,
+            config={**self.config.settings(), "chains": c, "seed": self.seed, "spatial": self.spatial,
                     "init": f"images {list(init.shape)}" if isinstance(init, torch.Tensor) else init,
                     "device": str(self.device), "disc_rebuilt": keeper.rebuilt,
                     "layer_settings": {k: dict(v) for k, v in self.law.settings.items()}})
@@ -670,7 +605,7 @@ class _Run:
 def _mixing(chains: LangevinChains, n: int, c: int) -> Dict[str, Optional[torch.Tensor]]:
     """Split R-hat and bulk ESS per neuron over the sampling phase, of the activation and of the fixed random
     projections of the state (:mod:`lightning_ldam.sampling.diagnostics`); ``None`` without a sampling phase of at least
-    :data:`~lightning_ldam.sampling.diagnostics.MIN_DRAWS` steps (``"annealed"``, or burn-in to the end)."""
+    :data:`~lightning_ldam.sampling.diagnostics.MIN_DRAWS` steps (``"ascent"``, or burn-in to the end)."""
     none = dict.fromkeys(("rhat", "ess", "rhat_activation", "ess_activation"))
     draws = chains.draws
     if draws < MIN_DRAWS:
@@ -697,16 +632,16 @@ class _DiscriminatorKeeper:
 
     def __init__(self, run: _Run, given: Optional[nn.Module], u0: torch.Tensor):
         self.run, self.module, self.trainer, self.rebuilt, self.flags = run, None, None, False, None
-        cfg = run.cfg
+        self.every = run.disc_cfg.disc_every
         if not run.uses_disc and given is None:
             return
-        warmup = cfg.disc_warmup
+        warmup = run.disc_cfg.disc_warmup
         if given is not None and not finite_weights(given):
             if run.real is None:
                 raise LDAMArgumentError("discriminator", "expected finite weights, got a discriminator with NaN/Inf "
                                         "weights and no real_data to train a fresh one; pass real_data=..., or "
                                         "discriminator=None")
-            warmup = cfg.disc_warmup or FRESH_DISC_WARMUP
+            warmup = run.disc_cfg.disc_warmup or FRESH_DISC_WARMUP
             warnings.warn(f"The discriminator given to sample() has NaN/Inf weights; it is left as it is and a fresh "
                           f"one (seed {run.seed}, {warmup} warm-up updates) is used and returned instead.",
                           RuntimeWarning, stacklevel=4)
@@ -725,7 +660,7 @@ class _DiscriminatorKeeper:
         run = self.run
         self.module = disc.to(run.device)
         if run.real is not None:
-            self.trainer = DiscriminatorTrainer(self.module, run.real, run.disc_gen, lr=run.cfg.disc_lr)
+            self.trainer = DiscriminatorTrainer(self.module, run.real, run.disc_gen, lr=run.disc_cfg.disc_lr)
             for _ in range(warmup):
                 self.trainer.step(u)
         self.flags = ([(p, p.requires_grad) for p in self.module.parameters()], self.module.training)
@@ -740,7 +675,7 @@ class _DiscriminatorKeeper:
         if self.trainer is None:  # an untrained D cannot turn non-finite; were it to, return none rather than it
             self.module = None
             return False
-        warmup = self.run.cfg.disc_warmup or FRESH_DISC_WARMUP
+        warmup = self.run.disc_cfg.disc_warmup or FRESH_DISC_WARMUP
         log.warning("LDAM: the discriminator's weights turned NaN/Inf while training; rebuilt it (seed %d) and warmed "
                     "it up on the current chains (%d updates)", self.run.seed, warmup)
         self._use(self._build(), u, warmup)
@@ -749,7 +684,7 @@ class _DiscriminatorKeeper:
     def train(self, u: torch.Tensor) -> None:
         """``disc_steps`` updates against the chain states ``u`` (none without real data)."""
         if self.trainer is not None:
-            for _ in range(self.run.cfg.disc_steps):
+            for _ in range(self.run.disc_cfg.disc_steps):
                 self.trainer.step(u)
 
     def scores(self, u: torch.Tensor) -> Optional[torch.Tensor]:
@@ -801,11 +736,11 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
             if t == timed_from:
                 timer = _synchronized_clock(device)
             phase = "sample" if t >= cfg.burn_in else ("search" if t < cfg.search_steps else "adapt")
-            if cfg.method != "annealed" and t == cfg.search_steps:
+            if cfg.method != "ascent" and t == cfg.search_steps:
                 chains.freeze_scales()
             if t == cfg.metric_end:
                 chains.fix_metric()
-            if cfg.method != "annealed" and t == cfg.burn_in:
+            if cfg.method != "ascent" and t == cfg.burn_in:
                 if disc.ensure_finite(chains.u):  # D is frozen from here on: one check, one sync
                     chains.replace_discriminator(disc.module)
                 chains.freeze()
@@ -813,7 +748,7 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
                 graphed[phase]()
             else:
                 phases[phase](t)
-            if (phase != "sample" or cfg.method == "annealed") and (t + 1) % cfg.disc_every == 0:
+            if (phase != "sample" or cfg.method == "ascent") and (t + 1) % disc.every == 0:
                 disc.train(chains.u)
             if tracker is not None:
                 tracker.update(1)
@@ -826,7 +761,7 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
 def _phases(chains: LangevinChains, cfg: LangevinConfig):
     """The step function of each phase: burn-in's search, burn-in's adapting half, then the method's step."""
     sampling = {"langevin": chains.langevin_step, "mala": chains.mala_step, "hmc": chains.hmc_step,
-                "annealed": chains.annealed_step}
+                "ascent": chains.ascent_step}
     adapt = chains.mala_adapt_step if chains.adapts_step else chains.adapt_step
     return {"search": chains.search_step, "adapt": adapt, "sample": sampling[cfg.method]}
 

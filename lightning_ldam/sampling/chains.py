@@ -1,4 +1,4 @@
-"""LDAM's Langevin chains: their state and one step of each phase (burn-in search, Langevin, MALA, annealed).
+"""LDAM's Langevin chains: their state and one step of each phase (burn-in search, Langevin, MALA, HMC, ascent).
 
 The chains of all neurons live in one neuron-major batch (``chains`` consecutive rows per neuron) in the unit box
 ``u ∈ [0, 1]^d``. What each method samples is stated in :mod:`lightning_ldam.sampling.config`. Every step is written
@@ -154,7 +154,8 @@ class LangevinChains:
         real_acts: ``(mean, max)`` per neuron over real inputs, for ``adapt_disc`` (``None``: no adaptation).
         graph: also keep the per-step scalars in device tables, for the CUDA-graph form of the steps.
         law: per-neuron ``"disc_weight"`` (λ), ``"temperature"`` (T) and ``"smoothness"`` (κ), each a sequence of
-            ``neurons`` values (per-layer settings of the neuron spec); ``None``: ``cfg``'s values for every neuron.
+            ``neurons`` values (per-layer settings of the neuron spec); ``None``: no D (λ = 0) and ``cfg``'s T and κ
+            for every neuron.
     """
 
     def __init__(self, u0: torch.Tensor, objective: Objective, cfg: LangevinConfig, neurons: int,
@@ -172,7 +173,7 @@ class LangevinChains:
         self.trace = torch.empty((cfg.steps, batch), device=dev)
         # the mixing diagnostics' second view: a few fixed random projections of each state over the sampling phase
         # (a private generator: the chains' own streams stay as they were)
-        self.draws = max(cfg.steps - cfg.burn_in, 0) if cfg.method != "annealed" else 0
+        self.draws = max(cfg.steps - cfg.burn_in, 0) if cfg.method != "ascent" else 0
         self.projection = _projections(u0[0].numel(), dev) if self.draws else None
         self.proj_trace = torch.empty((self.draws, batch, PROJECTIONS), device=dev) if self.draws else None
         self.resets = torch.zeros(batch, dtype=torch.long, device=dev)
@@ -206,16 +207,16 @@ class LangevinChains:
             self.metric_sqrt = torch.ones_like(u0)
             self.moments = torch.zeros((2, *u0.shape), device=dev)
             self.mu = torch.full((neurons,), self.mu, device=dev) if self.adapts_step else None
-        law = law or {}
-        per = {k: [float(v) for v in law.get(k, [getattr(cfg, k)] * neurons)]
-               for k in ("disc_weight", "temperature", "smoothness")}
+        law = law or {"disc_weight": [0.0] * neurons, "temperature": [cfg.temperature] * neurons,
+                      "smoothness": [cfg.smoothness] * neurons}
+        per = {k: [float(v) for v in law[k]] for k in ("disc_weight", "temperature", "smoothness")}
         self.lam = torch.tensor(per["disc_weight"], device=dev)  # λ per neuron (before D's gradient scale)
         self.lam_row = self._per_row(self.lam).view(-1)
         self.temp = torch.tensor(per["temperature"], device=dev)
         self.temp_row = self._per_row(self.temp)
-        # κ/PIXEL_SCALE per neuron: the smoothness prior's weight before w_k (images only; the annealed search has
+        # κ/PIXEL_SCALE per neuron: the smoothness prior's weight before w_k (images only; the ascent has
         # none). ``smooth`` says (host-side, no sync) whether any neuron has the prior at all.
-        images = u0.dim() == 4 and cfg.method != "annealed"
+        images = u0.dim() == 4 and cfg.method != "ascent"
         self.smooth = images and any(k > 0 for k in per["smoothness"])
         self.smooth_unit = torch.tensor(per["smoothness"], device=dev) / PIXEL_SCALE if self.smooth else None
         # burn-in's search (w_k = 1): a number when every neuron has the same κ (a scalar ``alpha``, one fused pass),
@@ -333,7 +334,7 @@ class LangevinChains:
     def _adapt_weight(self, acts: torch.Tensor) -> None:
         """Dual ascent on "lift ≥ TARGET_LIFT": w_k falls while the neuron is below it and rises above it, within
         [0, :data:`~lightning_ldam.sampling.config.PRIOR_WEIGHT_MAX`]."""
-        if self.real_acts is None or not self.cfg.adapt_disc:
+        if self.real_acts is None:
             return
         mean, top = self.real_acts
         spread = (top - mean).clamp_min(1e-12)
@@ -347,7 +348,7 @@ class LangevinChains:
         cfg = self.cfg
         if cfg.search_steps == 0:  # no search step tracked anything: measure at the initial chains
             self._track_scales(self.objective(self.u), 1.0)
-        if cfg.scale is not None:
+        if not isinstance(cfg.scale, str):  # one c_k for every neuron, given
             scale = torch.full_like(self.ms_act, cfg.scale)
         else:  # a unit with no gradient anywhere in burn-in: its law is flat whatever c_k is
             scale = torch.where(self.ms_act > 0, PIXEL_SCALE * self.ms_act.sqrt(), torch.ones_like(self.ms_act))
@@ -444,7 +445,7 @@ class LangevinChains:
         if self.objective.discriminator is None:
             return
         self.objective.discriminator = discriminator
-        if self.cfg.method != "annealed":
+        if self.cfg.method != "ascent":
             self._track_scales(self.objective(self.u), 1.0, act=False)
 
     def _drift(self, terms: Terms, u: torch.Tensor) -> torch.Tensor:
@@ -575,15 +576,15 @@ class LangevinChains:
         self.sigma.copy_(self._per_row(self.log_sigma.exp()))
 
     def step_sizes(self) -> Optional[torch.Tensor]:
-        """``[neurons]`` σ_k = √ε_k of the sampling phase (``None`` for ``"annealed"``)."""
-        if self.cfg.method == "annealed":
+        """``[neurons]`` σ_k = √ε_k of the sampling phase (``None`` for ``"ascent"``)."""
+        if self.cfg.method == "ascent":
             return None
         if isinstance(self.sigma, torch.Tensor):
             return self.sigma.view(self.n, self.chains)[:, 0].clone()
         return torch.full((self.n,), float(self.sigma), device=self.u.device)
 
-    def annealed_step(self, t: Optional[int]) -> None:
-        """A step of the opt-in annealed search (the earlier releases' dynamics: not a sampler of a fixed law)."""
+    def ascent_step(self, t: Optional[int]) -> None:
+        """A step of the opt-in ascent (noisy gradient ascent, the step and noise annealed: not a sampler of a fixed law)."""
         cfg = self.cfg
         terms = self.objective(self.u)
         self._record(t, terms.acts)

@@ -1,4 +1,9 @@
-"""The sampler's settings: what each method samples, the defaults, and the one function that checks them.
+"""The sampler's settings as typed, frozen records: what each method samples, and every default, written once.
+
+:class:`SamplerConfig` nests :class:`LangevinConfig` (how the chains move), :class:`DiscriminatorConfig` (the realism
+prior D) and :class:`SpeedOptions`. ``sample()`` takes one (``config=``) and its fields by name as keywords, checks
+them when they are built, and returns the resolved one in ``SampleResult.sampler_config``: every ``None`` ("the
+default for this call") replaced by the value used.
 
 Four methods (``method=``):
 
@@ -37,9 +42,9 @@ Four methods (``method=``):
   stays exact under it because M is diagonal: each coordinate's proposal is its own Gaussian, reflected at its own
   walls, as under the identity. A non-diagonal metric (e.g. a Fourier one) would need a reparametrisation of the
   box instead and is not offered.
-- ``"annealed"``: the search of earlier releases, opt-in: each drift term divided by its per-chain RMS at every
-  step, ε and the noise annealed (the noise to exactly 0), the discriminator trained at every step. A multi-start
-  optimiser with noise, not a sampler of any fixed law.
+- ``"ascent"``: noisy gradient ascent, opt-in: each drift term divided by its per-chain RMS at every step, ε and
+  the noise annealed (the noise to exactly 0), the discriminator trained at every step. A multi-start optimiser
+  with noise, not a sampler of any fixed law.
 
 Burn-in (``"langevin"``, ``"mala"`` and ``"hmc"``) adapts, then stops adapting. Its first half is a search: per-chain
 RMS-normalised drifts (so it climbs at the same pace on any layer), a drift step ε that starts
@@ -69,19 +74,22 @@ each neuron's input-gradient scale; at its end the law's constants are fixed:
 """
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import dataclass, replace
-from typing import Optional, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, Optional, Union
+
+import torch
 
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 from lightning_ldam.sampling.unit_axes import SPATIAL as UNIT_READINGS
 
-__all__ = ["LangevinConfig", "resolve_config", "METHODS", "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT",
-           "PRIOR_WEIGHT_MAX", "DEFAULT_DISC_STEPS",
-           "DEFAULT_SMOOTHNESS", "DEFAULT_TARGET_ACCEPT", "METRICS"]
+__all__ = ["SamplerConfig", "LangevinConfig", "DiscriminatorConfig", "SpeedOptions", "METHODS", "METRICS",
+           "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT", "PRIOR_WEIGHT_MAX", "DEFAULT_DISC_STEPS", "DEFAULT_SMOOTHNESS",
+           "DEFAULT_TARGET_ACCEPT", "FRESH_DISC_WARMUP"]
 
-METHODS = ("langevin", "mala", "hmc", "annealed")
+METHODS = ("langevin", "mala", "hmc", "ascent")
 #: The Langevin methods' metric (mass matrix M): the identity, or a diagonal one estimated in burn-in.
 METRICS = ("identity", "diagonal")
 #: ``metric="diagonal"``: the share of burn-in's adapting part over which the chains' spread is measured; the rest
@@ -129,68 +137,96 @@ HMC_JITTER = 0.5
 DEFAULT_LEAPFROG_STEPS = 16
 #: κ of the smoothness prior on image inputs when ``smoothness`` is not given.
 DEFAULT_SMOOTHNESS = 1.5
+#: √ε of the Langevin methods' sampling phase when ``step_size`` is not given (unit box).
+DEFAULT_STEP_SIZE = 0.005
+#: ε of ``"ascent"``'s first step when ``step_size`` is not given.
+ASCENT_STEP_SIZE = 0.1
+#: ``"ascent"``: the noise's σ when ``noise`` is not given.
+DEFAULT_ASCENT_NOISE = 0.1
+#: ``"ascent"``: ε at the last step, as a fraction of the first.
+ASCENT_FINAL_STEP_FRACTION = 0.1
+#: The drift's ε at burn-in's first step over the sampling ε when ``burn_in_boost`` is not given.
+DEFAULT_BURN_IN_BOOST = 40.0
+#: D updates on real images against the starting chains before the first step, for a D built by the call.
+FRESH_DISC_WARMUP = 50
+
+
+def _setting(default, help: str, kind: Optional[str] = None, choices: Optional[tuple] = None):
+    """A settings field: its default (written here once), the help the CLI and the docs show, and what kind of
+    value it takes (``kind``: int, float, str, bool, auto-or-float, auto-float-or-none, dtype; default: the type
+    of ``default``) from the ``choices`` if any: the CLI builds its options from these."""
+    kind = kind or type(default).__name__
+    return field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
 
 
 @dataclass(frozen=True)
 class LangevinConfig:
-    """Resolved sampler settings (unit-box coordinates). See the module docstring for what each method samples.
+    """How the chains move: the method, its steps and the law's temperature and priors (unit-box coordinates).
 
-    Attributes:
-        method: ``"langevin"``, ``"mala"``, ``"hmc"`` or ``"annealed"``.
-        steps: Langevin steps in all (burn-in included).
-        burn_in: steps before the law is fixed (``"langevin"``/``"mala"``); the samples are the states after
-            ``steps``. 0 for ``"annealed"``.
-        step_size: ``"langevin"``/``"mala"``: √ε, the noise standard deviation per pixel and step in the sampling
-            phase (unit box). ``"annealed"``: ε at the first step.
-        burn_in_boost: the drift's ε at the first burn-in step as a multiple of the sampling ε (cosine decay to 1;
-            the noise stays at ``step_size``).
-        temperature: T.
-        scale: ``None``: ``c_k`` measured in burn-in (see the module docstring); a number: ``c_k`` for every neuron.
-        disc_weight: λ.
-        adapt_disc: adapt a neuron's prior weight during burn-in: lower while the neuron is below its target
-            lift over the real inputs, higher while above, up to :data:`PRIOR_WEIGHT_MAX` (needs real data).
-        smoothness: κ, weight of the smoothness prior ``−(κ/PIXEL_SCALE)·E_s(u)`` in log p (image inputs).
-        precondition, noise, schedule, final_step_fraction: ``"annealed"`` only (the earlier search's knobs).
-        disc_every: train D every this many steps (burn-in only, except ``"annealed"``: every step).
-        disc_steps: D updates each time it is trained (:data:`DEFAULT_DISC_STEPS`).
-        disc_warmup: D updates on real vs initial chains before the first step.
-        disc_lr: D's learning rate (Adam).
-        target_accept: ``"mala"``/``"hmc"``: the mean acceptance probability each neuron's MALA step is adapted
-            toward in burn-in's adapting half (dual averaging; ``step_size`` is where it starts), then fixed;
-            ``None``: the step stays ``step_size``. :func:`resolve_config` gives both
-            :data:`DEFAULT_TARGET_ACCEPT`.
-        search: burn-in steps that search before ``c_k`` is fixed (``None``: half of burn-in; 0: ``c_k`` is measured
-            at the starting chains, as for chains continued from an earlier call).
-        metric: the Langevin methods' mass matrix M (drift ``(ε/2)·M·∇log p``, noise ``√ε·M^½·ξ``): ``"identity"``,
-            or ``"diagonal"``: per neuron and pixel, the variance of the neuron's chains over the first
-            :data:`METRIC_WINDOW` of burn-in's adapting part, over the smallest (see the module docstring), fixed
-            from then on. Diagonal, so reflecting at each wall stays exact.
-        leapfrog_steps: ``"hmc"``: leapfrogs (gradient evaluations) per transition.
+    ``None`` means the method's default for the call; :meth:`resolved` fills every one in. Checked when built
+    (:class:`~lightning_ldam.errors.LDAMArgumentError` names the field). See the module docstring for what each
+    method samples.
+
+    Example::
+
+        >>> LangevinConfig(method="mala", steps=256).resolved(images=True, prior=True).burn_in
+        128
     """
 
-    method: str = "langevin"
-    steps: int = 512
-    burn_in: int = 256
-    step_size: float = 0.005
-    burn_in_boost: float = 40.0
-    temperature: float = 1.0
-    scale: Optional[float] = None
-    disc_weight: float = 0.0
-    adapt_disc: bool = True
-    smoothness: float = 0.0
-    precondition: str = "rms"
-    noise: float = 0.1
-    schedule: str = "cosine"
-    final_step_fraction: float = 0.1
-    disc_every: int = 1
-    disc_steps: int = DEFAULT_DISC_STEPS
-    disc_warmup: int = 50
-    disc_lr: float = 1e-3
-    target_accept: Optional[float] = None
-    search: Optional[int] = None
-    metric: str = "identity"
-    leapfrog_steps: int = DEFAULT_LEAPFROG_STEPS
+    method: str = _setting("langevin", "langevin (default), mala (Metropolis-adjusted), hmc (Hamiltonian "
+                                       "transitions, reflected at the walls) or ascent (noisy gradient ascent: an "
+                                       "optimiser, not a sampler)", choices=METHODS)
+    steps: int = _setting(512, "steps in all, burn-in included")
+    burn_in: Optional[int] = _setting(None, "steps before the law is fixed (default: half of steps; ascent: 0)",
+                                      "int")
+    step_size: Optional[float] = _setting(None, "sqrt(eps): the noise std per pixel and step of the sampling phase, "
+                                                "unit box (default 0.005; ascent: eps at the first step, 0.1)", "float")
+    burn_in_boost: Optional[float] = _setting(None, "the drift's eps at the first burn-in step over the sampling "
+                                                    f"eps (default {DEFAULT_BURN_IN_BOOST:g}, cosine decay to 1 "
+                                                    f"over burn-in's search)", "float")
+    temperature: float = _setting(1.0, "T of the law exp(a_k / (c_k T) + ...)")
+    scale: Union[str, float] = _setting("auto", "c_k: 'auto' (each unit's input-gradient scale, measured in "
+                                                "burn-in) or one number for every unit", "auto-or-float")
+    smoothness: Optional[float] = _setting(None, "kappa of the smoothness prior on images (default "
+                                                 f"{DEFAULT_SMOOTHNESS:g} with the discriminator, else 0)", "float")
+    target_accept: Union[str, float, None] = _setting(
+        "auto", "mala/hmc: the acceptance rate each unit's step adapts toward in burn-in ('auto': "
+                f"{DEFAULT_TARGET_ACCEPT:g}); none keeps step_size", "auto-float-or-none")
+    search: Optional[int] = _setting(None, "burn-in steps that search before c_k is fixed (default: half of "
+                                           "burn-in; 0: c_k at the starting chains)", "int")
+    metric: str = _setting("identity", "the mass matrix: identity, or diagonal (each pixel's spread, measured in "
+                                       "burn-in)", choices=METRICS)
+    leapfrog_steps: Optional[int] = _setting(None, f"hmc: leapfrogs per transition (default "
+                                                   f"{DEFAULT_LEAPFROG_STEPS})", "int")
+    noise: Optional[float] = _setting(None, f"ascent: the noise's sigma (default {DEFAULT_ASCENT_NOISE:g})",
+                                      "float")
+    precondition: Optional[str] = _setting(None, "ascent: rms (default), psgld or none", "str", PRECONDITIONERS)
+    schedule: Optional[str] = _setting(None, "ascent: how eps and the noise anneal: cosine (default), linear or "
+                                             "constant", "str", SCHEDULES)
 
+    def __post_init__(self) -> None:
+        _check_langevin(self)
+
+    def resolved(self, *, images: bool, prior: bool) -> "LangevinConfig":
+        """Every ``None`` filled in: ``images`` (the inputs are ``C, H, W``) and ``prior`` (λ > 0) decide the
+        smoothness prior's default (a smoothness given for inputs that are not images is the caller's to refuse)."""
+        ascent = self.method == "ascent"
+        smoothness = default_smoothness(self.method, images, prior) if self.smoothness is None else self.smoothness
+        target = self.target_accept
+        if isinstance(target, str):
+            target = DEFAULT_TARGET_ACCEPT if self.method in EXACT_METHODS else None
+        return replace(
+            self, temperature=float(self.temperature),
+            scale=self.scale if isinstance(self.scale, str) else float(self.scale), burn_in=(0 if ascent else self.steps // 2) if self.burn_in is None else self.burn_in,
+            step_size=(ASCENT_STEP_SIZE if ascent else DEFAULT_STEP_SIZE) if self.step_size is None else self.step_size,
+            burn_in_boost=DEFAULT_BURN_IN_BOOST if self.burn_in_boost is None else self.burn_in_boost,
+            smoothness=float(smoothness), target_accept=target,
+            leapfrog_steps=(self.leapfrog_steps or DEFAULT_LEAPFROG_STEPS) if self.method == "hmc" else None,
+            noise=(DEFAULT_ASCENT_NOISE if self.noise is None else self.noise) if ascent else None,
+            precondition=(self.precondition or "rms") if ascent else None,
+            schedule=(self.schedule or "cosine") if ascent else None)
+
+    # ---- the schedule of a resolved config --------------------------------------------------------------
     @property
     def search_steps(self) -> int:
         """Burn-in's search steps: ``search``, by default half of burn-in (the rest of burn-in adapts)."""
@@ -209,7 +245,7 @@ class LangevinConfig:
         return self.steps - self.burn_in
 
     def factor(self, t: int) -> float:
-        """``"annealed"``: annealing factor in [0, 1] at step ``t`` (1 at the start)."""
+        """``"ascent"``: annealing factor in [0, 1] at step ``t`` (1 at the start)."""
         if self.schedule == "constant" or self.steps <= 1:
             return 1.0
         frac = t / (self.steps - 1)
@@ -217,9 +253,9 @@ class LangevinConfig:
 
     def eps(self, t: int) -> float:
         """ε at step ``t``."""
-        if self.method == "annealed":
+        if self.method == "ascent":
             f = self.factor(t)
-            return self.step_size * (self.final_step_fraction + (1 - self.final_step_fraction) * f)
+            return self.step_size * (ASCENT_FINAL_STEP_FRACTION + (1 - ASCENT_FINAL_STEP_FRACTION) * f)
         base = self.step_size ** 2
         search = self.search_steps  # the boost decays over burn-in's search; the adapting part runs the law
         if t >= search or search <= 1:
@@ -229,91 +265,201 @@ class LangevinConfig:
 
     def noise_std(self, t: int) -> float:
         """Standard deviation of the noise added at step ``t`` (per pixel, unit box)."""
-        if self.method == "annealed":
+        if self.method == "ascent":
             return math.sqrt(self.eps(t)) * self.noise * self.factor(t)
         return self.step_size
 
 
-def resolve_config(*, method: str = "langevin", steps: Optional[int] = None, burn_in: Optional[int] = None,
-                   step_size: Optional[float] = None, burn_in_boost: Optional[float] = None,
-                   temperature: float = 1.0, scale: Union[str, float, None] = "auto", disc_weight: float = 0.0,
-                   adapt_disc: bool = True, smoothness: float = 0.0, precondition: Optional[str] = None,
-                   noise: Optional[float] = None,
-                   schedule: Optional[str] = None, disc_every: int = 1, disc_steps: Optional[int] = None,
-                   disc_warmup: int = 50, disc_lr: float = 1e-3,
-                   target_accept: Union[str, float, None] = "auto", search: Optional[int] = None,
-                   metric: str = "identity", leapfrog_steps: Optional[int] = None) -> LangevinConfig:
-    """Check every sampler setting and return the resolved :class:`LangevinConfig`.
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """The realism prior: λ, the weight of log D in the law, and how D trains against real data during burn-in.
 
-    Raises ``ValueError``/``TypeError`` naming the argument, the accepted values and the value given.
-    ``None`` means "the method's default".
+    Example::
+
+        >>> DiscriminatorConfig().resolved(has_source=True, given=False)
+        DiscriminatorConfig(disc_weight=1.0, adapt_disc=True, disc_lr=0.001, disc_every=1, disc_steps=2, disc_warmup=50)
     """
+
+    disc_weight: Optional[float] = _setting(None, "lambda: log D's drift against the unit's (default "
+                                                  f"{DEFAULT_DISC_WEIGHT:g} with real data or a given "
+                                                  "discriminator, else 0: no discriminator)", "float")
+    adapt_disc: bool = _setting(True, "adapt each unit's prior weight in burn-in: lower while it sits below its "
+                                      f"target lift over the real inputs, higher above (up to {PRIOR_WEIGHT_MAX:g})")
+    disc_lr: float = _setting(1e-3, "D's learning rate (Adam)")
+    disc_every: int = _setting(1, "train D every this many burn-in steps (ascent: every step)")
+    disc_steps: int = _setting(DEFAULT_DISC_STEPS, "D updates each time it is trained")
+    disc_warmup: Optional[int] = _setting(None, f"D updates before the first step (default {FRESH_DISC_WARMUP} for "
+                                                "a fresh D, 0 for a given one)", "int")
+
+    def __post_init__(self) -> None:
+        if self.disc_weight is not None:
+            V.check_positive("disc_weight", self.disc_weight, allow_zero=True)
+        if not isinstance(self.adapt_disc, bool):
+            raise LDAMArgumentError("adapt_disc", f"expected True or False, got {V.shown(self.adapt_disc)}")
+        V.check_positive("disc_lr", self.disc_lr)
+        V.check_positive("disc_every", self.disc_every, integer=True)
+        V.check_positive("disc_steps", self.disc_steps, integer=True)
+        if self.disc_warmup is not None:
+            V.check_positive("disc_warmup", self.disc_warmup, integer=True, allow_zero=True)
+
+    def resolved(self, *, has_source: bool, given: bool) -> "DiscriminatorConfig":
+        """``has_source``: real data or a trained D is at hand (λ's default is > 0); ``given``: a D was passed in
+        (it needs no warm-up)."""
+        weight = self.disc_weight
+        if weight is None:
+            weight = DEFAULT_DISC_WEIGHT if has_source else 0.0
+        warmup = (0 if given else FRESH_DISC_WARMUP) if self.disc_warmup is None else self.disc_warmup
+        return replace(self, disc_weight=float(weight), disc_lr=float(self.disc_lr), disc_warmup=warmup)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Speed options that leave the law as it is (GPU ones: autocast, NHWC layout, CUDA graphs)."""
+
+    autocast_dtype: Optional[torch.dtype] = _setting(None, "run the model under autocast in this dtype, e.g. "
+                                                           "bfloat16 (the accept tests of mala/hmc stay float32)",
+                                                     "dtype", ("bfloat16", "float16"))
+    channels_last: bool = _setting(False, "NHWC convolutions")
+    cuda_graph: bool = _setting(False, "replay each step as a CUDA graph (CUDA only; for small, launch-bound "
+                                       "networks)")
+
+    def __post_init__(self) -> None:
+        if self.autocast_dtype is not None and not isinstance(self.autocast_dtype, torch.dtype):
+            raise LDAMArgumentError("autocast_dtype", f"expected a torch.dtype such as torch.bfloat16, "
+                                                      f"got {V.shown(self.autocast_dtype)}")
+        for name in ("channels_last", "cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise LDAMArgumentError(name, f"expected True or False, got {V.shown(getattr(self, name))}")
+
+
+#: The sections of :class:`SamplerConfig`, by attribute.
+SECTIONS = {"langevin": LangevinConfig, "discriminator": DiscriminatorConfig, "speed": SpeedOptions}
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Every sampler setting: :class:`LangevinConfig`, :class:`DiscriminatorConfig` and :class:`SpeedOptions`.
+
+    Each field of a section is also a setting name: :meth:`with_settings` takes them flat, as ``sample()``,
+    ``LDAMCallback(sampler_kwargs=...)`` and the CLI's options do.
+
+    Example::
+
+        >>> cfg = SamplerConfig().with_settings(method="mala", disc_weight=2.0)
+        >>> cfg.langevin.method, cfg.discriminator.disc_weight
+        ('mala', 2.0)
+        >>> SamplerConfig().with_settings(stepsize=0.01)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_ldam.errors.LDAMArgumentError: stepsize: not a sampler setting; did you mean step_size? ...
+    """
+
+    langevin: LangevinConfig = field(default_factory=LangevinConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
+
+    def __post_init__(self) -> None:
+        for name, kind in SECTIONS.items():
+            if not isinstance(getattr(self, name), kind):
+                raise LDAMArgumentError(name, f"expected a {kind.__name__}, got {V.shown(getattr(self, name))}")
+        if self.speed.cuda_graph and self.langevin.method == "hmc":
+            raise LDAMArgumentError("cuda_graph", "method='hmc' runs its transitions eagerly (a transition's first "
+                                    "and last leapfrogs differ from the rest); pass cuda_graph=False")
+
+    @staticmethod
+    def setting_names() -> Dict[str, str]:
+        """Every setting name and the section that holds it."""
+        return {f.name: section for section, kind in SECTIONS.items() for f in fields(kind)}
+
+    def with_settings(self, **settings) -> "SamplerConfig":
+        """A copy with ``settings`` (flat field names) changed, checked as if built so."""
+        names = self.setting_names()
+        for name in settings:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise LDAMArgumentError(name, f"not a sampler setting; {hint}accepted: {sorted(names)}")
+        changes = {section: replace(getattr(self, section),
+                                    **{k: v for k, v in settings.items() if names[k] == section})
+                   for section in SECTIONS if any(names[k] == section for k in settings)}
+        return replace(self, **changes)
+
+    def settings(self) -> Dict[str, Any]:
+        """Every setting by its flat name (the inverse of :meth:`with_settings`)."""
+        return {f.name: getattr(getattr(self, section), f.name)
+                for section, kind in SECTIONS.items() for f in fields(kind)}
+
+    def resolved(self, *, images: bool, prior: bool, has_source: bool, given: bool) -> "SamplerConfig":
+        """Every ``None`` filled in (see :meth:`LangevinConfig.resolved` and :meth:`DiscriminatorConfig.resolved`)."""
+        return replace(self, langevin=self.langevin.resolved(images=images, prior=prior),
+                       discriminator=self.discriminator.resolved(has_source=has_source, given=given))
+
+
+def default_smoothness(method: str, images: bool, prior: bool) -> float:
+    """κ when ``smoothness`` is not given: the prior comes with the discriminator (``prior``: λ > 0) on images, for
+    the Langevin methods; λ = 0 is the paper's pixel-level end of the trade-off, with no prior at all."""
+    return DEFAULT_SMOOTHNESS if (method != "ascent" and images and prior) else 0.0
+
+
+def _check_langevin(cfg: LangevinConfig) -> None:
+    """Every check of a :class:`LangevinConfig` that needs no model (errors name the field)."""
+    method = cfg.method
     V.check_choice("method", method, METHODS)
-    annealed = method == "annealed"
-    if not annealed:
-        for name, value in (("precondition", precondition), ("noise", noise), ("schedule", schedule)):
+    ascent = method == "ascent"
+    if not ascent:
+        for name in ("precondition", "noise", "schedule"):
+            value = getattr(cfg, name)
             if value is not None:
-                raise LDAMArgumentError(name, f"only method='annealed' takes it (got {name}={V.shown(value)} with "
-                                 f"method={method!r}); the Langevin methods' noise is √ε = step_size and their "
-                                 f"drift is the gradient of the stated log-density")
-    cfg = LangevinConfig(method=method, step_size=0.1 if annealed else LangevinConfig.step_size)
-    steps = cfg.steps if steps is None else steps
-    V.check_positive("steps", steps, integer=True)
+                raise LDAMArgumentError(name, f"only method='ascent' takes it (got {name}={V.shown(value)} with "
+                                        f"method={method!r}); the Langevin methods' noise is √ε = step_size and their "
+                                        f"drift is the gradient of the stated log-density")
+    V.check_positive("steps", cfg.steps, integer=True)
+    _check_burn_in(cfg, ascent)
+    _check_metric(cfg.metric, method, cfg.burn_in if cfg.burn_in is not None else
+                  (0 if ascent else cfg.steps // 2), cfg.search)
+    if isinstance(cfg.scale, str):
+        V.check_choice("scale", cfg.scale, ("auto",))
+    else:
+        V.check_positive("scale", cfg.scale)
+    for name in ("step_size", "burn_in_boost", "noise"):
+        value = getattr(cfg, name)
+        if value is not None:
+            V.check_positive(name, value, allow_zero=name == "noise")
+    V.check_positive("temperature", cfg.temperature)
+    if cfg.smoothness is not None:
+        V.check_positive("smoothness", cfg.smoothness, allow_zero=True)
+        if ascent and cfg.smoothness:
+            raise LDAMArgumentError("smoothness", f"method='ascent' has no smoothness prior (got smoothness="
+                                                  f"{cfg.smoothness})")
+    if cfg.burn_in_boost is not None and cfg.burn_in_boost < 1:
+        raise LDAMArgumentError("burn_in_boost", f"expected a number >= 1 (ε at the first burn-in step over the "
+                                f"sampling ε), got {V.shown(cfg.burn_in_boost)}")
+    if cfg.precondition is not None:
+        V.check_choice("precondition", cfg.precondition, PRECONDITIONERS)
+    if cfg.schedule is not None:
+        V.check_choice("schedule", cfg.schedule, SCHEDULES)
+    _check_target_accept(cfg.target_accept, method)
+    if cfg.leapfrog_steps is not None:
+        V.check_positive("leapfrog_steps", cfg.leapfrog_steps, integer=True)
+        if method != "hmc":
+            raise LDAMArgumentError("leapfrog_steps", f"only method='hmc' takes it (got leapfrog_steps="
+                                                      f"{V.shown(cfg.leapfrog_steps)} with method={method!r})")
+
+
+def _check_burn_in(cfg: LangevinConfig, ascent: bool) -> None:
+    burn_in, steps, search = cfg.burn_in, cfg.steps, cfg.search
     if burn_in is None:
-        burn_in = 0 if annealed else steps // 2
+        burn_in = 0 if ascent else steps // 2
     V.check_positive("burn_in", burn_in, integer=True, allow_zero=True)
-    if annealed and burn_in:
-        raise LDAMArgumentError("burn_in", f"method='annealed' has no burn-in (got burn_in={burn_in})")
+    if ascent and burn_in:
+        raise LDAMArgumentError("burn_in", f"method='ascent' has no burn-in (got burn_in={burn_in})")
     if burn_in >= steps:
         raise LDAMArgumentError("burn_in", f"expected fewer than steps={steps} burn-in steps, got {burn_in}")
     if search is not None:
         V.check_positive("search", search, integer=True, allow_zero=True)
-        if annealed or search > burn_in:
+        if ascent or search > burn_in:
             raise LDAMArgumentError("search", f"expected at most burn_in={burn_in} search steps of a Langevin "
-                                              f"method's burn-in, got {V.shown(search)} (method={method!r})")
-    _check_metric(metric, method, burn_in, search)
-    if isinstance(scale, str):
-        V.check_choice("scale", scale, ("auto",))
-        scale = None
-    elif scale is not None:
-        V.check_positive("scale", scale)
-        scale = float(scale)
-    if not isinstance(adapt_disc, bool):
-        raise LDAMArgumentError("adapt_disc", f"expected True or False, got {V.shown(adapt_disc)}")
-    values = dict(step_size=step_size, burn_in_boost=burn_in_boost, noise=noise, disc_steps=disc_steps)
-    for name, value in values.items():
-        if value is not None:
-            V.check_positive(name, value, allow_zero=name == "noise", integer=name == "disc_steps")
-    V.check_positive("temperature", temperature)
-    V.check_positive("smoothness", smoothness, allow_zero=True)
-    if annealed and smoothness:
-        raise LDAMArgumentError("smoothness",
-            f"method='annealed' has no smoothness prior (got smoothness={smoothness})")
-    V.check_positive("disc_weight", disc_weight, allow_zero=True)
-    V.check_positive("disc_every", disc_every, integer=True)
-    V.check_positive("disc_warmup", disc_warmup, integer=True, allow_zero=True)
-    V.check_positive("disc_lr", disc_lr)
-    if burn_in_boost is not None and burn_in_boost < 1:
-        raise LDAMArgumentError("burn_in_boost", f"expected a number >= 1 (ε at the first burn-in step over the "
-                         f"sampling ε), got {V.shown(burn_in_boost)}")
-    if precondition is not None:
-        V.check_choice("precondition", precondition, PRECONDITIONERS)
-    if schedule is not None:
-        V.check_choice("schedule", schedule, SCHEDULES)
-    target_accept = _check_target_accept(target_accept, method)
-    if leapfrog_steps is not None:
-        V.check_positive("leapfrog_steps", leapfrog_steps, integer=True)
-        if method != "hmc":
-            raise LDAMArgumentError("leapfrog_steps", f"only method='hmc' takes it (got leapfrog_steps="
-                                                      f"{V.shown(leapfrog_steps)} with method={method!r})")
-    leapfrog_steps = DEFAULT_LEAPFROG_STEPS if leapfrog_steps is None else leapfrog_steps
-    given = {k: v for k, v in dict(values, precondition=precondition, schedule=schedule).items() if v is not None}
-    return replace(cfg, steps=steps, burn_in=burn_in, temperature=float(temperature), scale=scale,
-                   disc_weight=float(disc_weight), adapt_disc=adapt_disc, smoothness=float(smoothness),
-                   disc_every=disc_every,
-                   disc_warmup=disc_warmup, disc_lr=float(disc_lr), target_accept=target_accept, search=search,
-                   metric=metric, leapfrog_steps=leapfrog_steps,
-                   **{k: (float(v) if isinstance(v, float) else v) for k, v in given.items()})
+                                              f"method's burn-in, got {V.shown(search)} (method={cfg.method!r})")
 
 
 def _check_metric(metric, method: str, burn_in: int, search: Optional[int]) -> None:
@@ -321,28 +467,27 @@ def _check_metric(metric, method: str, burn_in: int, search: Optional[int]) -> N
     V.check_choice("metric", metric, METRICS)
     if metric == "identity":
         return
-    if method == "annealed":
-        raise LDAMArgumentError("metric", f"method='annealed' has no metric (got metric={metric!r}); it is a "
+    if method == "ascent":
+        raise LDAMArgumentError("metric", f"method='ascent' has no metric (got metric={metric!r}); it is a "
                                           f"Langevin method's (langevin, mala, hmc)")
-    adapting = burn_in - LangevinConfig(burn_in=burn_in, search=search).search_steps
+    adapting = burn_in - (burn_in // 2 if search is None else search)
     if adapting < 4:
         raise LDAMArgumentError("metric", f"metric='diagonal' is measured over burn-in's adapting part, which needs "
                                           f"at least 4 steps; got burn_in={burn_in}, search={search} "
                                           f"({adapting} adapting steps)")
 
 
-def _check_target_accept(target_accept, method: str) -> Optional[float]:
+def _check_target_accept(target_accept, method: str) -> None:
     """``"auto"``: :data:`DEFAULT_TARGET_ACCEPT` for ``"mala"`` and ``"hmc"`` (whose burn-in adapts MALA's step),
     else ``None``; a number: those two only."""
     if isinstance(target_accept, str):
         V.check_choice("target_accept", target_accept, ("auto",))
-        return DEFAULT_TARGET_ACCEPT if method in EXACT_METHODS else None
+        return
     if target_accept is None:
-        return None
+        return
     if method not in EXACT_METHODS:
         raise LDAMArgumentError("target_accept", f"only method='mala' or 'hmc' adapts its step to an acceptance "
                                 f"rate (got target_accept={V.shown(target_accept)} with method={method!r})")
     V.check_positive("target_accept", target_accept)
     if not 0.0 < target_accept < 1.0:
         raise LDAMArgumentError("target_accept", f"expected a probability in (0, 1), got {V.shown(target_accept)}")
-    return float(target_accept)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from lightning_ldam.sampling.config import SamplerConfig
 
 __all__ = ["reference", "SampleResult", "merge_shards"]
 
@@ -30,21 +33,24 @@ class SampleResult:
             transitions), else ``None``.
         step_sizes: ``[n]`` σ_k = √ε_k, the noise std per pixel and step of the sampling phase (unit box): MALA's as
             adapted in burn-in (``target_accept``), else ``step_size`` for every neuron; ``None`` for
-            ``"annealed"``. ``"hmc"``: the MALA step its burn-in adapted; its leapfrogs take
+            ``"ascent"``. ``"hmc"``: the MALA step its burn-in adapted; its leapfrogs take
             ``HMC_STEP_FRACTION`` (0.4) of it.
         metric: ``[n, *input_shape]`` the diagonal of the mass matrix M of the sampling phase (``metric="diagonal"``:
             drift ``(ε/2)·M·∇log p``, noise std ``σ_k·√M``; 1 at the stiffest pixel, ≥ 1 elsewhere), ``None`` for the identity.
         rhat: ``[n]`` rank-normalised split R-hat over the sampling phase (after burn-in), the worst of the
             activation's and of 4 fixed random projections of the image (:mod:`lightning_ldam.sampling.diagnostics`): ≈ 1
-            when the chains sample one law, above 1.1 not mixed. ``None`` for ``"annealed"`` or fewer than 4
+            when the chains sample one law, above 1.1 not mixed. ``None`` for ``"ascent"`` or fewer than 4
             sampling steps.
         ess: ``[n]`` bulk effective sample size over the sampling phase, the smallest of the same quantities: how
             many independent draws all of a neuron's chains together are worth.
         rhat_activation, ess_activation: ``[n]`` the same of the activation alone.
         scales: ``[n]`` ``c_k``, each neuron's scale in the law ``exp(a_k/(c_k·T) + λ_k·log D)`` (``None`` for
-            ``method="annealed"``, which samples no fixed law).
+            ``method="ascent"``, which samples no fixed law).
         disc_weights: ``[n]`` ``λ_k``, the weight of log D in that law (``None`` without a discriminator term).
-        config: the resolved settings (steps, step size, noise, ...), for logging.
+        sampler_config: the settings used (:class:`~lightning_ldam.sampling.config.SamplerConfig`, every default
+            filled in): pass it back as ``config=`` to sample again with them.
+        config: the same settings by name (``sampler_config.settings()``), with the call's own (``chains``,
+            ``seed``, ``spatial``, ``init``, ``device``, ``disc_rebuilt``, ``layer_settings``), for logging.
         real_activations: ``[N_real, n]`` the same neurons' activations on the real inputs the call was given
             (read as the sampler reads them; at most 256 images), or ``None``: the scale that lift and the
             neuron-health counts are measured on.
@@ -74,6 +80,7 @@ class SampleResult:
     ess_activation: Optional[torch.Tensor] = None
     scales: Optional[torch.Tensor] = None
     disc_weights: Optional[torch.Tensor] = None
+    sampler_config: Optional["SamplerConfig"] = None
     config: Dict[str, object] = field(default_factory=dict)
     real_activations: Optional[torch.Tensor] = None
     cross_activations: Dict[str, torch.Tensor] = field(default_factory=dict)
@@ -134,7 +141,7 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         metric=stack("metric"), disc_weights=stack("disc_weights"),
         rhat=stack("rhat"), ess=stack("ess"), rhat_activation=stack("rhat_activation"),
         ess_activation=stack("ess_activation"),
-        config=dict(first.config),
+        sampler_config=first.sampler_config, config=dict(first.config),
         real_activations=None if first.real_activations is None else
         torch.stack([shards[r].real_activations[:, i] for r, i in order], dim=1),
         cross_activations={k: torch.stack([shards[r].cross_activations[k][i] for r, i in order])

@@ -1,0 +1,100 @@
+"""One typed settings surface: SamplerConfig's sections are what sample(), the callback and the CLI take."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import lightning_ldam as ldam
+from lightning_ldam.callback.settings import CALLBACK_OWN_SETTINGS, SAMPLER_EXTRA_KWARGS
+from lightning_ldam.cli import _COMPARE_OWN, build_parser
+from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.sampling.config import (SECTIONS, DiscriminatorConfig, LangevinConfig, SamplerConfig,
+                                            SpeedOptions)
+
+NET_SEED = 0
+
+
+def _net() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(NET_SEED)
+        return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+
+
+def _real() -> torch.Tensor:
+    return torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def test_every_setting_name_belongs_to_one_section_and_round_trips():
+    names = SamplerConfig.setting_names()
+    assert len(names) == sum(len(dataclasses.fields(kind)) for kind in SECTIONS.values())
+    cfg = SamplerConfig().with_settings(method="mala", steps=64, disc_weight=2.0, channels_last=True)
+    assert (cfg.langevin.method, cfg.langevin.steps, cfg.discriminator.disc_weight, cfg.speed.channels_last) == \
+        ("mala", 64, 2.0, True)
+    assert SamplerConfig().with_settings(**cfg.settings()) == cfg
+    assert SamplerConfig(langevin=LangevinConfig(method="mala", steps=64),
+                         discriminator=DiscriminatorConfig(disc_weight=2.0),
+                         speed=SpeedOptions(channels_last=True)) == cfg
+
+
+def test_settings_are_frozen():
+    cfg = SamplerConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.langevin.steps = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: LangevinConfig(steps=0), r"^steps: expected a finite int > 0, got 0$"),
+    (lambda: LangevinConfig(method="annealed"), r"^method: expected one of \['langevin', 'mala', 'hmc', 'ascent'\]"),
+    (lambda: DiscriminatorConfig(disc_steps=1.5), r"^disc_steps: expected a finite int > 0, got 1.5$"),
+    (lambda: SpeedOptions(autocast_dtype="bf16"), r"^autocast_dtype: expected a torch.dtype"),
+    (lambda: SamplerConfig(langevin=LangevinConfig(method="hmc"), speed=SpeedOptions(cuda_graph=True)),
+     r"^cuda_graph: method='hmc' runs its transitions eagerly"),
+    (lambda: SamplerConfig().with_settings(stepsize=0.01), r"^stepsize: not a sampler setting; did you mean step_size\?"),
+    (lambda: SamplerConfig(langevin={"steps": 3}), r"^langevin: expected a LangevinConfig, got \{'steps': 3\}$"),
+])
+def test_a_bad_setting_is_refused_when_the_record_is_built(build, match):
+    with pytest.raises(LDAMArgumentError, match=match):
+        build()
+
+
+def test_sample_takes_the_config_or_its_fields_by_name_alike():
+    kw = dict(input_shape=(1, 8, 8), chains=2, seed=3, real_data=_real())
+    flat = ldam.sample(_net(), "3:0-1", steps=12, method="mala", disc_steps=1, **kw)
+    config = SamplerConfig(langevin=LangevinConfig(steps=12, method="mala"), discriminator=DiscriminatorConfig(
+        disc_steps=1))
+    typed = ldam.sample(_net(), "3:0-1", config=config, **kw)
+    mixed = ldam.sample(_net(), "3:0-1", config=config.with_settings(steps=20), steps=12, **kw)
+    for other in (typed, mixed):
+        assert torch.equal(flat.images, other.images) and torch.equal(flat.activations, other.activations)
+    with pytest.raises(LDAMArgumentError, match=r"^config: expected a SamplerConfig or None"):
+        ldam.sample(_net(), "3:0", config={"steps": 3}, **kw)
+
+
+def test_the_returned_config_is_resolved_and_samples_the_same_again():
+    kw = dict(input_shape=(1, 8, 8), chains=2, seed=5, real_data=_real())
+    first = ldam.sample(_net(), "3:0-1", steps=10, **kw)
+    used = first.sampler_config
+    assert (used.langevin.burn_in, used.langevin.step_size, used.langevin.smoothness) == (5, 0.005, 1.5)
+    assert (used.discriminator.disc_weight, used.discriminator.disc_warmup) == (1.0, 50)
+    assert first.config["burn_in"] == 5 and first.config["chains"] == 2  # the same, by name, for logs
+    again = ldam.sample(_net(), "3:0-1", config=used, **kw)
+    assert torch.equal(first.images, again.images)
+    plain = ldam.sample(_net(), "3:0", input_shape=(1, 8, 8), chains=2, steps=10).sampler_config
+    assert (plain.discriminator.disc_weight, plain.langevin.smoothness) == (0.0, 0.0)  # no data: no D, no prior
+
+
+def test_the_callback_takes_every_sampler_setting_but_its_own_arguments():
+    assert SAMPLER_EXTRA_KWARGS == (frozenset(SamplerConfig.setting_names()) - CALLBACK_OWN_SETTINGS
+                                    | {"spatial", "init", "progress"})
+    with pytest.raises(LDAMArgumentError, match=r"^sampler_kwargs\['leapfrog_steps'\]: only method='hmc'"):
+        ldam.LDAMCallback("fc:0", sampler_kwargs={"leapfrog_steps": 4})
+
+
+def test_the_cli_has_an_option_for_every_sampler_setting():
+    compare = build_parser()._subparsers._group_actions[0].choices["compare"]
+    dests = {a.dest for a in compare._actions}
+    assert set(SamplerConfig.setting_names()) <= dests
+    assert set(_COMPARE_OWN) <= set(SamplerConfig.setting_names())
