@@ -86,7 +86,7 @@ MUTANTS = [
     Mutant("every-argument-blamed", "the first-batch trial fails the run for arguments the user never set",
            "callback/settings.py", "    return root in given", "    return True", ("tests/test_run_never_ends.py",)),
     Mutant("state-key-from-repr", "the state key is the spec's repr (a set's order follows the hash seed)",
-           "callback/ldam_callback.py", "neurons=spec_key(s.neurons)", "neurons=repr(s.neurons)", ("tests/test_run_never_ends.py",)),
+           "callback/ldam_callback.py", "neurons=s.request.key()", "neurons=repr(s.neurons)", ("tests/test_run_never_ends.py",)),
     Mutant("snapshot-stays-compiled", "snapshots keep torch.compile's wrappers", "weights/snapshot.py",
            "    copied = eager(copied)\n", "", ("tests/test_run_never_ends.py",)),
     Mutant("batch-of-one-unpadded", "a batch of one reaches a model that needs batch statistics", "sampling/activations.py",

@@ -637,7 +637,7 @@ def test_a_checkpoint_from_before_the_settings_dict_still_gives_its_settings(ckp
     ckpt = load_checkpoint(_resave(ckpts["a"], tmp_path / "old.ckpt", legacy))
     settings = ldam_settings(ckpt)
     # the key names the neurons as spec_key writes them: "conv:0,1", the same units as the spec "conv:0-1"
-    assert parse_neurons(settings["neurons"]) == parse_neurons("conv:0-1")
+    assert parse_neurons(settings["neurons"]).pairs() == parse_neurons("conv:0-1").pairs()
     assert settings["seed"] == 0 and settings["module"] is None
     assert ldam_state(ckpt) is not None and real_inputs(ckpt) is not None
 

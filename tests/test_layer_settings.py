@@ -126,7 +126,7 @@ def test_layer_settings_and_spec_with_settings_round_trip():
     resolved = [("features.0", 0), ("features.0", 1), ("classifier.2", 3), ("classifier.2", 1)]
     again = spec_with_settings(resolved, layer_settings(spec))
     assert again == {"features.0": {"units": [0, 1], "spatial": "center"}, "classifier.2": {"units": [3, 1]}}
-    assert ldam.parse_neurons(again) == [("features.0", [0, 1]), ("classifier.2", [3, 1])]
+    assert ldam.parse_neurons(again).pairs() == [("features.0", [0, 1]), ("classifier.2", [3, 1])]
     net = make_tiny_net()
     assert fixed_spec(net, {"module.features.0": {"units": 0, "temperature": 2.0}}, [("features.0", 0)]) == {
         "features.0": {"units": [0], "temperature": 2.0}}

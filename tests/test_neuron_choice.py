@@ -191,14 +191,14 @@ def test_resolved_neurons_are_an_explicit_spec_for_later_calls():
     again = ldam.sample(net, first.neurons, input_shape=SHAPE, seed=1, **CHEAP)  # no real data needed now
     assert again.neurons == first.neurons
     assert torch.equal(again.images, first.images)
-    assert ldam.parse_neurons(first.neurons) == [(layer, [i]) for layer, i in first.neurons]
+    assert ldam.parse_neurons(first.neurons).pairs() == [(layer, [i]) for layer, i in first.neurons]
 
 
 def test_parse_neurons_keeps_rules_unresolved():
-    assert ldam.parse_neurons(["fc:top3", ("conv", "random8"), "a:2"]) == [
+    assert ldam.parse_neurons(["fc:top3", ("conv", "random8"), "a:2"]).pairs() == [
         ("fc", UnitPick("top", 3)), ("conv", UnitPick("random", 8)), ("a", [2])]
-    assert ldam.parse_neurons({"fc": {"units": "top1"}}) == ldam.parse_neurons("fc:top1")
-    assert ldam.parse_neurons({"fc": {"units": [0, 2]}}) == [("fc", [0, 2])]
+    assert ldam.parse_neurons({"fc": {"units": "top1"}}).pairs() == ldam.parse_neurons("fc:top1").pairs()
+    assert ldam.parse_neurons({"fc": {"units": [0, 2]}}).pairs() == [("fc", [0, 2])]
     assert str(UnitPick("random", 8)) == "random8"
 
 

@@ -24,7 +24,7 @@ from conftest import INPUT_SHAPE, CompiledLike, Wrapper, make_tiny_net
      [("a", [3]), ("b", [1, 2]), ("c", [2, 3, 4]), ("d", "all"), ("e", [0, 1])]),
 ])
 def test_parse_neurons_accepted_forms(spec, expected):
-    assert ldam.parse_neurons(spec) == expected
+    assert ldam.parse_neurons(spec).pairs() == expected
 
 
 def test_resolve_neurons_expands_all_in_ascending_order_and_keeps_spec_order():

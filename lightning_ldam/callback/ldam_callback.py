@@ -43,7 +43,7 @@ from lightning_ldam.engine.rounds import (RoundPlan, WarmDiscriminators, fixed_s
                                    resolve_targets, run_round, submodule, time_a_step)
 from lightning_ldam.weights.snapshot import snapshot
 from lightning_ldam.report.tags import RHAT_BOUND, summarize, unhealthy_units, unmixed_layers
-from lightning_ldam.sampling.targets import NeuronSpec, spec_key
+from lightning_ldam.sampling.targets import NeuronSpec
 from lightning_ldam.weights.lightning_averagers import Source, find_variants, is_averager
 
 __all__ = ["LDAMCallback", "AVERAGING"]
@@ -119,8 +119,8 @@ class LDAMCallbackLogic:
     @property
     def state_key(self) -> str:
         s = self.settings  # an identity only: the settings themselves are in the state (state_dict()["settings"])
-        # spec_key: the same text in every process (a set of neurons iterates in an order set by the hash seed)
-        return self._generate_state_key(neurons=spec_key(s.neurons), module=s.module, seed=s.seed,
+        # key(): the same text in every process (a set of neurons iterates in an order set by the hash seed)
+        return self._generate_state_key(neurons=s.request.key(), module=s.module, seed=s.seed,
                                         every_n_epochs=s.every_n_epochs, every_n_train_steps=s.every_n_train_steps)
 
     def should_sample(self, global_step: Optional[int] = None, epoch: Optional[int] = None) -> bool:

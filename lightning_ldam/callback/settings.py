@@ -9,6 +9,7 @@ when it names an argument the user set (:func:`argument_given`); the callback me
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -21,7 +22,7 @@ from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.report.labels import check_labels, labeller_of
 from lightning_ldam.sampling.progress import Progress
 from lightning_ldam.engine.rounds import RoundPlan, resolve_targets
-from lightning_ldam.sampling.targets import NeuronSpec, canonical_path, find_layer, parse_neurons
+from lightning_ldam.sampling.targets import NeuronRequest, NeuronSpec, canonical_path, find_layer, parse_neurons
 
 __all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch",
            "given_arguments", "argument_given", "check_pixel_space"]
@@ -103,6 +104,11 @@ class CallbackSettings:
         s["max_overhead"] = None if s["max_overhead"] is None else float(s["max_overhead"])
         s["redraw"] = V.check_fraction("redraw", s["redraw"])
         return cls(**s)
+
+    @functools.cached_property
+    def request(self) -> NeuronRequest:
+        """``neurons`` parsed (once: it was checked by parsing it when the settings were built)."""
+        return parse_neurons(self.neurons)
 
     def labeller(self) -> Optional[Callable[[str, int], Optional[str]]]:
         """``labels`` as a function ``(layer, index) -> label or None``."""
@@ -281,7 +287,7 @@ def check_on_setup(strategy: str, network, settings: "CallbackSettings") -> None
         raise LDAMArgumentError("strategy", f"LDAMCallback needs full parameters on each rank; {strategy} shards "
                                             f"them. Use DDP or a single device, or run lightning-ldam on the saved "
                                             f"checkpoint")
-    sampled = list(dict.fromkeys(find_layer(network, layer)[0] for layer, _ in parse_neurons(settings.neurons)))
+    sampled = list(dict.fromkeys(find_layer(network, layer)[0] for layer, _ in settings.request.pairs()))
     aliases = {}
     for argument, mapping in (("labels", settings.labels), ("layer_aliases", settings.layer_aliases)):
         if not isinstance(mapping, dict):

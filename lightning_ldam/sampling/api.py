@@ -42,8 +42,8 @@ from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_di
 from lightning_ldam.sampling.inputs import extract_input
 from lightning_ldam.sampling.progress import Progress
 from lightning_ldam.sampling.result import SampleResult
-from lightning_ldam.sampling.targets import (TOP_REAL_IMAGES, NeuronSpec, UnitPick, find_layer, layer_settings,
-                                    parse_neurons, resolve_neurons)
+from lightning_ldam.sampling.targets import (TOP_REAL_IMAGES, NeuronRequest, NeuronSpec, UnitPick, find_layer,
+                                             parse_neurons, resolve_neurons)
 
 __all__ = ["sample", "WARM_DISC_STEPS"]
 
@@ -98,7 +98,7 @@ def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.
     return real
 
 
-def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normalize, dtype, *,
+def _resolve(model: nn.Module, request: NeuronRequest, input_shape, device, normalize, dtype, *,
              real: Optional[torch.Tensor] = None, spatial: str = "mean", seed: int = 0) -> Tuple[list, dict]:
     """Check layer paths, then one dry forward (batch of one) to learn layer sizes and resolve indices.
 
@@ -109,9 +109,8 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
     that every variant and round samples the same units). Returns the pairs and the spec's per-layer settings
     keyed by the resolved layer path.
     """
-    parsed = parse_neurons(neurons)
-    aliases = {layer: find_layer(model, layer)[0] for layer, _ in parsed}
-    settings = {aliases[layer]: dict(values) for layer, values in layer_settings(neurons).items()}
+    aliases = {r.path: find_layer(model, r.path)[0] for r in request}
+    settings = {aliases[layer]: dict(values) for layer, values in request.layer_settings().items()}
     shapes, layouts = _layer_shapes(model, list(dict.fromkeys(aliases.values())), input_shape, device, normalize,
                                     dtype, real=real)
     units = {}
@@ -121,13 +120,13 @@ def _resolve(model: nn.Module, neurons: NeuronSpec, input_shape, device, normali
         if reading != mode:  # the layer's layout, found here, is part of how every later read takes its units
             settings.setdefault(path, {})["spatial"] = reading
         units[path] = unit_count(shape, reading)
-    ranked = list(dict.fromkeys(aliases[layer] for layer, idx in parsed
-                                if isinstance(idx, UnitPick) and idx.rule == "top"))
+    ranked = list(dict.fromkeys(aliases[r.path] for r in request
+                                if isinstance(r.units, UnitPick) and r.units.rule == "top"))
     means = None
     if ranked and real is not None:  # without real data resolve_neurons says that "topK" needs it
         modes = {path: settings.get(path, {}).get("spatial", spatial) for path in ranked}
         means = _unit_means(model, {path: units[path] for path in ranked}, real[:TOP_REAL_IMAGES], modes, normalize)
-    return resolve_neurons(neurons, units, aliases, means=means, seed=seed), settings
+    return resolve_neurons(request, units, aliases, means=means, seed=seed), settings
 
 
 def _layer_shapes(model: nn.Module, paths: list, input_shape, device, normalize, dtype,
@@ -271,7 +270,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     if config is not None and not isinstance(config, SamplerConfig):
         raise LDAMArgumentError("config", f"expected a SamplerConfig or None, got {V.shown(config)}")
     requested = (config or SamplerConfig()).with_settings(**settings)
-    own = layer_settings(neurons)  # the spec's per-layer settings, by the layer paths it writes
+    request = parse_neurons(neurons)  # parsed once; resolved against the model below
+    own = request.layer_settings()  # the spec's per-layer settings, by the layer paths it writes
     has_source = real_data is not None or discriminator is not None
     disc_cfg = requested.discriminator.resolved(has_source=has_source, given=discriminator is not None)
     given_weight = requested.discriminator.disc_weight  # as given: the message quotes it
@@ -309,7 +309,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         nhwc = speed.channels_last and len(shape) == 3  # a layout of 4-D (image) batches only
         with _frozen(net, channels_last=nhwc):
             dtype = V.model_dtype(net)
-            resolved, layer_own = _resolve(net, neurons, shape, device, norm, dtype, real=real_cpu, spatial=spatial,
+            resolved, layer_own = _resolve(net, request, shape, device, norm, dtype, real=real_cpu, spatial=spatial,
                                            seed=seed)
             to_model = _ModelInput(lo, hi, norm, dtype, nhwc, speed.autocast_dtype, device, speed.cuda_graph)
             law = _LayerLaw(resolved, layer_own, cfg, smoothness, shape, spatial)

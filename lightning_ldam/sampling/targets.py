@@ -54,9 +54,9 @@ from torch import nn
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 
-__all__ = ["Neuron", "LayerInfo", "NeuronSpec", "UnitPick", "parse_neurons", "resolve_neurons", "top_units",
-           "random_units", "find_module", "find_layer", "list_targets", "canonical_path", "layer_settings",
-           "LAYER_SETTINGS", "spec_with_settings", "spec_key"]
+__all__ = ["Neuron", "LayerInfo", "NeuronSpec", "NeuronRequest", "LayerRequest", "UnitPick", "parse_neurons",
+           "resolve_neurons", "top_units", "random_units", "find_module", "find_layer", "list_targets",
+           "canonical_path", "layer_settings", "LAYER_SETTINGS", "spec_with_settings"]
 
 Neuron = Tuple[str, int]
 IndexSpec = Union[int, str, Sequence[int], range]
@@ -89,6 +89,78 @@ class UnitPick:
 
     def __str__(self) -> str:
         return f"{self.rule}{self.count}"
+
+
+#: One layer's units in a parsed spec: explicit indices, ``"all"``, or a rule.
+Units = Union[Tuple[int, ...], str, UnitPick]
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    """One entry of a parsed spec: a layer path as written, which of its units, and its own sampler settings.
+
+    Attributes:
+        path: the layer path as the spec writes it (wrapper segments and all; resolved against a model later).
+        units: explicit indices (in the spec's order), ``"all"``, or a :class:`UnitPick`.
+        settings: the layer's own sampler settings (:data:`LAYER_SETTINGS`), checked; numbers as floats.
+    """
+
+    path: str
+    units: Units
+    settings: Tuple[Tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class NeuronRequest:
+    """A neuron spec parsed once (:func:`parse_neurons`): its layers in the spec's order, nothing checked against a
+    model yet (:func:`resolve_neurons` does that).
+
+    Example::
+
+        >>> request = parse_neurons({"fc": {"units": "top2", "temperature": 2}, "conv": "0-1"})
+        >>> request.pairs()
+        [('fc', UnitPick(rule='top', count=2)), ('conv', [0, 1])]
+        >>> request.layer_settings()
+        {'fc': {'temperature': 2.0}}
+    """
+
+    layers: Tuple[LayerRequest, ...]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def pairs(self) -> List[Tuple[str, Union[str, List[int], UnitPick]]]:
+        """``[(layer_path, [indices] | "all" | UnitPick), ...]``."""
+        return [(r.path, list(r.units) if isinstance(r.units, tuple) else r.units) for r in self.layers]
+
+    def layer_settings(self) -> Dict[str, Dict[str, object]]:
+        """``{layer: {setting: value}}`` of the layers that set any (a dict spec's per-layer settings)."""
+        return {r.path: dict(r.settings) for r in self.layers if r.settings}
+
+    def key(self) -> str:
+        """A text that names the neurons and per-layer settings the same way in every process: layer paths without
+        wrapper segments, indices and items sorted, so a set, a dict and a list of the same neurons agree.
+
+        Example::
+
+            >>> parse_neurons({"fc:2", "fc:0-1", "module.conv:top3"}).key() == parse_neurons(["conv:top3", "fc:0,1,2"]).key()
+            True
+            >>> parse_neurons({"fc": {"units": [1, 0], "disc_weight": 0.0}}).key()
+            'fc:0,1;fc[disc_weight=0.0]'
+        """
+        units: Dict[str, set] = {}
+        for r in self.layers:
+            items = units.setdefault(canonical_path(r.path), set())
+            if isinstance(r.units, tuple):
+                items.update(r.units)
+            else:
+                items.add(str(r.units))
+        text = [f"{layer}:{','.join(str(i) for i in sorted(units[layer], key=lambda i: (isinstance(i, str), i)))}"
+                for layer in sorted(units)]
+        settings = {canonical_path(layer): values for layer, values in self.layer_settings().items()}
+        text += [f"{layer}[{key}={settings[layer][key]!r}]"
+                 for layer in sorted(settings) for key in sorted(settings[layer])]
+        return ";".join(text)
 
 
 @dataclass(frozen=True)
@@ -193,8 +265,8 @@ def _parse_pick(layer: str, text: str) -> UnitPick:
     return UnitPick(match.group(1), count)
 
 
-def _parse_layer_settings(layer: str, settings: Mapping) -> Union[str, List[int], UnitPick]:
-    """A dict value ``{"units": ..., setting: value}``: the units (settings are checked by :func:`_check_setting`)."""
+def _parse_layer_settings(layer: str, settings: Mapping) -> LayerRequest:
+    """A dict value ``{"units": ..., setting: value}`` as a :class:`LayerRequest` (settings checked)."""
     others = sorted(str(k) for k in settings if k != "units" and k not in LAYER_SETTINGS)
     if others:
         raise LDAMArgumentError("neurons", f"expected per-layer settings among {['units', *LAYER_SETTINGS]}, got "
@@ -202,10 +274,8 @@ def _parse_layer_settings(layer: str, settings: Mapping) -> Union[str, List[int]
     if "units" not in settings:
         raise LDAMArgumentError("neurons", f"per-layer settings for layer {layer!r} need 'units' (e.g. "
                                            f"{{'units': 'top3'}}), got {dict(settings)!r}")
-    for key in LAYER_SETTINGS:
-        if key in settings:
-            _check_setting(layer, key, settings[key])
-    return _parse_indices(layer, settings["units"])
+    checked = tuple((key, _check_setting(layer, key, value)) for key, value in settings.items() if key != "units")
+    return LayerRequest(layer.strip(), _parse_indices(layer, settings["units"]), checked)
 
 
 def _check_setting(layer: str, key: str, value):
@@ -219,8 +289,8 @@ def _check_setting(layer: str, key: str, value):
         raise LDAMArgumentError("neurons", f"{key!r} of layer {layer!r}: {err.message}") from None
 
 
-def layer_settings(spec: NeuronSpec) -> Dict[str, Dict[str, object]]:
-    """The per-layer settings of a dict spec, ``{layer: {setting: value}}`` (layers without any left out).
+def layer_settings(spec: Union[NeuronSpec, NeuronRequest]) -> Dict[str, Dict[str, object]]:
+    """The per-layer settings of a spec, ``{layer: {setting: value}}`` (layers without any left out).
 
     Example::
 
@@ -229,12 +299,7 @@ def layer_settings(spec: NeuronSpec) -> Dict[str, Dict[str, object]]:
         >>> layer_settings("fc:0-3")
         {}
     """
-    if not isinstance(spec, Mapping):
-        return {}
-    parse_neurons(spec)  # checks the keys and values
-    return {layer.strip(): {k: _check_setting(layer, k, v) for k, v in value.items() if k != "units"}
-            for layer, value in spec.items()
-            if isinstance(value, Mapping) and any(k != "units" for k in value)}
+    return parse_neurons(spec).layer_settings()
 
 
 def spec_with_settings(neurons: Sequence[Neuron], settings: Mapping[str, Mapping[str, object]]) -> NeuronSpec:
@@ -259,15 +324,15 @@ def spec_with_settings(neurons: Sequence[Neuron], settings: Mapping[str, Mapping
     return out
 
 
-def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int], UnitPick]:
-    """Turn one layer's index spec into a list of ints, the marker ``"all"`` or a :class:`UnitPick`."""
+def _parse_indices(layer: str, spec: IndexSpec) -> Units:
+    """Turn one layer's index spec into a tuple of ints, the marker ``"all"`` or a :class:`UnitPick`."""
     if isinstance(spec, bool):
         raise LDAMArgumentError("neurons", f"index for layer {layer!r} must be an int, a range, a list, 'all', "
                                            f"'topK' or 'randomK'; got {spec!r}")
     if isinstance(spec, int):
-        return [spec]
+        return (spec,)
     if isinstance(spec, range):
-        return list(spec)
+        return tuple(spec)
     if isinstance(spec, str):
         text = spec.strip()
         if text == "all":
@@ -280,10 +345,10 @@ def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int], UnitPic
             if hi < lo:
                 raise LDAMArgumentError("neurons", f"range {text!r} for layer {layer!r} is empty (end < start); "
                                  f"{_SPEC_HINT}")
-            return list(range(lo, hi + 1))
+            return tuple(range(lo, hi + 1))
         parts = [p.strip() for p in text.split(",")]
         if parts and all(p.isascii() and p.isdigit() for p in parts):
-            return [int(p) for p in parts]
+            return tuple(int(p) for p in parts)
         raise LDAMArgumentError("neurons", f"cannot read index {spec!r} for layer {layer!r}; {_SPEC_HINT}")
     if isinstance(spec, Sequence) and not isinstance(spec, (bytes, bytearray)):
         out = []
@@ -294,32 +359,36 @@ def _parse_indices(layer: str, spec: IndexSpec) -> Union[str, List[int], UnitPic
             out.append(int(item))
         if not out:
             raise LDAMArgumentError("neurons", f"empty index list for layer {layer!r}; {_SPEC_HINT}")
-        return out
+        return tuple(out)
     raise LDAMArgumentError("neurons",
         f"index for layer {layer!r} must be an int, a range, a list, 'all', 'topK' or 'randomK'; got {spec!r}")
 
 
-def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int], UnitPick]]]:
-    """Parse a neuron spec into ``[(layer_path, [indices] | "all" | UnitPick), ...]`` without a model.
+def parse_neurons(spec: Union[NeuronSpec, NeuronRequest]) -> NeuronRequest:
+    """Parse a neuron spec once into a :class:`NeuronRequest`, without a model (a request is returned as it is).
 
     Order is kept; nothing is checked against a model yet (see :func:`resolve_neurons`).
 
     Example::
 
-        >>> parse_neurons(["conv1:0-2", "fc:all", "fc:top3"])
+        >>> parse_neurons(["conv1:0-2", "fc:all", "fc:top3"]).pairs()
         [('conv1', [0, 1, 2]), ('fc', 'all'), ('fc', UnitPick(rule='top', count=3))]
-        >>> parse_neurons({"fc": {"units": "random2"}})
-        [('fc', UnitPick(rule='random', count=2))]
     """
-    items: List[Tuple[str, Union[str, List[int], UnitPick]]] = []
+    if isinstance(spec, NeuronRequest):
+        return spec
+    return NeuronRequest(tuple(_parse_items(spec)))
+
+
+def _parse_items(spec: NeuronSpec) -> List[LayerRequest]:
     if isinstance(spec, Mapping):
         if not spec:
             raise LDAMArgumentError("neurons", f"got an empty dict; {_SPEC_HINT}")
+        items = []
         for layer, idx in spec.items():
             if not isinstance(layer, str) or not layer.strip():
                 raise LDAMArgumentError("neurons", f"dict keys must be layer paths (str); got {layer!r}")
-            parsed = _parse_layer_settings(layer, idx) if isinstance(idx, Mapping) else _parse_indices(layer, idx)
-            items.append((layer.strip(), parsed))
+            items.append(_parse_layer_settings(layer, idx) if isinstance(idx, Mapping)
+                         else LayerRequest(layer.strip(), _parse_indices(layer, idx)))
         return items
     if isinstance(spec, str):
         text = spec.strip()
@@ -328,52 +397,27 @@ def parse_neurons(spec: NeuronSpec) -> List[Tuple[str, Union[str, List[int], Uni
         layer, _, idx = text.rpartition(":")
         if not layer.strip():
             raise LDAMArgumentError("neurons", f"spec {spec!r} has an empty layer path; {_SPEC_HINT}")
-        return [(layer.strip(), _parse_indices(layer, idx))]
+        return [LayerRequest(layer.strip(), _parse_indices(layer, idx))]
     if (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)
             and (not isinstance(spec[1], str) or ":" not in spec[0])):
-        return [(spec[0].strip(), _parse_indices(spec[0], spec[1]))]
+        return [LayerRequest(spec[0].strip(), _parse_indices(spec[0], spec[1]))]
     if isinstance(spec, Iterable) and not isinstance(spec, (bytes, bytearray)):
         # a set iterates in an order that changes with the process's hash seed: sorted, every process agrees
         spec_list = sorted(spec, key=repr) if isinstance(spec, (set, frozenset)) else list(spec)
         if not spec_list:
             raise LDAMArgumentError("neurons", f"got an empty list; {_SPEC_HINT}")
+        items = []
         for item in spec_list:
             if isinstance(item, Mapping):
                 raise LDAMArgumentError("neurons", f"a list may hold strings and (layer, index) tuples, not dicts; "
-                                f"got {item!r}")
-            items.extend(parse_neurons(item))
+                                                   f"got {item!r}")
+            items.extend(_parse_items(item))
         return items
     raise LDAMArgumentError("neurons", f"expected a str, a (layer, index) tuple, a list or a dict; got "
-                    f"{type(spec).__name__} {spec!r}")
+                                       f"{type(spec).__name__} {spec!r}")
 
 
-def spec_key(spec: NeuronSpec) -> str:
-    """A text that names ``spec``'s neurons and per-layer settings the same way in every process: layer paths
-    without wrapper segments, indices and items sorted, so a set, a dict and a list of the same neurons agree.
-
-    Example::
-
-        >>> spec_key({"fc:2", "fc:0-1", "module.conv:top3"}) == spec_key(["conv:top3", "fc:0,1,2"])
-        True
-        >>> spec_key({"fc": {"units": [1, 0], "disc_weight": 0.0}})
-        'fc:0,1;fc[disc_weight=0.0]'
-    """
-    units: Dict[str, set] = {}
-    for layer, index in parse_neurons(spec):
-        items = units.setdefault(canonical_path(layer), set())
-        if isinstance(index, list):
-            items.update(index)
-        else:
-            items.add(str(index))
-    text = [f"{layer}:{','.join(str(i) for i in sorted(units[layer], key=lambda i: (isinstance(i, str), i)))}"
-            for layer in sorted(units)]
-    settings = {canonical_path(layer): values for layer, values in layer_settings(spec).items()}
-    text += [f"{layer}[{key}={settings[layer][key]!r}]"
-             for layer in sorted(settings) for key in sorted(settings[layer])]
-    return ";".join(text)
-
-
-def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int], aliases: Optional[Mapping[str, str]] = None, *,
+def resolve_neurons(spec: Union[NeuronSpec, NeuronRequest], units: Mapping[str, int], aliases: Optional[Mapping[str, str]] = None, *,
                     means: Optional[Mapping[str, torch.Tensor]] = None, seed: int = 0) -> List[Neuron]:
     """Expand a spec against known layer sizes into ``[(canonical_path, index), ...]``.
 
@@ -399,7 +443,8 @@ def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int], aliases: Optiona
         [('fc', 2), ('fc', 1), ('fc', 3)]
     """
     resolved: Dict[Neuron, None] = {}  # an ordered set: the spec's order, repeats dropped
-    for layer, idx in parse_neurons(spec):
+    for request in parse_neurons(spec):
+        layer, idx = request.path, request.units
         key = aliases[layer] if aliases and layer in aliases else canonical_path(layer)
         if key not in units:
             close = difflib.get_close_matches(key, list(units), n=5, cutoff=0.5)
@@ -412,7 +457,7 @@ def resolve_neurons(spec: NeuronSpec, units: Mapping[str, int], aliases: Optiona
     return list(resolved)
 
 
-def _layer_indices(layer: str, key: str, idx: Union[str, List[int], UnitPick], count: int,
+def _layer_indices(layer: str, key: str, idx: Units, count: int,
                    means: Optional[Mapping[str, torch.Tensor]], seed: int) -> List[int]:
     """One parsed layer entry as explicit indices into a layer of ``count`` units (checked against ``count``)."""
     if isinstance(idx, UnitPick) and idx.rule == "random":
@@ -433,7 +478,7 @@ def _layer_indices(layer: str, key: str, idx: Union[str, List[int], UnitPick], c
         if not 0 <= i < count:
             raise LDAMArgumentError("neurons", f"index {i} is out of range for layer {layer!r}, which has {count} "
                                                f"units (valid: 0-{count - 1})")
-    return idx
+    return list(idx)
 
 
 def top_units(means: torch.Tensor, k: int) -> List[int]:
