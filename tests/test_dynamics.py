@@ -200,7 +200,9 @@ def test_the_prior_weight_follows_each_units_lift_within_its_bounds(channels):
     # Three units, two chains each, with constant activations 5, -1 and 1.25 against real inputs of mean 0 and max 1
     # (lifts 5, -1 and exactly the target 1.25): over burn-in's adapting half w_k rises to its cap (2, whatever the
     # channels), falls to 0, and stays at 1.
-    from lightning_ldam.sampling.chains import TARGET_LIFT, LangevinChains, Objective
+    from lightning_ldam.sampling.burn_in import TARGET_LIFT
+    from lightning_ldam.sampling.chains import LangevinChains
+    from lightning_ldam.sampling.objective import Objective
     from lightning_ldam.sampling.config import PRIOR_WEIGHT_MAX, LangevinConfig
 
     cap = PRIOR_WEIGHT_MAX
@@ -214,7 +216,7 @@ def test_the_prior_weight_follows_each_units_lift_within_its_bounds(channels):
                             real_acts=(torch.zeros(3), torch.ones(3)))
     chains.freeze_scales()
     for t in range(cfg.burn_in // 2, cfg.burn_in):
-        chains.adapt_step(t)
-    assert chains.weight.tolist() == [cap, 0.0, 1.0]
+        chains.burn_in.adapt_step(t)
+    assert chains.burn_in.weight.tolist() == [cap, 0.0, 1.0]
     chains.freeze()
-    assert torch.equal(chains.smoothness, chains.smooth_unit * torch.tensor([cap, 0.0, 1.0]))
+    assert torch.equal(chains.law.smoothness, chains.law.kappa_unit * torch.tensor([cap, 0.0, 1.0]))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.sampling.chains import _log_fold_density, fold
+from lightning_ldam.sampling.law import fold, log_fold_density
 
 
 class Quadratic(nn.Module):
@@ -161,7 +161,7 @@ def test_fold_reflects_into_the_box_and_its_density_is_a_density():
     # the reflected Gaussian's density integrates to 1 over the box, even for a mean outside it
     y = torch.linspace(0, 1, 20001).view(-1, 1)
     for mean, std in ((0.02, 0.05), (1.1, 0.2), (-0.4, 0.3)):
-        log_q = _log_fold_density(y, torch.full_like(y, mean), std)  # up to the Gaussian's constant
+        log_q = log_fold_density(y, torch.full_like(y, mean), std)  # up to the Gaussian's constant
         dens = torch.exp(log_q) / (std * (2 * torch.pi) ** 0.5)
         assert torch.trapezoid(dens, y.flatten()).item() == pytest.approx(1.0, rel=1e-3)
 
@@ -375,7 +375,7 @@ def test_mala_under_bf16_autocast_accepts_with_float32_log_densities():
     # the returned activations are the model's own (float32) readings of the returned images
     assert bf16.activations[0].dtype == torch.float32
     # what the test guards against: the same call deciding on bf16 activations is visibly wrong
-    from lightning_ldam.sampling import chains as chains_module
+    from lightning_ldam.sampling import objective as chains_module
     original = chains_module.Objective.__call__
     try:
         chains_module.Objective.__call__ = lambda self, u, exact=False: original(self, u, exact=False)

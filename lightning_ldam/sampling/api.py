@@ -35,7 +35,8 @@ from lightning_ldam import _validation as V
 from lightning_ldam.sampling.activations import ActivationReader, probe_outputs, unit_activations
 from lightning_ldam.sampling.unit_axes import resolve_reading, unit_count
 from lightning_ldam.sampling.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
-from lightning_ldam.sampling.chains import LangevinChains, Objective
+from lightning_ldam.sampling.chains import LangevinChains
+from lightning_ldam.sampling.objective import Objective
 from lightning_ldam.sampling.config import (FRESH_DISC_WARMUP, INITS, SPATIAL, DiscriminatorConfig, LangevinConfig,
                                             SamplerConfig, default_smoothness)
 from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
@@ -576,7 +577,7 @@ class _Run:
                 init) -> SampleResult:
         n, c, cfg, disc = len(self.neurons), self.chains, self.cfg, keeper.module
         lo, hi = self.box
-        total_resets = int(chains.resets.sum())
+        total_resets = int(chains.state.resets.sum())
         if total_resets:
             log.warning("LDAM: %d chain states turned NaN/Inf and were re-initialised", total_resets)
         fixed = cfg.method != "ascent"
@@ -584,17 +585,17 @@ class _Run:
             neurons=list(self.neurons),
             images=(lo + (hi - lo) * chains.u).clamp_(lo, hi).detach().cpu().view(n, c, *self.shape),
             activations=final.detach().float().cpu().view(n, c),
-            trace=chains.trace.detach().cpu().t().reshape(n, c, cfg.steps),
+            trace=chains.state.trace.detach().cpu().t().reshape(n, c, cfg.steps),
             disc_scores=None if scores is None else scores.cpu().view(n, c),
-            nonfinite_resets=chains.resets.view(n, c).sum(1).cpu(),
+            nonfinite_resets=chains.state.resets.view(n, c).sum(1).cpu(),
             value_range=(lo, hi), discriminator=disc, seconds=time.perf_counter() - started,
             step_seconds=step_seconds,
             acceptance_rate=_cpu(chains.acceptance_rate()),
             step_sizes=_cpu(chains.step_sizes()),
             metric=_cpu(chains.metric_diagonal()),
             **_mixing(chains, n, c),
-            scales=chains.scale.cpu() if fixed else None,
-            disc_weights=chains.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
+            scales=chains.law.scale.cpu() if fixed else None,
+            disc_weights=chains.law.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
             sampler_config=self.config,
             config={**self.config.settings(), "chains": c, "seed": self.seed, "spatial": self.spatial,
                     "init": f"images {list(init.shape)}" if isinstance(init, torch.Tensor) else init,
@@ -607,11 +608,12 @@ def _mixing(chains: LangevinChains, n: int, c: int) -> Dict[str, Optional[torch.
     projections of the state (:mod:`lightning_ldam.sampling.diagnostics`); ``None`` without a sampling phase of at least
     :data:`~lightning_ldam.sampling.diagnostics.MIN_DRAWS` steps (``"ascent"``, or burn-in to the end)."""
     none = dict.fromkeys(("rhat", "ess", "rhat_activation", "ess_activation"))
-    draws = chains.draws
+    state = chains.state
+    draws = state.draws
     if draws < MIN_DRAWS:
         return none
-    acts = chains.trace[-draws:].detach().float().cpu().t().reshape(n, c, draws)
-    proj = chains.proj_trace.detach().float().cpu().permute(1, 2, 0).reshape(n, c, -1, draws).transpose(1, 2)
+    acts = state.trace[-draws:].detach().float().cpu().t().reshape(n, c, draws)
+    proj = state.proj_trace.detach().float().cpu().permute(1, 2, 0).reshape(n, c, -1, draws).transpose(1, 2)
     finite = torch.isfinite(acts).all() and torch.isfinite(proj).all()
     if not finite:
         return none
@@ -725,8 +727,8 @@ def _cpu(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfig, cuda_graph, device,
           progress) -> float:
     """Run every step (one phase after the other); returns the mean synchronised seconds per step after the first."""
-    phases = _phases(chains, cfg)
-    generators = (chains.gen, chains.restart_gen)
+    phases = chains.phases()
+    generators = (chains.state.gen, chains.state.restart_gen)
     graphed = {name: _GraphedStep(step, generators, device) for name, step in phases.items()} if cuda_graph else None
     tracker = _progress_tracker(progress, cfg.steps)
     timed_from = 1 if cfg.steps > 1 else 0  # step 0 pays one-off costs (allocator, cuDNN algorithm choice)
@@ -756,14 +758,6 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
         if tracker is not None:
             tracker.close()
     return (_synchronized_clock(device) - timer) / (cfg.steps - timed_from)
-
-
-def _phases(chains: LangevinChains, cfg: LangevinConfig):
-    """The step function of each phase: burn-in's search, burn-in's adapting half, then the method's step."""
-    sampling = {"langevin": chains.langevin_step, "mala": chains.mala_step, "hmc": chains.hmc_step,
-                "ascent": chains.ascent_step}
-    adapt = chains.mala_adapt_step if chains.adapts_step else chains.adapt_step
-    return {"search": chains.search_step, "adapt": adapt, "sample": sampling[cfg.method]}
 
 
 class _frozen:
