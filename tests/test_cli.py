@@ -196,19 +196,20 @@ def test_submodule_ema_keys_get_their_prefix_back():
         ema.update(model.enc2, step=step)
     raw = model.state_dict()
     key = LDAMCallback("0:0", module="enc2").state_key
-    variants = weight_variants({"state_dict": raw, "callbacks": {key: {"ema": ema.state_dict()}}})
+    variants = weight_variants({"state_dict": raw, "callbacks": {key: {"format": "lightning_ldam", "settings": {"module": "enc2"},
+                                                                      "ema": ema.state_dict()}}})
     assert torch.equal(variants["ema"]["enc2.0.weight"], ema.module[0].weight)
     assert not torch.equal(variants["ema"]["enc2.0.weight"], raw["enc2.0.weight"])
     assert torch.equal(variants["ema"]["enc1.0.weight"], raw["enc1.0.weight"])  # outside the submodule: raw
     model.load_state_dict(variants["ema"], strict=True)
     # no module recorded: inferred when one submodule fits, an error when two do
     only = {k: v for k, v in raw.items() if k.startswith("enc2")}
-    unnamed = "LDAMCallback{'module': None}"
+    unnamed = {"format": "lightning_ldam", "settings": {"module": None}, "ema": ema.state_dict()}
     got = weight_variants({"state_dict": {"net." + k: v for k, v in only.items()},
-                           "callbacks": {unnamed: {"ema": ema.state_dict()}}})
+                           "callbacks": {"LDAMCallback": unnamed}})
     assert torch.equal(got["ema"]["net.enc2.0.weight"], ema.module[0].weight)
     with pytest.raises(ValueError, match="several submodules"):
-        weight_variants({"state_dict": raw, "callbacks": {unnamed: {"ema": ema.state_dict()}}})
+        weight_variants({"state_dict": raw, "callbacks": {"LDAMCallback": unnamed}})
 
 
 def test_load_checkpoint_errors(tmp_path):
@@ -625,21 +626,15 @@ def test_a_subclass_state_key_is_found_by_the_states_format(ckpts, tmp_path, cap
     assert "neurons: 'conv:0-1' (from the checkpoint's LDAMCallback)" in out
 
 
-def test_a_checkpoint_from_before_the_settings_dict_still_gives_its_settings(ckpts, tmp_path):
-    def legacy(ckpt):
+def test_an_ldam_state_without_its_settings_dict_is_refused_clearly(ckpts, tmp_path):
+    def without_settings(ckpt):
         key = next(k for k in ckpt["callbacks"] if k.startswith("LDAMCallback"))
-        state = ckpt["callbacks"][key]
-        settings = state.pop("settings")
-        del state["format"]
-        state["value_range"] = settings["value_range"]
-        state["normalize"] = settings["normalize"]
+        del ckpt["callbacks"][key]["settings"]
 
-    ckpt = load_checkpoint(_resave(ckpts["a"], tmp_path / "old.ckpt", legacy))
-    settings = ldam_settings(ckpt)
-    # the key names the neurons as spec_key writes them: "conv:0,1", the same units as the spec "conv:0-1"
-    assert parse_neurons(settings["neurons"]).pairs() == parse_neurons("conv:0-1").pairs()
-    assert settings["seed"] == 0 and settings["module"] is None
-    assert ldam_state(ckpt) is not None and real_inputs(ckpt) is not None
+    ckpt = load_checkpoint(_resave(ckpts["a"], tmp_path / "other.ckpt", without_settings))
+    with pytest.raises(ValueError, match=r"^the LDAMCallback state .LDAMCallback.* has no 'settings' dict: it was "
+                                         r"not written by this version of lightning_ldam$"):
+        ldam_settings(ckpt)
 
 
 def test_compare_prints_and_writes_the_metrics_table(ckpts, tmp_path, capsys):

@@ -15,11 +15,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-# extract_input and value_box lived here before lightning_ldam.sampling.inputs: re-imported for older imports.
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.sampling.inputs import InputKey, extract_input, value_box  # noqa: F401
+from lightning_ldam.sampling.inputs import value_box
 
-__all__ = ["Reservoir", "ShapeChanged", "extract_input", "value_box", "available_memory"]
+__all__ = ["Reservoir", "ShapeChanged", "available_memory"]
 
 #: The share of the host's available memory the store may take (it is allocated whole at the first batch).
 MEMORY_SHARE = 0.5
@@ -220,9 +219,9 @@ class Reservoir:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self._pending.clear()
         self.seen = state["seen"]
-        self.nonfinite_skipped = state.get("nonfinite_skipped", 0)  # older states: none counted
+        self.nonfinite_skipped = state["nonfinite_skipped"]
         self.generator.set_state(state["generator"])
-        self._w, self._next = state.get("w"), state.get("next", 0)  # older states: restarted at the next batch
+        self._w, self._next = state["w"], state["next"]
         data = state["data"]
         self.data = None
         if data is not None:

@@ -15,7 +15,7 @@ import torch
 
 from lightning_ldam.sampling.config import (EXACT_METHODS, METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE,
                                             PRIOR_WEIGHT_MAX, LangevinConfig)
-from lightning_ldam.sampling.law import Law, over, roughness_grad, row_rms
+from lightning_ldam.sampling.law import Law, roughness_grad, row_rms
 from lightning_ldam.sampling.objective import Objective, Terms
 from lightning_ldam.sampling.state import ChainState
 
@@ -153,7 +153,7 @@ class BurnIn:
         rms, rms_d = self.track_scales(terms, state.at("track", t))
         drift = terms.g_act / rms.clamp_min(1e-12).view(state.view)
         if terms.g_disc is not None:
-            share = over(law.lambda_ratio_row, rms_d.clamp_min(1e-12))
+            share = law.lambda_ratio_row / rms_d.clamp_min(1e-12)
             drift.addcmul_(terms.g_disc, share.view(state.view))
         drift.div_(PIXEL_SCALE)
         if law.has_smoothness:

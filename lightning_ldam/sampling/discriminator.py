@@ -170,18 +170,18 @@ def build_discriminator(in_channels: int, image_size: Sequence[int], seed: int,
 
 def restore_discriminator(state: Dict[str, torch.Tensor], in_channels: int, image_size: Sequence[int],
                           seed: int = 0) -> Discriminator:
-    """A discriminator with ``state`` loaded, at the width and depth the state was saved with (its depth follows
-    the resolution it looked at: the finest whose layers match ``state``) and with colour statistics if it was saved
-    with them."""
-    width = int(state["features.0.parametrizations.weight.original"].shape[0])
-    stats = any(k.startswith("stats.") for k in state)
-    side = max(int(s) for s in image_size)
-    sizes = sorted({min(MAX_SIDE, math.ceil(side / 2 ** k)) for k in range(8)}, reverse=True)
-    for max_size in sizes:
-        d = build_discriminator(in_channels, image_size, seed, width=width, colour_stats=stats, max_size=max_size)
-        if set(d.state_dict()) == set(state) and all(v.shape == state[k].shape for k, v in d.state_dict().items()):
-            break
-    d.load_state_dict(state)
+    """The discriminator :func:`build_discriminator` makes for these images, with ``state`` loaded.
+
+    Raises:
+        ValueError: ``state`` is not one of such a discriminator (another width, resolution or input); the message
+            says which keys or shapes differ.
+    """
+    d = build_discriminator(in_channels, image_size, seed)
+    try:
+        d.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"expected the state of a discriminator for {in_channels}x{'x'.join(map(str, image_size))} "
+                         f"images as this version builds it: {' '.join(str(err).split())}") from None
     return d
 
 

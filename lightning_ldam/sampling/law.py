@@ -59,12 +59,6 @@ def roughness_grad(u: torch.Tensor) -> torch.Tensor:
             - padded[..., 1:-1, :-2] - padded[..., 1:-1, 2:])
 
 
-def over(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """``numerator / denominator`` as ``reciprocal(denominator) · numerator``: the rounding the recorded benchmark
-    figures were measured with."""
-    return denominator.reciprocal() * numerator
-
-
 def row_rms(g: torch.Tensor) -> torch.Tensor:
     """Per-row RMS over pixels, ``[B]``."""
     return g.flatten(1).square().mean(1).sqrt()
@@ -121,7 +115,7 @@ class Law:
     def set_priors(self, ms_disc: torch.Tensor, weight: torch.Tensor) -> None:
         """``λ_k = λ·w_k / (PIXEL_SCALE·RMS(∂ log D/∂u))`` from D's mean-square input gradient ``ms_disc`` and
         ``γ_k = κ_k·w_k / PIXEL_SCALE``: both priors scaled by the prior weight ``w_k``."""
-        disc_unit = torch.where(ms_disc > 0, over(self.lambda_ratio, PIXEL_SCALE * ms_disc.sqrt()),
+        disc_unit = torch.where(ms_disc > 0, self.lambda_ratio / (PIXEL_SCALE * ms_disc.sqrt()),
                                 torch.zeros_like(ms_disc))
         self.disc_weights = disc_unit * weight
         self.disc_weight_row = self.per_row(self.disc_weights)

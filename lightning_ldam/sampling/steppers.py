@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from lightning_ldam.sampling.config import HMC_JITTER, HMC_STEP_FRACTION
-from lightning_ldam.sampling.law import Law, fold, log_fold_density, over, reflect, row_rms
+from lightning_ldam.sampling.law import Law, fold, log_fold_density, reflect, row_rms
 from lightning_ldam.sampling.objective import Objective, Terms
 from lightning_ldam.sampling.state import ChainState
 
@@ -168,7 +168,7 @@ class AscentStepper(LangevinStepper):
             drift = g.div_(temperature)
         if terms.g_disc is not None:
             rms_d = row_rms(terms.g_disc).clamp_min(1e-12)
-            lam = over(self.law.lambda_ratio_row, rms_d) if cfg.precondition == "rms" else self.law.lambda_ratio_row
+            lam = self.law.lambda_ratio_row / rms_d if cfg.precondition == "rms" else self.law.lambda_ratio_row
             drift.add_(terms.g_disc * lam.view(state.view))
         if self.second_moment is not None:
             self.second_moment.mul_(0.99).addcmul_(drift, drift, value=0.01)

@@ -18,7 +18,6 @@ Lightning's averagers copy the averaged weights into the model when ``fit`` ends
 """
 from __future__ import annotations
 
-import ast
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -28,7 +27,6 @@ from lightning_ldam.weights.lightning_averagers import averager_kind
 
 __all__ = ["load_checkpoint", "weight_variants", "params_only_variants", "ldam_state", "ldam_settings", "real_inputs"]
 
-_LDAM = "LDAMCallback"
 _FORMAT = "lightning_ldam"  # the "format" entry of the callback's state
 _EMA_PREFIX = "average.module."
 
@@ -63,15 +61,9 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
 
 def _ldam_entry(ckpt: Mapping[str, Any]) -> Optional[Tuple[str, Dict[str, Any]]]:
     """The first callback state an ``LDAMCallback`` (or a subclass: any state key) wrote: its state says
-    ``"format": "lightning_ldam"``; older checkpoints are recognised by the ``LDAMCallback`` key prefix."""
+    ``"format": "lightning_ldam"``."""
     states = [(k, v) for k, v in (ckpt.get("callbacks") or {}).items() if isinstance(k, str) and isinstance(v, Mapping)]
-    for key, state in states:
-        if state.get("format") == _FORMAT:
-            return key, state
-    for key, state in states:
-        if key.startswith(_LDAM):
-            return key, state
-    return None
+    return next(((key, state) for key, state in states if state.get("format") == _FORMAT), None)
 
 
 def ldam_state(ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
@@ -87,46 +79,21 @@ def ldam_state(ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 def ldam_settings(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
     """The settings the (first) ``LDAMCallback`` ran with: ``neurons``, ``module``, ``seed``, ``value_range``, ...
 
-    From its state's ``"settings"`` dict; checkpoints written before it existed have them parsed from the state
-    key (``LDAMCallback{'neurons': "'fc:all'", 'module': None, ...}``) plus the state's ``value_range`` and
-    ``normalize``. ``neurons`` comes back as a spec :func:`~lightning_ldam.sampling.targets.parse_neurons` takes. Empty when
-    there is no callback state.
+    From its state's ``"settings"`` dict; ``neurons`` comes back as a spec
+    :func:`~lightning_ldam.sampling.targets.parse_neurons` takes. Empty when there is no callback state.
     """
     entry = _ldam_entry(ckpt)
     if entry is None:
         return {}
     key, state = entry
-    if isinstance(state.get("settings"), Mapping):
-        settings = dict(state["settings"])
-    else:
-        settings = _settings_from_key(key)
-        settings.update({k: state[k] for k in ("value_range", "normalize") if state.get(k) is not None})
-    if "neurons" in settings:
-        settings["neurons"] = _as_spec(settings["neurons"])
-        if settings["neurons"] is None:
-            del settings["neurons"]
+    if not isinstance(state.get("settings"), Mapping):
+        raise ValueError(f"the LDAMCallback state {key!r} has no 'settings' dict: it was not written by this "
+                         f"version of lightning_ldam")
+    settings = dict(state["settings"])
+    if isinstance(settings.get("neurons"), list):  # the settings dict stores (layer, index) tuples as lists
+        settings["neurons"] = [tuple(n) if isinstance(n, list) and len(n) == 2 and isinstance(n[0], str) else n
+                               for n in settings["neurons"]]
     return settings
-
-
-def _settings_from_key(key: str) -> Dict[str, Any]:
-    try:
-        settings = ast.literal_eval(key[key.index("{"):]) if "{" in key else {}
-    except (ValueError, SyntaxError):
-        return {}
-    return dict(settings) if isinstance(settings, dict) else {}
-
-
-def _as_spec(neurons: Any) -> Any:
-    """A neuron spec back from the checkpoint: older keys hold its repr; lists of ``[layer, index]`` pairs
-    (how the settings dict stores tuples) become tuples again. ``None`` when it cannot be read."""
-    if isinstance(neurons, str) and neurons[:1] in "'\"[{(":
-        try:
-            neurons = ast.literal_eval(neurons)
-        except (ValueError, SyntaxError):  # e.g. a dict holding range(...): not a literal
-            return None
-    if isinstance(neurons, list):
-        return [tuple(n) if isinstance(n, list) and len(n) == 2 and isinstance(n[0], str) else n for n in neurons]
-    return neurons
 
 
 def real_inputs(ckpt: Mapping[str, Any]) -> Optional[torch.Tensor]:
