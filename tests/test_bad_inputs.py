@@ -205,7 +205,7 @@ def test_normalize_on_pixel_space_batches_samples_through_it(tmp_path):
     """The other side of the rule: pixel-space batches with normalize= train and sample, rounds and all."""
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, normalize=(0.5, 0.25), **FAST)
     make_trainer(tmp_path, [cb]).fit(TinyModule(), loader())
-    assert cb._rounds == 2 and cb._report.failed == 0
+    assert cb.stats.rounds == 2 and cb.stats.failed_rounds == 0
 
 
 def test_an_averager_listed_before_the_callback_is_reported_at_setup(tmp_path):

@@ -7,6 +7,8 @@ snapshots isolated and collectable, the state round-tripping through checkpoints
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
 import gc
 import logging
 import os
@@ -146,9 +148,9 @@ class StepLog(LDAMCallback):
         self.round_steps: List[int] = []
 
     def _round(self, trainer, pl_module):
-        before = self._rounds
+        before = self.stats.rounds
         super()._round(trainer, pl_module)
-        if self._rounds > before:
+        if self.stats.rounds > before:
             self.round_steps.append(trainer.global_step)
 
 
@@ -317,9 +319,9 @@ def test_training_is_bitwise_identical_with_and_without_the_callback(tmp_path, l
     ref_trainer, ref_module, _, ref_initial = _parity_run(tmp_path / "without", False, logger)
 
     assert trainer.global_step == ref_trainer.global_step == 4  # 16 samples / 4 per batch / 2 accumulated x 2
-    assert cb._rounds == 4  # a round after every optimizer step (the epoch-end rounds fall on the same steps)
-    assert cb._budget.has_estimate and cb._skipped == 0
-    assert int(cb._ema.n_averaged) == trainer.global_step  # the own EMA: one update per optimizer step
+    assert cb.stats.rounds == 4  # a round after every optimizer step (the epoch-end rounds fall on the same steps)
+    assert cb._budget.has_estimate and cb.stats.skipped_rounds == 0
+    assert int(cb.stats.ema_updates) == trainer.global_step  # the own EMA: one update per optimizer step
     assert_same(initial, ref_initial)
     assert_same(clone_state(module), clone_state(ref_module))  # incl. BN running stats, num_batches_tracked
     assert_same(trainer.optimizers[0].state_dict(), ref_trainer.optimizers[0].state_dict())
@@ -362,9 +364,9 @@ class Recording(LDAMCallback):
         return global_step == 3 if global_step is not None else epoch == 0
 
     def _record(self, hook, pl_module, call):
-        before, rounds = _live(pl_module), self._rounds
+        before, rounds = _live(pl_module), self.stats.rounds
         call()
-        self.records.append((hook, before, _live(pl_module), self._rounds - rounds))
+        self.records.append((hook, before, _live(pl_module), self.stats.rounds - rounds))
 
     def on_fit_start(self, trainer, pl_module):
         self._record("on_fit_start", pl_module,
@@ -468,14 +470,14 @@ def test_a_round_runs_under_any_grad_context(tmp_path, context):
     written: List[Dict[str, torch.Tensor]] = []
     real_write = cb._write
     cb._write = lambda tr, images, *args: (written.append(images), real_write(tr, images, *args))
-    rounds = cb._rounds
+    rounds = cb.stats.rounds
     with warnings.catch_warnings(record=True) as caught, context():
         warnings.simplefilter("always")
         grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
         cb._round(trainer, module)
         assert (torch.is_grad_enabled(), torch.is_inference_mode_enabled()) == (grad, inference)
     assert [str(w.message) for w in caught if "sampling failed" in str(w.message)] == []
-    assert cb._rounds == rounds + 1
+    assert cb.stats.rounds == rounds + 1
     assert len(written) == 1 and {"ldam/raw/features.0", "ldam/ema/classifier.2"} <= set(written[0])
     assert all(torch.isfinite(img).all() for img in written[0].values())
 
@@ -581,7 +583,7 @@ def test_writing_pngs_issues_no_collective_from_rank_zero_only_code(tmp_path):
 
     cb = Spy(NEURONS, every_n_train_steps=2, every_n_epochs=None, disc_weight=0.0, **FAST)
     fit(tmp_path, [cb], max_steps=2, logger=False)
-    assert cb._rounds == 1
+    assert cb.stats.rounds == 1
     assert calls == []
 
 
@@ -591,7 +593,7 @@ def test_averaging_none_logs_raw_weights_only(tmp_path, no_failed_rounds):
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, averaging=None, disc_weight=0.0,
                       **FAST)
     fit(tmp_path, [cb], max_steps=4, logger=logger)
-    assert cb._ema is None and cb._rounds == 2
+    assert cb._ema is None and cb.stats.rounds == 2
     assert ldam_tags(events(logger.log_dir), "images") == {"ldam/raw/features.0", "ldam/raw/classifier.2"}
 
 
@@ -626,7 +628,7 @@ def test_alongside_ema_weight_averaging(tmp_path, no_failed_rounds):
     trainer, module = fit(tmp_path / "with", [averager, cb], val=loader(8, shuffle=False), max_steps=8,
                           limit_val_batches=1, num_sanity_val_steps=0)
     assert cb._ema is None and cb._averagers == [averager]
-    assert len(cb.seen_variants) == cb._rounds == 4
+    assert len(cb.seen_variants) == cb.stats.rounds == 4
     for r in cb.seen_variants:
         assert set(r["variants"]) == {"raw", "ema"}
         assert_same(r["variants"]["raw"], r["live"])  # the true raw weights, not the swapped-in average
@@ -709,7 +711,7 @@ def test_snapshots_are_isolated_and_freed(tmp_path, monkeypatch, no_failed_round
 
     cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, disc_weight=0.0, **FAST)
     trainer, live = fit(tmp_path, [cb], module=module, max_steps=4)
-    assert cb._rounds == 4 and live._trainer is trainer
+    assert cb.stats.rounds == 4 and live._trainer is trainer
     assert len(taken) == 1 + 1 + 3 * 2  # the first-batch target check, raw at step 1 (one EMA update), then both
     assert sum(t["of_live"] for t in taken) == 1 + 4
     for t in taken:
@@ -745,7 +747,7 @@ def test_own_ema_survives_non_leaf_tensor_attributes(tmp_path):
     cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, disc_weight=0.0, **FAST)
     trainer = make_trainer(tmp_path / "second", [cb], max_steps=3)
     trainer.fit(module, loader())
-    assert trainer.global_step == 3 and cb._rounds == 3
+    assert trainer.global_step == 3 and cb.stats.rounds == 3
 
 
 # ---- state: state_dict, checkpoints, resume -------------------------------------------------------------
@@ -756,7 +758,7 @@ def test_state_dict_round_trip_and_checkpoint_contents(tmp_path, no_failed_round
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"))
     trainer, module = fit(tmp_path, [cb, other, checkpoint], max_steps=-1, max_epochs=1,
                           enable_checkpointing=True)
-    assert cb._rounds == 2 and other._rounds == 1
+    assert cb.stats.rounds == 2 and other.stats.rounds == 1
 
     state = cb.state_dict()
     assert state["rounds"] == 2 and state["last_sampled_step"] == 4 and state["last_ema_step"] == 4
@@ -772,8 +774,31 @@ def test_state_dict_round_trip_and_checkpoint_contents(tmp_path, no_failed_round
     fresh = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=1, **FAST)
     fresh.load_state_dict(copy.deepcopy(state))
     assert_same(fresh.state_dict(), state)
-    assert (fresh._rounds, fresh._last_sampled_step, fresh._last_ema_step) == (2, 4, 4)
+    assert (fresh.stats.rounds, fresh.stats.last_sampled_step, fresh._run.last_ema_step) == (2, 4, 4)
     assert torch.equal(fresh._reservoir.images, cb._reservoir.images)
+    # everything the state holds comes back (the own EMA's state waits for the next fit to build the EMA)
+    assert fresh.stats == dataclasses.replace(cb.stats, ema_updates=None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fresh.stats.rounds = 0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("change, missing", [({"format": "other"}, "[]"), ({"rounds": None}, "['rounds']")])
+def test_a_state_this_version_did_not_write_is_refused_clearly(change, missing):
+    state = LDAMCallback(NEURONS, **FAST).state_dict()
+    state.update(change)
+    state = {k: v for k, v in state.items() if v is not None or k != "rounds"}
+    with pytest.raises(ValueError, match=r"^LDAMCallback: the checkpoint's LDAM state was not written by this version "
+                                         rf"of lightning_ldam \(format .*, missing {re.escape(missing)}\)"):
+        LDAMCallback(NEURONS, **FAST).load_state_dict(state)
+
+
+def test_stats_count_what_the_run_did(tmp_path, no_failed_rounds):
+    cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, **FAST)
+    fit(tmp_path, [cb], max_steps=4)
+    stats = cb.stats
+    assert (stats.rounds, stats.failed_rounds, stats.skipped_rounds, stats.skipped_batches) == (2, 0, 0, 0)
+    assert stats.inputs_seen == 16 and stats.inputs_kept == 16 and stats.ema_updates == 4
+    assert stats.last_sampled_step == 4 and len(stats.neurons) == 5
 
 
 def _resume_run(root, epochs, ckpt_path=None):
@@ -798,7 +823,7 @@ def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path, no_failed_rounds
     assert first_cb.round_steps == [2, 4] and cb.round_steps == [6, 8] and ref_cb.round_steps == [2, 4, 6, 8]
     assert_same(clone_state(module), clone_state(ref_module))
     assert_same(cb._ema.state_dict(), ref_cb._ema.state_dict())
-    assert int(cb._ema.n_averaged) == 8
+    assert int(cb.stats.ema_updates) == 8
     assert_same(cb._reservoir.state_dict(), ref_cb._reservoir.state_dict())
     assert_same(cb.state_dict(), ref_cb.state_dict())  # counters, discriminators, generator states
     before = [e.step for e in events(first_logger.log_dir).Images("ldam/raw/features.0")]
@@ -827,7 +852,7 @@ def test_nonfinite_chains_are_reset_reported_and_training_completes(tmp_path, no
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     cb = LDAMCallback(["classifier.3:0-1"], every_n_train_steps=2, every_n_epochs=None, **FAST)
     trainer, module = fit(tmp_path, [cb], module=NaNModule, max_steps=4, logger=logger)
-    assert trainer.global_step == 4 and cb._rounds == 2
+    assert trainer.global_step == 4 and cb.stats.rounds == 2
     assert all(torch.isfinite(p).all() for p in module.parameters())
     warned = [str(w.message) for w in no_failed_rounds if "turned NaN/Inf and were re-init" in str(w.message)]
     assert any("'raw' weights" in m for m in warned) and any("'ema' weights" in m for m in warned)
@@ -866,7 +891,7 @@ def test_module_argument_selects_the_network(tmp_path, no_failed_rounds):
     cb = LDAMCallback("3:0-1", module="net", every_n_train_steps=1, every_n_epochs=None, disc_weight=0.0,
                       **FAST)
     trainer, _ = fit(tmp_path, [cb], module=NoForward, max_steps=2)
-    assert cb._rounds == 2 and int(cb._ema.n_averaged) == 2
+    assert cb.stats.rounds == 2 and int(cb.stats.ema_updates) == 2
 
 
 def test_unknown_module_argument_fails_at_setup(tmp_path):
@@ -920,7 +945,7 @@ def test_batches_the_default_input_key_cannot_read_are_skipped_with_one_warning(
     assert trainer.global_step == 4
     said = [str(w.message) for w in caught if "not kept for LDAM" in str(w.message)]
     assert len(said) == 1 and "input_key=None does not give" in said[0] and "['label']" in said[0]
-    assert cb._skipped_batches == 4 and cb._rounds == 0
+    assert cb.stats.skipped_batches == 4 and cb.stats.rounds == 0
 
 
 def test_callback_is_picklable_after_fit(tmp_path):

@@ -42,7 +42,7 @@ class CheckedLDAM(LDAMCallback):
     def _log(self, trainer, results, seconds):
         assert trainer.is_global_zero
         for res in results.values():
-            assert res.neurons == self._resolved and len(res.neurons) == 5
+            assert res.neurons == list(self.stats.neurons) and len(res.neurons) == 5
         # each rank read its shard's chains across variants; the previous round's samples only rank 0 holds, so
         # the merged result has none of those
         assert set(results["raw"].cross_activations) == {"ema"} and set(results["ema"].cross_activations) == {"raw"}
@@ -54,10 +54,10 @@ class RankChecks(Callback):
     def on_train_end(self, trainer, pl_module):
         ldam = next(cb for cb in trainer.callbacks if isinstance(cb, LDAMCallback))
         assert trainer.world_size == 2
-        assert ldam._rounds == len(ROUND_STEPS), (trainer.global_rank, ldam._rounds)  # every rank sampled
-        assert ldam._skipped == 0 and ldam._budget.has_estimate  # every rank ran every broadcast decision
-        assert int(ldam._ema.n_averaged) == trainer.global_step == 4
-        assert len(ldam._reservoir) == 16 and ldam._reservoir.seen == 16  # each rank: its 8 inputs, 2 epochs
+        assert ldam.stats.rounds == len(ROUND_STEPS), (trainer.global_rank, ldam.stats.rounds)  # every rank sampled
+        assert ldam.stats.skipped_rounds == 0 and ldam._budget.has_estimate  # every rank ran every broadcast decision
+        assert int(ldam.stats.ema_updates) == trainer.global_step == 4
+        assert len(ldam._reservoir) == 16 and ldam.stats.inputs_seen == 16  # each rank: its 8 inputs, 2 epochs
 
 
 class DestroyGroupAtExit(Callback):

@@ -75,7 +75,7 @@ def test_a_logger_whose_log_image_raises_costs_one_round_not_the_run(tmp_path):
     assert trainer.global_step == 4
     assert_same(clone_state(module), _reference(tmp_path))
     assert len(failures) == 1 and "RuntimeError: log_image boom" in failures[0] and "step 2" in failures[0]
-    assert cb._report.failed == 1 and cb._rounds == 1  # step 2 failed, step 4 went through
+    assert cb.stats.failed_rounds == 1 and cb.stats.rounds == 1  # step 2 failed, step 4 went through
     assert logger.images and set(logger.images) == {4}
     assert [m["ldam/failed_rounds"] for m in logger.metrics if "ldam/failed_rounds" in m][-1] == 1.0
 
@@ -94,7 +94,7 @@ def test_one_chain_logs_no_diversity_rather_than_zero(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, **{**FAST, "chains": 1})
     trainer, _, failures = _run(tmp_path, cb, logger=logger)
-    assert not failures and cb._rounds == 2
+    assert not failures and cb.stats.rounds == 2
     tags = set(events(logger.log_dir).Tags()["scalars"])
     assert "ldam/raw/features.0/activation" in tags and not any(t.endswith("/diversity") for t in tags)
 
@@ -110,7 +110,7 @@ def test_a_full_disk_warns_once_and_training_finishes(tmp_path, monkeypatch):
     trainer, module, failures = _run(tmp_path, cb, logger=logger)
     assert trainer.global_step == 4
     assert_same(clone_state(module), _reference(tmp_path))
-    assert cb._report.failed == 4 and cb._rounds == 0
+    assert cb.stats.failed_rounds == 4 and cb.stats.rounds == 0
     assert len(failures) == 1 and "No space left on device" in failures[0]  # one cause: one warning
 
 
@@ -128,7 +128,7 @@ def test_a_png_directory_that_cannot_be_created_costs_the_rounds_not_the_run(tmp
     cb = UnwritablePNGs(NEURONS, every_n_train_steps=2, every_n_epochs=None, **FAST)
     cb.blocker = tmp_path / "blocker"
     trainer, module, failures = _run(tmp_path, cb)
-    assert trainer.global_step == 4 and cb._report.failed == 2
+    assert trainer.global_step == 4 and cb.stats.failed_rounds == 2
     assert len(failures) == 1 and ("NotADirectoryError" in failures[0] or "FileExistsError" in failures[0])
     assert_same(clone_state(module), _reference(tmp_path))
 
@@ -168,7 +168,7 @@ def test_a_tabular_model_trains_to_the_end_with_the_callback(tmp_path):
     ref = fit(tmp_path / "ref", [], module=Tabular, train=_tabular_loader(), max_steps=4)[1]
     assert_same(clone_state(module), clone_state(ref))
     # 10 features are drawn as a 1 x 10 strip per chain: both rounds log their images
-    assert cb._rounds == 2 and cb._report.failed == 0
+    assert cb.stats.rounds == 2 and cb.stats.failed_rounds == 0
     images = events(logger.log_dir).Images("ldam/raw/net.2")
     assert [e.step for e in images] == [2, 4] and images[0].height == 2 * (31 + 2) + 2
 
@@ -199,8 +199,8 @@ def test_nan_pixels_in_the_data_never_reach_the_reservoir_or_the_discriminators(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer, _ = fit(tmp_path, [cb], module=NaNSafe, train=_nan_loader(), max_steps=4, logger=logger)
-    assert trainer.global_step == 4 and cb._report.failed == 0 and cb._rounds == 2
-    assert torch.isfinite(cb._reservoir.images).all() and cb._reservoir.nonfinite_skipped == 3
+    assert trainer.global_step == 4 and cb.stats.failed_rounds == 0 and cb.stats.rounds == 2
+    assert torch.isfinite(cb._reservoir.images).all() and cb.stats.nonfinite_inputs == 3
     nan_warnings = [str(w.message) for w in caught if "with NaN/Inf are not kept" in str(w.message)]
     assert len(nan_warnings) == 1
     for disc in cb._discs.live.values():

@@ -40,9 +40,9 @@ class HookRounds(LDAMCallback):
         self.around_validation: List[tuple] = []
 
     def _count(self, hook, call):
-        before = self._rounds
+        before = self.stats.rounds
         call()
-        self.by_hook[hook] += self._rounds - before
+        self.by_hook[hook] += self.stats.rounds - before
 
     def on_train_batch_end(self, trainer, pl_module, *args):
         self._count("batch_end", lambda: super(HookRounds, self).on_train_batch_end(trainer, pl_module, *args))
@@ -96,7 +96,7 @@ def test_trainer_validate_samples_raw_weights_under_inference_mode(tmp_path, no_
     assert cb.by_hook == {"validation_end": 1}
     (before, after), = cb.around_validation
     assert before["inference_mode"] and after["inference_mode"]
-    assert cb._reservoir.seen == 8  # the validation batches fed the reservoir: no training batch came
+    assert cb.stats.inputs_seen == 8  # the validation batches fed the reservoir: no training batch came
     acc = events(logger.log_dir)
     assert ldam_tags(acc, "images") == {"ldam/raw/features.0", "ldam/raw/classifier.2"}
     assert [e.step for e in acc.Images("ldam/raw/classifier.2")] == [0]
@@ -105,7 +105,7 @@ def test_trainer_validate_samples_raw_weights_under_inference_mode(tmp_path, no_
 def test_validate_without_during_validation_does_nothing(tmp_path):
     cb = HookRounds(NEURONS, **FAST)
     make_trainer(tmp_path, [cb]).validate(TinyModule(), loader(8, shuffle=False))
-    assert cb._rounds == 0 and cb._reservoir.seen == 0 and not cb._checked
+    assert cb.stats.rounds == 0 and cb.stats.inputs_seen == 0 and not cb._run.checked
 
 
 class RawAtRound(VariantLog):
@@ -164,7 +164,7 @@ def test_a_vanishing_budget_runs_the_first_round_then_skips_until_the_fit_end_ro
     trainer, _ = fit(tmp_path, [cb], max_steps=4, logger=logger)
     # the first due round always runs (its cost is measured); then no round fits in 1e-9 of the training time
     # until the fit-end round, which always runs
-    assert cb.by_hook["batch_end"] == 1 and cb._skipped == 3 and cb._rounds == 2
+    assert cb.by_hook["batch_end"] == 1 and cb.stats.skipped_rounds == 3 and cb.stats.rounds == 2
     acc = events(logger.log_dir)
     assert [e.step for e in acc.Images("ldam/raw/features.0")] == [1, 4]
     assert [e.value for e in acc.Scalars("ldam/skipped_rounds")] == [0.0, 3.0]
@@ -185,7 +185,7 @@ def test_a_short_run_under_the_default_budget_shows_images_in_its_first_epoch(tm
 def test_a_generous_budget_runs_every_round_and_measures_them(tmp_path, no_failed_rounds):
     cb = HookRounds(NEURONS, every_n_train_steps=1, every_n_epochs=None, **{**FAST, "max_overhead": 1e9})
     fit(tmp_path, [cb], max_steps=3)
-    assert cb._rounds == 3 and cb._skipped == 0
+    assert cb.stats.rounds == 3 and cb.stats.skipped_rounds == 0
     assert set(cb._discs.live) == {"raw", "ema"}
     assert cb._budget.sampling > 0 and cb._budget.has_estimate
 
@@ -202,7 +202,7 @@ def test_the_measured_cost_of_a_round_decides_whether_later_rounds_run(tmp_path,
         cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, on_fit_end=False,
                           **{**FAST, "max_overhead": 1e6})
         fit(tmp_path / str(rounds), [cb], max_steps=2)
-        assert cb._rounds == rounds and cb._skipped == 2 - rounds
+        assert cb.stats.rounds == rounds and cb.stats.skipped_rounds == 2 - rounds
 
 
 # ---- progress bar ---------------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ def test_a_budgeted_round_finds_its_variants_once_and_settles_its_plan_once(tmp_
     monkeypatch.setattr(callback_module, "plan_round", plan)
     cb = LDAMCallback(NEURONS, every_n_train_steps=1, every_n_epochs=None, **{**FAST, "max_overhead": 1e9})
     fit(tmp_path, [cb], max_steps=3)
-    assert cb._rounds == 3 and cb._skipped == 0
+    assert cb.stats.rounds == 3 and cb.stats.skipped_rounds == 0
     assert len(found) == 3  # one per round: the budget check, the copies and the plan share it
     assert len(planned) == 1 + 3  # the first batch's dry run, then one plan per round
 

@@ -69,4 +69,4 @@ def test_sigterm_during_a_round_stops_it_and_the_fit_ends_as_lightning_ends_it(t
         fit(tmp_path, [cb], module=Terminated, max_steps=6)
     said = [r.getMessage() for r in caplog.records if "SIGTERM received, the round was stopped" in r.getMessage()]
     assert len(said) == 1 and "step 2" in said[0]
-    assert cb._rounds == 0 and cb._report.failed == 0
+    assert cb.stats.rounds == 0 and cb.stats.failed_rounds == 0

@@ -14,14 +14,13 @@ def _reporter():
     return RoundReporter(info.append, warn.append), info, warn
 
 
-def test_a_repeating_cause_warns_once_and_every_failure_counts():
+def test_a_repeating_cause_warns_once():
     report, _, warn = _reporter()
     for step in (1, 2, 3):  # a full disk at every round: the path in the message may differ, the errno does not
         report.failure(step, OSError(errno.ENOSPC, "No space left on device", f"/logs/events.{step}"))
     report.failure(4, RuntimeError("log_image boom"))
     report.failure(5, RuntimeError("log_image boom"))
     report.failure(6, RuntimeError("another cause"))
-    assert report.failed == 6
     assert len(warn) == 3
     assert "step 1" in warn[0] and "No space left on device" in warn[0] and "ldam/failed_rounds" in warn[0]
     assert "step 4" in warn[1] and "RuntimeError: log_image boom" in warn[1]

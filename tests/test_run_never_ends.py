@@ -72,8 +72,8 @@ def test_a_change_of_image_size_skips_those_batches_and_keeps_the_first_shape(tm
     assert_same(weights, reference)
     skipped = _said(said, "not kept for LDAM")
     assert len(skipped) == 1 and "(1, 20, 20)" in skipped[0] and "(1, 16, 16)" in skipped[0]
-    assert cb._skipped_batches == 4 and cb._reservoir.input_shape() == (1, 16, 16)
-    assert cb._report.failed == 0 and cb._rounds == 4  # steps 2, 4, 6 and 8 (the fit end adds none), all at 16 px
+    assert cb.stats.skipped_batches == 4 and cb._reservoir.input_shape() == (1, 16, 16)
+    assert cb.stats.failed_rounds == 0 and cb.stats.rounds == 4  # steps 2, 4, 6 and 8 (the fit end adds none), all at 16 px
 
 
 class DictBatches(TinyModule):
@@ -97,7 +97,7 @@ def test_a_late_batch_the_input_key_cannot_read_is_skipped_and_counted(tmp_path)
     assert_same(weights, reference)
     skipped = _said(said, "not kept for LDAM")
     assert len(skipped) == 1 and "input_key='image'" in skipped[0]
-    assert cb._skipped_batches == 1 and cb._report.failed == 0
+    assert cb.stats.skipped_batches == 1 and cb.stats.failed_rounds == 0
     counts = [e.value for e in events(logger.log_dir).Scalars("ldam/skipped_batches")]
     assert counts == [0.0, 0.0, 1.0, 1.0]  # rounds at steps 2, 4, 6, 8; batch 5 is step 6's
 
@@ -113,7 +113,7 @@ def test_an_ema_update_that_fails_warns_once_and_training_goes_on(tmp_path, monk
     trainer, weights, reference, said = _fit_both(tmp_path, cb, max_steps=4)
     assert trainer.global_step == 4
     assert_same(weights, reference)
-    assert len(_said(said, "EMA could not be updated")) == 1 and cb._report.failed == 0
+    assert len(_said(said, "EMA could not be updated")) == 1 and cb.stats.failed_rounds == 0
 
 
 # ---- writes that fail --------------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_an_image_write_that_fails_in_the_writer_thread_leaves_lightnings_writes
                                                   log_every_n_steps=1)
     assert trainer.global_step == 6 and failures
     assert_same(weights, reference)
-    assert len(_said(said, "No space left on device")) == 1 and cb._report.failed == 1
+    assert len(_said(said, "No space left on device")) == 1 and cb.stats.failed_rounds == 1
     assert _event_scalars(logger.log_dir, "train_loss") == [0, 1, 2, 3, 4, 5]  # Lightning's, before and after
     assert _event_scalars(logger.log_dir, "ldam/raw/features.0/activation") == [2, 4, 6]  # step 2's scalars too
     assert [e.step for e in events(logger.log_dir).Images("ldam/raw/features.0")] == [4, 6]
@@ -194,7 +194,7 @@ def test_on_a_really_full_disk_the_callback_leaves_the_last_bytes_to_lightning(f
     """Lightning logs every step on a 200-KiB disk: the callback writes nothing that would leave it under its reserve,
     so the run's own logs never meet a disk the callback filled."""
     cb, logger = _fit_on(full_disk, tmp_path, LoggingModule, log_every_n_steps=1)
-    assert cb._report.failed == 16 and cb._rounds == 0  # steps 1-16 (the fit end adds none)
+    assert cb.stats.failed_rounds == 16 and cb.stats.rounds == 0  # steps 1-16 (the fit end adds none)
     assert _event_scalars(logger.log_dir, "train_loss") == list(range(16))
 
 
@@ -206,9 +206,9 @@ def test_a_write_that_fills_the_disk_leaves_lightnings_writer_working(full_disk,
 
     monkeypatch.setattr(outputs, "check_room", lambda *args: None)
     cb, logger = _fit_on(full_disk, tmp_path, TinyModule)
-    assert cb._report.failed >= 1 and cb._rounds >= 1
+    assert cb.stats.failed_rounds >= 1 and cb.stats.rounds >= 1
     steps = _event_scalars(logger.log_dir, "ldam/raw/features.0/activation")
-    assert steps and steps == sorted(steps) and len(steps) >= cb._rounds
+    assert steps and steps == sorted(steps) and len(steps) >= cb.stats.rounds
 
 
 # ---- limits of a valid model: a fallback and one warning -------------------------------------------------------------
@@ -274,12 +274,12 @@ def test_a_limit_of_the_model_is_a_fallback_with_one_warning_never_an_error(tmp_
     ours = [m for m in said if m.startswith("LDAMCallback") and not any(
         note in m for note in ("newly found unhealthy", "writing PNGs"))]  # no logger here: PNGs, as designed
     if phrase is None:  # handled silently: a two-row probe, a padded batch of one
-        assert not ours and cb._report.failed == 0 and cb._rounds == 2
+        assert not ours and cb.stats.failed_rounds == 0 and cb.stats.rounds == 2
     elif case == "model-refuses-the-probe-batch":  # nothing to fall back on: rounds are tried, and fail
-        assert len(_said(ours, phrase)) == 1 and cb._rounds == 0 and cb._report.failed == 2
+        assert len(_said(ours, phrase)) == 1 and cb.stats.rounds == 0 and cb.stats.failed_rounds == 2
     else:
         assert len(_said(ours, phrase)) == 1 and len(ours) == 1, ours
-        assert cb._report.failed == 0 and cb._rounds == 2
+        assert cb.stats.failed_rounds == 0 and cb.stats.rounds == 2
 
 
 def test_the_data_start_fallback_is_kept_in_the_state(tmp_path):
@@ -288,7 +288,7 @@ def test_the_data_start_fallback_is_kept_in_the_state(tmp_path):
     assert cb.state_dict()["fallbacks"] == {"init": "data"}
     fresh = LDAMCallback("head:0", **EVERY_2, **FAST)
     fresh.load_state_dict(cb.state_dict())
-    assert fresh._fallbacks == {"init": "data"}
+    assert fresh._run.fallbacks == {"init": "data"}
 
 
 # ---- state keys ---------------------------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_resuming_from_a_checkpoint_with_ldam_state_under_another_key_warns(tmp_
             fit(tmp_path / "b", [cb], max_steps=4, ckpt_path=str(ckpt))
         said = [str(w.message) for w in caught if "starts fresh" in str(w.message)]
         assert len(said) == expected, said
-        assert cb._rounds == (1 if expected else 2)  # step 4's round, after the first's count of 1 when restored
+        assert cb.stats.rounds == (1 if expected else 2)  # step 4's round, after the first's count of 1 when restored
         if expected:
             assert first.state_key in said[0] and cb.state_key in said[0]
 

@@ -30,6 +30,7 @@ from lightning_ldam.callback.settings import (AVERAGING, CallbackSettings, argum
                                               check_on_setup, given_arguments)
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.callback.round_size import EPOCHS_BOUND, RoundSize, fit_round
+from lightning_ldam.callback.round_state import CallbackStats, FitState, RunState
 from lightning_ldam.sampling.inputs import InputKey, extract_input
 from lightning_ldam.callback.interrupts import RoundInterrupted, sigterm_interrupts
 from lightning_ldam.callback.own_line import own_line
@@ -44,6 +45,7 @@ from lightning_ldam.engine.rounds import (RoundPlan, WarmDiscriminators, fixed_s
 from lightning_ldam.weights.snapshot import snapshot
 from lightning_ldam.report.tags import RHAT_BOUND, summarize, unhealthy_units, unmixed_layers
 from lightning_ldam.sampling.targets import NeuronSpec
+from lightning_ldam.weights.checkpoint import STATE_FORMAT
 from lightning_ldam.weights.lightning_averagers import Source, find_variants, is_averager
 
 __all__ = ["LDAMCallback", "AVERAGING"]
@@ -97,23 +99,19 @@ class LDAMCallbackLogic:
         self._discs = WarmDiscriminators()
         self._chains = PersistentChains(self.settings.redraw) if self.settings.persistent else None
         self._report = RoundReporter(self._info, self._warn)
-        self._rounds = self._skipped = self._skipped_batches = 0
-        self._fallbacks: Dict[str, Any] = {}  # sampler settings the first batch found the model needs (init="data")
-        self._last_sampled_step = self._last_ema_step = self._last_skipped_step = -1
-        self._averagers: list = []
-        self._checked = False
-        self._resolved: list = []
-        self._png_dir: Optional[str] = None
-        self._raw_gone_at_end = False
-        self._at_train_end = False
-        self._fit_rounds = 0  # rounds of this fit (a resumed run measures its first round again)
-        self._size: Optional[RoundSize] = None  # this fit's round size, fitted at its first round
-        self._batch_started: Optional[float] = None
-        self._batch_time = [0.0, 0]  # this fit's training batches: seconds, count
-        self._collected_early = False
-        self._round_sources: Optional[Dict[str, Source]] = None
-        self._previous: Dict[str, torch.Tensor] = {}  # the last round's images per variant (drift)
-        self._fixed: list = []  # the neurons every round samples, fixed at the first round
+        self._run, self._fit = RunState(), FitState()
+        self._averagers: list = []  # Lightning's averaging callbacks, found in setup
+        self._png_dir: Optional[str] = None  # where PNGs go without an image logger, found in setup
+
+    @property
+    def stats(self) -> CallbackStats:
+        """What the callback has done so far: rounds, skips, failures, inputs kept (read-only)."""
+        run, reservoir = self._run, self._reservoir
+        return CallbackStats(rounds=run.rounds, skipped_rounds=run.skipped_rounds, failed_rounds=run.failed_rounds,
+                             skipped_batches=run.skipped_batches, nonfinite_inputs=reservoir.nonfinite_skipped,
+                             inputs_seen=reservoir.seen, inputs_kept=len(reservoir),
+                             ema_updates=None if self._ema is None else int(self._ema.n_averaged),
+                             last_sampled_step=run.last_sampled_step, neurons=tuple(run.neurons))
 
     # ---- identity and schedule ---------------------------------------------------------------------
     @property
@@ -155,15 +153,15 @@ class LDAMCallbackLogic:
         # Lightning's WeightAveraging copies the averaged weights into the model in its on_train_end: an
         # averager listed before this callback leaves no raw weights for the fit-end round.
         order = {id(cb): i for i, cb in enumerate(trainer.callbacks)}
-        self._raw_gone_at_end = any(order.get(id(cb), -1) < order.get(id(self), -1) for cb in self._averagers)
-        if self._raw_gone_at_end and self.settings.on_fit_end:  # said here, where the order is known, not at fit end
+        self._fit.raw_gone_at_end = any(order.get(id(cb), -1) < order.get(id(self), -1) for cb in self._averagers)
+        if self._fit.raw_gone_at_end and self.settings.on_fit_end:  # said here, where the order is known, not at fit end
             first = next(cb for cb in self._averagers if order.get(id(cb), -1) < order.get(id(self), -1))
             self._report.once("order", averager=type(first).__name__)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._budget is not None:
             self._budget.start()
-        self._fit_rounds, self._size, self._batch_time = 0, None, [0.0, 0]
+        self._fit = FitState(raw_gone_at_end=self._fit.raw_gone_at_end)  # setup, which found it, runs first
         s = self.settings
         if (s.averaging == "ema" or (s.averaging == "auto" and not self._averagers)) and self._ema is None:
             self._ema = EMA(self.network(pl_module), decay=s.ema_decay, every_n_steps=s.ema_every_n_steps,
@@ -177,38 +175,38 @@ class LDAMCallbackLogic:
     # ---- hooks ---------------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
                              batch_idx: int) -> None:
-        if not self._checked:  # the first batch, before its optimizer step: every argument is checked by now
-            self._collected_early = True
+        if not self._run.checked:  # the first batch, before its optimizer step: every argument is checked by now
+            self._fit.collected_early = True
             if self._collect(batch, first=True):
                 self._dry_run(pl_module)
-        self._batch_started = time.perf_counter()  # the training batch's own time: the first round's bound
+        self._fit.batch_started = time.perf_counter()  # the training batch's own time: the first round's bound
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        started = time.perf_counter()
-        if self._batch_started is not None:
-            self._batch_time = [self._batch_time[0] + started - self._batch_started, self._batch_time[1] + 1]
-            self._batch_started = None
-        if not self._collected_early:
+        started, fit = time.perf_counter(), self._fit
+        if fit.batch_started is not None:
+            fit.batch_seconds, fit.batches = fit.batch_seconds + started - fit.batch_started, fit.batches + 1
+            fit.batch_started = None
+        if not fit.collected_early:
             self._collect(batch)
-        self._collected_early = False  # the first batch went in at its start (the dry run needed it)
+        fit.collected_early = False  # the first batch went in at its start (the dry run needed it)
         step = trainer.global_step
-        if self._ema is not None and step != self._last_ema_step:
+        if self._ema is not None and step != self._run.last_ema_step:
             self._update_ema(pl_module, step)
         if self._budget is not None:  # the per-batch work (reservoir, own EMA) is overhead too
             self._budget.add_sampling(time.perf_counter() - started)
-        if self.should_sample(global_step=step) and step != self._last_sampled_step:
+        if self.should_sample(global_step=step) and step != self._run.last_sampled_step:
             self._round(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if self.should_sample(epoch=trainer.current_epoch) and trainer.global_step != self._last_sampled_step:
+        if self.should_sample(epoch=trainer.current_epoch) and trainer.global_step != self._run.last_sampled_step:
             self._round(trainer, pl_module)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # The fit-end round: on_train_end is the last hook where the module can still hold its raw weights.
-        self._at_train_end = True
+        self._fit.at_train_end = True
         step = trainer.global_step
-        if self.settings.on_fit_end and (step != self._last_sampled_step or step == self._last_skipped_step):
+        if self.settings.on_fit_end and (step != self._run.last_sampled_step or step == self._fit.last_skipped_step):
             self._round(trainer, pl_module, budgeted=False)
 
     def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
@@ -216,7 +214,7 @@ class LDAMCallbackLogic:
         # Under trainer.validate() no training batch comes: the validation inputs feed the reservoir.
         if not self.settings.during_validation or trainer.sanity_checking or _fitting(trainer):
             return
-        if self._collect(batch, first=not self._checked) and not self._checked:
+        if self._collect(batch, first=not self._run.checked) and not self._run.checked:
             self._dry_run(pl_module)
 
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -224,7 +222,7 @@ class LDAMCallbackLogic:
         # the raw weights back into the module, whatever the callback order. Runs under no_grad/inference_mode.
         if not self.settings.during_validation or trainer.sanity_checking:
             return
-        if not _fitting(trainer) or trainer.global_step != self._last_sampled_step:
+        if not _fitting(trainer) or trainer.global_step != self._run.last_sampled_step:
             self._round(trainer, pl_module)
 
     # ---- the first batch -------------------------------------------------------------------------------
@@ -245,14 +243,14 @@ class LDAMCallbackLogic:
         return False
 
     def _skip_batch(self, err: BaseException) -> None:
-        self._skipped_batches += 1
+        self._run.skipped_batches += 1
         self._report.once("skipped_batch", cause=(type(err).__name__, getattr(err, "argument", None)),
                           error=f"{type(err).__name__}: {err}")
 
     def _update_ema(self, pl_module: nn.Module, step: int) -> None:
         try:
             self._ema.update(self.network(pl_module), step)
-            self._last_ema_step = step
+            self._run.last_ema_step = step
         except Exception as err:  # the 'ema' variant keeps its last weights; training goes on
             self._report.once("ema_failed", cause=type(err).__name__, step=step, error=f"{type(err).__name__}: {err}")
 
@@ -269,21 +267,21 @@ class LDAMCallbackLogic:
         try:
             net = snapshot(self.network(pl_module), self._device(pl_module))
             try:
-                self._resolved = check_on_first_batch(net, self._plan({"raw": net}), s, seen)
+                check_on_first_batch(net, self._plan({"raw": net}), s, seen)
             except TargetNotReached as err:
                 if "init" in s.sampler_kwargs or seen is None:
                     raise
-                self._fallbacks["init"] = "data"
-                self._resolved = check_on_first_batch(net, self._plan({"raw": net}), s, seen)
+                self._run.fallbacks["init"] = "data"
+                check_on_first_batch(net, self._plan({"raw": net}), s, seen)
                 self._report.once("init_data", layers=err.layers)
         except LDAMArgumentError as err:
             if argument_given(err.argument, self._given, s):
                 raise
-            self._fallbacks.pop("init", None)
+            self._run.fallbacks.pop("init", None)
             self._report.once("model_limit", error=str(err))
         except Exception as err:  # not a bad argument: let the rounds try, and say so
             self._report.once("dry_run", error=f"{type(err).__name__}: {err}")
-        self._checked = True
+        self._run.checked = True
 
     # ---- one round -----------------------------------------------------------------------------------
     def variants(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, nn.Module]:
@@ -296,10 +294,10 @@ class LDAMCallbackLogic:
     def _variant_sources(self, trainer, pl_module) -> Dict[str, Source]:
         """``{name: (uncopied network, refresh BN, count averaged)}``, found once per round (its budget check, copies
         and counts share it)."""
-        if self._round_sources is None:
-            return find_variants(self.network, pl_module, self._averagers, self._ema, trainer,
-                                 self._at_train_end and self._raw_gone_at_end, self._report.info_once)
-        return self._round_sources
+        if self._fit.round_sources is not None:
+            return self._fit.round_sources
+        return find_variants(self.network, pl_module, self._averagers, self._ema, trainer,
+                             self._fit.at_train_end and self._fit.raw_gone_at_end, self._report.info_once)
 
     def _plan(self, nets: Dict[str, nn.Module]) -> RoundPlan:
         """The round's settings for these networks, each with its warm discriminator if it has one."""
@@ -314,33 +312,25 @@ class LDAMCallbackLogic:
         return plan_round(variants, s.neurons, input_shape=shape,
                           value_range=s.value_range or self._reservoir.value_range(), chains=s.chains,
                           seed=s.seed, device=device, steps=s.steps, real=self._real(), disc_weight=disc_weight,
-                          normalize=s.normalize, sampler_kwargs={**s.sampler_kwargs, **self._fallbacks})
+                          normalize=s.normalize, sampler_kwargs={**s.sampler_kwargs, **self._run.fallbacks})
 
     def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", budgeted: bool = True) -> None:
         """One round inside one failure boundary: planning, sampling, rendering, logging, writing files."""
         if trainer.sanity_checking:
             return
-        self._last_sampled_step = step = trainer.global_step
-        s = self.settings
+        run, s = self._run, self.settings
+        run.last_sampled_step = step = trainer.global_step
         if len(self._reservoir) == 0 and (s.input_shape is None or s.value_range is None):
             self._report.once("empty")
             return
         started, plan, done = time.perf_counter(), None, False
         try:
-            self._round_sources = self._variant_sources(trainer, pl_module)
-            plan = self._plan({n: m for n, (m, _, _) in self._round_sources.items()})  # settled once, on the originals
+            sources = self._fit.round_sources = self._variant_sources(trainer, pl_module)
+            plan = self._plan({n: m for n, (m, _, _) in sources.items()})  # settled once, on the originals
             if budgeted and self._over_budget(trainer, plan):
-                self._skipped, self._last_skipped_step = self._skipped + 1, step
+                run.skipped_rounds, self._fit.last_skipped_step = run.skipped_rounds + 1, step
                 return
-            plan.variants = [dataclasses.replace(v, network=copy) for v, copy in
-                             zip(plan.variants, self.variants(trainer, pl_module).values())]
-            plan.neurons = self._fix_neurons(trainer, plan)
-            if budgeted and self._budget is not None and self._fit_rounds == 0 and _fitting(trainer):
-                self._size = self._fit_first_round(trainer, plan)
-            self._apply_size(plan)
-            continuing = self._continue_chains(trainer, plan)
-            self._report.announce(step, plan.describe(len(self._resolved) or None) + continuing, len(plan.variants),
-                                  plan.steps)
+            plan = self._round_plan(trainer, pl_module, plan, budgeted)
             with sigterm_interrupts():
                 results = self._sample(trainer, plan)
             if trainer.is_global_zero and results:
@@ -349,17 +339,33 @@ class LDAMCallbackLogic:
         except RoundInterrupted:  # the trainer stops at its next batch (Lightning's handler ran): not a failure
             self._report.info(f"LDAMCallback: step {step}: SIGTERM received, the round was stopped")
         except Exception as err:  # a failed round must never end the user's training run
+            run.failed_rounds += 1
             self._report.failure(step, err)
             self._write_counts(trainer, step)
         finally:
-            self._round_sources = None
+            self._fit.round_sources = None
             seconds = time.perf_counter() - started
             if self._budget is not None:
                 self._budget.add_sampling(seconds)
                 if done:
                     self._budget.record_round(seconds, len(plan.variants), plan.steps)
         if done:
-            self._rounds, self._fit_rounds = self._rounds + 1, self._fit_rounds + 1
+            run.rounds, self._fit.rounds = run.rounds + 1, self._fit.rounds + 1
+
+    def _round_plan(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", plan: RoundPlan,
+                    budgeted: bool) -> RoundPlan:
+        """The due round's plan: the variants' frozen copies, the fixed neurons, this fit's size and the kept
+        chains; the round is announced."""
+        copies = self.variants(trainer, pl_module).values()
+        plan = dataclasses.replace(plan, variants=[dataclasses.replace(v, network=copy)
+                                                   for v, copy in zip(plan.variants, copies)])
+        plan = dataclasses.replace(plan, neurons=self._fix_neurons(trainer, plan))
+        if budgeted and self._budget is not None and self._fit.rounds == 0 and _fitting(trainer):
+            self._fit.size = self._fit_first_round(trainer, plan)
+        plan, continuing = self._continue_chains(trainer, self._apply_size(plan))
+        self._report.announce(trainer.global_step, plan.describe(len(self._run.neurons) or None) + continuing,
+                              len(plan.variants), plan.steps)
+        return plan
 
     def _fit_first_round(self, trainer: "pl.Trainer", plan: RoundPlan) -> Optional[RoundSize]:
         """Time one step of the fit's first round; cut the steps, then the chains, the user did not set when the round
@@ -370,7 +376,7 @@ class LDAMCallbackLogic:
             log.debug("LDAMCallback: timing a step failed: %s", err)
             return None
         self._report.timed(per_step)
-        seconds, count = self._batch_time
+        seconds, count = self._fit.batch_seconds, self._fit.batches
         batches = getattr(trainer, "num_training_batches", float("inf"))
         bound = EPOCHS_BOUND * seconds / count * batches if count and batches not in (None, float("inf")) else None
         size = fit_round(per_step, plan.steps, plan.chains, len(plan.variants), bound,
@@ -379,50 +385,49 @@ class LDAMCallbackLogic:
             self._report.info(f"LDAMCallback: step {trainer.global_step}: this round would take {size.message}")
         return size
 
-    def _apply_size(self, plan: RoundPlan) -> None:
+    def _apply_size(self, plan: RoundPlan) -> RoundPlan:
         """This fit's fitted size on a round's plan (later rounds keep it: rounds stay comparable)."""
-        if self._size is None:
-            return
-        if self.settings.steps is None:
-            plan.steps = min(plan.steps, self._size.steps)
-        if "chains" not in self._given:
-            plan.chains = self._size.chains
+        size = self._fit.size
+        if size is None:
+            return plan
+        steps = min(plan.steps, size.steps) if self.settings.steps is None else plan.steps
+        chains = size.chains if "chains" not in self._given else plan.chains
+        return dataclasses.replace(plan, steps=steps, chains=chains)
 
-    def _continue_chains(self, trainer: "pl.Trainer", plan: RoundPlan) -> str:
+    def _continue_chains(self, trainer: "pl.Trainer", plan: RoundPlan) -> Tuple[RoundPlan, str]:
         """Start each variant from its kept chains (``redraw`` of them re-drawn, the same rows and states for every
         variant); a round that continues any draws its noise with ``seed + round`` (the same for every variant),
-        so a continued chain never replays the noise of its previous rounds. Returns what the round's announcement
-        says of it (``""``: every chain starts afresh)."""
+        so a continued chain never replays the noise of its previous rounds. Returns the plan and what the round's
+        announcement says of it (``""``: every chain starts afresh)."""
         if self._chains is None or not plan.variants:
-            return ""
-        rank, world = trainer.global_rank, trainer.world_size
-        shape = (len(self._resolved[rank::world]), plan.chains, *plan.input_shape)
-        held = continued_rows(plan.chains, self._chains.redraw, self._rounds)
-        continued = False
-        for i, variant in enumerate(plan.variants):
-            init = self._chains.starts(variant.name, shape, self._rounds, self.settings.seed, plan.value_range,
+            return plan, ""
+        rank, world, rounds = trainer.global_rank, trainer.world_size, self._run.rounds
+        shape = (len(self._run.neurons[rank::world]), plan.chains, *plan.input_shape)
+        held = continued_rows(plan.chains, self._chains.redraw, rounds)
+        variants = []
+        for variant in plan.variants:
+            init = self._chains.starts(variant.name, shape, rounds, self.settings.seed, plan.value_range,
                                        plan.sampler_kwargs.get("init", "noise"), plan.real, (rank, world))
-            if init is not None:
-                plan.variants[i], continued = dataclasses.replace(variant, init=init, continued=held), True
-        if not continued:
-            return ""
-        plan.seed = self.settings.seed + self._rounds
-        return f", continuing the last round's chains ({int((~held).sum())} of {plan.chains} per neuron re-drawn)"
+            variants.append(variant if init is None else dataclasses.replace(variant, init=init, continued=held))
+        if all(v.init is None for v in variants):
+            return plan, ""
+        plan = dataclasses.replace(plan, variants=variants, seed=self.settings.seed + rounds)
+        return plan, f", continuing the last round's chains ({int((~held).sum())} of {plan.chains} per neuron re-drawn)"
 
     def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> NeuronSpec:
         """The neurons of every round: resolved at the first round on the raw weights and the reservoir (where
         ``"layer:top8"`` ranks units), then fixed, so variants and rounds compare; rank 0's under DDP. Returned as a
         spec that keeps the per-layer settings."""
-        if not self._fixed:
+        run = self._run
+        if not run.neurons:
             fixed = resolve_targets(plan.variants[0].network, plan) if plan.variants else []
-            self._fixed = trainer.strategy.broadcast(fixed, src=0) if trainer.world_size > 1 else fixed
-            self._resolved = list(self._fixed)
-        return fixed_spec(plan.variants[0].network, self.settings.neurons, self._fixed) if plan.variants else []
+            run.neurons = list(trainer.strategy.broadcast(fixed, src=0) if trainer.world_size > 1 else fixed)
+        return fixed_spec(plan.variants[0].network, self.settings.neurons, run.neurons) if plan.variants else []
 
     def _over_budget(self, trainer: "pl.Trainer", plan: RoundPlan) -> bool:
         """Whether the due round would take sampling above ``max_overhead``. The first round of a fit always runs
         (its cost is measured, not guessed); rank 0 decides and broadcasts, so every rank skips the same rounds."""
-        if self._budget is None or self._fit_rounds == 0 or not _fitting(trainer):
+        if self._budget is None or self._fit.rounds == 0 or not _fitting(trainer):
             return False
         estimate = self._budget.estimate(len(plan.variants), plan.steps)
         skip = trainer.is_global_zero and estimate is not None and estimate > self._budget.allowance()
@@ -437,9 +442,12 @@ class LDAMCallbackLogic:
         show = trainer.is_global_zero and (getattr(trainer, "progress_bar_callback", None) is not None
                                            or not _terminal())
         progress = Progress(delay=_PROGRESS_AFTER_S, write=self._info) if show else False
-        progress = plan.sampler_kwargs.pop("progress", progress)
-        results, discs, states = run_round(plan, self._resolved, trainer.global_rank, trainer.world_size, progress,
-                                           self._info, self._previous)
+        if "progress" in plan.sampler_kwargs:  # the user's, through sampler_kwargs
+            kwargs = dict(plan.sampler_kwargs)
+            progress = kwargs.pop("progress")
+            plan = dataclasses.replace(plan, sampler_kwargs=kwargs)
+        results, discs, states = run_round(plan, self._run.neurons, trainer.global_rank, trainer.world_size, progress,
+                                           self._info, self._run.previous)
         self._discs.keep(discs)
         if self._chains is not None:
             for name, images in states.items():
@@ -449,14 +457,14 @@ class LDAMCallbackLogic:
     # ---- logging -------------------------------------------------------------------------------------
     def _log(self, trainer: "pl.Trainer", results: Dict[str, SampleResult], seconds: float) -> None:
         s = self.settings
-        images, scalars = summarize(results, s.upscale, real=self._real(), previous=self._previous,
+        images, scalars = summarize(results, s.upscale, real=self._real(), previous=self._run.previous,
                                     labels=s.labeller(), aliases=s.layer_aliases)
         scalars.update(self._counts())
         # how many updates or snapshots each averaged variant holds (an average of 2 is not one of 200)
         scalars.update({f"ldam/{name}/averaged": float(count)
-                        for name, (_, _, count) in (self._round_sources or {}).items() if name != "raw"})
+                        for name, (_, _, count) in (self._fit.round_sources or {}).items() if name != "raw"})
         self._write(trainer, images, scalars, trainer.global_step)
-        if self._fit_rounds == 0:  # once per fit: what the rounds of this fit sample with
+        if self._fit.rounds == 0:  # once per fit: what the rounds of this fit sample with
             try:
                 first = next(iter(results.values()))
                 write_settings(trainer.loggers, settings_text(first.config, list(results)), trainer.global_step)
@@ -467,7 +475,7 @@ class LDAMCallbackLogic:
         for layer, (bad, total, rhat, ess) in unmixed_layers(results).items():
             self._report.once("unmixed", cause=layer, step=trainer.global_step, layer=layer, bad=bad, total=total,
                               rhat=rhat, ess=ess, bound=RHAT_BOUND)
-        self._previous = {name: res.images for name, res in results.items()}  # for the next round's drift
+        self._run.previous = {name: res.images for name, res in results.items()}  # for the next round's drift
         self.on_round_end(trainer, results, scalars)
 
     def on_round_end(self, trainer: "pl.Trainer", results: Dict[str, SampleResult], scalars: Dict[str, float]) -> None:
@@ -475,12 +483,7 @@ class LDAMCallbackLogic:
         to override (e.g. to score the samples with your own classifier). Exceptions count as a failed round."""
 
     def _counts(self) -> Dict[str, float]:
-        counts = {"ldam/failed_rounds": float(self._report.failed),
-                  "ldam/nonfinite_inputs": float(self._reservoir.nonfinite_skipped),
-                  "ldam/skipped_batches": float(self._skipped_batches)}
-        if self._budget is not None:
-            counts["ldam/skipped_rounds"] = float(self._skipped)
-        return counts
+        return self.stats.as_scalars(budgeted=self._budget is not None)
 
     def _write_counts(self, trainer: "pl.Trainer", step: int) -> None:
         """After a failed round: its counts alone, so ``ldam/failed_rounds`` reaches the loggers (best effort)."""
@@ -505,13 +508,10 @@ class LDAMCallbackLogic:
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return {"format": "lightning_ldam", "rounds": self._rounds, "skipped_rounds": self._skipped,
-                "skipped_batches": self._skipped_batches, "fallbacks": dict(self._fallbacks),
-                "failed_rounds": self._report.failed, "last_sampled_step": self._last_sampled_step,
-                "last_ema_step": self._last_ema_step,
+        return {"format": STATE_FORMAT, **self._run.state_dict(),
                 "ema": self._ema.state_dict() if self._ema is not None else self._pending_ema_state,
                 "discriminators": self._discs.state_dict(), "reservoir": self._reservoir.state_dict(),
-                "settings": self.settings.as_state(), "neurons": [list(n) for n in self._fixed],
+                "settings": self.settings.as_state(),
                 "chains": self._chains.state_dict() if self._chains is not None else None}
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
@@ -528,18 +528,17 @@ class LDAMCallbackLogic:
             self._report.once("foreign_state", keys=others, mine=self.state_key)
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self._rounds = state_dict["rounds"]
-        self._skipped = state_dict.get("skipped_rounds", 0)
-        self._skipped_batches = state_dict.get("skipped_batches", 0)
-        self._fallbacks = dict(state_dict.get("fallbacks", {}))
-        self._report.failed = state_dict.get("failed_rounds", 0)
-        self._fixed = [tuple(n) for n in state_dict.get("neurons", [])]
-        self._last_sampled_step = state_dict["last_sampled_step"]
-        self._last_ema_step = state_dict["last_ema_step"]
+        missing = [k for k in (*RunState.SAVED, "ema", "discriminators", "reservoir", "chains")
+                   if k not in state_dict]
+        if state_dict.get("format") != STATE_FORMAT or missing:
+            raise ValueError(f"LDAMCallback: the checkpoint's LDAM state was not written by this version of "
+                             f"lightning_ldam (format {state_dict.get('format')!r}, missing {missing}); resume "
+                             f"without it (a fresh LDAMCallback state) or with the version that wrote it")
+        self._run.load_state_dict(state_dict)
         self._reservoir.load_state_dict(state_dict["reservoir"])
         self._discs.load_state_dict(state_dict["discriminators"])
         if self._chains is not None:
-            self._chains.load_state_dict(state_dict.get("chains"))
+            self._chains.load_state_dict(state_dict["chains"])
         if state_dict["ema"] is not None:
             if self._ema is not None:
                 self._ema.load_state_dict(state_dict["ema"])

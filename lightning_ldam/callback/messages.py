@@ -54,7 +54,7 @@ NOTES = {
 
 
 class RoundReporter:
-    """Rank-zero messages about rounds, and the count of failed rounds.
+    """Rank-zero messages about rounds.
 
     Args:
         info: writes an informational line (Lightning's ``rank_zero_info`` in the callback).
@@ -63,7 +63,6 @@ class RoundReporter:
 
     def __init__(self, info: Callable[[str], None], warn: Callable[[str], None]):
         self.info, self.warn = info, warn
-        self.failed = 0
         self._said: set = set()
         self._per_step: Optional[float] = None  # the last round's seconds per variant and step
         self._unhealthy: set = set()  # (kind, layer, index) already reported
@@ -89,8 +88,7 @@ class RoundReporter:
         (self.warn_once if kind == "warn" else self.info_once)(said, text.format(**fields))
 
     def failure(self, step: int, err: BaseException) -> None:
-        """A failed round: counted, and a warning naming the cause, once per cause."""
-        self.failed += 1
+        """A failed round: a warning naming the cause, once per cause."""
         code = getattr(err, "errno", None)
         cause = (type(err).__name__, errno.errorcode.get(code, code) if code else str(err)[:160])
         self.warn_once(("failed",) + cause, f"LDAMCallback: sampling failed at step {step} and the round was "

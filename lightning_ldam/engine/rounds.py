@@ -37,7 +37,7 @@ Note = Callable[[str], None]
 REAL_FOR_METRICS = 256
 
 
-@dataclass
+@dataclass(frozen=True)
 class Variant:
     """One set of weights to sample.
 
@@ -68,9 +68,10 @@ class Variant:
         return self.discriminator is not None or self.disc_state is not None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoundPlan:
-    """Everything a round samples with, the same for every variant (common random numbers)."""
+    """Everything a round samples with, the same for every variant (common random numbers). Frozen: a step that
+    changes the plan makes a new one (``dataclasses.replace``)."""
 
     variants: List[Variant]
     neurons: NeuronSpec

@@ -25,9 +25,11 @@ import torch
 
 from lightning_ldam.weights.lightning_averagers import averager_kind
 
-__all__ = ["load_checkpoint", "weight_variants", "params_only_variants", "ldam_state", "ldam_settings", "real_inputs"]
+__all__ = ["load_checkpoint", "weight_variants", "params_only_variants", "ldam_state", "ldam_settings", "real_inputs",
+           "STATE_FORMAT"]
 
-_FORMAT = "lightning_ldam"  # the "format" entry of the callback's state
+#: The ``"format"`` entry of ``LDAMCallback``'s checkpoint state: how a state it wrote is recognised.
+STATE_FORMAT = "lightning_ldam"
 _EMA_PREFIX = "average.module."
 
 
@@ -63,7 +65,7 @@ def _ldam_entry(ckpt: Mapping[str, Any]) -> Optional[Tuple[str, Dict[str, Any]]]
     """The first callback state an ``LDAMCallback`` (or a subclass: any state key) wrote: its state says
     ``"format": "lightning_ldam"``."""
     states = [(k, v) for k, v in (ckpt.get("callbacks") or {}).items() if isinstance(k, str) and isinstance(v, Mapping)]
-    return next(((key, state) for key, state in states if state.get("format") == _FORMAT), None)
+    return next(((key, state) for key, state in states if state.get("format") == STATE_FORMAT), None)
 
 
 def ldam_state(ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
