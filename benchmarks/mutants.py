@@ -40,7 +40,7 @@ class Mutant:
 MUTANTS = [
     # issue #19's list
     Mutant("ema-decay-flipped", "the own EMA weighs the new weights by decay, not 1 - decay", "weights/ema.py",
-           "[current[i] for i in floats], 1.0 - self.decay)", "[current[i] for i in floats], self.decay)",
+           "[current[i] for i in floats], 1.0 - decay)", "[current[i] for i in floats], decay)",
            ("tests/test_averaging.py",)),
     Mutant("reservoir-never-replaces", "once full, the reservoir keeps its first inputs", "callback/reservoir.py",
            "            while self._next < end:", "            while False:", ("tests/test_reservoir.py",)),

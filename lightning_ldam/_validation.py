@@ -154,3 +154,38 @@ def check_fraction(name: str, value, *, one: bool = True) -> float:
 def check_decay(name: str, value) -> float:
     """A decay in [0, 1) (EMA weights)."""
     return check_fraction(name, value, one=False)
+
+
+def check_device(name: str, device, *, resolve_index: bool = True) -> Optional[torch.device]:
+    """``device`` as a ``torch.device`` usable on this machine (``None`` stays ``None``: the model's device).
+
+    ``resolve_index``: a CUDA device without an index becomes the current one (the sampler, at call time); ``False``
+    keeps ``"cuda"`` as it is (the callback's arguments, checked before a strategy picks each rank's device).
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise LDAMArgumentError(name, f"expected a torch.device or a string such as 'cpu', 'cuda' or 'cuda:1', "
+                                      f"got {shown(device)}") from err
+    if dev.type == "meta":
+        raise LDAMArgumentError(name, "expected a device that holds values ('cpu', 'cuda', ...), got 'meta'")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise LDAMArgumentError(name, f"CUDA is not available here (torch.cuda.is_available() is False), got "
+                                          f"{name}={str(dev)!r}; pass {name}='cpu', or None for the model's device")
+        if dev.index is None and resolve_index:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.index is not None and dev.index >= count:
+            raise LDAMArgumentError(name, f"expected one of cuda:0 to cuda:{count - 1} (this machine's CUDA devices), "
+                                          f"got {str(dev)!r}")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except Exception as err:  # the backend's own message says why (not built, no driver, ...)
+            raise LDAMArgumentError(name, f"expected a device usable here, got {str(dev)!r} "
+                                          f"({type(err).__name__}: {err})") from err
+    return dev
+

@@ -224,7 +224,7 @@ def _progress_seen(monkeypatch) -> List[Any]:
 def test_rounds_report_progress_as_a_bar_or_as_log_lines(tmp_path, monkeypatch, bar, terminal):
     """A delayed bar where Lightning shows its own; plain log lines whenever stderr is not a terminal."""
     seen = _progress_seen(monkeypatch)
-    monkeypatch.setattr(callback_module, "_terminal", lambda: terminal)
+    monkeypatch.setattr(callback_module, "is_terminal", lambda: terminal)
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, **FAST)
     fit(tmp_path, [cb], max_steps=2, enable_progress_bar=bar)
     rounds = seen

@@ -36,7 +36,7 @@ from lightning_ldam.callback.interrupts import RoundInterrupted, sigterm_interru
 from lightning_ldam.callback.own_line import own_line
 from lightning_ldam.engine.persistent_chains import PersistentChains, continued_rows
 from lightning_ldam.report.writers import is_tensorboard, settings_text, write_round, write_settings
-from lightning_ldam.sampling.progress import Progress
+from lightning_ldam.sampling.progress import Progress, is_terminal
 from lightning_ldam.callback.reservoir import Reservoir
 from lightning_ldam.sampling.result import SampleResult
 from lightning_ldam.callback.messages import NOTES, RoundReporter
@@ -440,7 +440,7 @@ class LDAMCallbackLogic:
     def _sample(self, trainer: "pl.Trainer", plan: RoundPlan) -> Dict[str, SampleResult]:
         """Every variant (under DDP each rank samples a shard of the neurons and rank 0 gathers); keeps the Ds."""
         show = trainer.is_global_zero and (getattr(trainer, "progress_bar_callback", None) is not None
-                                           or not _terminal())
+                                           or not is_terminal())
         progress = Progress(delay=_PROGRESS_AFTER_S, write=self._info) if show else False
         if "progress" in plan.sampler_kwargs:  # the user's, through sampler_kwargs
             kwargs = dict(plan.sampler_kwargs)
@@ -617,13 +617,6 @@ def _forward_is_lightnings(cls: type) -> bool:
 def _fitting(trainer) -> bool:
     fn = getattr(getattr(trainer, "state", None), "fn", None)
     return getattr(fn, "value", fn) == "fit"
-
-
-def _terminal() -> bool:
-    try:
-        return os.isatty(2)
-    except OSError:
-        return False
 
 
 def _model_device(module: nn.Module) -> torch.device:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator
 
+from lightning_ldam.sampling.progress import is_terminal
+
 __all__ = ["own_line", "on_own_line"]
 
 
@@ -21,13 +23,6 @@ def _active_bars() -> list:
     except ImportError:  # no tqdm, no bar to collide with
         return []
     return [bar for bar in list(getattr(tqdm, "_instances", ())) if not getattr(bar, "disable", True)]
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
-        return False
 
 
 #: ``id(bar) -> bar.last_print_t`` when a newline last ended that bar's line: a bar that has not redrawn since needs
@@ -40,7 +35,7 @@ def own_line() -> Iterator[None]:
     """Context inside which a message written to stdout or stderr starts on its own line (see the module docs)."""
     bars = _active_bars()
     for bar in bars:
-        if _is_terminal(bar.fp):
+        if is_terminal(bar.fp):
             continue
         drawn = getattr(bar, "last_print_t", None)
         if _ENDED.get(id(bar)) == drawn:
@@ -51,7 +46,7 @@ def own_line() -> Iterator[None]:
         except (ValueError, OSError):  # a closed stream: nothing to end
             pass
         _ENDED[id(bar)] = drawn
-    if not any(_is_terminal(bar.fp) for bar in bars):
+    if not any(is_terminal(bar.fp) for bar in bars):
         yield
         return
     from tqdm import tqdm

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -94,7 +94,7 @@ class CallbackSettings:
             shape = s["input_shape"]
             V.check_normalize(s["normalize"], shape[0] if shape else V.normalize_channels(s["normalize"]))
         for name in ("ema_device", "sample_device"):
-            s[name] = check_device(name, s[name])
+            s[name] = V.check_device(name, s[name], resolve_index=False)
         s["sampler_kwargs"] = check_sampler_kwargs(s["sampler_kwargs"], s["steps"], s["disc_weight"])
         check_labels(s["labels"], s["layer_aliases"])
         for name in ("labels", "layer_aliases"):  # keys as the results name layers (no module./_orig_mod.)
@@ -159,25 +159,6 @@ def _check_plain(s: Dict[str, Any]) -> None:
     if key is not None and not (callable(key) or isinstance(key, (int, str))):
         raise LDAMArgumentError("input_key", f"expected None, an int, a str or a callable, got {V.shown(key)}")
     V.check_seed("seed", s["seed"])
-
-
-def check_device(name: str, device: Union[str, torch.device, int, None]) -> Optional[torch.device]:
-    """A device that exists on this machine (``None`` stays ``None``: the model's device)."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise LDAMArgumentError(name, f"expected a torch device such as 'cpu', 'cuda' or 'cuda:1', "
-                                      f"got {V.shown(device)}") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (dev.index is not None and dev.index >= count):
-            raise LDAMArgumentError(name, f"{V.shown(device)} requested but this machine has {count} CUDA device(s); "
-                                          f"pass 'cpu' or None (the model's device)")
-    elif dev.type not in ("cpu", "mps", "xpu"):
-        raise LDAMArgumentError(name, f"expected a 'cpu' or 'cuda' device, got {V.shown(device)}")
-    return dev
 
 
 def check_sampler_kwargs(kwargs: Optional[Dict[str, Any]], steps: Optional[int],

@@ -1,11 +1,12 @@
 """Sample-quality measures for LDAM samples (lift, realism, diversity) and the real-data activations they need."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List
 
 import torch
 
 from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.sampling.result import mean_pairwise_distance
 from lightning_ldam.report.realism import realism
 
 __all__ = ["lift", "realism", "nearest_real", "diversity", "divergence", "transfer", "health", "UNDRIVEN_LIFT",
@@ -58,14 +59,6 @@ def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.dim() < 2:
         raise LDAMArgumentError(name, f"expected a batch [M, D] (or [M, C, H, W]), got shape {tuple(x.shape)}")
     return x.detach().float().flatten(1)
-
-
-def _mean_pairwise(flat: torch.Tensor) -> torch.Tensor:
-    """Mean L2 distance over ordered pairs of distinct rows (the diagonal is left out, not assumed 0)."""
-    n = flat.shape[0]
-    dist = torch.cdist(flat, flat)
-    off_diagonal = ~torch.eye(n, dtype=torch.bool)
-    return dist[off_diagonal].mean()
 
 
 def _checked_pair(metric: str, samples: torch.Tensor, name: str, real: torch.Tensor, why: str):
@@ -124,7 +117,7 @@ def diversity(samples_per_neuron: torch.Tensor, real: torch.Tensor) -> float:
     s, r = _checked_pair("diversity", samples_per_neuron, "samples_per_neuron", real, "a pair")
     if s.shape[0] < 2:
         return 0.0
-    return (_mean_pairwise(s) / _mean_pairwise(r)).item()
+    return (mean_pairwise_distance(s) / mean_pairwise_distance(r)).item()
 
 
 def divergence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -150,7 +143,7 @@ def divergence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     c = a.shape[1]
     if c < 2:
         return torch.full_like(paired, float("nan"))
-    within = [torch.cdist(x, x).sum(dim=(1, 2)) / (c * (c - 1)) for x in (a, b)]
+    within = [mean_pairwise_distance(x) for x in (a, b)]
     spread = (within[0] + within[1]) / 2
     return torch.where(spread > 0, paired / spread, torch.full_like(paired, float("nan")))
 

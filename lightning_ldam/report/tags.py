@@ -33,7 +33,7 @@ import torch
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.report.metrics import divergence, health, lift, nearest_real, transfer
 from lightning_ldam.report.realism import measurable, realism
-from lightning_ldam.sampling.result import reference
+from lightning_ldam.sampling.result import mean_pairwise_distance, reference
 from lightning_ldam.report.render import compare_grid, neuron_grid
 from lightning_ldam.sampling.result import SampleResult
 
@@ -70,7 +70,7 @@ def summarize(results: Mapping[str, SampleResult], upscale: Optional[int] = None
     layers = list(dict.fromkeys(layer for layer, _ in first.neurons))
     names = {layer: (aliases or {}).get(layer, layer) for layer in layers}
     real = None if real is None or real.shape[0] < 2 else real[:_MAX_REAL].float()
-    real_spread = _mean_pairwise(real.flatten(1)) if real is not None else None
+    real_spread = float(mean_pairwise_distance(real.flatten(1))) if real is not None else None
     images: Dict[str, torch.Tensor] = {}
     scalars: Dict[str, float] = {}
     for layer in layers:
@@ -99,11 +99,6 @@ def _row_labels(res: SampleResult, rows: List[int], labels: Optional[Labeller]) 
         name = labels(layer, index)
         out.append(f"{index}: {name}" if name else str(index))
     return out
-
-
-def _mean_pairwise(flat: torch.Tensor) -> float:
-    n = flat.shape[0]
-    return float(torch.cdist(flat, flat).sum() / (n * (n - 1)))
 
 
 def _variant_scalars(prefix: str, res: SampleResult, rows: List[int], real: Optional[torch.Tensor],

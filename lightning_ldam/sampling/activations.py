@@ -14,6 +14,7 @@ from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam import _validation as V
+from lightning_ldam._modes import kept_modes
 from lightning_ldam.sampling.targets import Neuron, find_module, first_tensor
 from lightning_ldam.sampling.unit_axes import READINGS, find_layouts, reduce_units, units_first
 
@@ -244,21 +245,16 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
         view = (1, -1) + (1,) * (x.dim() - 2)
         norm = (mean.to(device).view(view), std.to(device).view(view))
     result = torch.empty((x.shape[0], len(neurons)))
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with capture_outputs(model, layers) as outputs:
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start:start + batch_size].to(device, torch.float32)
-                if norm is not None:
-                    xb = (xb - norm[0]) / norm[1]
-                captured = run_to_targets(model, xb.to(dtype), outputs, layers)
-                for layer in layers:
-                    reading = spatial_mode(spatial, layer)
-                    picked = reduce_units(units_first(captured[layer], reading).index_select(1, index[layer]),
-                                          reading, start=2)
-                    result[start:start + xb.shape[0], columns[layer]] = picked.float().cpu()
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with kept_modes(model), capture_outputs(model, layers) as outputs:
+        model.eval()
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size].to(device, torch.float32)
+            if norm is not None:
+                xb = (xb - norm[0]) / norm[1]
+            captured = run_to_targets(model, xb.to(dtype), outputs, layers)
+            for layer in layers:
+                reading = spatial_mode(spatial, layer)
+                picked = reduce_units(units_first(captured[layer], reading).index_select(1, index[layer]),
+                                      reading, start=2)
+                result[start:start + xb.shape[0], columns[layer]] = picked.float().cpu()
     return result

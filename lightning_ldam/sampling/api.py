@@ -21,27 +21,28 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam import _validation as V
+from lightning_ldam._modes import kept_modes
 from lightning_ldam.sampling.activations import ActivationReader, probe_outputs, unit_activations
 from lightning_ldam.sampling.unit_axes import resolve_reading, unit_count
 from lightning_ldam.sampling.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
 from lightning_ldam.sampling.chains import LangevinChains
 from lightning_ldam.sampling.objective import Objective
-from lightning_ldam.sampling.config import (FRESH_DISC_WARMUP, INITS, SPATIAL, DiscriminatorConfig, LangevinConfig,
+from lightning_ldam.sampling.config import (FRESH_DISC_WARMUP, INITS, SPATIAL, LangevinConfig,
                                             SamplerConfig, default_smoothness)
 from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
 from lightning_ldam.sampling.inputs import extract_input
-from lightning_ldam.sampling.progress import Progress
+from lightning_ldam.sampling.progress import Progress, is_terminal
 from lightning_ldam.sampling.result import SampleResult
 from lightning_ldam.sampling.targets import (TOP_REAL_IMAGES, NeuronRequest, NeuronSpec, UnitPick, find_layer,
                                              parse_neurons, resolve_neurons)
@@ -296,7 +297,8 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         _check_real_box(real_cpu, lo, hi)
 
     model_dev = V.model_device(model)
-    device = _sampling_device(device, model_dev)
+    device = V.check_device("device", device)
+    device = model_dev if device is None else device
     speed = cfg.speed
     if speed.cuda_graph and not _graphs_supported(device):
         raise LDAMArgumentError("cuda_graph", f"CUDA graphs need a CUDA device; sampling runs on {device}. "
@@ -443,36 +445,6 @@ def _check_real_finite(real_cpu: torch.Tensor) -> None:
         raise LDAMArgumentError("real_data", f"expected finite pixel values, got {int(bad.sum())} NaN/Inf values in "
                                 f"{int(images.sum())} of {real_cpu.shape[0]} images (the first at index "
                                 f"{int(images.nonzero()[0])}); drop or repair those images")
-
-
-def _sampling_device(device, model_dev: torch.device) -> torch.device:
-    """``device`` (default: the model's) as a usable ``torch.device`` with an index for CUDA."""
-    if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError, ValueError) as err:
-            raise LDAMArgumentError("device", f"expected a torch.device or a string such as 'cpu', 'cuda' or "
-                                    f"'cuda:1', got {V.shown(device)}") from err
-    device = model_dev if device is None else device
-    if device.type == "meta":
-        raise LDAMArgumentError("device", "expected a device that holds values ('cpu', 'cuda', ...), got 'meta'")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise LDAMArgumentError("device", f"CUDA is not available here (torch.cuda.is_available() is False), "
-                                    f"got device={str(device)!r}; pass device='cpu', or None for the model's device")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        if device.index >= count:
-            raise LDAMArgumentError("device", f"expected one of cuda:0 to cuda:{count - 1} (this machine's CUDA "
-                                    f"devices), got {str(device)!r}")
-    elif device.type != "cpu":
-        try:
-            torch.empty(0, device=device)
-        except Exception as err:  # the backend's own message says why (not built, no driver, ...)
-            raise LDAMArgumentError("device", f"expected a device usable here, got {str(device)!r} "
-                                    f"({type(err).__name__}: {err})") from err
-    return device
 
 
 def _check_real_box(real_cpu: torch.Tensor, lo: float, hi: float) -> None:
@@ -760,35 +732,27 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
     return (_synchronized_clock(device) - timer) / (cfg.steps - timed_from)
 
 
-class _frozen:
+@contextmanager
+def _frozen(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Module]:
     """Eval mode and ``requires_grad=False`` (and optionally NHWC layout) for the duration; all restored."""
-
-    def __init__(self, model: nn.Module, channels_last: bool = False):
-        self.model = model
-        self.channels_last = channels_last
-        self.layouts = []
-
-    def __enter__(self):
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        self.model.eval()
-        for p, _ in self.flags:
-            p.requires_grad_(False)
-        if self.channels_last:
-            for t in list(self.model.parameters()) + list(self.model.buffers()):
-                if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
-                    self.layouts.append((t, t.data))  # the original storage comes back on exit
-                    t.data = t.data.contiguous(memory_format=torch.channels_last)
-        return self.model
-
-    def __exit__(self, *exc):
-        for t, data in self.layouts:
-            t.data = data
-        for m, mode in self.modes:
-            m.training = mode
-        for p, flag in self.flags:
-            p.requires_grad_(flag)
-        return False
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    layouts = []
+    with kept_modes(model):
+        model.eval()
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            if channels_last:
+                for t in list(model.parameters()) + list(model.buffers()):
+                    if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                        layouts.append((t, t.data))  # the original storage comes back on exit
+                        t.data = t.data.contiguous(memory_format=torch.channels_last)
+            yield model
+        finally:
+            for t, data in layouts:
+                t.data = data
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def _graphs_supported(device: torch.device) -> bool:
@@ -853,7 +817,7 @@ def _progress_tracker(progress: Union[bool, float, Progress], total: int):
     if not isinstance(progress, Progress):
         # True or seconds: a bar on a terminal only, as before Progress existed; plain lines are asked for by
         # passing a Progress (a log file would otherwise get lines from every call that once showed nothing)
-        if not sys.stderr.isatty():
+        if not is_terminal():
             return None
         progress = Progress(delay=0.0 if progress is True else float(progress), terminal=True)
     return progress.start(total)

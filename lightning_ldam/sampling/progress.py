@@ -17,7 +17,17 @@ from typing import Callable, Optional
 
 from lightning_ldam.errors import LDAMArgumentError
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "is_terminal"]
+
+
+def is_terminal(stream=None) -> bool:
+    """Whether ``stream`` (default: ``sys.stderr`` as it is now) is a terminal; ``False`` for a stream with no
+    ``isatty`` or a closed one."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _to_stderr(line: str) -> None:
@@ -85,7 +95,7 @@ class Progress:
     def start(self, total: int, desc: Optional[str] = None):
         """A tracker of a loop of ``total`` steps: call ``update(n=1)`` after steps and ``close()`` at the end."""
         desc = self.desc if desc is None else desc
-        terminal = sys.stderr.isatty() if self.terminal is None else self.terminal
+        terminal = is_terminal() if self.terminal is None else self.terminal
         if not terminal:
             return _Lines(self, int(total), desc) if total > 0 else _Silent()
         try:

@@ -10,7 +10,23 @@ from torch import nn
 if TYPE_CHECKING:
     from lightning_ldam.sampling.config import SamplerConfig
 
-__all__ = ["reference", "SampleResult", "merge_shards"]
+__all__ = ["reference", "SampleResult", "merge_shards", "mean_pairwise_distance"]
+
+
+def mean_pairwise_distance(x: torch.Tensor) -> torch.Tensor:
+    """``[..., n, d] -> [...]``: the mean L2 distance over ordered pairs of distinct rows (the diagonal left out,
+    not assumed 0: ``cdist`` of a row with itself need not be exactly 0); 0 for fewer than two rows.
+
+    Example::
+
+        >>> mean_pairwise_distance(torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]]))
+        tensor(3.3333)
+    """
+    n = x.shape[-2]
+    if n < 2:
+        return torch.zeros(x.shape[:-2])
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    return torch.cdist(x, x)[..., off_diagonal].mean(-1)
 
 
 @dataclass
@@ -98,12 +114,7 @@ class SampleResult:
     @property
     def diversity(self) -> torch.Tensor:
         """``[n]`` mean pairwise L2 distance between the chains of each neuron (0 with one chain)."""
-        flat = self.images.flatten(2)
-        c = flat.shape[1]
-        if c < 2:
-            return torch.zeros(flat.shape[0])
-        dist = torch.cdist(flat, flat)
-        return dist.sum(dim=(1, 2)) / (c * (c - 1))
+        return mean_pairwise_distance(self.images.flatten(2))
 
     def layer_slice(self, layer: str) -> List[int]:
         """Positions (into the neuron axis) of the neurons that belong to ``layer``."""

@@ -53,6 +53,7 @@ from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
+from lightning_ldam._modes import kept_modes
 
 __all__ = ["Neuron", "LayerInfo", "NeuronSpec", "NeuronRequest", "LayerRequest", "UnitPick", "parse_neurons",
            "resolve_neurons", "top_units", "random_units", "find_module", "find_layer", "list_targets",
@@ -577,13 +578,12 @@ def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> L
             seen[path] = tuple(out.shape), type(module).__name__
         return hook
 
-    modes = {m: m.training for m in model.modules()}
     paths = [path for path in table if path]
     try:
         for path in paths:
             handles.append(table[path].register_forward_hook(make_hook(path)))
-        model.eval()
-        with torch.inference_mode(False), find_layouts(model, paths, table) as layouts:
+        with kept_modes(model), torch.inference_mode(False), find_layouts(model, paths, table) as layouts:
+            model.eval()
             try:
                 model(torch.zeros((1, *shape), device=device))
             except Exception as err:  # the model's own error, re-raised with the shape we tried
@@ -592,8 +592,6 @@ def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> L
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     infos = []
     for path, (out_shape, type_name) in seen.items():
         last = layouts.get(path, False)

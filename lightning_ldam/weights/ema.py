@@ -22,24 +22,32 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from lightning_ldam import _validation as V
+from lightning_ldam._modes import kept_modes
 from lightning_ldam.weights.snapshot import snapshot
 
 __all__ = ["EMA", "has_batchnorm", "refresh_batchnorm"]
 
 
+def ema_step(averaged: List[torch.Tensor], current: List[torch.Tensor], floats: Sequence[int], ints: Sequence[int],
+             decay: float) -> None:
+    """The EMA rule, in place: ``a ← decay·a + (1 − decay)·c`` for the float tensors (positions ``floats``), a copy
+    for the integer ones (``ints``: BatchNorm's batch counts)."""
+    if floats:
+        torch._foreach_lerp_([averaged[i] for i in floats], [current[i] for i in floats], 1.0 - decay)
+    if ints:
+        torch._foreach_copy_([averaged[i] for i in ints], [current[i] for i in ints])
+
+
 class _EMAUpdate:
-    """``multi_avg_fn`` for AveragedModel: EMA for floats, copy for integers; picklable."""
+    """``multi_avg_fn`` for AveragedModel: :func:`ema_step`; picklable."""
 
     def __init__(self, decay: float):
         self.decay = decay
 
     def __call__(self, averaged, current, num_averaged) -> None:
-        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
-        for a, c in zip(averaged, current):
-            if not a.is_floating_point():
-                a.copy_(c)
-        if floats:
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - self.decay)
+        floats = [i for i, a in enumerate(averaged) if a.is_floating_point()]
+        ints = [i for i, a in enumerate(averaged) if not a.is_floating_point()]
+        ema_step(list(averaged), list(current), floats, ints, self.decay)
 
 
 class EMA(nn.Module):
@@ -118,10 +126,7 @@ class EMA(nn.Module):
         if self._updates == 0:
             torch._foreach_copy_(averaged, current)  # AveragedModel's rule: the first update copies
         else:
-            if floats:
-                torch._foreach_lerp_([averaged[i] for i in floats], [current[i] for i in floats], 1.0 - self.decay)
-            if ints:
-                torch._foreach_copy_([averaged[i] for i in ints], [current[i] for i in ints])
+            ema_step(averaged, current, floats, ints, self.decay)
         self.average.n_averaged.add_(1)
         self._updates += 1
         return True
@@ -203,7 +208,6 @@ def refresh_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns or inputs.shape[0] == 0:
         return
-    modes = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in bns]
     device = next((t.device for t in model.state_dict().values()), inputs.device)
     dtype = V.model_dtype(model)
@@ -211,7 +215,7 @@ def refresh_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 
     if norm is not None:
         norm = tuple(t.to(device) for t in norm)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+        with kept_modes(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 torch.inference_mode(False), torch.no_grad():
             for m in bns:
                 m.reset_running_stats()
@@ -225,5 +229,3 @@ def refresh_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 
     finally:
         for m, momentum in momenta:
             m.momentum = momentum
-        for m, mode in modes:
-            m.training = mode
