@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None:
     """The ``compare`` subcommand's options."""
+    from lightning_ldam.sampling.config import ChainsConfig
+
     c = sub.add_parser(
         "compare", help="LDAM samples of a checkpoint's raw vs averaged weights, or of two checkpoints",
         description="One checkpoint: sample its raw and averaged weights (LDAMCallback's EMA, Lightning's "
@@ -125,13 +127,15 @@ def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None
                    help="pixel box of the inputs (default: from the reservoir: (0,1), (-1,1), (0,255) or min,max)")
     c.add_argument("--mean", type=_floats, metavar="M[,M..]", help="normalisation mean (with --std)")
     c.add_argument("--std", type=_floats, metavar="S[,S..]", help="normalisation std (with --mean)")
-    c.add_argument("--chains", type=int, default=8, help="chains per neuron (default 8)")
+    c.add_argument("--chains", type=int, default=ChainsConfig.chains, help=f"chains per neuron (default "
+                                                                           f"{ChainsConfig.chains})")
     c.add_argument("--steps", type=int, help="Langevin steps (default: the sampler's 512; 256 when every variant "
                    "resumes a discriminator saved by LDAMCallback)")
     c.add_argument("--disc-weight", type=float, metavar="LAMBDA",
                    help="discriminator weight λ (default: the sampler's with the checkpoint's real inputs, "
                         "else 0)")
-    c.add_argument("--seed", type=int, default=0, help="seed shared by every variant (default 0)")
+    c.add_argument("--seed", type=int, default=ChainsConfig.seed, help=f"seed shared by every variant (default "
+                                                                       f"{ChainsConfig.seed})")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     c.add_argument("--out", default=os.path.join("runs", "compare"), metavar="DIR",
                    help="output directory (TensorBoard run and PNGs; default runs/compare)")
@@ -147,8 +151,9 @@ def _add_compare(sub, model_help: str, init_help: str, module_help: str) -> None
     _add_sampler_settings(c)
 
 
-#: Sampler settings ``compare`` takes as options of its own (their defaults depend on the checkpoint).
-_COMPARE_OWN = ("steps", "disc_weight")
+#: Sampler settings ``compare`` takes as options of its own: their defaults depend on the checkpoint, or the round
+#: needs them (chains, seed) before the sampler does.
+_COMPARE_OWN = ("steps", "disc_weight", "chains", "seed")
 
 
 def _setting_option(name: str) -> str:
@@ -176,34 +181,34 @@ _READERS = {"int": int, "float": float, "str": str, "auto-or-float": _auto_or_fl
 def _add_sampler_settings(c) -> None:
     """One option per field of :class:`~lightning_ldam.sampling.config.SamplerConfig` (but ``compare``'s own):
     the options follow the settings, with their help; an option not given leaves the sampler's default."""
+    group = c.add_argument_group("sampler settings", "the fields of lightning_ldam.SamplerConfig; each defaults "
+                                                     "to the sampler's own")
+    for f in _setting_fields():
+        meta = f.metadata
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"])
+        if meta["kind"] == "bool":
+            group.add_argument(_setting_option(f.name), action=argparse.BooleanOptionalAction, **kw)
+            continue
+        choices = meta["choices"]
+        if meta["kind"] == "dtype":
+            kw["metavar"] = "{" + ",".join(choices) + "}"
+            choices = [getattr(torch, c) for c in choices]
+        group.add_argument(_setting_option(f.name), type=_READERS[meta["kind"]], choices=choices, **kw)
+
+
+def _setting_fields():
+    """The sampler settings that are options of their own (every field but ``compare``'s own and the objects)."""
     from dataclasses import fields
 
     from lightning_ldam.sampling.config import SECTIONS
 
-    group = c.add_argument_group("sampler settings", "the fields of lightning_ldam.SamplerConfig; each defaults "
-                                                     "to the sampler's own")
-    for section in SECTIONS.values():
-        for f in fields(section):
-            if f.name in _COMPARE_OWN:
-                continue
-            meta = f.metadata
-            kw = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"])
-            if meta["kind"] == "bool":
-                group.add_argument(_setting_option(f.name), action=argparse.BooleanOptionalAction, **kw)
-                continue
-            choices = meta["choices"]
-            if meta["kind"] == "dtype":
-                kw["metavar"] = "{" + ",".join(choices) + "}"
-                choices = [getattr(torch, c) for c in choices]
-            group.add_argument(_setting_option(f.name), type=_READERS[meta["kind"]], choices=choices, **kw)
+    return [f for section in SECTIONS.values() for f in fields(section)
+            if f.name not in _COMPARE_OWN and f.metadata["kind"] != "object"]
 
 
 def _sampler_settings(args) -> Dict[str, Any]:
     """The sampler settings given as options (the others stay the sampler's defaults)."""
-    from lightning_ldam.sampling.config import SamplerConfig
-
-    return {name: getattr(args, name) for name in SamplerConfig.setting_names()
-            if name not in _COMPARE_OWN and hasattr(args, name)}
+    return {f.name: getattr(args, f.name) for f in _setting_fields() if hasattr(args, f.name)}
 
 
 # ---- model ------------------------------------------------------------------------------------------------

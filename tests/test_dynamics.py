@@ -202,6 +202,7 @@ def test_the_prior_weight_follows_each_units_lift_within_its_bounds(channels):
     # channels), falls to 0, and stays at 1.
     from lightning_ldam.sampling.burn_in import TARGET_LIFT
     from lightning_ldam.sampling.chains import LangevinChains
+    from lightning_ldam.sampling.state import ChainState
     from lightning_ldam.sampling.objective import Objective
     from lightning_ldam.sampling.config import PRIOR_WEIGHT_MAX, LangevinConfig
 
@@ -211,9 +212,8 @@ def test_the_prior_weight_follows_each_units_lift_within_its_bounds(channels):
     levels = torch.tensor([5.0, -1.0, TARGET_LIFT]).repeat_interleave(2)
     objective = Objective(lambda u: u.flatten(1).sum(1) * 0 + levels)
     cfg = LangevinConfig(steps=64, burn_in=32, smoothness=1.5).resolved(images=True, prior=True)
-    chains = LangevinChains(torch.full((6, channels, 4, 4), 0.5), objective, cfg, neurons=3,
-                            generator=torch.Generator().manual_seed(0),
-                            real_acts=(torch.zeros(3), torch.ones(3)))
+    state = ChainState(torch.full((6, channels, 4, 4), 0.5), cfg, neurons=3, generator=torch.Generator().manual_seed(0))
+    chains = LangevinChains(state, objective, real_acts=(torch.zeros(3), torch.ones(3)))
     chains.freeze_scales()
     for t in range(cfg.burn_in // 2, cfg.burn_in):
         chains.burn_in.adapt_step(t)

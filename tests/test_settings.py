@@ -87,8 +87,8 @@ def test_the_returned_config_is_resolved_and_samples_the_same_again():
 
 
 def test_the_callback_takes_every_sampler_setting_but_its_own_arguments():
-    assert SAMPLER_EXTRA_KWARGS == (frozenset(SamplerConfig.setting_names()) - CALLBACK_OWN_SETTINGS
-                                    | {"spatial", "init", "progress"})
+    assert SAMPLER_EXTRA_KWARGS == frozenset(SamplerConfig.setting_names()) - CALLBACK_OWN_SETTINGS | {"progress"}
+    assert {"chains", "seed", "value_range", "normalize"} <= CALLBACK_OWN_SETTINGS  # the callback's own arguments
     with pytest.raises(LDAMArgumentError, match=r"^sampler_kwargs\['leapfrog_steps'\]: only method='hmc'"):
         ldam.LDAMCallback("fc:0", sampler_kwargs={"leapfrog_steps": 4})
 
@@ -96,5 +96,6 @@ def test_the_callback_takes_every_sampler_setting_but_its_own_arguments():
 def test_the_cli_has_an_option_for_every_sampler_setting():
     compare = build_parser()._subparsers._group_actions[0].choices["compare"]
     dests = {a.dest for a in compare._actions}
-    assert set(SamplerConfig.setting_names()) <= dests
+    spelled = {f.name for kind in SECTIONS.values() for f in dataclasses.fields(kind) if f.metadata["kind"] != "object"}
+    assert spelled <= dests and {"chains", "seed", "value_range", "device"} <= dests
     assert set(_COMPARE_OWN) <= set(SamplerConfig.setting_names())

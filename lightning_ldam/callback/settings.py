@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from lightning_ldam import _validation as V
-from lightning_ldam.sampling.config import INITS, SPATIAL, SamplerConfig
+from lightning_ldam.sampling.config import INITS, SamplerConfig
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.report.labels import check_labels, labeller_of
 from lightning_ldam.sampling.progress import Progress
@@ -27,10 +27,12 @@ from lightning_ldam.sampling.targets import NeuronRequest, NeuronSpec, canonical
 __all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch",
            "given_arguments", "argument_given", "check_pixel_space"]
 
-#: ``lightning_ldam.sample`` keywords the callback sets itself (its own arguments of the same names).
-CALLBACK_OWN_SETTINGS = frozenset({"steps", "disc_weight"})
+#: Sampler settings the callback sets itself: its own arguments of those names (``sample_device`` is ``device``),
+#: and the chains it continues from round to round.
+CALLBACK_OWN_SETTINGS = frozenset({"steps", "disc_weight", "chains", "seed", "value_range", "normalize", "device",
+                                   "continued"})
 #: ``lightning_ldam.sample``'s own arguments (not settings of its config) that ``sampler_kwargs`` may give.
-_CALL_KWARGS = frozenset({"spatial", "init", "progress"})
+_CALL_KWARGS = frozenset({"progress"})
 #: ``lightning_ldam.sample`` keywords that may go through ``sampler_kwargs``: every sampler setting
 #: (:class:`~lightning_ldam.sampling.config.SamplerConfig`) but the callback's own, and a few of the call's.
 SAMPLER_EXTRA_KWARGS = frozenset(SamplerConfig.setting_names()) - CALLBACK_OWN_SETTINGS | _CALL_KWARGS
@@ -176,9 +178,7 @@ def check_sampler_kwargs(kwargs: Optional[Dict[str, Any]], steps: Optional[int],
     try:
         own = {"steps": steps} if steps is not None else {}
         SamplerConfig().with_settings(**settings, **own, disc_weight=disc_weight)
-        if "spatial" in kwargs:
-            V.check_choice("spatial", kwargs["spatial"], SPATIAL)
-        if "init" in kwargs:
+        if "init" in kwargs:  # a tensor of starting images is the callback's to give (its persistent chains)
             V.check_choice("init", kwargs["init"], INITS)
         if kwargs.get("cuda_graph") and not torch.cuda.is_available():
             raise LDAMArgumentError("cuda_graph", "CUDA graphs need a CUDA device and torch.cuda.is_available() is "

@@ -37,9 +37,10 @@ from lightning_ldam.sampling.activations import ActivationReader, probe_outputs,
 from lightning_ldam.sampling.unit_axes import resolve_reading, unit_count
 from lightning_ldam.sampling.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
 from lightning_ldam.sampling.chains import LangevinChains
+from lightning_ldam.sampling.state import ChainState
 from lightning_ldam.sampling.objective import Objective
-from lightning_ldam.sampling.config import (FRESH_DISC_WARMUP, INITS, SPATIAL, LangevinConfig,
-                                            SamplerConfig, default_smoothness)
+from lightning_ldam.sampling.config import (FRESH_DISC_WARMUP, ChainsConfig, LangevinConfig, SamplerConfig,
+                                            default_smoothness)
 from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
 from lightning_ldam.sampling.inputs import extract_input
 from lightning_ldam.sampling.progress import Progress, is_terminal
@@ -61,8 +62,10 @@ PROBE_BATCH = 2
 TARGET_REAL_IMAGES = 512
 
 
-def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.Tensor:
-    """Materialise up to ``limit`` real images from a tensor or an iterable of batches."""
+def _collect_real(real_data, input_shape: Tuple[int, ...], box: Tuple[float, float]) -> torch.Tensor:
+    """Up to :data:`MAX_REAL_IMAGES` real images from a tensor or an iterable of batches, checked (finite, inside
+    the pixel box)."""
+    limit = MAX_REAL_IMAGES
     def first_tensor(batch):
         try:
             return extract_input(batch)
@@ -97,24 +100,26 @@ def _collect_real(real_data, input_shape: Tuple[int, ...], limit: int) -> torch.
     real = torch.cat([t.detach().to("cpu", torch.float32) for t in chunks])[:limit]
     if real.shape[0] == 0:
         raise LDAMArgumentError("real_data", "got zero images")
+    _check_real_finite(real)
+    _check_real_box(real, *box)
     return real
 
 
-def _resolve(model: nn.Module, request: NeuronRequest, input_shape, device, normalize, dtype, *,
-             real: Optional[torch.Tensor] = None, spatial: str = "mean", seed: int = 0) -> Tuple[list, dict]:
+def _resolve(model: nn.Module, request: NeuronRequest, to_model: "_ModelInput", real: Optional[torch.Tensor],
+             chains: ChainsConfig) -> Tuple[list, dict]:
     """Check layer paths, then one dry forward (batch of one) to learn layer sizes and resolve indices.
 
     ``"layer:topK"`` ranks the layer's units by their mean activation over the first :data:`TOP_REAL_IMAGES` of
-    ``real`` (pixel space), each read as the chains' energy reads it (``spatial``); ``"layer:randomK"`` draws with
-    ``seed``. The result names explicit ``(layer, index)`` pairs (``SampleResult.neurons``): a caller that wants
+    ``real`` (pixel space), each read as the chains' energy reads it (``chains.spatial``); ``"layer:randomK"`` draws
+    with ``chains.seed``. The result names explicit ``(layer, index)`` pairs (``SampleResult.neurons``): a caller that wants
     the same units later passes it back instead of the rule (the callback resolves once, at its first round, so
     that every variant and round samples the same units). Returns the pairs and the spec's per-layer settings
     keyed by the resolved layer path.
     """
+    spatial = chains.spatial
     aliases = {r.path: find_layer(model, r.path)[0] for r in request}
     settings = {aliases[layer]: dict(values) for layer, values in request.layer_settings().items()}
-    shapes, layouts = _layer_shapes(model, list(dict.fromkeys(aliases.values())), input_shape, device, normalize,
-                                    dtype, real=real)
+    shapes, layouts = _layer_shapes(model, list(dict.fromkeys(aliases.values())), to_model, real)
     units = {}
     for path, shape in shapes.items():
         mode = settings.get(path, {}).get("spatial", spatial)
@@ -127,24 +132,26 @@ def _resolve(model: nn.Module, request: NeuronRequest, input_shape, device, norm
     means = None
     if ranked and real is not None:  # without real data resolve_neurons says that "topK" needs it
         modes = {path: settings.get(path, {}).get("spatial", spatial) for path in ranked}
-        means = _unit_means(model, {path: units[path] for path in ranked}, real[:TOP_REAL_IMAGES], modes, normalize)
-    return resolve_neurons(request, units, aliases, means=means, seed=seed), settings
+        means = _unit_means(model, {path: units[path] for path in ranked}, real[:TOP_REAL_IMAGES], modes,
+                            to_model.norm)
+    return resolve_neurons(request, units, aliases, means=means, seed=chains.seed), settings
 
 
-def _layer_shapes(model: nn.Module, paths: list, input_shape, device, normalize, dtype,
-                 real: Optional[torch.Tensor] = None) -> Tuple[dict, dict]:
+def _layer_shapes(model: nn.Module, paths: list, to_model: "_ModelInput",
+                  real: Optional[torch.Tensor] = None) -> Tuple[dict, dict]:
     """Layer path -> output shape (for a batch of :data:`PROBE_BATCH`), and path -> whether its channels are on the
     last axis (outputs with >= 3 dims, :func:`~lightning_ldam.sampling.unit_axes.find_layouts`), from one whole forward of
     two zero inputs (two: a model that needs batch statistics refuses one), or of two real ones where zeros take a
     path that skips a target. Targets that run more than once per forward are refused here
     (:func:`~lightning_ldam.sampling.activations.probe_outputs`)."""
-    zeros = torch.zeros((PROBE_BATCH, *input_shape), device=device)
+    input_shape = to_model.shape
+    zeros = torch.zeros((PROBE_BATCH, *input_shape), device=to_model.device)
     try:
-        captured, calls, layouts = _probe(model, paths, zeros, input_shape, normalize, dtype)
+        captured, calls, layouts = _probe(model, paths, zeros, to_model)
     except TargetNotReached:
         if real is None or real.shape[0] < 1:
             raise
-        captured, calls, layouts = _probe(model, paths, real[:PROBE_BATCH].to(device), input_shape, normalize, dtype)
+        captured, calls, layouts = _probe(model, paths, real[:PROBE_BATCH].to(to_model.device), to_model)
     repeated = {p: n for p, n in calls.items() if n > 1}
     if repeated:
         raise LDAMArgumentError("neurons", f"layers run more than once in one forward: "
@@ -166,11 +173,12 @@ def _layer_shapes(model: nn.Module, paths: list, input_shape, device, normalize,
     return shapes, layouts
 
 
-def _probe(model: nn.Module, paths: list, x: torch.Tensor, input_shape, normalize, dtype):
+def _probe(model: nn.Module, paths: list, x: torch.Tensor, to_model: "_ModelInput"):
     """:func:`probe_outputs` of pixel-space ``x``; the model's own errors name the shape tried."""
-    if normalize is not None:
-        x = (x - normalize[0]) / normalize[1]
-    x = x.to(dtype)
+    input_shape = to_model.shape
+    if to_model.norm is not None:
+        x = (x - to_model.norm[0]) / to_model.norm[1]
+    x = x.to(to_model.dtype)
     with torch.no_grad():
         try:
             return probe_outputs(model, paths, x)
@@ -197,11 +205,8 @@ def _input_shape_hint(input_shape) -> str:
     return hint
 
 
-def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int], chains: int = 8,
-           real_data=None, value_range: Tuple[float, float] = (0.0, 1.0), normalize=None,
-           init: Union[str, torch.Tensor] = "noise", seed: int = 0, device: Union[str, torch.device, None] = None,
-           spatial: str = "mean", discriminator: Optional[nn.Module] = None,
-           continued: Optional[torch.Tensor] = None, progress: Union[bool, float, Progress] = False,
+def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int], real_data=None,
+           discriminator: Optional[nn.Module] = None, progress: Union[bool, float, Progress] = False,
            config: Optional[SamplerConfig] = None, **settings) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
@@ -217,41 +222,30 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
             ``{"fc": [1, 2]}``, ``"fc:top3"`` (the 3 units most active on ``real_data``), ``"fc:random3"`` (drawn
             with ``seed``) (see :mod:`lightning_ldam.sampling.targets`). ``result.neurons`` names the units chosen.
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
-        chains: chains per neuron.
         real_data: real images in pixel space (a tensor ``[N, *input_shape]`` or an iterable of batches)
             to train the discriminator on, to set each neuron's target for ``adapt_disc``, to start
             ``init="data"`` chains from and to rank units for ``"layer:topK"``.
-        value_range: the pixel box ``(lo, hi)`` samples stay in.
-        normalize: ``(mean, std)`` applied to pixel-space chains before the model (per channel or scalar).
-        init: ``"noise"`` (uniform in the box), ``"data"`` (real images), or a float tensor of starting images in
-            pixel space inside ``value_range``: ``[chains, *input_shape]`` (every neuron's chains start from them:
-            "what does this unit make of my image?") or ``[neurons, chains, *input_shape]``, neurons in the resolved
-            order. ``result.config["init"]`` then reads ``"images [shape]"``.
-        seed: seed of the private generators; the global RNG is never used. The chains' noise has its own
-            generator, so variants sampled with one seed share their starts and noise.
-        device: where to sample; default the model's device (a copy of the model is moved otherwise).
-        spatial: conv channels reduce by ``"mean"`` over positions (default) or take the ``"center"`` unit.
         discriminator: a discriminator to use (and to train further in burn-in if ``real_data`` is given), e.g.
             the ``result.discriminator`` of an earlier call (warm start). Takes unit-box images ``[B, C, H, W]``
             and returns logits ``[B]``. One with NaN/Inf weights is left alone and a fresh one used (with a
             warning); one whose weights turn NaN/Inf while training is rebuilt at the end of burn-in (and of an
             ``"ascent"`` call): ``result.discriminator`` is never non-finite, ``result.config["disc_rebuilt"]``
             says whether it was replaced.
-        continued: with a tensor ``init``, a bool mask ``[chains]`` or ``[n_neurons, chains]`` of the chains that
-            continue an earlier call's: they are held at their starts through burn-in's search (which the others
-            run) and step the law from its end; ``c_k`` reads every chain's gradients. ``None``: every chain
-            searches.
         progress: ``True``: a progress bar on a terminal (nothing when stderr is not one); a number of seconds:
             the same bar, appearing only once sampling has taken that long (for callers that do not know in
             advance whether a call is slow); a :class:`~lightning_ldam.sampling.progress.Progress`: its bar on a
             terminal, else plain lines for log files (e.g. ``Progress(delay=3.0, write=log.info)``).
         config: the sampler's settings (:class:`~lightning_ldam.sampling.config.SamplerConfig`; default: every
             default).
-        **settings: any field of ``config``'s sections by name, applied over ``config``: ``method``, ``steps``,
-            ``burn_in``, ``step_size``, ``temperature``, ``disc_weight``, ``disc_steps``, ``autocast_dtype``, ...
-            (:class:`~lightning_ldam.sampling.config.LangevinConfig`,
+        **settings: any field of ``config``'s sections by name, applied over ``config``: ``chains``, ``steps``,
+            ``method``, ``seed``, ``init``, ``value_range``, ``normalize``, ``disc_weight``, ``device``, ... (see
+            :class:`~lightning_ldam.sampling.config.ChainsConfig`, :class:`~lightning_ldam.sampling.config.InputConfig`,
+            :class:`~lightning_ldam.sampling.config.LangevinConfig`,
             :class:`~lightning_ldam.sampling.config.DiscriminatorConfig`,
-            :class:`~lightning_ldam.sampling.config.SpeedOptions`).
+            :class:`~lightning_ldam.sampling.config.SpeedOptions`). ``init`` starts chains from ``"noise"``
+            (uniform in the box), ``"data"`` (real images) or given images in pixel space (``[chains, *input_shape]``,
+            every neuron's chains from them, or ``[neurons, chains, *input_shape]``); ``continued`` marks which of
+            those chains continue an earlier call's (held through burn-in's search, which the others run).
 
     Returns:
         :class:`~lightning_ldam.sampling.result.SampleResult`; ``result.sampler_config`` holds the settings used,
@@ -267,76 +261,60 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
         2
     """
     started = time.perf_counter()
-    shape, (lo, hi) = _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator,
-                                  progress)
     if config is not None and not isinstance(config, SamplerConfig):
         raise LDAMArgumentError("config", f"expected a SamplerConfig or None, got {V.shown(config)}")
     requested = (config or SamplerConfig()).with_settings(**settings)
+    shape = _check_call(model, input_shape, requested, discriminator, progress)
     request = parse_neurons(neurons)  # parsed once; resolved against the model below
+    cfg = _resolved_config(requested, shape, request, real_data is not None, discriminator)
+    real_cpu = _collect_real(real_data, shape, cfg.inputs.value_range) if real_data is not None else None
+    model_dev = V.model_device(model)
+    device = V.check_device("device", cfg.speed.device) or model_dev
+    if cfg.speed.cuda_graph and not _graphs_supported(device):
+        raise LDAMArgumentError("cuda_graph", f"CUDA graphs need a CUDA device; sampling runs on {device}. "
+                                              f"Pass cuda_graph=False (or device='cuda')")
+    cfg = replace(cfg, speed=replace(cfg.speed, device=device))
+    with torch.inference_mode(False), torch.enable_grad():
+        net = model if device == model_dev else copy.deepcopy(model).to(device)
+        with _frozen(net, channels_last=cfg.speed.channels_last and len(shape) == 3):
+            to_model = _ModelInput(cfg, shape, V.model_dtype(net))
+            resolved, layer_own = _resolve(net, request, to_model, real_cpu, cfg.chains)
+            law = _LayerLaw(resolved, layer_own, cfg, requested.langevin.smoothness, shape)
+            return _Run(net, resolved, cfg, real_cpu, to_model, law)(discriminator, progress, started)
+
+
+def _resolved_config(requested: SamplerConfig, shape: Tuple[int, ...], request: NeuronRequest, has_data: bool,
+                     discriminator: Optional[nn.Module]) -> SamplerConfig:
+    """Every setting of the call filled in, checked against the input's shape, the spec and the data at hand."""
     own = request.layer_settings()  # the spec's per-layer settings, by the layer paths it writes
-    has_source = real_data is not None or discriminator is not None
+    has_source = has_data or discriminator is not None
     disc_cfg = requested.discriminator.resolved(has_source=has_source, given=discriminator is not None)
     given_weight = requested.discriminator.disc_weight  # as given: the message quotes it
     _check_disc_source(disc_cfg.disc_weight if given_weight is None else given_weight, own, has_source)
-    smoothness = requested.langevin.smoothness
-    if smoothness and len(shape) != 3:
+    if requested.langevin.smoothness and len(shape) != 3:
         raise LDAMArgumentError("smoothness", f"the smoothness prior needs image inputs (C, H, W); "
                                               f"input_shape={shape}")
-    cfg = replace(requested, langevin=requested.langevin.resolved(images=len(shape) == 3,
-                                                                  prior=disc_cfg.disc_weight > 0),
-                  discriminator=disc_cfg)
-    if isinstance(init, str) and init == "data" and real_data is None:
-        raise LDAMArgumentError("init",
-            "'data' starts chains from real images; pass real_data=..., or use init='noise'")
+    if isinstance(requested.chains.init, str) and requested.chains.init == "data" and not has_data:
+        raise LDAMArgumentError("init", "'data' starts chains from real images; pass real_data=..., or use "
+                                        "init='noise'")
     if len(shape) != 3 and (_uses_disc(disc_cfg.disc_weight, own) or discriminator is not None):
         raise LDAMArgumentError("disc_weight", f"the discriminator needs image inputs (C, H, W); input_shape={shape}")
-    norm = V.check_normalize(normalize, shape[0])
-    real_cpu = _collect_real(real_data, shape, MAX_REAL_IMAGES) if real_data is not None else None
-    if real_cpu is not None:
-        _check_real_finite(real_cpu)
-        _check_real_box(real_cpu, lo, hi)
-
-    model_dev = V.model_device(model)
-    device = V.check_device("device", device)
-    device = model_dev if device is None else device
-    speed = cfg.speed
-    if speed.cuda_graph and not _graphs_supported(device):
-        raise LDAMArgumentError("cuda_graph", f"CUDA graphs need a CUDA device; sampling runs on {device}. "
-                         f"Pass cuda_graph=False (or device='cuda')")
-
-    with torch.inference_mode(False), torch.enable_grad():
-        net = model if device == model_dev else copy.deepcopy(model).to(device)
-        if norm is not None:
-            # clone(): tensors made under a caller's inference_mode cannot be saved for backward
-            norm = tuple(t.to(device).view(1, -1, *([1] * (len(shape) - 1))).clone() for t in norm)
-        nhwc = speed.channels_last and len(shape) == 3  # a layout of 4-D (image) batches only
-        with _frozen(net, channels_last=nhwc):
-            dtype = V.model_dtype(net)
-            resolved, layer_own = _resolve(net, request, shape, device, norm, dtype, real=real_cpu, spatial=spatial,
-                                           seed=seed)
-            to_model = _ModelInput(lo, hi, norm, dtype, nhwc, speed.autocast_dtype, device, speed.cuda_graph)
-            law = _LayerLaw(resolved, layer_own, cfg, smoothness, shape, spatial)
-            run = _Run(net, resolved, shape, chains, cfg, real_cpu, (lo, hi), to_model, law, device, seed)
-            held = _held_rows(continued, init, len(resolved), chains, device)
-            return run(init, discriminator, speed.cuda_graph, progress, started, held)
+    V.check_normalize(requested.inputs.normalize, shape[0])
+    return replace(requested, langevin=requested.langevin.resolved(images=len(shape) == 3,
+                                                                   prior=disc_cfg.disc_weight > 0),
+                   discriminator=disc_cfg)
 
 
-def _check_call(model, input_shape, chains, value_range, init, spatial, seed, discriminator, progress):
-    """The checks of ``sample``'s arguments that are not sampler settings; returns the shape and the box."""
+def _check_call(model, input_shape, requested: SamplerConfig, discriminator, progress) -> Tuple[int, ...]:
+    """The checks of ``sample``'s arguments that the settings' own checks cannot make; returns the input shape."""
     V.check_model(model)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         raise LDAMArgumentError("model", "expected a model with weights, got one whose tensors are on the meta "
                                 "device (shapes without values); load its weights first, e.g. "
                                 "model.to_empty(device='cpu') then model.load_state_dict(...)")
     shape = V.check_input_shape(input_shape)
-    V.check_positive("chains", chains, integer=True)
-    box = V.check_value_range(value_range)
-    if isinstance(init, torch.Tensor):
-        _check_init_images(init, shape, box)
-    else:
-        V.check_choice("init", init, INITS)
-    V.check_choice("spatial", spatial, SPATIAL)
-    V.check_seed("seed", seed)
+    if isinstance(requested.chains.init, torch.Tensor):
+        _check_init_images(requested.chains.init, shape, requested.inputs.value_range)
     if discriminator is not None and not isinstance(discriminator, nn.Module):
         raise LDAMArgumentError("discriminator",
             f"expected a torch.nn.Module or None, got {type(discriminator).__name__}")
@@ -345,7 +323,7 @@ def _check_call(model, input_shape, chains, value_range, init, spatial, seed, di
                                 "parameters are on the meta device")
     if not isinstance(progress, (bool, Progress)):
         V.check_positive("progress", progress, allow_zero=True)
-    return shape, box
+    return shape
 
 
 def _uses_disc(disc_weight: float, settings: Dict[str, dict]) -> bool:
@@ -382,7 +360,8 @@ class _LayerLaw:
     """
 
     def __init__(self, neurons, settings: Dict[str, dict], cfg: SamplerConfig, smoothness: Optional[float],
-                 shape, spatial: str):
+                 shape):
+        spatial = cfg.chains.spatial
         self.settings = settings
         disc_weight, law = cfg.discriminator.disc_weight, cfg.langevin
         self.uses_disc = _uses_disc(disc_weight, settings)
@@ -458,10 +437,15 @@ def _check_real_box(real_cpu: torch.Tensor, lo: float, hi: float) -> None:
 class _ModelInput:
     """Unit-box chains -> what the model takes (pixels, normalised, its dtype and layout), run under autocast."""
 
-    def __init__(self, lo, hi, norm, dtype, channels_last, autocast_dtype, device, cuda_graph):
-        self.lo, self.span, self.norm, self.dtype = lo, hi - lo, norm, dtype
-        self.channels_last, self.autocast_dtype, self.device, self.cuda_graph = (
-            channels_last, autocast_dtype, device, cuda_graph)
+    def __init__(self, cfg: SamplerConfig, shape: Tuple[int, ...], dtype: torch.dtype):
+        (lo, hi), speed = cfg.inputs.value_range, cfg.speed
+        self.lo, self.span, self.shape, self.dtype, self.device = lo, hi - lo, shape, dtype, speed.device
+        self.channels_last = speed.channels_last and len(shape) == 3  # a layout of 4-D (image) batches only
+        self.autocast_dtype, self.cuda_graph = speed.autocast_dtype, speed.cuda_graph
+        norm = V.check_normalize(cfg.inputs.normalize, shape[0])
+        # clone(): tensors made under a caller's inference_mode cannot be saved for backward
+        self.norm = None if norm is None else tuple(
+            t.to(self.device).view(1, -1, *([1] * (len(shape) - 1))).clone() for t in norm)
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         x = self.lo + self.span * u
@@ -485,17 +469,18 @@ class _ModelInput:
 class _Run:
     """One sampling call: the chains, the discriminator and the loop over steps."""
 
-    def __init__(self, net, neurons, shape, chains, config: SamplerConfig, real_cpu, box, to_model: _ModelInput,
-                 law: _LayerLaw, device, seed):
-        self.net, self.neurons, self.shape, self.chains = net, neurons, shape, chains
+    def __init__(self, net, neurons, config: SamplerConfig, real_cpu, to_model: _ModelInput, law: _LayerLaw):
+        self.net, self.neurons, self.shape, self.to_model, self.law = net, neurons, to_model.shape, to_model, law
         self.config, self.cfg, self.disc_cfg = config, config.langevin, config.discriminator
-        self.box, self.to_model, self.law, self.device, self.seed = box, to_model, law, device, seed
+        self.chains, self.seed, self.device = config.chains.chains, config.chains.seed, to_model.device
+        self.box = config.inputs.value_range
         self.spatial, self.uses_disc = law.spatial, law.uses_disc
-        lo, hi = box
-        self.real = None if real_cpu is None else ((real_cpu - lo) / (hi - lo)).clamp_(0, 1).to(device)
+        lo, hi = self.box
+        self.real = None if real_cpu is None else ((real_cpu - lo) / (hi - lo)).clamp_(0, 1).to(self.device)
         # Separate streams: the chains' starts and noise never depend on how much D was trained.
-        self.chain_gen = torch.Generator(device=device).manual_seed(seed)
-        self.disc_gen = torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + 0x7F4A7C15) % 2 ** 62)
+        self.chain_gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.disc_gen = torch.Generator(device=self.device).manual_seed(
+            (self.seed * 0x9E3779B1 + 0x7F4A7C15) % 2 ** 62)
 
     def _initial(self, init) -> torch.Tensor:
         n, batch = len(self.neurons), len(self.neurons) * self.chains
@@ -523,8 +508,9 @@ class _Run:
         acts = unit_activations(self.net, self.neurons, real, spatial=self.spatial, normalize=self.to_model.norm)
         return acts.mean(0).to(self.device), acts.max(0).values.to(self.device)
 
-    def __call__(self, init, given_disc, cuda_graph, progress, started, held=None) -> SampleResult:
-        cfg, neurons = self.cfg, self.neurons
+    def __call__(self, given_disc, progress, started) -> SampleResult:
+        cfg, neurons, init, cuda_graph = self.cfg, self.neurons, self.config.chains.init, self.config.speed.cuda_graph
+        held = _held_rows(self.config.chains.continued, init, len(neurons), self.chains, self.device)
         u0 = self._initial(init)
         disc = _DiscriminatorKeeper(self, given_disc, u0)
         reader = ActivationReader(self.net, neurons, self.chains, spatial=self.spatial, device=self.device)
@@ -534,8 +520,8 @@ class _Run:
         targets = self._real_targets()
         try:
             with reader.attached():
-                chains = LangevinChains(u0, objective, cfg, len(neurons), self.chain_gen, targets, graph=cuda_graph,
-                                        law=self.law.per_neuron, held=held)
+                state = ChainState(u0, cfg, len(neurons), self.chain_gen, graph=cuda_graph, held=held)
+                chains = LangevinChains(state, objective, self.law.per_neuron, targets)
                 step_seconds = _loop(chains, disc, cfg, cuda_graph, self.device, progress)
                 disc.ensure_finite(chains.u)  # "ascent" trains D to the end: never return a broken one
                 with torch.no_grad():
@@ -543,10 +529,10 @@ class _Run:
                     scores = disc.scores(chains.u)
         finally:
             disc.restore()
-        return self._result(chains, final, scores, disc, step_seconds, started, init)
+        return self._result(chains, final, scores, disc, step_seconds, started)
 
-    def _result(self, chains: LangevinChains, final, scores, keeper: _DiscriminatorKeeper, step_seconds, started,
-                init) -> SampleResult:
+    def _result(self, chains: LangevinChains, final, scores, keeper: _DiscriminatorKeeper, step_seconds,
+                started) -> SampleResult:
         n, c, cfg, disc = len(self.neurons), self.chains, self.cfg, keeper.module
         lo, hi = self.box
         total_resets = int(chains.state.resets.sum())
@@ -568,11 +554,19 @@ class _Run:
             **_mixing(chains, n, c),
             scales=chains.law.scale.cpu() if fixed else None,
             disc_weights=chains.law.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
-            sampler_config=self.config,
-            config={**self.config.settings(), "chains": c, "seed": self.seed, "spatial": self.spatial,
-                    "init": f"images {list(init.shape)}" if isinstance(init, torch.Tensor) else init,
-                    "device": str(self.device), "disc_rebuilt": keeper.rebuilt,
-                    "layer_settings": {k: dict(v) for k, v in self.law.settings.items()}})
+            sampler_config=self.config, config=self._config_record(keeper))
+
+    def _config_record(self, keeper: _DiscriminatorKeeper) -> Dict[str, object]:
+        """The settings by name for logs: plain values (tensors by their shape), the call's own facts added."""
+        record = self.config.settings()
+        init, continued, normalize = record["init"], record["continued"], record["normalize"]
+        record.update(spatial=self.spatial, device=str(self.device), disc_rebuilt=keeper.rebuilt,
+                      init=f"images {list(init.shape)}" if isinstance(init, torch.Tensor) else init,
+                      continued=None if continued is None else f"{int(continued.sum())} of {continued.numel()}",
+                      normalize=None if normalize is None else [torch.as_tensor(t).flatten().tolist()
+                                                                for t in normalize],
+                      layer_settings={k: dict(v) for k, v in self.law.settings.items()})
+        return record
 
 
 def _mixing(chains: LangevinChains, n: int, c: int) -> Dict[str, Optional[torch.Tensor]]:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 import torch
 
 from lightning_ldam.sampling.burn_in import BurnIn, MetricWindow, StepSize
-from lightning_ldam.sampling.config import EXACT_METHODS, LangevinConfig
+from lightning_ldam.sampling.config import EXACT_METHODS
 from lightning_ldam.sampling.law import Law
 from lightning_ldam.sampling.objective import Objective
 from lightning_ldam.sampling.state import ChainState
@@ -30,17 +30,12 @@ class LangevinChains:
     """The chains of one call, from their starts to their last step.
 
     Args:
-        u0: ``[B, *shape]`` initial states in the unit box (``B = neurons·chains``, neuron-major).
+        state: the chains' states (:class:`~lightning_ldam.sampling.state.ChainState`: starts, settings, RNG).
         objective: what the chains climb.
-        cfg: resolved settings.
-        neurons: number of neurons.
-        generator: the chains' private RNG (:class:`~lightning_ldam.sampling.state.ChainState`).
-        real_acts: ``(mean, max)`` per neuron over real inputs, for ``adapt_disc`` (``None``: no adaptation).
-        graph: also keep the per-step scalars in device tables, for the CUDA-graph form of the steps.
         law: per-neuron ``"disc_weight"`` (λ), ``"temperature"`` (T) and ``"smoothness"`` (κ), each a sequence of
-            ``neurons`` values (per-layer settings of the neuron spec); ``None``: no D (λ = 0) and ``cfg``'s T and κ
-            for every neuron.
-        held: ``[B]`` bool, rows that burn-in's search leaves where they are (continued chains), or ``None``.
+            ``neurons`` values (per-layer settings of the neuron spec); ``None``: no D (λ = 0) and the settings'
+            T and κ for every neuron.
+        real_acts: ``(mean, max)`` per neuron over real inputs, for ``adapt_disc`` (``None``: no adaptation).
 
     Attributes:
         state: :class:`~lightning_ldam.sampling.state.ChainState`.
@@ -49,12 +44,10 @@ class LangevinChains:
         stepper: the method's stepper (:data:`~lightning_ldam.sampling.steppers.STEPPERS`).
     """
 
-    def __init__(self, u0: torch.Tensor, objective: Objective, cfg: LangevinConfig, neurons: int,
-                 generator: torch.Generator, real_acts: Optional[Sequence[torch.Tensor]] = None,
-                 graph: bool = False, law: Optional[Mapping[str, Sequence[float]]] = None,
-                 held: Optional[torch.Tensor] = None):
-        self.cfg, self.objective = cfg, objective
-        self.state = ChainState(u0, cfg, neurons, generator, graph=graph, held=held)
+    def __init__(self, state: ChainState, objective: Objective, law: Optional[Mapping[str, Sequence[float]]] = None,
+                 real_acts: Optional[Sequence[torch.Tensor]] = None):
+        cfg, neurons, u0 = state.cfg, state.n, state.u
+        self.cfg, self.objective, self.state = cfg, objective, state
         law = law or {"disc_weight": [0.0] * neurons, "temperature": [cfg.temperature] * neurons,
                       "smoothness": [cfg.smoothness] * neurons}
         images = u0.dim() == 4 and cfg.method != "ascent"

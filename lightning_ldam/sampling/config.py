@@ -77,7 +77,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -85,7 +85,8 @@ from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 from lightning_ldam.sampling.unit_axes import SPATIAL as UNIT_READINGS
 
-__all__ = ["SamplerConfig", "LangevinConfig", "DiscriminatorConfig", "SpeedOptions", "METHODS", "METRICS",
+__all__ = ["SamplerConfig", "LangevinConfig", "DiscriminatorConfig", "ChainsConfig", "InputConfig", "SpeedOptions",
+           "METHODS", "METRICS",
            "PIXEL_SCALE", "DEFAULT_DISC_WEIGHT", "PRIOR_WEIGHT_MAX", "DEFAULT_DISC_STEPS", "DEFAULT_SMOOTHNESS",
            "DEFAULT_TARGET_ACCEPT", "FRESH_DISC_WARMUP"]
 
@@ -153,10 +154,12 @@ FRESH_DISC_WARMUP = 50
 
 def _setting(default, help: str, kind: Optional[str] = None, choices: Optional[tuple] = None):
     """A settings field: its default (written here once), the help the CLI and the docs show, and what kind of
-    value it takes (``kind``: int, float, str, bool, auto-or-float, auto-float-or-none, dtype; default: the type
-    of ``default``) from the ``choices`` if any: the CLI builds its options from these."""
+    value it takes (``kind``: int, float, str, bool, auto-or-float, auto-float-or-none, dtype, or object for a value
+    no command line spells; default: the type of ``default``) from the ``choices`` if any: the CLI builds its options
+    from these. An ``object`` (a tensor, a callable) is left out of comparisons."""
     kind = kind or type(default).__name__
-    return field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
+    return field(default=default, compare=kind != "object",
+                 metadata={"help": help, "kind": kind, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -322,8 +325,11 @@ class SpeedOptions:
     channels_last: bool = _setting(False, "NHWC convolutions")
     cuda_graph: bool = _setting(False, "replay each step as a CUDA graph (CUDA only; for small, launch-bound "
                                        "networks)")
+    device: Optional[torch.device] = _setting(None, "where to sample (default: the model's device; a copy of the "
+                                                    "model is moved otherwise)", "object")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", V.check_device("device", self.device, resolve_index=False))
         if self.autocast_dtype is not None and not isinstance(self.autocast_dtype, torch.dtype):
             raise LDAMArgumentError("autocast_dtype", f"expected a torch.dtype such as torch.bfloat16, "
                                                       f"got {V.shown(self.autocast_dtype)}")
@@ -332,13 +338,63 @@ class SpeedOptions:
                 raise LDAMArgumentError(name, f"expected True or False, got {V.shown(getattr(self, name))}")
 
 
+@dataclass(frozen=True)
+class ChainsConfig:
+    """How many chains each neuron gets, where they start, their seed, and how a unit is read.
+
+    Example::
+
+        >>> ChainsConfig(chains=4, init="data").chains
+        4
+    """
+
+    chains: int = _setting(8, "chains per neuron")
+    seed: int = _setting(0, "seed of the call's private generators (starts, noise, D's batches): variants sampled "
+                            "with one seed share their starts and noise")
+    init: Union[str, torch.Tensor] = _setting(
+        "noise", "where chains start: noise (uniform in the box), data (real images), or a float tensor of starting "
+                 "images in pixel space, [chains, *input_shape] or [neurons, chains, *input_shape]", "object")
+    continued: Optional[torch.Tensor] = _setting(
+        None, "with a tensor init: a bool mask [chains] or [neurons, chains] of the chains that continue an earlier "
+              "call's (held through burn-in's search)", "object")
+    spatial: str = _setting("mean", "how a conv channel is read: mean over positions, center, tokens, ...",
+                            choices=SPATIAL)
+
+    def __post_init__(self) -> None:
+        V.check_positive("chains", self.chains, integer=True)
+        V.check_seed("seed", self.seed)
+        if not isinstance(self.init, torch.Tensor):
+            V.check_choice("init", self.init, INITS)
+        V.check_choice("spatial", self.spatial, SPATIAL)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """The pixel box the chains live in and the normalisation between pixels and the model.
+
+    Example::
+
+        >>> InputConfig(value_range=(0, 255)).value_range
+        (0.0, 255.0)
+    """
+
+    value_range: Tuple[float, float] = _setting((0.0, 1.0), "the pixel box (lo, hi) samples stay in", "object")
+    normalize: Any = _setting(None, "(mean, std) applied to pixel-space chains before the model (per channel or "
+                                    "scalar)", "object")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value_range", V.check_value_range(self.value_range))
+
+
 #: The sections of :class:`SamplerConfig`, by attribute.
-SECTIONS = {"langevin": LangevinConfig, "discriminator": DiscriminatorConfig, "speed": SpeedOptions}
+SECTIONS = {"langevin": LangevinConfig, "discriminator": DiscriminatorConfig, "chains": ChainsConfig,
+            "inputs": InputConfig, "speed": SpeedOptions}
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Every sampler setting: :class:`LangevinConfig`, :class:`DiscriminatorConfig` and :class:`SpeedOptions`.
+    """Every sampler setting: :class:`LangevinConfig`, :class:`DiscriminatorConfig`, :class:`ChainsConfig`,
+    :class:`InputConfig` and :class:`SpeedOptions`.
 
     Each field of a section is also a setting name: :meth:`with_settings` takes them flat, as ``sample()``,
     ``LDAMCallback(sampler_kwargs=...)`` and the CLI's options do.
@@ -356,6 +412,8 @@ class SamplerConfig:
 
     langevin: LangevinConfig = field(default_factory=LangevinConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    chains: ChainsConfig = field(default_factory=ChainsConfig)
+    inputs: InputConfig = field(default_factory=InputConfig)
     speed: SpeedOptions = field(default_factory=SpeedOptions)
 
     def __post_init__(self) -> None:
