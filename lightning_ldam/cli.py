@@ -539,6 +539,7 @@ def _compare_inputs(args, ckpts, settings: Dict[str, Any]) -> _Inputs:
 def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _Inputs):
     """Build and load each variant's network; one :class:`~lightning_ldam.engine.rounds.RoundPlan` for all of them."""
     from lightning_ldam.engine.rounds import Variant, plan_round
+    from lightning_ldam.sampling.config import SamplerConfig
 
     built = []
     for name, state, disc_state, idx in variants:
@@ -546,10 +547,10 @@ def _compare_plan(args, ckpts, variants, params_only, neurons, module, inputs: _
         _load_weights(model, state, f"{name!r}", args.model)
         net = _submodule(model, module).to(inputs.device).eval()
         built.append(Variant(name, net, refresh_bn=name in params_only, disc_state=disc_state))
-    plan = plan_round(built, neurons, input_shape=inputs.shape, value_range=inputs.box, chains=args.chains,
-                      seed=args.seed, device=inputs.device, steps=args.steps, real=inputs.real,
-                      disc_weight=inputs.weight, normalize=inputs.normalize,
-                      sampler_kwargs=_sampler_settings(args))
+    config = SamplerConfig().with_settings(**_sampler_settings(args), chains=args.chains, value_range=inputs.box,
+                                           normalize=inputs.normalize, disc_weight=inputs.weight,
+                                           seed=args.seed, device=inputs.device)
+    plan = plan_round(built, neurons, input_shape=inputs.shape, real=inputs.real, config=config, steps=args.steps)
     if args.steps is None and plan.real is not None and all(v.warm for v in built):
         print(f"steps: {plan.steps} (every variant has a warm discriminator from the checkpoint; --steps overrides)")
     for v in built:

@@ -172,7 +172,8 @@ def test_transfer_reads_each_variants_unit_on_the_other_variants_samples():
     """A constructed pair: the 'ema' network's logit 0 is raw's negated. Raw's samples push raw's unit up, so the
     negated unit reads them far below its real-input mean (and the other way round): transfer < 0 both ways. Read on
     its own samples a unit always transfers 1; read across, this pair cannot."""
-    from lightning_ldam.engine.rounds import RoundPlan, Variant, sample_variants
+    from lightning_ldam.engine.rounds import Variant, plan_round, sample_variants
+    from lightning_ldam.sampling.config import SamplerConfig
 
     torch.manual_seed(0)
     raw = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
@@ -181,8 +182,8 @@ def test_transfer_reads_each_variants_unit_on_the_other_variants_samples():
         neg[1].weight.neg_()
         neg[1].bias.neg_()
     real = torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(1))
-    plan = RoundPlan([Variant("raw", raw), Variant("ema", neg)], "1:0", (1, 4, 4), (0.0, 1.0), chains=4, steps=40,
-                     real=real, disc_weight=0.0, normalize=None, seed=0, device=torch.device("cpu"))
+    plan = plan_round([Variant("raw", raw), Variant("ema", neg)], "1:0", input_shape=(1, 4, 4), real=real,
+                      config=SamplerConfig().with_settings(chains=4, disc_weight=0.0, device="cpu"), steps=40)
     results = sample_variants(plan)
     assert torch.equal(results["ema"].cross_activations["raw"],
                        -results["raw"].activations)  # raw's samples, read by the negated unit

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from conftest import sample_settings
 import lightning_ldam.callback.ldam_callback as callback_module
 import lightning_ldam.engine.rounds as rounds_module
 from lightning_ldam.sampling.progress import Progress
@@ -211,8 +212,9 @@ def _progress_seen(monkeypatch) -> List[Any]:
     real = rounds_module.sample
 
     def spy(*args, **kwargs):
-        if kwargs.get("steps") not in (1, 2):  # not the 2-step dry run or the first round's 1-step neuron resolution
-            seen.append(kwargs.get("progress"))
+        settings = sample_settings(kwargs)
+        if settings.get("steps") not in (1, 2):  # not the 2-step dry run or the first round's 1-step neuron resolution
+            seen.append(settings.get("progress"))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rounds_module, "sample", spy)
@@ -251,8 +253,9 @@ def _requested_steps(monkeypatch) -> List[Any]:
     real = rounds_module.sample
 
     def spy(*args, **kwargs):
-        if kwargs.get("steps") not in (1, 2):  # not the first batch's 2-step target check
-            asked.append((kwargs.get("steps"), kwargs.get("discriminator") is not None))
+        settings = sample_settings(kwargs)
+        if settings.get("steps") not in (1, 2):  # not the first batch's 2-step target check
+            asked.append((settings.get("steps"), settings.get("discriminator") is not None))
         return real(*args, **{**kwargs, "steps": 3, "disc_warmup": 1})
 
     monkeypatch.setattr(rounds_module, "sample", spy)
@@ -318,8 +321,9 @@ def _sizes(monkeypatch, per_step: float) -> List[Any]:
     real = rounds_module.sample
 
     def spy(*args, **kwargs):
-        if kwargs.get("steps") not in (1, 2):
-            asked.append((kwargs.get("steps"), kwargs.get("chains")))
+        settings = sample_settings(kwargs)
+        if settings.get("steps") not in (1, 2):
+            asked.append((settings.get("steps"), settings.get("chains")))
         return real(*args, **{**kwargs, "steps": 3, "disc_warmup": 1})
 
     monkeypatch.setattr(rounds_module, "sample", spy)

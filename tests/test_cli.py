@@ -25,6 +25,7 @@ from lightning_ldam.weights.checkpoint import (ldam_settings, ldam_state, load_c
                                        weight_variants)
 from lightning_ldam.cli import main  # noqa: E402
 from lightning_ldam.sampling.targets import parse_neurons  # noqa: E402
+from conftest import sample_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--chains", "2", "--steps", "3", "--no-progress"]
@@ -416,8 +417,9 @@ def _spy_steps(monkeypatch):
     asked, real = [], sampler.sample
 
     def spy(*args, **kwargs):
-        if kwargs.get("steps") not in (1, 2):  # not the 1- and 2-step target checks
-            asked.append(kwargs.get("steps"))
+        settings = sample_settings(kwargs)
+        if settings.get("steps") not in (1, 2):  # not the 1- and 2-step target checks
+            asked.append(settings.get("steps"))
         return real(*args, **{**kwargs, "steps": 2})
 
     monkeypatch.setattr(sampler, "sample", spy)
@@ -441,21 +443,22 @@ def test_compare_takes_the_warm_discriminator_steps_when_every_variant_has_one(
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ([], {"autocast_dtype": None, "channels_last": None, "cuda_graph": None, "method": None}),
+    ([], {"autocast_dtype": None, "channels_last": False, "cuda_graph": False, "method": "langevin"}),
     (["--autocast-dtype", "bfloat16", "--channels-last"], {"autocast_dtype": torch.bfloat16, "channels_last": True,
-                                                           "cuda_graph": None, "method": None}),
+                                                           "cuda_graph": False, "method": "langevin"}),
     (["--method", "mala", "--no-adapt-disc"], {"autocast_dtype": None, "method": "mala", "adapt_disc": False}),
     (["--metric", "diagonal", "--steps", "16", "--scale", "auto", "--target-accept", "none", "--disc-steps", "3"],
-     {"method": None, "metric": "diagonal", "scale": "auto", "target_accept": None, "disc_steps": 3}),
+     {"method": "langevin", "metric": "diagonal", "scale": "auto", "target_accept": None, "disc_steps": 3}),
 ])
-def test_sampler_setting_options_reach_the_sampler_and_only_those_given(ckpts, tmp_path, capsys, monkeypatch, flags, expected):
+def test_sampler_setting_options_reach_the_sampler(ckpts, tmp_path, capsys, monkeypatch, flags, expected):
     import lightning_ldam.engine.rounds as sampler  # the shared round calls sample()
 
     seen, real = [], sampler.sample
 
     def spy(*args, **kwargs):
-        if kwargs.get("steps") not in (1, 2):  # not the 1- and 2-step target checks
-            seen.append({k: kwargs.get(k) for k in expected})
+        settings = sample_settings(kwargs)
+        if settings.get("steps") not in (1, 2):  # not the 1- and 2-step target checks
+            seen.append({k: settings.get(k) for k in expected})
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sampler, "sample", spy)
@@ -495,7 +498,8 @@ def test_swa_variant_gets_batchnorm_statistics_recomputed_on_the_saved_inputs(tm
     real_sample = sampler.sample
 
     def spy(net, *args, **kwargs):
-        if kwargs.get("steps") not in (1, 2):  # not the 1- and 2-step target checks
+        settings = sample_settings(kwargs)
+        if settings.get("steps") not in (1, 2):  # not the 1- and 2-step target checks
             seen[len(seen)] = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
         return real_sample(net, *args, **kwargs)
 
@@ -527,8 +531,9 @@ def test_compare_reuses_the_callbacks_normalize_and_value_range(tmp_path, capsys
     seen, real_sample = [], sampler.sample
 
     def spy(*args, **kwargs):
-        if kwargs.get("steps") not in (1, 2):  # not the 1- and 2-step target checks
-            seen.append((kwargs["normalize"], kwargs["value_range"]))
+        settings = sample_settings(kwargs)
+        if settings.get("steps") not in (1, 2):  # not the 1- and 2-step target checks
+            seen.append((settings["normalize"], settings["value_range"]))
         return real_sample(*args, **kwargs)
 
     monkeypatch.setattr(sampler, "sample", spy)
@@ -571,7 +576,8 @@ def _count_sampling(monkeypatch):
     calls, real = [], rounds.sample
 
     def spy(*args, **kwargs):
-        calls.append(kwargs.get("chains"))
+        settings = sample_settings(kwargs)
+        calls.append(settings.get("chains"))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rounds, "sample", spy)
@@ -661,7 +667,7 @@ def test_labels_for_a_layer_the_model_lacks_fail_before_any_sampling(ckpts, tmp_
 
     calls = []
     real = rounds.sample
-    monkeypatch.setattr(rounds, "sample", lambda *a, **k: calls.append(k.get("steps")) or real(*a, **k))
+    monkeypatch.setattr(rounds, "sample", lambda *a, **k: calls.append(sample_settings(k)["steps"]) or real(*a, **k))
     code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--labels", '{"fcc": ["zero", "one"]}',
                           "--out", tmp_path / "out", *FAST)
     assert code == 2 and "--labels" in err and "'fcc'" in err and "Close matches" in err, err

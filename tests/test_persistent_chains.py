@@ -8,6 +8,7 @@ from typing import Any, Dict, List
 import pytest
 import torch
 
+from conftest import sample_settings
 import lightning_ldam.engine.rounds as rounds_module
 from lightning_ldam.callback import LDAMCallback
 from lightning_ldam.engine.persistent_chains import PersistentChains, continued_rows, redrawn_rows
@@ -115,11 +116,12 @@ class Spy:
 
         def spy(*args, **kwargs):
             res = real(*args, **kwargs)
-            if kwargs.get("steps") == FAST["steps"]:
-                init = kwargs.get("init")
+            settings = sample_settings(kwargs)
+            if settings.get("steps") == FAST["steps"]:
+                init = settings.get("init")
                 self.calls.append({"init": init.clone() if isinstance(init, torch.Tensor) else init,
-                                   "continued": kwargs.get("continued"),
-                                   "seed": kwargs["seed"], "images": res.images.clone()})
+                                   "continued": settings.get("continued"),
+                                   "seed": settings["seed"], "images": res.images.clone()})
             return res
 
         monkeypatch.setattr(rounds_module, "sample", spy)

@@ -40,6 +40,7 @@ from lightning_ldam.sampling.progress import Progress, is_terminal
 from lightning_ldam.callback.reservoir import Reservoir
 from lightning_ldam.sampling.result import SampleResult
 from lightning_ldam.callback.messages import NOTES, RoundReporter
+from lightning_ldam.sampling.config import SamplerConfig
 from lightning_ldam.engine.rounds import (RoundPlan, WarmDiscriminators, fixed_spec, plan_round, prepare_network,
                                    resolve_targets, run_round, submodule, time_a_step)
 from lightning_ldam.weights.snapshot import snapshot
@@ -309,10 +310,13 @@ class LDAMCallbackLogic:
         if disc_weight is None and len(shape) != 3:  # D and the smoothness prior need images: λ = 0 on others
             disc_weight = 0.0
             self._report.once("not_images", shape=tuple(shape))
-        return plan_round(variants, s.neurons, input_shape=shape,
-                          value_range=s.value_range or self._reservoir.value_range(), chains=s.chains,
-                          seed=s.seed, device=device, steps=s.steps, real=self._real(), disc_weight=disc_weight,
-                          normalize=s.normalize, sampler_kwargs={**s.sampler_kwargs, **self._run.fallbacks})
+        settings = {**s.sampler_kwargs, **self._run.fallbacks}
+        progress = settings.pop("progress", None)
+        config = SamplerConfig().with_settings(**settings, chains=s.chains, seed=s.seed, device=device,
+                                               value_range=s.value_range or self._reservoir.value_range(),
+                                               normalize=s.normalize, disc_weight=disc_weight)
+        return plan_round(variants, s.neurons, input_shape=shape, real=self._real(), config=config, steps=s.steps,
+                          progress=progress)
 
     def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", budgeted: bool = True) -> None:
         """One round inside one failure boundary: planning, sampling, rendering, logging, writing files."""
@@ -392,7 +396,7 @@ class LDAMCallbackLogic:
             return plan
         steps = min(plan.steps, size.steps) if self.settings.steps is None else plan.steps
         chains = size.chains if "chains" not in self._given else plan.chains
-        return dataclasses.replace(plan, steps=steps, chains=chains)
+        return plan.with_settings(steps=steps, chains=chains)
 
     def _continue_chains(self, trainer: "pl.Trainer", plan: RoundPlan) -> Tuple[RoundPlan, str]:
         """Start each variant from its kept chains (``redraw`` of them re-drawn, the same rows and states for every
@@ -406,12 +410,12 @@ class LDAMCallbackLogic:
         held = continued_rows(plan.chains, self._chains.redraw, rounds)
         variants = []
         for variant in plan.variants:
-            init = self._chains.starts(variant.name, shape, rounds, self.settings.seed, plan.value_range,
-                                       plan.sampler_kwargs.get("init", "noise"), plan.real, (rank, world))
+            init = self._chains.starts(variant.name, shape, rounds, self.settings.seed, plan.config.inputs.value_range,
+                                       plan.config.chains.init, plan.real, (rank, world))
             variants.append(variant if init is None else dataclasses.replace(variant, init=init, continued=held))
         if all(v.init is None for v in variants):
             return plan, ""
-        plan = dataclasses.replace(plan, variants=variants, seed=self.settings.seed + rounds)
+        plan = dataclasses.replace(plan, variants=variants).with_settings(seed=self.settings.seed + rounds)
         return plan, f", continuing the last round's chains ({int((~held).sum())} of {plan.chains} per neuron re-drawn)"
 
     def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> NeuronSpec:
@@ -442,10 +446,8 @@ class LDAMCallbackLogic:
         show = trainer.is_global_zero and (getattr(trainer, "progress_bar_callback", None) is not None
                                            or not is_terminal())
         progress = Progress(delay=_PROGRESS_AFTER_S, write=self._info) if show else False
-        if "progress" in plan.sampler_kwargs:  # the user's, through sampler_kwargs
-            kwargs = dict(plan.sampler_kwargs)
-            progress = kwargs.pop("progress")
-            plan = dataclasses.replace(plan, sampler_kwargs=kwargs)
+        if plan.progress is not None:  # the user's, through sampler_kwargs
+            progress = plan.progress
         results, discs, states = run_round(plan, self._run.neurons, trainer.global_rank, trainer.world_size, progress,
                                            self._info, self._run.previous)
         self._discs.keep(discs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -24,7 +24,7 @@ from lightning_ldam.sampling.activations import chain_activations, unit_activati
 from lightning_ldam.sampling.progress import Progress
 from lightning_ldam.sampling.result import SampleResult, merge_shards, reference
 from lightning_ldam.sampling.api import WARM_DISC_STEPS, sample
-from lightning_ldam.sampling.config import LangevinConfig
+from lightning_ldam.sampling.config import SamplerConfig, SpeedOptions
 from lightning_ldam.sampling.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
 
 __all__ = ["time_a_step", "Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round",
@@ -71,24 +71,48 @@ class Variant:
 @dataclass(frozen=True)
 class RoundPlan:
     """Everything a round samples with, the same for every variant (common random numbers). Frozen: a step that
-    changes the plan makes a new one (``dataclasses.replace``)."""
+    changes the plan makes a new one (``dataclasses.replace``, :meth:`with_settings`).
+
+    Attributes:
+        variants: the weights to sample.
+        neurons: the spec every variant samples.
+        input_shape: one input's shape.
+        real: real inputs in pixel space (D's data, lift's scale), or ``None``.
+        config: the sampler settings (chains, steps, seed, λ, box, device, ...), every variant's.
+        progress: a ``progress`` the user gave (through the callback's ``sampler_kwargs``), else ``None``: the
+            caller's own.
+    """
 
     variants: List[Variant]
     neurons: NeuronSpec
     input_shape: Tuple[int, ...]
-    value_range: Tuple[float, float]
-    chains: int
-    steps: int
     real: Optional[torch.Tensor]
-    disc_weight: Optional[float]
-    normalize: Any
-    seed: int
-    device: torch.device
-    sampler_kwargs: Dict[str, Any] = field(default_factory=dict)
+    config: SamplerConfig
+    progress: Any = None
 
     @property
     def names(self) -> List[str]:
         return [v.name for v in self.variants]
+
+    @property
+    def steps(self) -> int:
+        return self.config.langevin.steps
+
+    @property
+    def chains(self) -> int:
+        return self.config.chains.chains
+
+    @property
+    def normalize(self) -> Any:
+        return self.config.inputs.normalize
+
+    @property
+    def device(self) -> torch.device:
+        return self.config.speed.device
+
+    def with_settings(self, **settings) -> "RoundPlan":
+        """A copy with sampler settings changed (by name)."""
+        return dataclasses.replace(self, config=self.config.with_settings(**settings))
 
     def describe(self, neurons: Optional[int] = None) -> str:
         """``"8 neurons × 8 chains × 512 steps × 2 variants (raw, ema)"``."""
@@ -131,23 +155,23 @@ class WarmDiscriminators:
 
 
 def plan_round(variants: Sequence[Variant], neurons: NeuronSpec, *, input_shape: Sequence[int],
-               value_range: Tuple[float, float], chains: int, seed: int, device, steps: Optional[int] = None,
-               real: Optional[torch.Tensor] = None, disc_weight: Optional[float] = None, normalize=None,
-               sampler_kwargs: Optional[Dict[str, Any]] = None) -> RoundPlan:
+               real: Optional[torch.Tensor] = None, config: Optional[SamplerConfig] = None,
+               steps: Optional[int] = None, progress: Any = None) -> RoundPlan:
     """Settle a round's settings once.
 
     Steps: ``steps`` if given; else :data:`~lightning_ldam.sampling.api.WARM_DISC_STEPS` when every variant resumes a
     trained discriminator and real inputs keep training it (the same for all, so they stay comparable); else
-    the sampler's default. Without real inputs, a discriminator or a given λ, λ is 0 (nothing to train D on).
+    ``config``'s. Without real inputs, a discriminator or a given λ, λ is 0 (nothing to train D on).
     """
-    variants = list(variants)
+    variants, config = list(variants), config or SamplerConfig()
     if steps is None:
         warm = bool(variants) and real is not None and all(v.warm for v in variants)
-        steps = WARM_DISC_STEPS if warm else LangevinConfig().steps
+        steps = WARM_DISC_STEPS if warm else config.langevin.steps
+    disc_weight = config.discriminator.disc_weight
     if disc_weight is None and real is None and not any(v.warm for v in variants):
         disc_weight = 0.0
-    return RoundPlan(variants, neurons, tuple(input_shape), tuple(value_range), chains, int(steps), real,
-                     disc_weight, normalize, seed, torch.device(device), dict(sampler_kwargs or {}))
+    return RoundPlan(variants, neurons, tuple(input_shape), real,
+                     config.with_settings(steps=int(steps), disc_weight=disc_weight), progress)
 
 
 def submodule(model: nn.Module, path: Optional[str], argument: str = "module") -> nn.Module:
@@ -179,20 +203,17 @@ def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) 
     raise here, before any real work; ``"layer:top8"`` is ranked on the plan's real inputs). ``dry_run`` also
     passes the plan's sampler settings, so that they are checked against this network and input too (two
     steps, one of burn-in for the Langevin methods)."""
-    # spatial ranks "topK" units; init: a target that only real inputs reach needs chains started from them
-    extra: Dict[str, Any] = {k: v for k, v in plan.sampler_kwargs.items() if k in ("spatial", "init")}
-    disc_weight = 0.0  # no discriminator is built: the real inputs only rank units
-    if dry_run:
-        extra = {k: v for k, v in plan.sampler_kwargs.items() if k not in ("burn_in", "disc_warmup", "progress")}
-        if extra.get("method", "langevin") != "ascent":
-            extra["burn_in"] = 1
-        extra["disc_warmup"] = 1
-        disc_weight = plan.disc_weight
+    cfg = plan.config
+    if dry_run:  # the plan's settings, as short as a Langevin method allows
+        burn_in = {} if cfg.langevin.method == "ascent" else {"burn_in": 1}
+        cfg = cfg.with_settings(chains=2, steps=2, disc_warmup=1, **burn_in)
+    else:  # no discriminator is built: the real inputs only rank units; spatial ranks "topK" units, and init: a
+        # target that only real inputs reach needs chains started from them
+        cfg = SamplerConfig(chains=dataclasses.replace(cfg.chains, chains=2), inputs=cfg.inputs,
+                            speed=SpeedOptions(device=cfg.speed.device)).with_settings(steps=1, disc_weight=0.0)
     neurons = plan.neurons if dry_run else _without_disc(plan.neurons)
     # two chains: a model that needs batch statistics (BatchNorm without running statistics) refuses a batch of one
-    res = sample(network, neurons, input_shape=plan.input_shape, chains=2, steps=2 if dry_run else 1,
-                 value_range=plan.value_range, normalize=plan.normalize, seed=plan.seed, device=plan.device,
-                 real_data=plan.real, disc_weight=disc_weight, **extra)
+    res = sample(network, neurons, input_shape=plan.input_shape, real_data=plan.real, config=cfg)
     return res.neurons
 
 
@@ -215,11 +236,11 @@ def _discriminator(variant: Variant, plan: RoundPlan, note: Optional[Note]) -> O
     """The variant's warm discriminator, restored from its saved state if need be (a fresh one if it does not fit)."""
     if variant.discriminator is not None or variant.disc_state is None:
         return variant.discriminator
-    if plan.real is None and not plan.disc_weight:
+    if plan.real is None and not plan.config.discriminator.disc_weight:
         return None
     shape = plan.input_shape
     try:
-        return restore_discriminator(variant.disc_state, shape[0], shape[1:], plan.seed)
+        return restore_discriminator(variant.disc_state, shape[0], shape[1:], plan.config.chains.seed)
     except (RuntimeError, ValueError, IndexError, KeyError) as err:
         if note is not None:
             note(f"note: the saved {variant.name!r} discriminator does not fit input {shape} ({err}); training a "
@@ -232,12 +253,9 @@ def time_a_step(plan: RoundPlan) -> float:
     neurons, chains, real inputs and λ; the second step is timed (a burn-in step: D's updates are in it, so the
     estimate errs long). A fresh discriminator is used: the variant's warm one is left as it is."""
     variant = plan.variants[0]
-    kwargs = {k: v for k, v in plan.sampler_kwargs.items() if k not in ("progress", "burn_in", "disc_warmup")}
-    if kwargs.get("method", "langevin") != "ascent":
-        kwargs["burn_in"] = 1
-    res = sample(variant.network, plan.neurons, input_shape=plan.input_shape, chains=plan.chains, steps=2,
-                 real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,
-                 normalize=plan.normalize, seed=plan.seed, device=plan.device, disc_warmup=1, **kwargs)
+    burn_in = {} if plan.config.langevin.method == "ascent" else {"burn_in": 1}
+    cfg = plan.config.with_settings(steps=2, disc_warmup=1, **burn_in)
+    res = sample(variant.network, plan.neurons, input_shape=plan.input_shape, real_data=plan.real, config=cfg)
     return float(res.step_seconds)
 
 
@@ -262,18 +280,14 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
         each averaged variant's units and the other way round; the previous round's).
     """
     note = note or log.info
-    kwargs = {k: v for k, v in plan.sampler_kwargs.items() if k != "progress"}  # the argument wins
     out: Dict[str, SampleResult] = {}
     nets: Dict[str, nn.Module] = {}
     for variant in plan.variants:
         starts = {} if variant.init is None else {"init": variant.init, "continued": variant.continued}
         net = prepare_network(variant.network, variant.refresh_bn, plan.real, plan.normalize, note, variant.name)
         res = sample(
-            net, plan.neurons if neurons is None else neurons, input_shape=plan.input_shape, chains=plan.chains,
-            steps=plan.steps, real_data=plan.real, disc_weight=plan.disc_weight, value_range=plan.value_range,
-            normalize=plan.normalize, seed=plan.seed, device=plan.device,
-            discriminator=_discriminator(variant, plan, note),
-            **{**kwargs, **starts},
+            net, plan.neurons if neurons is None else neurons, input_shape=plan.input_shape, real_data=plan.real,
+            discriminator=_discriminator(variant, plan, note), config=plan.config, **starts,
             progress=progress.labelled(f"LDAM {variant.name}") if isinstance(progress, Progress) else progress)
         if plan.real is not None:  # the scale of lift and of the health counts: this variant's units on real inputs
             res.real_activations = unit_activations(net, res.neurons, plan.real[:REAL_FOR_METRICS],
