@@ -84,3 +84,35 @@ def test_sampling_runs_without_importing_lightning():
 def test_the_public_entry_points_stay_where_users_import_them():
     assert LDAMCallback is Defined is lightning_ldam.LDAMCallback
     assert lightning_ldam.sample.__module__ == "lightning_ldam.sampling.api"
+
+
+#: The longest a function may be (lines, its docstring not counted) and the most parameters it may take (``self``
+#: and ``cls`` not counted): a longer one is missing an object, not a cut.
+MAX_FUNCTION_LINES, MAX_PARAMETERS = 60, 8
+
+
+def _oversized(path: pathlib.Path, root: pathlib.Path = PACKAGE):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        first = node.body[0]
+        doc = (first.end_lineno - first.lineno + 1 if isinstance(first, ast.Expr)
+               and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str) else 0)
+        lines = node.end_lineno - node.lineno + 1 - doc
+        a = node.args
+        names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
+        params = len([n for n in names if n not in ("self", "cls")])
+        if lines > MAX_FUNCTION_LINES or params > MAX_PARAMETERS:
+            yield f"{path.relative_to(root)}:{node.lineno} {node.name}: {lines} lines, {params} parameters"
+
+
+def test_no_function_is_over_60_lines_or_takes_over_8_parameters():
+    found = [line for path in _modules() for line in _oversized(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_size_rule_catches_a_long_function(tmp_path):
+    long = tmp_path / "long.py"
+    long.write_text("def f(a, b, c, d, e, f, g, h, i):\n" + "    x = 1\n" * 61)
+    assert [line.split(": ", 1)[1] for line in _oversized(long, tmp_path)] == ["62 lines, 9 parameters"]

@@ -258,7 +258,7 @@ def test_sampler_arguments_are_validated_at_construction(kwargs, match):
 @pytest.mark.parametrize("normalize", [((0.5, 0.5, 0.5), 0.2), ([0.1, 0.2, 0.3], [0.2, 0.2, 0.2]),
                                        (0.5, 0.2)])
 def test_valid_normalize_specs_are_accepted(normalize):
-    assert LDAMCallback(NEURONS, normalize=normalize).settings.normalize == normalize
+    assert LDAMCallback(NEURONS, normalize=normalize).settings.data.normalize == normalize
 
 
 @pytest.mark.parametrize("normalize", [(0.5, (0.2, 0.2, 0.2)), ((0.5,), (0.2, 0.2, 0.2))],
@@ -268,7 +268,7 @@ def test_mixed_scalar_and_per_channel_normalize_is_accepted(normalize):
 
     mean, std = V.check_normalize(normalize, 3)  # valid for the sampler on 3-channel inputs
     assert mean.tolist() == [0.5] and std.tolist() == pytest.approx([0.2, 0.2, 0.2])
-    assert LDAMCallback(NEURONS, normalize=normalize).settings.normalize == normalize
+    assert LDAMCallback(NEURONS, normalize=normalize).settings.data.normalize == normalize
 
 
 def test_state_keys_are_distinct_per_configuration():

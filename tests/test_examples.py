@@ -66,7 +66,7 @@ def test_config_yaml_runs_through_lightning_cli(tmp_path):
     config["trainer"].update(max_epochs=1, limit_train_batches=3, limit_val_batches=1, accelerator="cpu",
                              enable_progress_bar=False)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "cli")
-    ldam_cfg["init_args"].update(chains=2, steps=4, sampler_kwargs={"disc_warmup": 2})
+    ldam_cfg["init_args"]["rounds"].update(chains=2, steps=4, sampler_kwargs={"disc_warmup": 2})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     cli = _load("mnist_cli").main(["fit", "--config", str(path)])

@@ -99,3 +99,25 @@ def test_the_cli_has_an_option_for_every_sampler_setting():
     spelled = {f.name for kind in SECTIONS.values() for f in dataclasses.fields(kind) if f.metadata["kind"] != "object"}
     assert spelled <= dests and {"chains", "seed", "value_range", "device"} <= dests
     assert set(_COMPARE_OWN) <= set(SamplerConfig.setting_names())
+
+
+def test_the_callback_takes_its_options_as_sections_or_by_name_alike():
+    from lightning_ldam.callback.settings import RoundConfig, ScheduleConfig
+
+    flat = ldam.LDAMCallback("fc:0", chains=4, every_n_train_steps=5, every_n_epochs=None)
+    typed = ldam.LDAMCallback("fc:0", rounds=RoundConfig(chains=4),
+                              schedule=ScheduleConfig(every_n_train_steps=5, every_n_epochs=None))
+    assert flat.settings == typed.settings and flat.state_key == typed.state_key
+    assert flat.settings.schedule.every_n_epochs == 0  # None means off: normalised once
+    assert flat._given == typed._given == {"neurons", "chains", "every_n_train_steps", "every_n_epochs"}
+    assert ldam.LDAMCallback("fc:0", chains=8)._given == {"neurons"}  # the default, given: nothing set
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(chain=4), r"^chain: not an LDAMCallback option; did you mean chains\?"),
+    (dict(method="mala"), r"^method: not an LDAMCallback option;.*\(sampler settings go in sampler_kwargs\)$"),
+    (dict(rounds={"chains": 4}), r"^rounds: expected a RoundConfig, got \{'chains': 4\}$"),
+])
+def test_an_unknown_callback_option_is_refused_with_a_close_match(kwargs, match):
+    with pytest.raises(LDAMArgumentError, match=match):
+        ldam.LDAMCallback("fc:0", **kwargs)

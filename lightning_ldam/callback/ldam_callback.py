@@ -11,11 +11,10 @@ the first-batch trial fails the run only for an argument the user set.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,12 +25,13 @@ from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
 
 from lightning_ldam.weights.ema import EMA
 from lightning_ldam.callback.budget import OverheadBudget
-from lightning_ldam.callback.settings import (AVERAGING, CallbackSettings, argument_given, check_on_first_batch,
-                                              check_on_setup, given_arguments)
+from lightning_ldam.callback.settings import (AVERAGING, CallbackSettings, DataConfig, OutputConfig, RoundConfig,
+                                              ScheduleConfig, WeightsConfig, argument_given, check_on_first_batch,
+                                              check_on_setup)
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.callback.round_size import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.callback.round_state import CallbackStats, FitState, RunState
-from lightning_ldam.sampling.inputs import InputKey, extract_input
+from lightning_ldam.sampling.inputs import extract_input
 from lightning_ldam.callback.interrupts import RoundInterrupted, sigterm_interrupts
 from lightning_ldam.callback.own_line import own_line
 from lightning_ldam.engine.persistent_chains import PersistentChains, continued_rows
@@ -76,29 +76,20 @@ class LDAMCallbackLogic:
         with own_line():
             self._rank_zero_warn(message)
 
-    def __init__(self, neurons: NeuronSpec, *, every_n_epochs: Optional[int] = 1,
-                 every_n_train_steps: Optional[int] = None, on_fit_end: bool = True,
-                 during_validation: bool = False, max_overhead: Optional[float] = 0.05, chains: int = 8,
-                 steps: Optional[int] = None, input_shape: Optional[Sequence[int]] = None,
-                 value_range: Optional[Tuple[float, float]] = None, normalize=None,
-                 disc_weight: Optional[float] = None, reservoir_size: int = 256, input_key: InputKey = None,
-                 module: Optional[str] = None, averaging: Optional[str] = "auto", ema_decay: float = 0.999,
-                 ema_every_n_steps: int = 1, ema_device: Optional[Union[str, torch.device]] = None,
-                 sample_device: Optional[Union[str, torch.device]] = None, seed: int = 0,
-                 upscale: Optional[int] = None, sampler_kwargs: Optional[Dict[str, Any]] = None, labels=None,
-                 layer_aliases: Optional[Dict[str, str]] = None, persistent: bool = True, redraw: float = 0.25):
-        args = dict(locals())
-        args.pop("self")
-        args.pop("__class__", None)
-        self.settings = CallbackSettings.check(**args)
-        # the arguments the user set: only these may be named by an error of the first-batch trial
-        self._given = given_arguments(args, inspect.signature(LDAMCallbackLogic.__init__))
-        self._reservoir = Reservoir(reservoir_size, seed=seed)
-        self._budget = None if max_overhead is None else OverheadBudget(float(max_overhead))
+    def __init__(self, neurons: NeuronSpec, *, schedule: Optional[ScheduleConfig] = None,
+                 data: Optional[DataConfig] = None, weights: Optional[WeightsConfig] = None,
+                 rounds: Optional[RoundConfig] = None, output: Optional[OutputConfig] = None, **options):
+        sections = dict(schedule=schedule, data=data, weights=weights, rounds=rounds, output=output)
+        self.settings = CallbackSettings.build(neurons, sections, options)
+        # the options the user set: only these may be named by an error of the first-batch trial
+        self._given = self.settings.given()
+        s = self.settings
+        self._reservoir = Reservoir(s.data.reservoir_size, seed=s.rounds.seed)
+        self._budget = None if s.schedule.max_overhead is None else OverheadBudget(s.schedule.max_overhead)
         self._ema: Optional[EMA] = None
         self._pending_ema_state: Optional[Dict[str, Any]] = None
         self._discs = WarmDiscriminators()
-        self._chains = PersistentChains(self.settings.redraw) if self.settings.persistent else None
+        self._chains = PersistentChains(self.settings.rounds.redraw) if self.settings.rounds.persistent else None
         self._report = RoundReporter(self._info, self._warn)
         self._run, self._fit = RunState(), FitState()
         self._averagers: list = []  # Lightning's averaging callbacks, found in setup
@@ -119,8 +110,8 @@ class LDAMCallbackLogic:
     def state_key(self) -> str:
         s = self.settings  # an identity only: the settings themselves are in the state (state_dict()["settings"])
         # key(): the same text in every process (a set of neurons iterates in an order set by the hash seed)
-        return self._generate_state_key(neurons=s.request.key(), module=s.module, seed=s.seed,
-                                        every_n_epochs=s.every_n_epochs, every_n_train_steps=s.every_n_train_steps)
+        return self._generate_state_key(neurons=s.request.key(), module=s.data.module, seed=s.rounds.seed,
+                                        every_n_epochs=s.schedule.every_n_epochs, every_n_train_steps=s.schedule.every_n_train_steps)
 
     def should_sample(self, global_step: Optional[int] = None, epoch: Optional[int] = None) -> bool:
         """Whether a round is due: after optimizer step ``global_step`` or at the end of epoch ``epoch``.
@@ -128,34 +119,34 @@ class LDAMCallbackLogic:
         Pure and overridable; the step hook passes ``global_step``, the epoch hook passes ``epoch``.
         """
         s = self.settings
-        if global_step is not None and s.every_n_train_steps:
-            return global_step > 0 and global_step % s.every_n_train_steps == 0
-        if epoch is not None and s.every_n_epochs:
-            return (epoch + 1) % s.every_n_epochs == 0
+        if global_step is not None and s.schedule.every_n_train_steps:
+            return global_step > 0 and global_step % s.schedule.every_n_train_steps == 0
+        if epoch is not None and s.schedule.every_n_epochs:
+            return (epoch + 1) % s.schedule.every_n_epochs == 0
         return False
 
     # ---- setup ---------------------------------------------------------------------------------------
     def network(self, pl_module: nn.Module) -> nn.Module:
         """The module LDAM runs: ``pl_module`` or its ``module`` submodule."""
-        if self.settings.module is None and _forward_is_lightnings(type(pl_module)):
+        if self.settings.data.module is None and _forward_is_lightnings(type(pl_module)):
             names = [n for n, _ in pl_module.named_children()]
             raise LDAMArgumentError("module", f"{type(pl_module).__name__} defines no forward(), so LDAM cannot run "
                                               f"it; pass module=<name of the network submodule> (children: {names})")
-        return submodule(pl_module, self.settings.module)
+        return submodule(pl_module, self.settings.data.module)
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        if stage != "fit" and not (stage == "validate" and self.settings.during_validation):
+        if stage != "fit" and not (stage == "validate" and self.settings.schedule.during_validation):
             return
         check_on_setup(type(trainer.strategy).__name__, self.network(pl_module), self.settings)
         self._averagers = [cb for cb in trainer.callbacks if is_averager(cb)] \
-            if self.settings.averaging == "auto" else []
+            if self.settings.weights.averaging == "auto" else []
         # trainer.log_dir broadcasts under DDP: read it here, where every rank runs, never in rank-0-only code.
         self._png_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "ldam")
         # Lightning's WeightAveraging copies the averaged weights into the model in its on_train_end: an
         # averager listed before this callback leaves no raw weights for the fit-end round.
         order = {id(cb): i for i, cb in enumerate(trainer.callbacks)}
         self._fit.raw_gone_at_end = any(order.get(id(cb), -1) < order.get(id(self), -1) for cb in self._averagers)
-        if self._fit.raw_gone_at_end and self.settings.on_fit_end:  # said here, where the order is known, not at fit end
+        if self._fit.raw_gone_at_end and self.settings.schedule.on_fit_end:  # said here, where the order is known, not at fit end
             first = next(cb for cb in self._averagers if order.get(id(cb), -1) < order.get(id(self), -1))
             self._report.once("order", averager=type(first).__name__)
 
@@ -164,9 +155,9 @@ class LDAMCallbackLogic:
             self._budget.start()
         self._fit = FitState(raw_gone_at_end=self._fit.raw_gone_at_end)  # setup, which found it, runs first
         s = self.settings
-        if (s.averaging == "ema" or (s.averaging == "auto" and not self._averagers)) and self._ema is None:
-            self._ema = EMA(self.network(pl_module), decay=s.ema_decay, every_n_steps=s.ema_every_n_steps,
-                            device=s.ema_device)
+        if (s.weights.averaging == "ema" or (s.weights.averaging == "auto" and not self._averagers)) and self._ema is None:
+            self._ema = EMA(self.network(pl_module), decay=s.weights.ema_decay, every_n_steps=s.weights.ema_every_n_steps,
+                            device=s.weights.ema_device)
             if self._pending_ema_state is not None:
                 self._ema.load_state_dict(self._pending_ema_state)
                 self._pending_ema_state = None
@@ -207,13 +198,13 @@ class LDAMCallbackLogic:
         # The fit-end round: on_train_end is the last hook where the module can still hold its raw weights.
         self._fit.at_train_end = True
         step = trainer.global_step
-        if self.settings.on_fit_end and (step != self._run.last_sampled_step or step == self._fit.last_skipped_step):
+        if self.settings.schedule.on_fit_end and (step != self._run.last_sampled_step or step == self._fit.last_skipped_step):
             self._round(trainer, pl_module, budgeted=False)
 
     def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         # Under trainer.validate() no training batch comes: the validation inputs feed the reservoir.
-        if not self.settings.during_validation or trainer.sanity_checking or _fitting(trainer):
+        if not self.settings.schedule.during_validation or trainer.sanity_checking or _fitting(trainer):
             return
         if self._collect(batch, first=not self._run.checked) and not self._run.checked:
             self._dry_run(pl_module)
@@ -221,7 +212,7 @@ class LDAMCallbackLogic:
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # on_validation_end, not on_validation_epoch_end: by now every WeightAveraging callback has swapped
         # the raw weights back into the module, whatever the callback order. Runs under no_grad/inference_mode.
-        if not self.settings.during_validation or trainer.sanity_checking:
+        if not self.settings.schedule.during_validation or trainer.sanity_checking:
             return
         if not _fitting(trainer) or trainer.global_step != self._run.last_sampled_step:
             self._round(trainer, pl_module)
@@ -232,7 +223,7 @@ class LDAMCallbackLogic:
         be read or stored is skipped and counted (``ldam/skipped_batches``), with one warning per cause; only on the
         first batch does an error about an argument the user set end the run (before any optimizer step)."""
         try:
-            if self._reservoir.add(extract_input(batch, self.settings.input_key)):
+            if self._reservoir.add(extract_input(batch, self.settings.data.input_key)):
                 self._report.once("nonfinite_inputs")
             return True
         except LDAMArgumentError as err:
@@ -263,14 +254,14 @@ class LDAMCallbackLogic:
         and the rounds are tried (a failed round is a warning too)."""
         s = self.settings
         seen = self._reservoir.input_shape() if len(self._reservoir) else None
-        if seen is None and (s.input_shape is None or s.value_range is None):
+        if seen is None and (s.data.input_shape is None or s.data.value_range is None):
             return  # every input held NaN/Inf: the next batch tries again
         try:
             net = snapshot(self.network(pl_module), self._device(pl_module))
             try:
                 check_on_first_batch(net, self._plan({"raw": net}), s, seen)
             except TargetNotReached as err:
-                if "init" in s.sampler_kwargs or seen is None:
+                if "init" in s.rounds.sampler_kwargs or seen is None:
                     raise
                 self._run.fallbacks["init"] = "data"
                 check_on_first_batch(net, self._plan({"raw": net}), s, seen)
@@ -289,7 +280,7 @@ class LDAMCallbackLogic:
         """Frozen copies to sample: ``raw`` and whichever averaged copies have been updated."""
         device, real = self._device(pl_module), self._real()
         sources = self._variant_sources(trainer, pl_module)
-        return {name: prepare_network(snapshot(module, device), refresh, real, self.settings.normalize)
+        return {name: prepare_network(snapshot(module, device), refresh, real, self.settings.data.normalize)
                 for name, (module, refresh, _) in sources.items()}
 
     def _variant_sources(self, trainer, pl_module) -> Dict[str, Source]:
@@ -304,18 +295,18 @@ class LDAMCallbackLogic:
         """The round's settings for these networks, each with its warm discriminator if it has one."""
         s = self.settings
         variants = [self._discs.variant(n, net) for n, net in nets.items()]
-        device = s.sample_device or (_model_device(variants[0].network) if variants else torch.device("cpu"))
-        shape = s.input_shape or self._reservoir.input_shape()
-        disc_weight = s.disc_weight
+        device = s.rounds.sample_device or (_model_device(variants[0].network) if variants else torch.device("cpu"))
+        shape = s.data.input_shape or self._reservoir.input_shape()
+        disc_weight = s.rounds.disc_weight
         if disc_weight is None and len(shape) != 3:  # D and the smoothness prior need images: λ = 0 on others
             disc_weight = 0.0
             self._report.once("not_images", shape=tuple(shape))
-        settings = {**s.sampler_kwargs, **self._run.fallbacks}
+        settings = {**s.rounds.sampler_kwargs, **self._run.fallbacks}
         progress = settings.pop("progress", None)
-        config = SamplerConfig().with_settings(**settings, chains=s.chains, seed=s.seed, device=device,
-                                               value_range=s.value_range or self._reservoir.value_range(),
-                                               normalize=s.normalize, disc_weight=disc_weight)
-        return plan_round(variants, s.neurons, input_shape=shape, real=self._real(), config=config, steps=s.steps,
+        config = SamplerConfig().with_settings(**settings, chains=s.rounds.chains, seed=s.rounds.seed, device=device,
+                                               value_range=s.data.value_range or self._reservoir.value_range(),
+                                               normalize=s.data.normalize, disc_weight=disc_weight)
+        return plan_round(variants, s.neurons, input_shape=shape, real=self._real(), config=config, steps=s.rounds.steps,
                           progress=progress)
 
     def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", budgeted: bool = True) -> None:
@@ -324,7 +315,7 @@ class LDAMCallbackLogic:
             return
         run, s = self._run, self.settings
         run.last_sampled_step = step = trainer.global_step
-        if len(self._reservoir) == 0 and (s.input_shape is None or s.value_range is None):
+        if len(self._reservoir) == 0 and (s.data.input_shape is None or s.data.value_range is None):
             self._report.once("empty")
             return
         started, plan, done = time.perf_counter(), None, False
@@ -384,7 +375,7 @@ class LDAMCallbackLogic:
         batches = getattr(trainer, "num_training_batches", float("inf"))
         bound = EPOCHS_BOUND * seconds / count * batches if count and batches not in (None, float("inf")) else None
         size = fit_round(per_step, plan.steps, plan.chains, len(plan.variants), bound,
-                         steps_given=self.settings.steps is not None, chains_given="chains" in self._given)
+                         steps_given=self.settings.rounds.steps is not None, chains_given="chains" in self._given)
         if size.message is not None:
             self._report.info(f"LDAMCallback: step {trainer.global_step}: this round would take {size.message}")
         return size
@@ -394,7 +385,7 @@ class LDAMCallbackLogic:
         size = self._fit.size
         if size is None:
             return plan
-        steps = min(plan.steps, size.steps) if self.settings.steps is None else plan.steps
+        steps = min(plan.steps, size.steps) if self.settings.rounds.steps is None else plan.steps
         chains = size.chains if "chains" not in self._given else plan.chains
         return plan.with_settings(steps=steps, chains=chains)
 
@@ -410,12 +401,12 @@ class LDAMCallbackLogic:
         held = continued_rows(plan.chains, self._chains.redraw, rounds)
         variants = []
         for variant in plan.variants:
-            init = self._chains.starts(variant.name, shape, rounds, self.settings.seed, plan.config.inputs.value_range,
+            init = self._chains.starts(variant.name, shape, rounds, self.settings.rounds.seed, plan.config.inputs.value_range,
                                        plan.config.chains.init, plan.real, (rank, world))
             variants.append(variant if init is None else dataclasses.replace(variant, init=init, continued=held))
         if all(v.init is None for v in variants):
             return plan, ""
-        plan = dataclasses.replace(plan, variants=variants).with_settings(seed=self.settings.seed + rounds)
+        plan = dataclasses.replace(plan, variants=variants).with_settings(seed=self.settings.rounds.seed + rounds)
         return plan, f", continuing the last round's chains ({int((~held).sum())} of {plan.chains} per neuron re-drawn)"
 
     def _fix_neurons(self, trainer: "pl.Trainer", plan: RoundPlan) -> NeuronSpec:
@@ -459,8 +450,8 @@ class LDAMCallbackLogic:
     # ---- logging -------------------------------------------------------------------------------------
     def _log(self, trainer: "pl.Trainer", results: Dict[str, SampleResult], seconds: float) -> None:
         s = self.settings
-        images, scalars = summarize(results, s.upscale, real=self._real(), previous=self._run.previous,
-                                    labels=s.labeller(), aliases=s.layer_aliases)
+        images, scalars = summarize(results, s.output.upscale, real=self._real(), previous=self._run.previous,
+                                    labels=s.labeller(), aliases=s.output.layer_aliases)
         scalars.update(self._counts())
         # how many updates or snapshots each averaged variant holds (an average of 2 is not one of 200)
         scalars.update({f"ldam/{name}/averaged": float(count)
@@ -506,7 +497,7 @@ class LDAMCallbackLogic:
         return self._reservoir.images if len(self._reservoir) else None
 
     def _device(self, pl_module: nn.Module) -> torch.device:
-        return self.settings.sample_device or _model_device(pl_module)
+        return self.settings.rounds.sample_device or _model_device(pl_module)
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -556,48 +547,32 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
             ``["conv1:0-3", "fc:all"]``, ``"fc:top8"`` or, with per-layer settings,
             ``{"conv1": {"units": "top4", "disc_weight": 0.0}}`` (see :mod:`lightning_ldam.sampling.targets`). Rules are
             resolved at the first round (on the raw weights and the reservoir) and fixed from then on.
-        every_n_epochs: sample at the end of every n-th training epoch (``None``/0: off).
-        every_n_train_steps: sample every n optimizer steps (``None``/0: off).
-        on_fit_end: also sample once when ``fit`` ends (default ``True``; this round always runs).
-        during_validation: also sample at the end of every validation run (the validation inside ``fit``,
-            and ``trainer.validate``, whose batches then feed the reservoir); runs under Lightning's
-            no_grad/inference_mode, nothing to configure.
-        max_overhead: keep sampling under this share of the training wall time (default ``0.05``): a due
-            round whose estimated cost would take sampling above it is skipped (counted in
-            ``ldam/skipped_rounds``). The first due round of every fit always runs, so its cost is measured
-            (the estimate of later rounds); ``on_fit_end``'s round always runs too. ``None``: every due round
-            runs, whatever it costs.
-        chains: chains per neuron.
-        steps: Langevin steps per round (default: the sampler's 512 while a discriminator is fresh, 256 once
-            every variant's discriminator is warm from earlier rounds: the same quality, half the cost).
-        input_shape: per-sample input shape; default: inferred from the training batches.
-        value_range: the input box; default: inferred from the training batches.
-        normalize: ``(mean, std)`` if the network expects normalised inputs of pixel-space data.
-        disc_weight: λ; default: the sampler's default with real data.
-        reservoir_size: real training inputs kept for the discriminator.
-        input_key: how to read inputs from a batch (int index, str key, callable); default understands
-            tensors, tuples/lists (first element) and dicts with "image"/"input"/"x".
-        module: attribute path of the submodule to run (e.g. ``"net"``); default: the LightningModule.
-        averaging: ``"auto"``: Lightning's ``WeightAveraging``/``EMAWeightAveraging``/
-            ``StochasticWeightAveraging`` if the trainer has one, else an own EMA; ``"ema"``: always the own
-            EMA; ``None``: raw weights only.
-        ema_decay: decay of the own EMA.
-        ema_every_n_steps: update the own EMA every n optimizer steps.
-        ema_device: keep the own EMA here (e.g. ``"cpu"``); default: the model's device.
-        sample_device: where to sample; default: the module's device.
-        seed: seed of every round (all variants start from the same chains and draw the same noise).
-        upscale: nearest-neighbour factor for logged images (default: tiles at least 56 px high).
-        sampler_kwargs: any other :func:`lightning_ldam.sample` keyword.
-        labels: row labels of the logged sheets: ``{layer path: [name of unit 0, ...]}`` or a callable
-            ``(layer, index) -> str``.
-        layer_aliases: ``{layer path: name}`` used in the tags instead of the path (e.g. ``"logits"``).
-        persistent: each variant's chains continue from round to round (kept in the checkpoint); ``False``: every
-            round starts afresh from the sampler's starts.
-        redraw: share of each variant's chains restarted every round (in turn; the same rows and starts for every
-            variant), so new modes keep being found (see :mod:`lightning_ldam.engine.persistent_chains`).
+        schedule, data, weights, rounds, output: the options as typed sections
+            (:class:`~lightning_ldam.callback.settings.ScheduleConfig`, ``DataConfig``, ``WeightsConfig``,
+            ``RoundConfig``, ``OutputConfig``); absent ones take every default.
+        **options: any option by name, over the sections:
 
-    The checked arguments are ``cb.settings`` (a :class:`~lightning_ldam.callback.settings.CallbackSettings`);
-    :meth:`on_round_end` is a hook for subclasses that want each round's results.
+            - when: ``every_n_epochs`` (1; ``None``/0: off), ``every_n_train_steps`` (off), ``on_fit_end`` (``True``:
+              one round when fit ends, always run), ``during_validation`` (also at the end of every validation run),
+              ``max_overhead`` (0.05: a due round that would take sampling above this share of the training time is
+              skipped and counted in ``ldam/skipped_rounds``; the first round of a fit and the fit-end round always
+              run; ``None``: every due round runs);
+            - data: ``input_shape`` and ``value_range`` (default: from the training batches), ``normalize``
+              (``(mean, std)`` when the network expects normalised inputs of pixel-space data), ``input_key`` (an int,
+              a str or a callable that reads the inputs from a batch), ``reservoir_size`` (256 real inputs kept),
+              ``module`` (the submodule to run, e.g. ``"net"``);
+            - weights: ``averaging`` (``"auto"``: Lightning's ``WeightAveraging``/``EMAWeightAveraging``/
+              ``StochasticWeightAveraging`` if the trainer has one, else an own EMA; ``"ema"``; ``None``: raw only),
+              ``ema_decay`` (0.999), ``ema_every_n_steps`` (1), ``ema_device``;
+            - rounds: ``chains`` (8), ``steps`` (the sampler's while a discriminator is fresh, 256 once every
+              variant's is warm), ``disc_weight`` (λ), ``seed`` (every variant shares its starts and noise),
+              ``sample_device``, ``persistent`` (chains continue from round to round), ``redraw`` (0.25 of them
+              restarted every round), ``sampler_kwargs`` (any other :func:`lightning_ldam.sample` setting);
+            - output: ``upscale`` (tiles at least 56 px high by default), ``labels`` (``{layer: [names]}`` or a
+              callable ``(layer, index) -> str``), ``layer_aliases`` (``{layer: name}`` used in the tags).
+
+    The checked options are ``cb.settings`` (a :class:`~lightning_ldam.callback.settings.CallbackSettings`); what the
+    callback has done is ``cb.stats``; :meth:`on_round_end` is a hook for subclasses that want each round's results.
 
     Example::
 

@@ -9,23 +9,24 @@ when it names an argument the user set (:func:`argument_given`); the callback me
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
 from lightning_ldam import _validation as V
-from lightning_ldam.sampling.config import INITS, SamplerConfig
+from lightning_ldam.sampling.config import INITS, ChainsConfig, SamplerConfig
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.report.labels import check_labels, labeller_of
 from lightning_ldam.sampling.progress import Progress
 from lightning_ldam.engine.rounds import RoundPlan, resolve_targets
 from lightning_ldam.sampling.targets import NeuronRequest, NeuronSpec, canonical_path, find_layer, parse_neurons
 
-__all__ = ["CallbackSettings", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup", "check_on_first_batch",
-           "given_arguments", "argument_given", "check_pixel_space"]
+__all__ = ["CallbackSettings", "ScheduleConfig", "DataConfig", "WeightsConfig", "RoundConfig", "OutputConfig",
+           "CALLBACK_SECTIONS", "OPTION_SECTIONS", "SAMPLER_EXTRA_KWARGS", "AVERAGING", "check_on_setup",
+           "check_on_first_batch", "argument_given", "check_pixel_space"]
 
 #: Sampler settings the callback sets itself: its own arguments of those names (``sample_device`` is ``device``),
 #: and the chains it continues from round to round.
@@ -39,73 +40,142 @@ SAMPLER_EXTRA_KWARGS = frozenset(SamplerConfig.setting_names()) - CALLBACK_OWN_S
 AVERAGING = ("auto", "ema", None)
 
 
+def _option(default, help: str):
+    """A callback option: its default (written here once) and the help the docs show."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """When rounds run."""
+
+    every_n_epochs: Optional[int] = _option(1, "sample at the end of every n-th training epoch (None/0: off)")
+    every_n_train_steps: Optional[int] = _option(None, "sample every n optimizer steps (None/0: off)")
+    on_fit_end: bool = _option(True, "also sample once when fit ends (this round always runs)")
+    during_validation: bool = _option(False, "also sample at the end of every validation run (trainer.validate's "
+                                             "batches then feed the reservoir)")
+    max_overhead: Optional[float] = _option(0.05, "keep sampling under this share of the training wall time "
+                                                  "(None: every due round runs)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the network is and what it takes, and the real inputs kept."""
+
+    input_shape: Optional[Tuple[int, ...]] = _option(None, "per-sample input shape (default: from the batches)")
+    value_range: Optional[Tuple[float, float]] = _option(None, "the input box (default: from the batches)")
+    normalize: Any = _option(None, "(mean, std) if the network expects normalised inputs of pixel-space data")
+    input_key: Any = _option(None, "how to read inputs from a batch: an int index, a str key or a callable")
+    reservoir_size: int = _option(256, "real training inputs kept for the discriminator")
+    module: Optional[str] = _option(None, "attribute path of the submodule to run (default: the LightningModule)")
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Which weight variants are sampled besides the raw ones."""
+
+    averaging: Optional[str] = _option("auto", "auto: Lightning's averagers if the trainer has one, else an own EMA; "
+                                                "ema: always the own EMA; None: raw weights only")
+    ema_decay: float = _option(0.999, "decay of the own EMA")
+    ema_every_n_steps: int = _option(1, "update the own EMA every n optimizer steps")
+    ema_device: Optional[torch.device] = _option(None, "keep the own EMA here (default: the model's device)")
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """What one round samples."""
+
+    chains: int = _option(ChainsConfig.chains, "chains per neuron")
+    steps: Optional[int] = _option(None, "steps per round (default: the sampler's while a discriminator is fresh, "
+                                         "fewer once every variant's is warm)")
+    disc_weight: Optional[float] = _option(None, "lambda (default: the sampler's with real data)")
+    seed: int = _option(ChainsConfig.seed, "seed of every round (all variants share their starts and noise)")
+    sample_device: Optional[torch.device] = _option(None, "where to sample (default: the module's device)")
+    persistent: bool = _option(True, "each variant's chains continue from round to round")
+    redraw: float = _option(0.25, "share of each variant's chains restarted every round")
+    sampler_kwargs: Dict[str, Any] = _option(None, "any other lightning_ldam.sample setting, by name")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How rounds are shown."""
+
+    upscale: Optional[int] = _option(None, "nearest-neighbour factor for logged images (default: tiles >= 56 px)")
+    labels: Any = _option(None, "row labels: {layer path: [name of unit 0, ...]} or a callable (layer, index) -> str")
+    layer_aliases: Optional[Dict[str, str]] = _option(None, "{layer path: name} used in the tags instead of the path")
+
+
+#: The sections of :class:`CallbackSettings`, by attribute.
+CALLBACK_SECTIONS = {"schedule": ScheduleConfig, "data": DataConfig, "weights": WeightsConfig, "rounds": RoundConfig,
+                     "output": OutputConfig}
+#: Every option name and its section.
+OPTION_SECTIONS = {f.name: name for name, kind in CALLBACK_SECTIONS.items() for f in dataclasses.fields(kind)}
+
+
 @dataclass(frozen=True)
 class CallbackSettings:
-    """The callback's arguments after checking (see :class:`~lightning_ldam.callback.LDAMCallback`)."""
+    """The callback's arguments, checked when built (see :class:`~lightning_ldam.callback.LDAMCallback`): the
+    neurons and five sections of options. Every error names the option (:class:`~lightning_ldam.errors.LDAMArgumentError`).
+
+    Example::
+
+        >>> s = CallbackSettings.build("fc:all", {}, {"chains": 4, "every_n_epochs": 2})
+        >>> s.rounds.chains, s.schedule.every_n_epochs, s.schedule.every_n_train_steps
+        (4, 2, 0)
+    """
 
     neurons: NeuronSpec
-    every_n_epochs: int = 1
-    every_n_train_steps: int = 0
-    on_fit_end: bool = True
-    during_validation: bool = False
-    max_overhead: Optional[float] = 0.05
-    chains: int = 8
-    steps: Optional[int] = None
-    input_shape: Optional[Tuple[int, ...]] = None
-    value_range: Optional[Tuple[float, float]] = None
-    normalize: Any = None
-    disc_weight: Optional[float] = None
-    reservoir_size: int = 256
-    input_key: Any = None
-    module: Optional[str] = None
-    averaging: Optional[str] = "auto"
-    ema_decay: float = 0.999
-    ema_every_n_steps: int = 1
-    ema_device: Optional[torch.device] = None
-    sample_device: Optional[torch.device] = None
-    seed: int = 0
-    upscale: Optional[int] = None
-    sampler_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    labels: Any = None
-    layer_aliases: Optional[Dict[str, str]] = None
-    persistent: bool = True
-    redraw: float = 0.25
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    weights: WeightsConfig = dataclasses.field(default_factory=WeightsConfig)
+    rounds: RoundConfig = dataclasses.field(default_factory=RoundConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        for name, kind in CALLBACK_SECTIONS.items():
+            if not isinstance(getattr(self, name), kind):
+                raise LDAMArgumentError(name, f"expected a {kind.__name__}, got {V.shown(getattr(self, name))}")
+        parse_neurons(self.neurons)
+        checked = _checked(self.options())
+        for name, kind in CALLBACK_SECTIONS.items():
+            object.__setattr__(self, name, kind(**{f.name: checked[f.name] for f in dataclasses.fields(kind)}))
 
     @classmethod
-    def check(cls, **kwargs) -> "CallbackSettings":
-        """Check every argument (errors name it: :class:`~lightning_ldam.errors.LDAMArgumentError`)."""
-        s = dict(kwargs)
-        parse_neurons(s["neurons"])
-        _check_schedule(s)
-        for name in ("chains", "reservoir_size", "ema_every_n_steps"):
-            V.check_positive(name, s[name], integer=True)
-        for name in ("steps", "upscale"):
-            if s[name] is not None:
-                V.check_positive(name, s[name], integer=True)
-        for name in ("max_overhead", "disc_weight"):
-            if s[name] is not None:
-                V.check_positive(name, s[name], allow_zero=name == "disc_weight")
-        if s["input_shape"] is not None:
-            s["input_shape"] = V.check_input_shape(s["input_shape"])
-        if s["value_range"] is not None:
-            s["value_range"] = V.check_value_range(s["value_range"])
-        V.check_choice("averaging", s["averaging"], AVERAGING)
-        s["ema_decay"] = V.check_decay("ema_decay", s["ema_decay"])
-        _check_plain(s)
-        if s["normalize"] is not None:
-            shape = s["input_shape"]
-            V.check_normalize(s["normalize"], shape[0] if shape else V.normalize_channels(s["normalize"]))
-        for name in ("ema_device", "sample_device"):
-            s[name] = V.check_device(name, s[name], resolve_index=False)
-        s["sampler_kwargs"] = check_sampler_kwargs(s["sampler_kwargs"], s["steps"], s["disc_weight"])
-        check_labels(s["labels"], s["layer_aliases"])
-        for name in ("labels", "layer_aliases"):  # keys as the results name layers (no module./_orig_mod.)
-            if isinstance(s[name], dict):
-                s[name] = {canonical_path(k): v for k, v in s[name].items()}
-        s["every_n_epochs"], s["every_n_train_steps"] = s["every_n_epochs"] or 0, s["every_n_train_steps"] or 0
-        s["max_overhead"] = None if s["max_overhead"] is None else float(s["max_overhead"])
-        s["redraw"] = V.check_fraction("redraw", s["redraw"])
-        return cls(**s)
+    def build(cls, neurons: NeuronSpec, sections: Dict[str, Any], options: Dict[str, Any]) -> "CallbackSettings":
+        """The settings from ``sections`` (``{"rounds": RoundConfig(...)}``, absent ones default) with ``options``
+        (flat option names) over them; an unknown name is refused with a close match."""
+        for name in options:
+            if name not in OPTION_SECTIONS:
+                close = difflib.get_close_matches(name, OPTION_SECTIONS, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise LDAMArgumentError(name, f"not an LDAMCallback option; {hint}accepted: {sorted(OPTION_SECTIONS)} "
+                                              f"(sampler settings go in sampler_kwargs)")
+        parts = {}
+        for name, kind in CALLBACK_SECTIONS.items():
+            base = sections.get(name) or kind()
+            if not isinstance(base, kind):
+                raise LDAMArgumentError(name, f"expected a {kind.__name__}, got {V.shown(base)}")
+            own = {k: v for k, v in options.items() if OPTION_SECTIONS[k] == name}
+            parts[name] = dataclasses.replace(base, **own) if own else base
+        return cls(neurons, **parts)
+
+    def options(self) -> Dict[str, Any]:
+        """Every option by its flat name (as the checkpoint state and the messages name them)."""
+        return {f.name: getattr(getattr(self, name), f.name)
+                for name, kind in CALLBACK_SECTIONS.items() for f in dataclasses.fields(kind)}
+
+    def given(self) -> frozenset:
+        """The options that differ from their defaults (what the user set, whichever way), and ``neurons``."""
+        defaults = CallbackSettings(self.neurons).options()
+        out = {"neurons"}
+        for name, value in self.options().items():
+            try:
+                same = value is defaults[name] or (type(value) is type(defaults[name]) and bool(value == defaults[name]))
+            except Exception:  # a tensor or an object without a plain ==: set by the user
+                same = False
+            if not same:
+                out.add(name)
+        return frozenset(out)
 
     @functools.cached_property
     def request(self) -> NeuronRequest:
@@ -114,7 +184,7 @@ class CallbackSettings:
 
     def labeller(self) -> Optional[Callable[[str, int], Optional[str]]]:
         """``labels`` as a function ``(layer, index) -> label or None``."""
-        return labeller_of(self.labels)
+        return labeller_of(self.output.labels)
 
     def as_state(self) -> Dict[str, Any]:
         """Plain values for the checkpoint (what ``lightning-ldam compare`` reads back): no tensors, no callables."""
@@ -131,10 +201,47 @@ class CallbackSettings:
                 return list(value)
             return repr(value)
 
-        out = {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        out["normalize"] = None if self.normalize is None else \
-            [torch.as_tensor(t, dtype=torch.float32).flatten().tolist() for t in self.normalize]
+        options = self.options()
+        out = {"neurons": plain(self.neurons), **{k: plain(v) for k, v in options.items()}}
+        normalize = options["normalize"]
+        out["normalize"] = None if normalize is None else \
+            [torch.as_tensor(t, dtype=torch.float32).flatten().tolist() for t in normalize]
         return out
+
+
+def _checked(options: Dict[str, Any]) -> Dict[str, Any]:
+    """Every option checked (errors name it), normalised: devices, labels' layer paths, schedules' 0 for off."""
+    s = dict(options)
+    _check_schedule(s)
+    for name in ("chains", "reservoir_size", "ema_every_n_steps"):
+        V.check_positive(name, s[name], integer=True)
+    for name in ("steps", "upscale"):
+        if s[name] is not None:
+            V.check_positive(name, s[name], integer=True)
+    for name in ("max_overhead", "disc_weight"):
+        if s[name] is not None:
+            V.check_positive(name, s[name], allow_zero=name == "disc_weight")
+    if s["input_shape"] is not None:
+        s["input_shape"] = V.check_input_shape(s["input_shape"])
+    if s["value_range"] is not None:
+        s["value_range"] = V.check_value_range(s["value_range"])
+    V.check_choice("averaging", s["averaging"], AVERAGING)
+    s["ema_decay"] = V.check_decay("ema_decay", s["ema_decay"])
+    _check_plain(s)
+    if s["normalize"] is not None:
+        shape = s["input_shape"]
+        V.check_normalize(s["normalize"], shape[0] if shape else V.normalize_channels(s["normalize"]))
+    for name in ("ema_device", "sample_device"):
+        s[name] = V.check_device(name, s[name], resolve_index=False)
+    s["sampler_kwargs"] = check_sampler_kwargs(s["sampler_kwargs"], s["steps"], s["disc_weight"])
+    check_labels(s["labels"], s["layer_aliases"])
+    for name in ("labels", "layer_aliases"):  # keys as the results name layers (no module./_orig_mod.)
+        if isinstance(s[name], dict):
+            s[name] = {canonical_path(k): v for k, v in s[name].items()}
+    s["every_n_epochs"], s["every_n_train_steps"] = s["every_n_epochs"] or 0, s["every_n_train_steps"] or 0
+    s["max_overhead"] = None if s["max_overhead"] is None else float(s["max_overhead"])
+    s["redraw"] = V.check_fraction("redraw", s["redraw"])
+    return s
 
 
 def _check_schedule(s: Dict[str, Any]) -> None:
@@ -197,13 +304,13 @@ def check_on_first_batch(network, plan: RoundPlan, settings: CallbackSettings, s
     dry run of the round's sampler settings on this network and these real inputs (neuron paths and indices,
     ``normalize``'s channels, the value box, the sampler keywords). Returns the resolved ``(layer, index)`` pairs.
     """
-    given = settings.input_shape
+    given = settings.data.input_shape
     if given is not None and seen_shape is not None and tuple(seen_shape) != tuple(given):
         raise LDAMArgumentError("input_shape", f"{tuple(given)} does not match the training batches' per-sample "
                                                f"shape {tuple(seen_shape)} (read with input_key="
-                                               f"{V.shown(settings.input_key)}); drop input_shape to infer it")
-    if settings.normalize is not None and plan.real is not None:
-        check_pixel_space(plan.real, settings.normalize)
+                                               f"{V.shown(settings.data.input_key)}); drop input_shape to infer it")
+    if settings.data.normalize is not None and plan.real is not None:
+        check_pixel_space(plan.real, settings.data.normalize)
     try:
         return resolve_targets(network, plan, dry_run=True)
     except LDAMArgumentError as err:
@@ -234,30 +341,13 @@ def check_pixel_space(real: torch.Tensor, normalize) -> None:
                                              f"space")
 
 
-def given_arguments(args: Dict[str, Any], signature: inspect.Signature) -> frozenset:
-    """The names in ``args`` whose value is not the parameter's default in ``signature`` (what the user set)."""
-    given = set()
-    for name, value in args.items():
-        param = signature.parameters.get(name)
-        if param is None or param.default is inspect.Parameter.empty:
-            given.add(name)
-            continue
-        try:
-            same = value is param.default or (type(value) is type(param.default) and bool(value == param.default))
-        except Exception:  # a tensor or an object without a plain ==: set by the user
-            same = False
-        if not same:
-            given.add(name)
-    return frozenset(given)
-
-
 def argument_given(argument: str, given: frozenset, settings: "CallbackSettings") -> bool:
     """Whether an error naming ``argument`` (``"sampler_kwargs['init']"``, ``"input_shape"``) is about a value the
     user set: only such an error may end the run. The others name what the callback inferred or defaulted."""
     root = argument.split("[", 1)[0]
     if root == "sampler_kwargs" and "[" in argument:
         key = argument[len("sampler_kwargs["):].rstrip("]").strip("'\"")
-        return key in settings.sampler_kwargs
+        return key in settings.rounds.sampler_kwargs
     return root in given
 
 
@@ -270,7 +360,7 @@ def check_on_setup(strategy: str, network, settings: "CallbackSettings") -> None
                                             f"checkpoint")
     sampled = list(dict.fromkeys(find_layer(network, layer)[0] for layer, _ in settings.request.pairs()))
     aliases = {}
-    for argument, mapping in (("labels", settings.labels), ("layer_aliases", settings.layer_aliases)):
+    for argument, mapping in (("labels", settings.output.labels), ("layer_aliases", settings.output.layer_aliases)):
         if not isinstance(mapping, dict):
             continue  # a callable labeller, or none
         for layer, value in mapping.items():
@@ -286,5 +376,5 @@ def check_on_setup(strategy: str, network, settings: "CallbackSettings") -> None
         if name in names:
             raise LDAMArgumentError("layer_aliases", f"layers {names[name]!r} and {path!r} would both write the tags "
                                                      f"ldam/<variant>/{name}; expected a tag name that no other "
-                                                     f"sampled layer has, got {settings.layer_aliases!r}")
+                                                     f"sampled layer has, got {settings.output.layer_aliases!r}")
         names[name] = path

@@ -340,12 +340,22 @@ def _score_texts(scores, n: int, v: int) -> Optional[List[List[str]]]:
             for row in scores]
 
 
+class _GroupTexts(NamedTuple):
+    """The words of one neuron's lines on a comparison sheet."""
+
+    label: Optional[str]  # the neuron's row label
+    names: Optional[List[str]]  # each line's variant name
+    label_w: int  # the label column's width
+    scores: Optional[List[str]] = None  # each line's scores
+    score_slot: Tuple[int, int] = (0, 0)  # the scores' column: x and width
+
+
 def _paint_group(sheet: _Sheet, cols: _Columns, y: int, tiles: Sequence[Optional[torch.Tensor]],
-                 label: Optional[str], names: Optional[List[str]], label_w: int,
-                 scores: Optional[List[str]] = None, score_slot: Tuple[int, int] = (0, 0)) -> None:
+                 texts: _GroupTexts) -> None:
     """One neuron's lines from ``y`` down: the label, each line's name, the chains, means, differences and
     scores."""
     chains, means, diffs = tiles
+    label, names, label_w, scores, score_slot = texts
     h = chains.shape[-2]
     for v, text in enumerate(scores or []):
         sheet.text(score_slot[0], y + v * (h + _PAD), score_slot[1], h + 2 * _PAD, text, center=True)
@@ -492,7 +502,8 @@ def _compare_sheet(variants: List[torch.Tensor], value_range: Tuple[float, float
         for k, line in enumerate(lines):
             sheet.text(x, _TEXT_PAD // 2 + k * type_.line, width, type_.line, line, center=True)
     for i in range(n):
+        texts = _GroupTexts(None if labels is None else labels[i], names, type_.margin(labels),
+                            None if score_texts is None else score_texts[i], score_slot)
         _paint_group(sheet, cols, top + i * (group + _GAP), [chains[i], means[i], None if diffs is None else diffs[i]],
-                     None if labels is None else labels[i], names, type_.margin(labels),
-                     None if score_texts is None else score_texts[i], score_slot)
+                     texts)
     return sheet.render()
