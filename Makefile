@@ -23,6 +23,7 @@ demo: $(VENV)/.installed
 	$(PY) examples/mnist.py --logdir runs/demo
 
 test: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 quality: $(VENV)/.installed

@@ -50,10 +50,10 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging  # noqa: E402
-
-from lightning_ldam import LDAMCallback  # noqa: E402
 from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
 from readme_tables import write_section  # noqa: E402
+
+from lightning_ldam import LDAMCallback  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(HERE, "README.md")

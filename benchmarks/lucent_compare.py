@@ -29,11 +29,12 @@ from typing import Dict
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lightning_ldam as ldam  # noqa: E402
-from lightning_ldam.report.metrics import diversity, lift, realism  # noqa: E402
-from lightning_ldam.sampling.activations import unit_activations  # noqa: E402
 import quality  # noqa: E402
 from readme_tables import write_section  # noqa: E402
+
+from lightning_ldam.report.metrics import diversity, lift, realism  # noqa: E402
+from lightning_ldam.sampling.activations import unit_activations  # noqa: E402
+from lightning_ldam.sampling.config import DEFAULT_DISC_WEIGHT  # noqa: E402
 
 #: lucent's defaults for ``render_vis``: 512 Adam steps at 0.05.
 LUCENT_STEPS = 512
@@ -137,7 +138,7 @@ def main(argv=None):
     n_classes = bench.target_classes
     classes = list(range(n_classes if args.classes is None else min(args.classes, n_classes)))
     extra = {kv.partition("=")[0]: quality.type_guess(kv.partition("=")[2]) for kv in args.set or []}
-    lam = ldam.DEFAULT_DISC_WEIGHT
+    lam = DEFAULT_DISC_WEIGHT
     ns = argparse.Namespace(chains=args.chains, warm_d=False)
     res, secs = quality.sample(bench, {bench.logits: classes}, lam, ns, extra)
     ldam_images = res.images

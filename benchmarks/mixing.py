@@ -13,8 +13,9 @@ any ``--set`` keywords. Printed per run, as one Markdown row:
 chains forget their start (compare diversity and activation ratio with the ``--init noise`` row).
 
 ``--rounds N`` runs N calls on the same network as the callback's rounds run them with persistent chains
-(``lightning_ldam.engine.persistent_chains.PersistentChains``, ``--redraw`` of the chains re-drawn each round, seed + round) and
-prints a row per round: how far a continued chain moves in a round (L2 from its start over the mean L2 between
+(``lightning_ldam.engine.persistent_chains.PersistentChains``, ``--redraw`` of the chains re-drawn each round, seed +
+round) and prints a row per round: how far a continued chain moves in a round (L2 from its start over the mean L2
+between
 two of the neuron's chains, median over neurons: 0 = not at all, ≈ 1 = as far as chains are apart) and the mixing
 measures.
 
@@ -33,8 +34,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lightning_ldam as ldam  # noqa: E402
 import quality as Q  # noqa: E402
+
+import lightning_ldam as ldam  # noqa: E402
 from lightning_ldam.engine.persistent_chains import PersistentChains, continued_rows, redrawn_rows  # noqa: E402
 
 

@@ -30,11 +30,12 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 import lightning.pytorch as pl  # noqa: E402
+from mnist_models import TargetCNN  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from lightning_ldam import EMA, LDAMCallback  # noqa: E402
+from lightning_ldam import LDAMCallback  # noqa: E402
 from lightning_ldam.callback.reservoir import Reservoir  # noqa: E402
-from mnist_models import TargetCNN  # noqa: E402
+from lightning_ldam.weights.ema import EMA  # noqa: E402
 
 
 def fit_seconds(config: str, ldam_kwargs: Optional[dict], epochs: int, accelerator: str, cifar_images: int):
@@ -45,8 +46,8 @@ def fit_seconds(config: str, ldam_kwargs: Optional[dict], epochs: int, accelerat
         module, data, neurons, extra = MNISTClassifier(), MNISTDataModule(), NEURONS, []
         loaders = {"datamodule": data}
     else:
-        from lightning.pytorch.callbacks import EMAWeightAveraging
         from cifar10 import NEURONS, CIFARClassifier, datasets
+        from lightning.pytorch.callbacks import EMAWeightAveraging
         module, neurons = CIFARClassifier(epochs=epochs), NEURONS
         train, _ = datasets(True, "data", fake_size=cifar_images)
         loaders = {"train_dataloaders": DataLoader(train, batch_size=128, shuffle=True, num_workers=4)}
@@ -120,7 +121,7 @@ def main(argv=None):
     for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
         base, _ = fit_seconds(config, None, args.epochs, accelerator, args.cifar_images)
         capped, cb = fit_seconds(config, dict(settings), args.epochs, accelerator, args.cifar_images)
-        pct = lambda t: 100 * (t - base) / base  # noqa: E731
+        pct = lambda t, base=base: 100 * (t - base) / base  # noqa: E731
         every_cells = "— | — | —"
         if not args.no_every_round:
             full, every = fit_seconds(config, dict(settings, max_overhead=None), args.epochs, accelerator,

@@ -45,8 +45,9 @@ Metrics (lightning_ldam.report.metrics, all against the held-out images):
 Run: ``python benchmarks/quality.py [--case CASE]`` (prints a Markdown table; ``--write`` puts it into
 benchmarks/README.md between the case's markers: QUALITY, QUALITY_LAYERS, QUALITY_RGB, QUALITY_RGB_LAYERS,
 QUALITY_PHOTO32, QUALITY_PHOTO64, QUALITY_PHOTO32_GRAY, QUALITY_SHAPES, QUALITY_RESNET128). ``--case all`` runs
-every case in turn and prints the suite's wall time; ``--quick`` sizes a run for 2 CPU cores (8 chains, the default λ only, half the
-training epochs, 256 steps of which 128 burn-in; explicit options win); ``--cache DIR`` reuses networks trained by an
+every case in turn and prints the suite's wall time; ``--quick`` sizes a run for 2 CPU cores (8 chains, the default λ
+only, half the training epochs, 256 steps of which 128 burn-in; explicit options win); ``--cache DIR`` reuses networks
+trained by an
 earlier run with the same case, seed and epochs. ``--seeds 0,1,2`` repeats a class-logit case on new data splits,
 networks and sampling seeds: a row per seed and each λ's mean (markers ``<CASE>_SEEDS``, QUALITY_SEEDS and
 QUALITY_RGB_SEEDS for MNIST and RGB, with ``--write``). ``--resample N`` samples each of those networks N times, with
@@ -73,11 +74,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
+from readme_tables import write_section  # noqa: E402
+
 import lightning_ldam as ldam  # noqa: E402
 from lightning_ldam.report.metrics import diversity, lift, nearest_real, realism  # noqa: E402
 from lightning_ldam.sampling.activations import unit_activations  # noqa: E402
-from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
-from readme_tables import write_section  # noqa: E402
+from lightning_ldam.sampling.config import DEFAULT_DISC_WEIGHT  # noqa: E402
+from lightning_ldam.sampling.targets import LayerInfo  # noqa: E402
 
 #: case -> (README marker, section heading used when the marker is not in the README yet)
 CASES = {
@@ -218,7 +222,7 @@ def build_rgb(seed: int, epochs: int, with_judge: bool, data: Optional[Dict[str,
     return bench
 
 
-def pick_layers(model: nn.Module, input_shape) -> List["ldam.LayerInfo"]:
+def pick_layers(model: nn.Module, input_shape) -> List["LayerInfo"]:
     """First conv, last conv, first (hidden) linear and last (logit) linear layer, found by type."""
     targets = ldam.list_targets(model, input_shape)
     convs = [t for t in targets if t.type_name == "Conv2d"]
@@ -350,7 +354,7 @@ def save_grid(res, prefix: str, lam: float, chains: int, bench: Optional[Bench] 
 
 
 def lam_label(lam: float) -> str:
-    return f"{lam:g}{' (default)' if lam == ldam.DEFAULT_DISC_WEIGHT else ''}"
+    return f"{lam:g}{' (default)' if lam == DEFAULT_DISC_WEIGHT else ''}"
 
 
 def footer(args, benches: List[Bench], what: str, argv: List[str], note: str = "") -> str:
@@ -475,7 +479,7 @@ def run(args, argv: Optional[List[str]] = None) -> str:
         print(f"seed {seed}: " + ", ".join(f"{role} CNN held-out accuracy {benches[-1].accuracy[role]:.3f} (trained "
                                            f"in {benches[-1].seconds[role]:.1f} s)" for role in benches[-1].accuracy),
               flush=True)
-    d = ldam.DEFAULT_DISC_WEIGHT
+    d = DEFAULT_DISC_WEIGHT
     if args.lambdas is not None:
         lambdas = [d if v == "default" else float(v) for v in args.lambdas.split(",")]
     else:  # the full sweep for the MNIST logits; λ = 0 and the default elsewhere

@@ -5,9 +5,8 @@ from collections import OrderedDict
 from typing import Dict, Tuple
 
 import torch
-from torch import nn
-
 from mnist_models import JudgeNet, load_mnist_splits
+from torch import nn
 
 #: Smallest L2 distance between a digit's colour and its background's in [0, 1]^3: below it the digit
 #: could blend into the background and the label would no longer be readable from the image.

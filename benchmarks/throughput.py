@@ -41,8 +41,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-import lightning_ldam as ldam  # noqa: E402
 from mnist_models import TargetCNN  # noqa: E402
+
+import lightning_ldam as ldam  # noqa: E402
 
 SECTIONS = ("main", "early", "batching", "lucent", "options", "disc", "methods")
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader
-
-import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader
 
 from lightning_ldam import LDAMCallback
 
@@ -71,7 +70,8 @@ class CIFARClassifier(pl.LightningModule):
 
 
 def datasets(fake: bool, data_dir: str, fake_size: int):
-    from torchvision import datasets as tvd, transforms as T
+    from torchvision import datasets as tvd
+    from torchvision import transforms as T
 
     train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
     if fake:

@@ -17,14 +17,13 @@ import argparse
 import os
 from typing import Optional
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
-import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ldam import LDAMCallback
 
@@ -142,7 +141,8 @@ def main(argv=None) -> None:
     # max_overhead=None: a demo shows a round every epoch. The default budget (5% of training time) would run
     # none in a training run this short; on a real run, leave it on.
     ldam = LDAMCallback(NEURONS, every_n_epochs=1, chains=args.chains, steps=args.steps, ema_decay=args.ema_decay,
-                        max_overhead=None, labels=CLASS_NAMES, sampler_kwargs={"disc_warmup": 2} if args.smoke else None)
+                        max_overhead=None, labels=CLASS_NAMES,
+                        sampler_kwargs={"disc_warmup": 2} if args.smoke else None)
     logger = TensorBoardLogger(args.logdir, name="mnist")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
                          callbacks=[ldam, ModelCheckpoint(save_last=True)], enable_model_summary=False,

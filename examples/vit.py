@@ -20,12 +20,11 @@ import argparse
 import os
 import sys
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
 
 from lightning_ldam import LDAMCallback
 

@@ -12,23 +12,23 @@ Example::
     >>> tuple(res.images.shape)
     (3, 4, 1, 28, 28)
 """
-from lightning_ldam.weights.ema import EMA
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.sampling.discriminator import Discriminator, DiscriminatorTrainer
-from lightning_ldam.sampling.result import SampleResult
-from lightning_ldam.sampling.config import (DEFAULT_DISC_WEIGHT, DiscriminatorConfig, LangevinConfig, SamplerConfig,
-                                            SpeedOptions)
 from lightning_ldam.sampling.api import sample
-from lightning_ldam.sampling.targets import LayerInfo, list_targets, parse_neurons, resolve_neurons
+from lightning_ldam.sampling.config import (
+    ChainsConfig,
+    DiscriminatorConfig,
+    InputConfig,
+    LangevinConfig,
+    SamplerConfig,
+    SpeedOptions,
+)
+from lightning_ldam.sampling.result import SampleResult
+from lightning_ldam.sampling.targets import list_targets
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LDAMCallback", "LDAMArgumentError", "EMA", "sample", "list_targets", "SampleResult", "SamplerConfig",
-    "LangevinConfig", "DiscriminatorConfig", "SpeedOptions",
-    "Discriminator", "DiscriminatorTrainer", "LayerInfo", "parse_neurons", "resolve_neurons", "DEFAULT_DISC_WEIGHT",
-    "__version__",
-]
+__all__ = ["sample", "LDAMCallback", "SampleResult", "SamplerConfig", "LangevinConfig", "DiscriminatorConfig",
+           "ChainsConfig", "InputConfig", "SpeedOptions", "list_targets", "LDAMArgumentError", "__version__"]
 
 
 def __getattr__(name):

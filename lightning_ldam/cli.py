@@ -280,8 +280,8 @@ def _submodule(model: nn.Module, name: Optional[str]) -> nn.Module:
 
 # ---- targets ----------------------------------------------------------------------------------------------
 def _targets(args) -> int:
-    from lightning_ldam.weights.checkpoint import real_inputs
     from lightning_ldam.sampling.targets import list_targets
+    from lightning_ldam.weights.checkpoint import real_inputs
 
     ckpt = _load(args.ckpt, "--ckpt") if args.ckpt else None
     shape = args.input_shape
@@ -358,9 +358,9 @@ def _cli_message(err: BaseException) -> str:
 
 def _compare(args) -> int:
     """``lightning-ldam compare``: check the options, then variants, inputs, sampling and output in turn."""
-    from lightning_ldam.weights.checkpoint import ldam_settings
-    from lightning_ldam.sampling.progress import Progress
     from lightning_ldam.engine.rounds import resolve_targets, sample_variants
+    from lightning_ldam.sampling.progress import Progress
+    from lightning_ldam.weights.checkpoint import ldam_settings
 
     _check_compare_options(args)
     if args.threads is not None:
@@ -495,9 +495,9 @@ class _Inputs:
 
 def _compare_inputs(args, ckpts, settings: Dict[str, Any]) -> _Inputs:
     """Real inputs from the first checkpoint with a reservoir, then shape, value range, λ, normalisation."""
-    from lightning_ldam.weights.checkpoint import real_inputs
-    from lightning_ldam.sampling.inputs import value_box
     from lightning_ldam.sampling.config import DEFAULT_DISC_WEIGHT
+    from lightning_ldam.sampling.inputs import value_box
+    from lightning_ldam.weights.checkpoint import real_inputs
 
     real, real_from = next(((r, p) for r, p in ((real_inputs(c), p) for c, p in zip(ckpts, args.ckpts))
                             if r is not None), (None, None))
@@ -580,10 +580,11 @@ def _labeller(given: Optional[Dict[str, Any]], settings: Dict[str, Any], network
 
 def _write_comparison(args, ckpts, results, real, labeller=None) -> int:
     """The TensorBoard run (the callback's tag layout) and one PNG contact sheet per layer under ``--out``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_ldam.report.tags import summarize, write_tensorboard
     from lightning_ldam.report.writers import png_path, save_png
     from lightning_ldam.sampling.result import reference
-    from lightning_ldam.report.tags import summarize, write_tensorboard
-    from torch.utils.tensorboard import SummaryWriter
 
     step = int(ckpts[0].get("global_step", 0) or 0)
     images, scalars = summarize(results, real=real, labels=labeller)

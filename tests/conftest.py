@@ -89,7 +89,7 @@ def neuron_activations(model: nn.Module, images: torch.Tensor, neurons: Sequence
     try:
         for k, (path, index) in enumerate(neurons):
             captured = {}
-            handle = modules[path].register_forward_hook(lambda m, a, o: captured.setdefault("out", o))
+            handle = modules[path].register_forward_hook(lambda m, a, o, c=captured: c.setdefault("out", o))
             x = images[k]
             if normalize is not None:
                 x = (x - normalize[0]) / normalize[1]

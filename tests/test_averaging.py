@@ -288,8 +288,8 @@ def test_refresh_batchnorm_casts_the_inputs_to_the_models_dtype(model_dtype, inp
     ({"batch_size": 0}, r"^batch_size: expected a finite int > 0, got 0$"),
 ])
 def test_refresh_batchnorm_bad_arguments_name_the_argument(kwargs, match):
-    from lightning_ldam.weights.ema import refresh_batchnorm
     from lightning_ldam.errors import LDAMArgumentError
+    from lightning_ldam.weights.ema import refresh_batchnorm
 
     net = _bn_first_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}

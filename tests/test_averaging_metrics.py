@@ -10,15 +10,14 @@ import copy
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 from lightning.pytorch.loggers import TensorBoardLogger
+from test_callback import NEURONS, SIZE, TinyModule, events, fit
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ldam.callback import LDAMCallback
 from lightning_ldam.report.metrics import UNDRIVEN_LIFT, divergence, health
-from lightning_ldam.sampling.result import SampleResult
 from lightning_ldam.report.tags import summarize
-from test_callback import NEURONS, SIZE, TinyModule, events, fit
+from lightning_ldam.sampling.result import SampleResult
 
 pytestmark = pytest.mark.usefixtures("lightning_env")
 

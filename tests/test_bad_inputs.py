@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_callback import FAST, NEURONS, SIZE, TinyModule, loader, make_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ldam.callback import LDAMCallback
 from lightning_ldam.errors import LDAMArgumentError
-from test_callback import FAST, NEURONS, SIZE, TinyModule, loader, make_trainer
 
 pytestmark = pytest.mark.usefixtures("lightning_env")
 

@@ -8,28 +8,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 import gc
 import logging
 import os
 import pickle
 import random
+import re
 import types
 import warnings
 import weakref
 from typing import Any, Dict, List
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
-import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_ldam.callback.ldam_callback as callback_module
 from lightning_ldam.callback import LDAMCallback

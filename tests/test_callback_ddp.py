@@ -10,18 +10,29 @@ import os
 import pickle
 from datetime import timedelta
 
+import lightning.pytorch as pl
 import pytest
 import torch
-
-import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
+from test_callback import (  # noqa: E402
+    COMPARE_GAP,
+    COMPARE_GROUP,
+    COMPARE_HEADER,
+    FAST,
+    NEURONS,
+    PAD,
+    TILE,
+    TinyModule,
+    assert_same,
+    clone_state,
+    events,
+    ldam_tags,
+    loader,
+)
 
 from lightning_ldam.callback import LDAMCallback
-from test_callback import COMPARE_GAP, COMPARE_GROUP, COMPARE_HEADER  # noqa: E402
-from test_callback import (FAST, NEURONS, PAD, TILE, TinyModule, assert_same, clone_state, events, ldam_tags,
-                           loader)
 
 ROUND_STEPS = [2, 4]  # 16 samples, 2 ranks x 2 batches of 4 per epoch: steps 2 and 4 end epochs 0 and 1
 

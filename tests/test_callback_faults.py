@@ -11,17 +11,16 @@ import errno
 import warnings
 from typing import Dict, List
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from test_callback import FAST, NEURONS, SIZE, TinyModule, assert_same, clone_state, events, fit
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning.pytorch as pl
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
-
 from lightning_ldam.callback import LDAMCallback
-from test_callback import FAST, NEURONS, SIZE, TinyModule, assert_same, clone_state, events, fit
 
 pytestmark = pytest.mark.usefixtures("lightning_env")
 

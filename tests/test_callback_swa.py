@@ -6,13 +6,12 @@ import copy
 
 import pytest
 import torch
+from conftest import make_tiny_net
+from lightning.pytorch.callbacks import StochasticWeightAveraging
+from test_callback import FAST, NEURONS, VariantLog, clone_state, fit
 from torch import nn
 
-from lightning.pytorch.callbacks import StochasticWeightAveraging
-
 from lightning_ldam.weights.ema import refresh_batchnorm
-from conftest import make_tiny_net
-from test_callback import FAST, NEURONS, VariantLog, clone_state, fit
 
 pytestmark = pytest.mark.usefixtures("lightning_env")
 

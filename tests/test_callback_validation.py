@@ -9,23 +9,34 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, List
 
+import lightning.pytorch as pl
 import pytest
 import torch
-
-import lightning.pytorch as pl
+from conftest import sample_settings
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
+from test_callback import (
+    FAST,
+    NEURONS,
+    LiveAtBatchEnd,
+    TinyModule,
+    VariantLog,
+    _live,
+    assert_same,
+    clone_state,
+    events,
+    fit,
+    ldam_tags,
+    loader,
+    make_trainer,
+)
 
-from conftest import sample_settings
 import lightning_ldam.callback.ldam_callback as callback_module
 import lightning_ldam.engine.rounds as rounds_module
-from lightning_ldam.sampling.progress import Progress
+from lightning_ldam.callback import LDAMCallback
 from lightning_ldam.sampling.api import WARM_DISC_STEPS
 from lightning_ldam.sampling.config import LangevinConfig
-
-from lightning_ldam.callback import LDAMCallback
-from test_callback import (FAST, NEURONS, LiveAtBatchEnd, TinyModule, VariantLog, _live, assert_same, clone_state,
-                           events, fit, ldam_tags, loader, make_trainer)
+from lightning_ldam.sampling.progress import Progress
 
 DEFAULT = LangevinConfig().steps
 

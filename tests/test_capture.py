@@ -1,12 +1,11 @@
 """Early exit: layers after the deepest target never run; hooks only while sampling, always removed."""
 import pytest
 import torch
+from conftest import INPUT_SHAPE
 from torch import nn
 
 import lightning_ldam as ldam
 from lightning_ldam.sampling.activations import ActivationReader, capture_outputs, run_to_targets
-
-from conftest import INPUT_SHAPE
 
 
 class Explode(nn.Module):

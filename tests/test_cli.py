@@ -13,19 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from lightning_ldam.sampling.config import LangevinConfig
-from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from lightning_ldam.weights.ema import EMA  # noqa: E402
-from lightning_ldam.callback import LDAMCallback  # noqa: E402
-from lightning_ldam.weights.checkpoint import (ldam_settings, ldam_state, load_checkpoint, real_inputs,  # noqa: E402
-                                       weight_variants)
-from lightning_ldam.cli import main  # noqa: E402
-from lightning_ldam.sampling.targets import parse_neurons  # noqa: E402
 from conftest import sample_settings  # noqa: E402
+
+from lightning_ldam.callback import LDAMCallback  # noqa: E402
+from lightning_ldam.cli import main  # noqa: E402
+from lightning_ldam.weights.checkpoint import ldam_settings, ldam_state, load_checkpoint, real_inputs, weight_variants  # noqa: E402
+from lightning_ldam.weights.ema import EMA  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--chains", "2", "--steps", "3", "--no-progress"]
@@ -197,8 +196,8 @@ def test_submodule_ema_keys_get_their_prefix_back():
         ema.update(model.enc2, step=step)
     raw = model.state_dict()
     key = LDAMCallback("0:0", module="enc2").state_key
-    variants = weight_variants({"state_dict": raw, "callbacks": {key: {"format": "lightning_ldam", "settings": {"module": "enc2"},
-                                                                      "ema": ema.state_dict()}}})
+    state = {"format": "lightning_ldam", "settings": {"module": "enc2"}, "ema": ema.state_dict()}
+    variants = weight_variants({"state_dict": raw, "callbacks": {key: state}})
     assert torch.equal(variants["ema"]["enc2.0.weight"], ema.module[0].weight)
     assert not torch.equal(variants["ema"]["enc2.0.weight"], raw["enc2.0.weight"])
     assert torch.equal(variants["ema"]["enc1.0.weight"], raw["enc1.0.weight"])  # outside the submodule: raw
@@ -478,8 +477,8 @@ class TinyBNClassifier(TinyClassifier):
 def test_swa_variant_gets_batchnorm_statistics_recomputed_on_the_saved_inputs(tmp_path, capsys, monkeypatch):
     from lightning.pytorch.callbacks import StochasticWeightAveraging
 
-    from lightning_ldam.weights.ema import refresh_batchnorm
     from lightning_ldam.weights.checkpoint import params_only_variants
+    from lightning_ldam.weights.ema import refresh_batchnorm
 
     torch.manual_seed(0)
     cb = LDAMCallback("conv:0-1", every_n_epochs=None, max_overhead=None, on_fit_end=True, chains=2, steps=2,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_ldam.sampling.diagnostics import ess_bulk, split_rhat
 from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.sampling.diagnostics import ess_bulk, split_rhat
 
 
 def _ar1(rho: float, chains: int, draws: int, seed: int = 0) -> torch.Tensor:
@@ -103,8 +103,8 @@ def test_sample_reports_rhat_and_ess_of_the_sampling_phase():
 @pytest.mark.usefixtures("lightning_env")
 def test_the_callback_logs_rhat_and_ess_and_warns_once_per_unmixed_layer(tmp_path, recwarn):
     from lightning.pytorch.loggers import TensorBoardLogger
-
     from test_callback import events, fit
+
     from lightning_ldam import LDAMCallback
 
     cb = LDAMCallback(["features.0:0-1", "classifier.2:0-1"], every_n_train_steps=2, chains=2, steps=16,

@@ -6,8 +6,13 @@ import torch
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.sampling.config import DEFAULT_DISC_STEPS
-from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_discriminator, restore_discriminator
+from lightning_ldam.sampling.config import DEFAULT_DISC_STEPS, DEFAULT_DISC_WEIGHT
+from lightning_ldam.sampling.discriminator import (
+    Discriminator,
+    DiscriminatorTrainer,
+    build_discriminator,
+    restore_discriminator,
+)
 
 SHAPE = (1, 14, 14)
 
@@ -67,7 +72,7 @@ def test_warm_start_returns_the_same_discriminator_and_keeps_training_it(trained
     again = ldam.sample(net, "3:2", input_shape=SHAPE, chains=4, steps=4, real_data=mnist_14,
                         discriminator=disc, seed=1)
     assert again.discriminator is disc
-    assert again.config["disc_weight"] == ldam.DEFAULT_DISC_WEIGHT and again.config["disc_warmup"] == 0
+    assert again.config["disc_weight"] == DEFAULT_DISC_WEIGHT and again.config["disc_warmup"] == 0
     assert again.disc_scores.shape == (1, 4)
     with torch.no_grad():  # the warm D still tells real digits from the chains (≈0.9 vs ≈0.35), not just "in (0, 1)"
         real_scores = torch.sigmoid(disc.eval()(mnist_14[:256]))
@@ -91,7 +96,7 @@ def test_discriminator_shapes_and_the_sampler_trains_it_to_tell_real_from_chains
         assert d(torch.rand(3, 2, *size)).shape == (3,)
     real = _squares(64)
     res = ldam.sample(_digit_net(), "3:0", input_shape=SHAPE, chains=3, steps=3, real_data=real, disc_warmup=10)
-    assert isinstance(res.discriminator, ldam.Discriminator)
+    assert isinstance(res.discriminator, Discriminator)
     assert res.disc_scores.shape == (1, 3)
     # 10 warm-up updates (+2 in burn-in) on squares vs noise starts: D must separate them (an untrained D, or one
     # trained the wrong way round, scores both about 0.5), not merely return numbers in (0, 1).
@@ -197,7 +202,7 @@ def test_the_default_lambda_and_d_updates_do_not_depend_on_the_channels(monkeypa
     real = torch.rand(16, channels, 8, 8, generator=torch.Generator().manual_seed(0))
     net = nn.Sequential(nn.Conv2d(channels, 2, 3), nn.Flatten(), nn.Linear(2 * 36, 3))
     res = ldam.sample(net, "2:0", input_shape=(channels, 8, 8), chains=1, steps=6, real_data=real, disc_warmup=1)
-    assert res.config["disc_weight"] == ldam.DEFAULT_DISC_WEIGHT == 1.0
+    assert res.config["disc_weight"] == DEFAULT_DISC_WEIGHT == 1.0
     assert res.config["disc_steps"] == DEFAULT_DISC_STEPS == 2
     assert len(calls) == 1 + res.config["burn_in"] * DEFAULT_DISC_STEPS  # warm-up, then 2 per burn-in step
 

@@ -3,11 +3,10 @@ import logging
 
 import pytest
 import torch
+from conftest import INPUT_SHAPE
 from torch import nn
 
 import lightning_ldam as ldam
-
-from conftest import INPUT_SHAPE
 
 TARGETS = {"linear": "classifier.2:0-1", "conv-channel": "features.3:2-3"}
 
@@ -202,9 +201,9 @@ def test_the_prior_weight_follows_each_units_lift_within_its_bounds(channels):
     # channels), falls to 0, and stays at 1.
     from lightning_ldam.sampling.burn_in import TARGET_LIFT
     from lightning_ldam.sampling.chains import LangevinChains
-    from lightning_ldam.sampling.state import ChainState
-    from lightning_ldam.sampling.objective import Objective
     from lightning_ldam.sampling.config import PRIOR_WEIGHT_MAX, LangevinConfig
+    from lightning_ldam.sampling.objective import Objective
+    from lightning_ldam.sampling.state import ChainState
 
     cap = PRIOR_WEIGHT_MAX
     assert cap == 2.0

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 import yaml
-
 from test_callback import events, ldam_tags
 
 pytestmark = pytest.mark.usefixtures("lightning_env")

@@ -1,9 +1,9 @@
 """CUDA checks: skipped cleanly on machines without a GPU (CI has none)."""
 import pytest
 import torch
+from conftest import make_tiny_net
 
 import lightning_ldam as ldam
-from conftest import make_tiny_net
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

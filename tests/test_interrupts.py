@@ -5,11 +5,11 @@ import os
 import signal
 
 import pytest
+from test_callback import FAST, NEURONS, TinyModule, fit
 from torch import nn
 
 import lightning_ldam as ldam
 from lightning_ldam.callback.interrupts import RoundInterrupted, sigterm_interrupts
-from test_callback import FAST, NEURONS, TinyModule, fit
 
 pytestmark = pytest.mark.usefixtures("lightning_env")
 

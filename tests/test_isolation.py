@@ -4,10 +4,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import INPUT_SHAPE, make_tiny_net
 
 import lightning_ldam as ldam
-
-from conftest import INPUT_SHAPE, make_tiny_net
 
 SPEC = ["classifier.2:0", "features.3:1", "features.0:2"]
 

@@ -11,16 +11,16 @@ from typing import Dict, List
 
 import pytest
 import torch
+from conftest import INPUT_SHAPE, make_tiny_net
+from test_callback import FAST, fit, loader
 from torch import nn
 
 import lightning_ldam as ldam
 from lightning_ldam.callback import LDAMCallback
-from lightning_ldam.sampling.activations import unit_activations
 from lightning_ldam.engine.rounds import fixed_spec
-from lightning_ldam.sampling.targets import layer_settings, spec_with_settings
-
-from conftest import INPUT_SHAPE, make_tiny_net
-from test_callback import FAST, fit, loader
+from lightning_ldam.sampling.activations import unit_activations
+from lightning_ldam.sampling.config import DEFAULT_DISC_WEIGHT
+from lightning_ldam.sampling.targets import layer_settings, parse_neurons, spec_with_settings
 
 
 class Quadratic(nn.Module):
@@ -126,7 +126,7 @@ def test_layer_settings_and_spec_with_settings_round_trip():
     resolved = [("features.0", 0), ("features.0", 1), ("classifier.2", 3), ("classifier.2", 1)]
     again = spec_with_settings(resolved, layer_settings(spec))
     assert again == {"features.0": {"units": [0, 1], "spatial": "center"}, "classifier.2": {"units": [3, 1]}}
-    assert ldam.parse_neurons(again).pairs() == [("features.0", [0, 1]), ("classifier.2", [3, 1])]
+    assert parse_neurons(again).pairs() == [("features.0", [0, 1]), ("classifier.2", [3, 1])]
     net = make_tiny_net()
     assert fixed_spec(net, {"module.features.0": {"units": 0, "temperature": 2.0}}, [("features.0", 0)]) == {
         "features.0": {"units": [0], "temperature": 2.0}}
@@ -163,6 +163,6 @@ def test_layer_settings_equal_to_the_calls_change_nothing_bitwise(method):
     net, real = make_tiny_net(), _real()
     kw = dict(input_shape=INPUT_SHAPE, chains=3, steps=24, real_data=real, seed=2, method=method)
     plain = ldam.sample(net, {"features.0": [0], "classifier.2": [0, 1]}, **kw)
-    same = ldam.sample(net, {"features.0": {"units": [0], "disc_weight": ldam.DEFAULT_DISC_WEIGHT, "temperature": 1.0,
+    same = ldam.sample(net, {"features.0": {"units": [0], "disc_weight": DEFAULT_DISC_WEIGHT, "temperature": 1.0,
                                             "smoothness": 1.5}, "classifier.2": [0, 1]}, **kw)
     assert torch.equal(plain.images, same.images)

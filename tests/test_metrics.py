@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from conftest import INPUT_SHAPE, make_tiny_net, neuron_activations
 from torch import nn
 
-from conftest import INPUT_SHAPE, make_tiny_net, neuron_activations
 from lightning_ldam.report.metrics import diversity, lift, nearest_real
 from lightning_ldam.sampling.activations import unit_activations
 

@@ -8,14 +8,20 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import INPUT_SHAPE, make_tiny_net
 from torch import nn
 
 import lightning_ldam as ldam
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.sampling.activations import unit_activations
-from lightning_ldam.sampling.targets import TOP_REAL_IMAGES, UnitPick, random_units, top_units
-
-from conftest import INPUT_SHAPE, make_tiny_net
+from lightning_ldam.sampling.targets import (
+    TOP_REAL_IMAGES,
+    UnitPick,
+    parse_neurons,
+    random_units,
+    resolve_neurons,
+    top_units,
+)
 
 SHAPE = (1, 4, 4)
 #: Unit j of ``fc`` is SCALES[j] x (mean pixel): on positive images the ranking is 1, 3 (a tie: lower index
@@ -191,14 +197,14 @@ def test_resolved_neurons_are_an_explicit_spec_for_later_calls():
     again = ldam.sample(net, first.neurons, input_shape=SHAPE, seed=1, **CHEAP)  # no real data needed now
     assert again.neurons == first.neurons
     assert torch.equal(again.images, first.images)
-    assert ldam.parse_neurons(first.neurons).pairs() == [(layer, [i]) for layer, i in first.neurons]
+    assert parse_neurons(first.neurons).pairs() == [(layer, [i]) for layer, i in first.neurons]
 
 
 def test_parse_neurons_keeps_rules_unresolved():
-    assert ldam.parse_neurons(["fc:top3", ("conv", "random8"), "a:2"]).pairs() == [
+    assert parse_neurons(["fc:top3", ("conv", "random8"), "a:2"]).pairs() == [
         ("fc", UnitPick("top", 3)), ("conv", UnitPick("random", 8)), ("a", [2])]
-    assert ldam.parse_neurons({"fc": {"units": "top1"}}).pairs() == ldam.parse_neurons("fc:top1").pairs()
-    assert ldam.parse_neurons({"fc": {"units": [0, 2]}}).pairs() == [("fc", [0, 2])]
+    assert parse_neurons({"fc": {"units": "top1"}}).pairs() == parse_neurons("fc:top1").pairs()
+    assert parse_neurons({"fc": {"units": [0, 2]}}).pairs() == [("fc", [0, 2])]
     assert str(UnitPick("random", 8)) == "random8"
 
 
@@ -213,9 +219,9 @@ def test_top_k_without_real_data_says_it_needs_it():
 
 def test_resolve_neurons_without_means_refuses_top_k():
     with pytest.raises(LDAMArgumentError, match=r"neurons: 'top2' needs real_data"):
-        ldam.resolve_neurons("fc:top2", {"fc": 4})
+        resolve_neurons("fc:top2", {"fc": 4})
     with pytest.raises(LDAMArgumentError, match=r"means: expected 4 mean activations for layer 'fc'.*got 3"):
-        ldam.resolve_neurons("fc:top2", {"fc": 4}, means={"fc": torch.zeros(3)})
+        resolve_neurons("fc:top2", {"fc": 4}, means={"fc": torch.zeros(3)})
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -239,7 +245,7 @@ def test_resolve_neurons_without_means_refuses_top_k():
 ])
 def test_bad_rule_specs_name_neurons_the_accepted_forms_and_the_value(spec, match):
     with pytest.raises(LDAMArgumentError, match=r"^neurons: " + match) as info:
-        ldam.parse_neurons(spec)
+        parse_neurons(spec)
     assert info.value.argument == "neurons"
     with pytest.raises(LDAMArgumentError, match=r"^neurons: " + match):  # before any forward or sampling
         ldam.sample(scaled_units_net(), spec, input_shape=SHAPE, real_data=positive_real(), **CHEAP)

@@ -1,10 +1,9 @@
 """What sample() returns: shapes, order, box, and activations that match an independent evaluation."""
 import pytest
 import torch
+from conftest import INPUT_SHAPE, make_tiny_net, neuron_activations
 
 import lightning_ldam as ldam
-
-from conftest import INPUT_SHAPE, make_tiny_net, neuron_activations
 
 CHAINS, STEPS = 3, 8
 
@@ -77,7 +76,7 @@ def _center_activations(model, images, neurons):
     model.eval()
     for k, (path, index) in enumerate(neurons):
         captured = {}
-        h = modules[path].register_forward_hook(lambda m, a, o: captured.setdefault("o", o))
+        h = modules[path].register_forward_hook(lambda m, a, o, c=captured: c.setdefault("o", o))
         with torch.no_grad():
             model(images[k])
         h.remove()

@@ -7,12 +7,12 @@ from typing import Any, Dict, List
 
 import pytest
 import torch
-
 from conftest import sample_settings
+from test_callback import FAST, NEURONS, fit
+
 import lightning_ldam.engine.rounds as rounds_module
 from lightning_ldam.callback import LDAMCallback
 from lightning_ldam.engine.persistent_chains import PersistentChains, continued_rows, redrawn_rows
-from test_callback import FAST, NEURONS, fit
 
 SHAPE = (3, 4, 1, 5, 5)  # neurons, chains, C, H, W
 pytestmark = pytest.mark.usefixtures("lightning_env")

@@ -3,13 +3,12 @@ import doctest
 import sys
 
 import pytest
+from conftest import INPUT_SHAPE, make_tiny_net
 
 import lightning_ldam as ldam
 import lightning_ldam.sampling.progress as progress_module
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.sampling.progress import Progress
-
-from conftest import INPUT_SHAPE, make_tiny_net
 
 
 class FakeClock:

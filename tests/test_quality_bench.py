@@ -116,6 +116,7 @@ def test_disc_clock_times_d_updates_alone_and_restores_the_trainer(lam):
     if BENCHMARKS not in sys.path:
         sys.path.insert(0, BENCHMARKS)
     import quality
+
     from lightning_ldam.sampling.discriminator import DiscriminatorTrainer
 
     step = DiscriminatorTrainer.step

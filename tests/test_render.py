@@ -4,8 +4,8 @@ import doctest
 import pytest
 import torch
 
-from lightning_ldam.report import render
 from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.report import render
 from lightning_ldam.report.render import MAX_LABEL, MAX_WIDTH, compare_grid, neuron_grid, upscale_factor
 
 PAD = 2

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lightning_ldam.sampling.inputs import extract_input
 from lightning_ldam.callback.reservoir import Reservoir
+from lightning_ldam.sampling.inputs import extract_input
 
 
 def _stream(n: int, batch: int):
@@ -290,7 +290,7 @@ def test_value_range_of_constant_data_is_non_empty():
 def test_empty_reservoir_says_so():
     res = Reservoir(4)
     with pytest.raises(ValueError, match="reservoir is empty"):
-        res.images
+        _ = res.images
     with pytest.raises(ValueError, match="reservoir is empty"):
         res.value_range()
 

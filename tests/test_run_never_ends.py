@@ -15,19 +15,18 @@ import warnings
 from pathlib import Path
 from typing import List
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
-import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
-
-from lightning_ldam.callback import LDAMCallback
 from test_callback import FAST, NEURONS, SIZE, TinyModule, assert_same, clone_state, events, fit
 from test_callback_faults import Tabular as FaultsTabular
 from test_callback_faults import _tabular_loader
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ldam.callback import LDAMCallback
 
 pytestmark = pytest.mark.usefixtures("lightning_env")
 EVERY_2 = dict(every_n_train_steps=2, every_n_epochs=None)
@@ -73,7 +72,8 @@ def test_a_change_of_image_size_skips_those_batches_and_keeps_the_first_shape(tm
     skipped = _said(said, "not kept for LDAM")
     assert len(skipped) == 1 and "(1, 20, 20)" in skipped[0] and "(1, 16, 16)" in skipped[0]
     assert cb.stats.skipped_batches == 4 and cb._reservoir.input_shape() == (1, 16, 16)
-    assert cb.stats.failed_rounds == 0 and cb.stats.rounds == 4  # steps 2, 4, 6 and 8 (the fit end adds none), all at 16 px
+    # steps 2, 4, 6 and 8 (the fit end adds none), all at 16 px
+    assert cb.stats.failed_rounds == 0 and cb.stats.rounds == 4
 
 
 class DictBatches(TinyModule):

@@ -4,15 +4,14 @@ import logging
 
 import pytest
 import torch
+from conftest import INPUT_SHAPE, make_tiny_net
 from torch import nn
 
 import lightning_ldam as ldam
-import lightning_ldam.sampling.discriminator as disc_module
 import lightning_ldam.sampling.api as sampler_module
-from lightning_ldam.sampling.discriminator import build_discriminator, finite_weights
+import lightning_ldam.sampling.discriminator as disc_module
 from lightning_ldam.errors import LDAMArgumentError
-
-from conftest import INPUT_SHAPE, make_tiny_net
+from lightning_ldam.sampling.discriminator import build_discriminator, finite_weights
 
 KW = dict(input_shape=INPUT_SHAPE, chains=2, steps=4)
 

@@ -11,8 +11,7 @@ import lightning_ldam as ldam
 from lightning_ldam.callback.settings import CALLBACK_OWN_SETTINGS, SAMPLER_EXTRA_KWARGS
 from lightning_ldam.cli import _COMPARE_OWN, build_parser
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.sampling.config import (SECTIONS, DiscriminatorConfig, LangevinConfig, SamplerConfig,
-                                            SpeedOptions)
+from lightning_ldam.sampling.config import SECTIONS, DiscriminatorConfig, LangevinConfig, SamplerConfig, SpeedOptions
 
 NET_SEED = 0
 
@@ -52,7 +51,8 @@ def test_settings_are_frozen():
     (lambda: SpeedOptions(autocast_dtype="bf16"), r"^autocast_dtype: expected a torch.dtype"),
     (lambda: SamplerConfig(langevin=LangevinConfig(method="hmc"), speed=SpeedOptions(cuda_graph=True)),
      r"^cuda_graph: method='hmc' runs its transitions eagerly"),
-    (lambda: SamplerConfig().with_settings(stepsize=0.01), r"^stepsize: not a sampler setting; did you mean step_size\?"),
+    (lambda: SamplerConfig().with_settings(stepsize=0.01),
+     r"^stepsize: not a sampler setting; did you mean step_size\?"),
     (lambda: SamplerConfig(langevin={"steps": 3}), r"^langevin: expected a LangevinConfig, got \{'steps': 3\}$"),
 ])
 def test_a_bad_setting_is_refused_when_the_record_is_built(build, match):

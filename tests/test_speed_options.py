@@ -1,10 +1,9 @@
 """Speed options of ``ldam.sample`` (bf16 autocast, channels_last): same answers, model left as found."""
 import pytest
 import torch
+from conftest import INPUT_SHAPE, make_tiny_net
 
 import lightning_ldam as ldam
-
-from conftest import INPUT_SHAPE, make_tiny_net
 
 KW = dict(input_shape=INPUT_SHAPE, chains=3, steps=4, seed=1)
 
@@ -92,9 +91,8 @@ def test_the_graph_form_of_the_step_gives_the_eager_samples(graph_form_on_cpu, k
 
 
 def test_the_graph_form_resets_nonfinite_chains(graph_form_on_cpu):
-    from torch import nn
-
     from test_dynamics import NaNChannel
+    from torch import nn
 
     net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), NaNChannel(bad=1))
     res = ldam.sample(net, "2:0-2", input_shape=INPUT_SHAPE, chains=3, steps=6, cuda_graph=True)

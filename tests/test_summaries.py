@@ -1,8 +1,8 @@
 """The tag contract of ``summaries.summarize`` for the sampler's newer fields."""
 import torch
 
-from lightning_ldam.sampling.result import SampleResult
 from lightning_ldam.report.tags import summarize
+from lightning_ldam.sampling.result import SampleResult
 
 
 def _result(acceptance):

@@ -1,12 +1,11 @@
 """Neuron addressing: spec parsing, wrapper prefixes, list_targets."""
 import pytest
 import torch
+from conftest import INPUT_SHAPE, CompiledLike, Wrapper, make_tiny_net
 from torch import nn
 
 import lightning_ldam as ldam
-from lightning_ldam.sampling.targets import canonical_path, find_module
-
-from conftest import INPUT_SHAPE, CompiledLike, Wrapper, make_tiny_net
+from lightning_ldam.sampling.targets import canonical_path, find_module, parse_neurons, resolve_neurons
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -24,12 +23,12 @@ from conftest import INPUT_SHAPE, CompiledLike, Wrapper, make_tiny_net
      [("a", [3]), ("b", [1, 2]), ("c", [2, 3, 4]), ("d", "all"), ("e", [0, 1])]),
 ])
 def test_parse_neurons_accepted_forms(spec, expected):
-    assert ldam.parse_neurons(spec).pairs() == expected
+    assert parse_neurons(spec).pairs() == expected
 
 
 def test_resolve_neurons_expands_all_in_ascending_order_and_keeps_spec_order():
     units = {"a": 3, "b.c": 4}
-    got = ldam.resolve_neurons(["b.c:2", "a:all", ("b.c", 0)], units)
+    got = resolve_neurons(["b.c:2", "a:all", ("b.c", 0)], units)
     assert got == [("b.c", 2), ("a", 0), ("a", 1), ("a", 2), ("b.c", 0)]
 
 

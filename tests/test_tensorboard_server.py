@@ -18,11 +18,10 @@ import urllib.request
 from typing import Any, Dict, List
 
 import pytest
-
 from lightning.pytorch.loggers import TensorBoardLogger
+from test_callback import NEURONS, PAD, TILE, fit
 
 from lightning_ldam.callback import LDAMCallback
-from test_callback import NEURONS, PAD, TILE, fit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 from tensorboard_screenshot import tensorboard_server  # noqa: E402  (the README screenshot tool's server)

@@ -3,11 +3,10 @@ import sys
 
 import pytest
 import torch
+from conftest import INPUT_SHAPE, make_tiny_net
 from torch import nn
 
 import lightning_ldam as ldam
-
-from conftest import INPUT_SHAPE, make_tiny_net
 
 
 class Recording(nn.Module):

@@ -16,38 +16,55 @@ import os
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import torch
-from torch import nn
-
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero as _pl_rank_zero
+from torch import nn
 
-from lightning_ldam.weights.ema import EMA
 from lightning_ldam.callback.budget import OverheadBudget
-from lightning_ldam.callback.settings import (AVERAGING, CallbackSettings, DataConfig, OutputConfig, RoundConfig,
-                                              ScheduleConfig, WeightsConfig, argument_given, check_on_first_batch,
-                                              check_on_setup)
-from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
+from lightning_ldam.callback.interrupts import RoundInterrupted, sigterm_interrupts
+from lightning_ldam.callback.messages import NOTES, RoundReporter
+from lightning_ldam.callback.own_line import own_line
+from lightning_ldam.callback.reservoir import Reservoir
 from lightning_ldam.callback.round_size import EPOCHS_BOUND, RoundSize, fit_round
 from lightning_ldam.callback.round_state import CallbackStats, FitState, RunState
-from lightning_ldam.sampling.inputs import extract_input
-from lightning_ldam.callback.interrupts import RoundInterrupted, sigterm_interrupts
-from lightning_ldam.callback.own_line import own_line
+from lightning_ldam.callback.settings import (
+    AVERAGING,
+    CallbackSettings,
+    DataConfig,
+    OutputConfig,
+    RoundConfig,
+    ScheduleConfig,
+    WeightsConfig,
+    argument_given,
+    check_on_first_batch,
+    check_on_setup,
+)
 from lightning_ldam.engine.persistent_chains import PersistentChains, continued_rows
-from lightning_ldam.report.writers import is_tensorboard, settings_text, write_round, write_settings
-from lightning_ldam.sampling.progress import Progress, is_terminal
-from lightning_ldam.callback.reservoir import Reservoir
-from lightning_ldam.sampling.result import SampleResult
-from lightning_ldam.callback.messages import NOTES, RoundReporter
-from lightning_ldam.sampling.config import SamplerConfig
-from lightning_ldam.engine.rounds import (RoundPlan, WarmDiscriminators, fixed_spec, plan_round, prepare_network,
-                                   resolve_targets, run_round, submodule, time_a_step)
-from lightning_ldam.weights.snapshot import snapshot
+from lightning_ldam.engine.rounds import (
+    RoundPlan,
+    WarmDiscriminators,
+    fixed_spec,
+    plan_round,
+    prepare_network,
+    resolve_targets,
+    run_round,
+    submodule,
+    time_a_step,
+)
+from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.report.tags import RHAT_BOUND, summarize, unhealthy_units, unmixed_layers
+from lightning_ldam.report.writers import is_tensorboard, settings_text, write_round, write_settings
+from lightning_ldam.sampling.config import SamplerConfig
+from lightning_ldam.sampling.inputs import extract_input
+from lightning_ldam.sampling.progress import Progress, is_terminal
+from lightning_ldam.sampling.result import SampleResult
 from lightning_ldam.sampling.targets import NeuronSpec
 from lightning_ldam.weights.checkpoint import STATE_FORMAT
+from lightning_ldam.weights.ema import EMA
 from lightning_ldam.weights.lightning_averagers import Source, find_variants, is_averager
+from lightning_ldam.weights.snapshot import snapshot
 
 __all__ = ["LDAMCallback", "AVERAGING"]
 
@@ -111,7 +128,8 @@ class LDAMCallbackLogic:
         s = self.settings  # an identity only: the settings themselves are in the state (state_dict()["settings"])
         # key(): the same text in every process (a set of neurons iterates in an order set by the hash seed)
         return self._generate_state_key(neurons=s.request.key(), module=s.data.module, seed=s.rounds.seed,
-                                        every_n_epochs=s.schedule.every_n_epochs, every_n_train_steps=s.schedule.every_n_train_steps)
+                                        every_n_epochs=s.schedule.every_n_epochs,
+                                        every_n_train_steps=s.schedule.every_n_train_steps)
 
     def should_sample(self, global_step: Optional[int] = None, epoch: Optional[int] = None) -> bool:
         """Whether a round is due: after optimizer step ``global_step`` or at the end of epoch ``epoch``.
@@ -146,7 +164,8 @@ class LDAMCallbackLogic:
         # averager listed before this callback leaves no raw weights for the fit-end round.
         order = {id(cb): i for i, cb in enumerate(trainer.callbacks)}
         self._fit.raw_gone_at_end = any(order.get(id(cb), -1) < order.get(id(self), -1) for cb in self._averagers)
-        if self._fit.raw_gone_at_end and self.settings.schedule.on_fit_end:  # said here, where the order is known, not at fit end
+        # said here, where the order is known, not at fit end
+        if self._fit.raw_gone_at_end and self.settings.schedule.on_fit_end:
             first = next(cb for cb in self._averagers if order.get(id(cb), -1) < order.get(id(self), -1))
             self._report.once("order", averager=type(first).__name__)
 
@@ -155,9 +174,10 @@ class LDAMCallbackLogic:
             self._budget.start()
         self._fit = FitState(raw_gone_at_end=self._fit.raw_gone_at_end)  # setup, which found it, runs first
         s = self.settings
-        if (s.weights.averaging == "ema" or (s.weights.averaging == "auto" and not self._averagers)) and self._ema is None:
-            self._ema = EMA(self.network(pl_module), decay=s.weights.ema_decay, every_n_steps=s.weights.ema_every_n_steps,
-                            device=s.weights.ema_device)
+        w = s.weights
+        if (w.averaging == "ema" or (w.averaging == "auto" and not self._averagers)) and self._ema is None:
+            self._ema = EMA(self.network(pl_module), decay=w.ema_decay, every_n_steps=w.ema_every_n_steps,
+                            device=w.ema_device)
             if self._pending_ema_state is not None:
                 self._ema.load_state_dict(self._pending_ema_state)
                 self._pending_ema_state = None
@@ -198,7 +218,8 @@ class LDAMCallbackLogic:
         # The fit-end round: on_train_end is the last hook where the module can still hold its raw weights.
         self._fit.at_train_end = True
         step = trainer.global_step
-        if self.settings.schedule.on_fit_end and (step != self._run.last_sampled_step or step == self._fit.last_skipped_step):
+        if self.settings.schedule.on_fit_end and (step != self._run.last_sampled_step
+                                                  or step == self._fit.last_skipped_step):
             self._round(trainer, pl_module, budgeted=False)
 
     def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
@@ -306,8 +327,8 @@ class LDAMCallbackLogic:
         config = SamplerConfig().with_settings(**settings, chains=s.rounds.chains, seed=s.rounds.seed, device=device,
                                                value_range=s.data.value_range or self._reservoir.value_range(),
                                                normalize=s.data.normalize, disc_weight=disc_weight)
-        return plan_round(variants, s.neurons, input_shape=shape, real=self._real(), config=config, steps=s.rounds.steps,
-                          progress=progress)
+        return plan_round(variants, s.neurons, input_shape=shape, real=self._real(), config=config,
+                          steps=s.rounds.steps, progress=progress)
 
     def _round(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", budgeted: bool = True) -> None:
         """One round inside one failure boundary: planning, sampling, rendering, logging, writing files."""
@@ -364,7 +385,8 @@ class LDAMCallbackLogic:
 
     def _fit_first_round(self, trainer: "pl.Trainer", plan: RoundPlan) -> Optional[RoundSize]:
         """Time one step of the fit's first round; cut the steps, then the chains, the user did not set when the round
-        would take over :data:`~lightning_ldam.callback.round_size.EPOCHS_BOUND` epochs of training (one line says so)."""
+        would take over :data:`~lightning_ldam.callback.round_size.EPOCHS_BOUND` epochs of training (one line says
+        so)."""
         try:
             per_step = time_a_step(plan)
         except Exception as err:  # the round itself will say what is wrong, inside the failure boundary
@@ -401,8 +423,9 @@ class LDAMCallbackLogic:
         held = continued_rows(plan.chains, self._chains.redraw, rounds)
         variants = []
         for variant in plan.variants:
-            init = self._chains.starts(variant.name, shape, rounds, self.settings.rounds.seed, plan.config.inputs.value_range,
-                                       plan.config.chains.init, plan.real, (rank, world))
+            init = self._chains.starts(variant.name, shape, rounds, self.settings.rounds.seed,
+                                       plan.config.inputs.value_range, plan.config.chains.init, plan.real,
+                                       (rank, world))
             variants.append(variant if init is None else dataclasses.replace(variant, init=init, continued=held))
         if all(v.init is None for v in variants):
             return plan, ""

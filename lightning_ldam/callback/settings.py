@@ -17,11 +17,11 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from lightning_ldam import _validation as V
-from lightning_ldam.sampling.config import INITS, ChainsConfig, SamplerConfig
+from lightning_ldam.engine.rounds import RoundPlan, resolve_targets
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.report.labels import check_labels, labeller_of
+from lightning_ldam.sampling.config import INITS, ChainsConfig, SamplerConfig
 from lightning_ldam.sampling.progress import Progress
-from lightning_ldam.engine.rounds import RoundPlan, resolve_targets
 from lightning_ldam.sampling.targets import NeuronRequest, NeuronSpec, canonical_path, find_layer, parse_neurons
 
 __all__ = ["CallbackSettings", "ScheduleConfig", "DataConfig", "WeightsConfig", "RoundConfig", "OutputConfig",
@@ -115,7 +115,8 @@ OPTION_SECTIONS = {f.name: name for name, kind in CALLBACK_SECTIONS.items() for 
 @dataclass(frozen=True)
 class CallbackSettings:
     """The callback's arguments, checked when built (see :class:`~lightning_ldam.callback.LDAMCallback`): the
-    neurons and five sections of options. Every error names the option (:class:`~lightning_ldam.errors.LDAMArgumentError`).
+    neurons and five sections of options. Every error names the option
+    (:class:`~lightning_ldam.errors.LDAMArgumentError`).
 
     Example::
 
@@ -169,8 +170,9 @@ class CallbackSettings:
         defaults = CallbackSettings(self.neurons).options()
         out = {"neurons"}
         for name, value in self.options().items():
+            default = defaults[name]
             try:
-                same = value is defaults[name] or (type(value) is type(defaults[name]) and bool(value == defaults[name]))
+                same = value is default or (type(value) is type(default) and bool(value == default))
             except Exception:  # a tensor or an object without a plain ==: set by the user
                 same = False
             if not same:

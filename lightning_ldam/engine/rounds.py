@@ -17,15 +17,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from lightning_ldam.weights.ema import has_batchnorm, refresh_batchnorm
-from lightning_ldam.sampling.discriminator import finite_weights, restore_discriminator
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.sampling.activations import chain_activations, unit_activations
-from lightning_ldam.sampling.progress import Progress
-from lightning_ldam.sampling.result import SampleResult, merge_shards, reference
 from lightning_ldam.sampling.api import WARM_DISC_STEPS, sample
 from lightning_ldam.sampling.config import SamplerConfig, SpeedOptions
+from lightning_ldam.sampling.discriminator import finite_weights, restore_discriminator
+from lightning_ldam.sampling.progress import Progress
+from lightning_ldam.sampling.result import SampleResult, merge_shards, reference
 from lightning_ldam.sampling.targets import NeuronSpec, find_layer, layer_settings, spec_with_settings
+from lightning_ldam.weights.ema import has_batchnorm, refresh_batchnorm
 
 __all__ = ["time_a_step", "Variant", "RoundPlan", "plan_round", "sample_variants", "sample_sharded", "run_round",
            "resolve_targets",

@@ -6,8 +6,8 @@ from typing import Dict, List
 import torch
 
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.sampling.result import mean_pairwise_distance
 from lightning_ldam.report.realism import realism
+from lightning_ldam.sampling.result import mean_pairwise_distance
 
 __all__ = ["lift", "realism", "nearest_real", "diversity", "divergence", "transfer", "health", "UNDRIVEN_LIFT",
            "EXPLODING_FACTOR"]
@@ -29,7 +29,8 @@ def lift(sample_acts: torch.Tensor, real_acts: torch.Tensor) -> torch.Tensor:
 
     Args:
         sample_acts: ``[n, chains]`` activation of each neuron's own chains (``SampleResult.activations``).
-        real_acts: ``[N_real, n]`` activations of the same neurons on real images (:func:`~lightning_ldam.sampling.activations.unit_activations`).
+        real_acts: ``[N_real, n]`` activations of the same neurons on real images
+            (:func:`~lightning_ldam.sampling.activations.unit_activations`).
 
     Returns:
         ``[n]`` float32 lifts. A neuron that is constant over the real images (zero denominator, e.g. a dead
@@ -185,7 +186,8 @@ def health(real_acts: torch.Tensor, sample_acts: torch.Tensor) -> Dict[str, List
       range by :data:`EXPLODING_FACTOR` (samples' mean minus the real mean over the real max minus min).
 
     Args:
-        real_acts: ``[N_real, n]`` activations on real inputs (:func:`~lightning_ldam.sampling.activations.unit_activations`).
+        real_acts: ``[N_real, n]`` activations on real inputs
+            (:func:`~lightning_ldam.sampling.activations.unit_activations`).
         sample_acts: ``[n, chains]`` the samples' activations (``SampleResult.activations``).
     """
     real_acts, sample_acts = torch.as_tensor(real_acts).float(), torch.as_tensor(sample_acts).float()

@@ -1,7 +1,8 @@
 """Realism in a feature space that sees texture: a Fréchet distance to real images, on the scale of real images.
 
-The pixel measure (:func:`lightning_ldam.report.metrics.nearest_real`, L2 to the nearest real image) rewards flat averages:
-a class-mean image lies closer to many digits than any digit does, and blurred noise of the right mean comes close
+The pixel measure (:func:`lightning_ldam.report.metrics.nearest_real`, L2 to the nearest real image) rewards flat
+averages: a class-mean image lies closer to many digits than any digit does, and blurred noise of the right mean comes
+close
 too. Here images are described by their texture and structure, and compared as distributions:
 
 1. **Features.** Each image is standardised per channel by its own mean and standard deviation (so brightness,

@@ -10,15 +10,16 @@ path, or its alias):
   under a header band naming the columns;
 * scalars ``ldam/{variant}/{layer}/...``: ``activation`` (mean), ``lift`` (median over the layer's neurons, against
   the real inputs), ``realism`` (texture-feature Fréchet distance to the real inputs over that of real ones,
-  :func:`lightning_ldam.report.realism.realism`: ≈ 1 real, higher less real; images only, >= 4 samples and 8 real inputs),
-  ``nearest_real`` (pixel L2 to the nearest real input over the real inputs' own spacing), ``diversity`` (chain
+  :func:`lightning_ldam.report.realism.realism`: ≈ 1 real, higher less real; images only, >= 4 samples and 8 real
+  inputs), ``nearest_real`` (pixel L2 to the nearest real input over the real inputs' own spacing), ``diversity`` (chain
   spread over the real inputs' spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA, HMC);
 * scalars ``ldam/divergence/{variant}/{layer}`` (averaged variant vs raw) and ``ldam/drift/{variant}/{layer}`` (this
   round vs the previous one): :func:`lightning_ldam.report.metrics.divergence` (paired chains), mean over the layer's
   neurons;
 * scalars ``ldam/transfer/{variant}/{layer}`` (averaged variant vs raw: how strongly each one's unit responds to the
   other's samples, relative to its own, both ways averaged) and ``ldam/retention/{variant}/{layer}`` (this round's
-  unit on the previous round's samples): :func:`lightning_ldam.report.metrics.transfer`, median over the layer's neurons;
+  unit on the previous round's samples): :func:`lightning_ldam.report.metrics.transfer`, median over the layer's
+  neurons;
 * scalars ``ldam/health/{layer}/dead|undriven|saturated``: counts over the layer's neurons, raw weights
   (:func:`lightning_ldam.report.metrics.health`);
 * scalar ``ldam/nonfinite_resets``.
@@ -33,9 +34,8 @@ import torch
 from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.report.metrics import divergence, health, lift, nearest_real, transfer
 from lightning_ldam.report.realism import measurable, realism
-from lightning_ldam.sampling.result import mean_pairwise_distance, reference
 from lightning_ldam.report.render import compare_grid, neuron_grid
-from lightning_ldam.sampling.result import SampleResult
+from lightning_ldam.sampling.result import SampleResult, mean_pairwise_distance, reference
 
 __all__ = ["summarize", "write_tensorboard", "unhealthy_units", "unmixed_layers", "metrics_table", "Labeller",
            "RHAT_BOUND"]

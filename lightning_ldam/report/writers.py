@@ -86,8 +86,8 @@ def write_settings(loggers: Iterable, text: str, step: int) -> None:
 def write_round(loggers: Iterable, images: Mapping[str, torch.Tensor], scalars: Mapping[str, float], step: int,
                 png_dir: str) -> bool:
     """Write to every logger, scalars before images: TensorBoard gets both (a failed write reopens its writer:
-    :mod:`lightning_ldam.report.tensorboard_writer`), others ``log_metrics`` and ``log_image`` if they have it. Without an
-    image-capable logger the images go to PNGs under ``png_dir``.
+    :mod:`lightning_ldam.report.tensorboard_writer`), others ``log_metrics`` and ``log_image`` if they have it. Without
+    an image-capable logger the images go to PNGs under ``png_dir``.
 
     Each logger, and within it the scalars and the images, fails on its own: a failed image write never loses
     the round's scalars, and one failing logger never keeps the others from their writes.

@@ -12,9 +12,9 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import nn
 
-from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam import _validation as V
 from lightning_ldam._modes import kept_modes
+from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.sampling.targets import Neuron, find_module, first_tensor
 from lightning_ldam.sampling.unit_axes import READINGS, find_layouts, reduce_units, units_first
 
@@ -103,7 +103,8 @@ def run_to_targets(model: nn.Module, x: torch.Tensor, outputs: Dict[str, torch.T
 def probe_outputs(model: nn.Module, paths: Sequence[str], x: torch.Tensor
                   ) -> Tuple[Dict[str, torch.Tensor], Dict[str, int], Dict[str, bool]]:
     """One whole forward of ``x`` (no early stop): each target's first output, how often each target ran, and for
-    targets with >= 3-dim outputs whether their channels are last (:func:`~lightning_ldam.sampling.unit_axes.find_layouts`).
+    targets with >= 3-dim outputs whether their channels are last
+    (:func:`~lightning_ldam.sampling.unit_axes.find_layouts`).
 
     A module that runs more than once per forward (one ReLU shared by two places) cannot be read by the early-stop
     forward, which sees its first call only: this is where such targets are found. An error of the model raised
@@ -236,7 +237,8 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
     if not neurons:
         raise LDAMArgumentError("layer_neurons", "expected at least one (layer_path, index) pair")
     layers: List[str] = list(dict.fromkeys(layer for layer, _ in neurons))
-    columns: Dict[str, List[int]] = {layer: [j for j, (l, _) in enumerate(neurons) if l == layer] for layer in layers}
+    columns: Dict[str, List[int]] = {layer: [j for j, (path, _) in enumerate(neurons) if path == layer]
+                                     for layer in layers}
     device, dtype = V.model_device(model), V.model_dtype(model)
     index = {layer: torch.tensor([neurons[j][1] for j in columns[layer]], device=device) for layer in layers}
     norm = None

@@ -6,8 +6,8 @@ For neuron k of a frozen network, the default method samples inputs from
 
 by Langevin dynamics after a burn-in that fixes ``c_k`` (the neuron's scale, so that T means the same on
 every layer and model), ``λ_k``, the smoothness weight ``γ_k`` and the discriminator D; ``method="mala"`` adds
-a Metropolis test that makes the sampling phase exact. :mod:`lightning_ldam.sampling.config` states each method's law and
-constants.
+a Metropolis test that makes the sampling phase exact. :mod:`lightning_ldam.sampling.config` states each method's law
+and constants.
 
 Every chain of every neuron lives in one batch: one forward evaluates all of them and each chain's
 energy reads its own neuron. Chains are kept in the *unit box* ``u ∈ [0, 1]`` (``x = lo + (hi-lo)·u``),
@@ -30,23 +30,35 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 import torch
 from torch import nn
 
-from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam import _validation as V
 from lightning_ldam._modes import kept_modes
+from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
 from lightning_ldam.sampling.activations import ActivationReader, probe_outputs, unit_activations
-from lightning_ldam.sampling.unit_axes import resolve_reading, unit_count
-from lightning_ldam.sampling.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
 from lightning_ldam.sampling.chains import LangevinChains
-from lightning_ldam.sampling.state import ChainState
-from lightning_ldam.sampling.objective import Objective
-from lightning_ldam.sampling.config import (FRESH_DISC_WARMUP, ChainsConfig, LangevinConfig, SamplerConfig,
-                                            default_smoothness)
+from lightning_ldam.sampling.config import (
+    FRESH_DISC_WARMUP,
+    ChainsConfig,
+    LangevinConfig,
+    SamplerConfig,
+    default_smoothness,
+)
+from lightning_ldam.sampling.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
 from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
 from lightning_ldam.sampling.inputs import extract_input
+from lightning_ldam.sampling.objective import Objective
 from lightning_ldam.sampling.progress import Progress, is_terminal
 from lightning_ldam.sampling.result import SampleResult
-from lightning_ldam.sampling.targets import (TOP_REAL_IMAGES, NeuronRequest, NeuronSpec, UnitPick, find_layer,
-                                             parse_neurons, resolve_neurons)
+from lightning_ldam.sampling.state import ChainState
+from lightning_ldam.sampling.targets import (
+    TOP_REAL_IMAGES,
+    NeuronRequest,
+    NeuronSpec,
+    UnitPick,
+    find_layer,
+    parse_neurons,
+    resolve_neurons,
+)
+from lightning_ldam.sampling.unit_axes import resolve_reading, unit_count
 
 __all__ = ["sample", "WARM_DISC_STEPS"]
 
@@ -111,8 +123,8 @@ def _resolve(model: nn.Module, request: NeuronRequest, to_model: "_ModelInput", 
 
     ``"layer:topK"`` ranks the layer's units by their mean activation over the first :data:`TOP_REAL_IMAGES` of
     ``real`` (pixel space), each read as the chains' energy reads it (``chains.spatial``); ``"layer:randomK"`` draws
-    with ``chains.seed``. The result names explicit ``(layer, index)`` pairs (``SampleResult.neurons``): a caller that wants
-    the same units later passes it back instead of the rule (the callback resolves once, at its first round, so
+    with ``chains.seed``. The result names explicit ``(layer, index)`` pairs (``SampleResult.neurons``): a caller that
+    wants the same units later passes it back instead of the rule (the callback resolves once, at its first round, so
     that every variant and round samples the same units). Returns the pairs and the spec's per-layer settings
     keyed by the resolved layer path.
     """
@@ -140,8 +152,8 @@ def _resolve(model: nn.Module, request: NeuronRequest, to_model: "_ModelInput", 
 def _layer_shapes(model: nn.Module, paths: list, to_model: "_ModelInput",
                   real: Optional[torch.Tensor] = None) -> Tuple[dict, dict]:
     """Layer path -> output shape (for a batch of :data:`PROBE_BATCH`), and path -> whether its channels are on the
-    last axis (outputs with >= 3 dims, :func:`~lightning_ldam.sampling.unit_axes.find_layouts`), from one whole forward of
-    two zero inputs (two: a model that needs batch statistics refuses one), or of two real ones where zeros take a
+    last axis (outputs with >= 3 dims, :func:`~lightning_ldam.sampling.unit_axes.find_layouts`), from one whole forward
+    of two zero inputs (two: a model that needs batch statistics refuses one), or of two real ones where zeros take a
     path that skips a target. Targets that run more than once per forward are refused here
     (:func:`~lightning_ldam.sampling.activations.probe_outputs`)."""
     input_shape = to_model.shape

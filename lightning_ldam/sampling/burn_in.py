@@ -13,8 +13,14 @@ from typing import Optional, Sequence
 
 import torch
 
-from lightning_ldam.sampling.config import (EXACT_METHODS, METRIC_FLOOR, METRIC_STABILITY, PIXEL_SCALE,
-                                            PRIOR_WEIGHT_MAX, LangevinConfig)
+from lightning_ldam.sampling.config import (
+    EXACT_METHODS,
+    METRIC_FLOOR,
+    METRIC_STABILITY,
+    PIXEL_SCALE,
+    PRIOR_WEIGHT_MAX,
+    LangevinConfig,
+)
 from lightning_ldam.sampling.law import Law, roughness_grad, row_rms
 from lightning_ldam.sampling.objective import Objective, Terms
 from lightning_ldam.sampling.state import ChainState

@@ -81,8 +81,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
+from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam.sampling.unit_axes import SPATIAL as UNIT_READINGS
 
 __all__ = ["SamplerConfig", "LangevinConfig", "DiscriminatorConfig", "ChainsConfig", "InputConfig", "SpeedOptions",
@@ -116,8 +116,8 @@ PIXEL_SCALE = 0.01
 #: 0.77 / 0.84) and 1.0 was no worse on the one-channel ones.
 DEFAULT_DISC_WEIGHT = 1.0
 #: How far ``adapt_disc`` may raise a neuron's prior weight w_k above 1 while its chains sit above
-#: :data:`~lightning_ldam.sampling.chains.TARGET_LIFT`: a unit that beats its best real input easily gets more of D and the
-#: smoothness prior, not a stronger super-stimulus. A cap of 1 read realism worse on both colour cases and changed
+#: :data:`~lightning_ldam.sampling.chains.TARGET_LIFT`: a unit that beats its best real input easily gets more of D and
+#: the smoothness prior, not a stronger super-stimulus. A cap of 1 read realism worse on both colour cases and changed
 #: nothing on MNIST (benchmarks/README.md, "One set of defaults").
 PRIOR_WEIGHT_MAX = 2.0
 #: D updates per burn-in step. 8 improve realism on every case measured but more than double D's share of a call
@@ -218,10 +218,12 @@ class LangevinConfig:
         target = self.target_accept
         if isinstance(target, str):
             target = DEFAULT_TARGET_ACCEPT if self.method in EXACT_METHODS else None
+        burn_in = (0 if ascent else self.steps // 2) if self.burn_in is None else self.burn_in
+        step_size = (ASCENT_STEP_SIZE if ascent else DEFAULT_STEP_SIZE) if self.step_size is None else self.step_size
         return replace(
             self, temperature=float(self.temperature),
-            scale=self.scale if isinstance(self.scale, str) else float(self.scale), burn_in=(0 if ascent else self.steps // 2) if self.burn_in is None else self.burn_in,
-            step_size=(ASCENT_STEP_SIZE if ascent else DEFAULT_STEP_SIZE) if self.step_size is None else self.step_size,
+            scale=self.scale if isinstance(self.scale, str) else float(self.scale), burn_in=burn_in,
+            step_size=step_size,
             burn_in_boost=DEFAULT_BURN_IN_BOOST if self.burn_in_boost is None else self.burn_in_boost,
             smoothness=float(smoothness), target_accept=target,
             leapfrog_steps=(self.leapfrog_steps or DEFAULT_LEAPFROG_STEPS) if self.method == "hmc" else None,

@@ -52,10 +52,11 @@ class SampleResult:
             ``"ascent"``. ``"hmc"``: the MALA step its burn-in adapted; its leapfrogs take
             ``HMC_STEP_FRACTION`` (0.4) of it.
         metric: ``[n, *input_shape]`` the diagonal of the mass matrix M of the sampling phase (``metric="diagonal"``:
-            drift ``(ε/2)·M·∇log p``, noise std ``σ_k·√M``; 1 at the stiffest pixel, ≥ 1 elsewhere), ``None`` for the identity.
+            drift ``(ε/2)·M·∇log p``, noise std ``σ_k·√M``; 1 at the stiffest pixel, ≥ 1 elsewhere), ``None`` for the
+            identity.
         rhat: ``[n]`` rank-normalised split R-hat over the sampling phase (after burn-in), the worst of the
-            activation's and of 4 fixed random projections of the image (:mod:`lightning_ldam.sampling.diagnostics`): ≈ 1
-            when the chains sample one law, above 1.1 not mixed. ``None`` for ``"ascent"`` or fewer than 4
+            activation's and of 4 fixed random projections of the image (:mod:`lightning_ldam.sampling.diagnostics`): ≈
+            1 when the chains sample one law, above 1.1 not mixed. ``None`` for ``"ascent"`` or fewer than 4
             sampling steps.
         ess: ``[n]`` bulk effective sample size over the sampling phase, the smallest of the same quantities: how
             many independent draws all of a neuron's chains together are worth.

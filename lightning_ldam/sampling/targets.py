@@ -51,9 +51,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import nn
 
-from lightning_ldam.errors import LDAMArgumentError
 from lightning_ldam import _validation as V
 from lightning_ldam._modes import kept_modes
+from lightning_ldam.errors import LDAMArgumentError
 
 __all__ = ["Neuron", "LayerInfo", "NeuronSpec", "NeuronRequest", "LayerRequest", "UnitPick", "parse_neurons",
            "resolve_neurons", "top_units", "random_units", "find_module", "find_layer", "list_targets",
@@ -144,7 +144,8 @@ class NeuronRequest:
 
         Example::
 
-            >>> parse_neurons({"fc:2", "fc:0-1", "module.conv:top3"}).key() == parse_neurons(["conv:top3", "fc:0,1,2"]).key()
+            >>> as_set = parse_neurons({"fc:2", "fc:0-1", "module.conv:top3"})
+            >>> as_set.key() == parse_neurons(["conv:top3", "fc:0,1,2"]).key()
             True
             >>> parse_neurons({"fc": {"units": [1, 0], "disc_weight": 0.0}}).key()
             'fc:0,1;fc[disc_weight=0.0]'
@@ -283,7 +284,9 @@ def _check_setting(layer: str, key: str, value):
     """One per-layer setting, checked like the call's argument of that name; numbers come back as floats."""
     try:
         if key == "spatial":
-            from lightning_ldam.sampling.unit_axes import SPATIAL  # here: unit_axes is imported by capture, which imports us
+            from lightning_ldam.sampling.unit_axes import (
+                SPATIAL,  # here: unit_axes is imported by capture, which imports us
+            )
             return V.check_choice(key, value, SPATIAL)
         return float(V.check_positive(key, value, allow_zero=key != "temperature"))
     except LDAMArgumentError as err:
@@ -418,7 +421,8 @@ def _parse_items(spec: NeuronSpec) -> List[LayerRequest]:
                                        f"{type(spec).__name__} {spec!r}")
 
 
-def resolve_neurons(spec: Union[NeuronSpec, NeuronRequest], units: Mapping[str, int], aliases: Optional[Mapping[str, str]] = None, *,
+def resolve_neurons(spec: Union[NeuronSpec, NeuronRequest], units: Mapping[str, int],
+                    aliases: Optional[Mapping[str, str]] = None, *,
                     means: Optional[Mapping[str, torch.Tensor]] = None, seed: int = 0) -> List[Neuron]:
     """Expand a spec against known layer sizes into ``[(canonical_path, index), ...]``.
 

@@ -69,7 +69,7 @@ def eager(model: nn.Module) -> nn.Module:
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
-    while hasattr(module, "_orig_mod") and isinstance(getattr(module, "_orig_mod"), nn.Module) \
+    while hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module) \
             and type(module).__name__ == "OptimizedModule":
         module = module._orig_mod
     return module
