@@ -116,3 +116,11 @@ def test_the_size_rule_catches_a_long_function(tmp_path):
     long = tmp_path / "long.py"
     long.write_text("def f(a, b, c, d, e, f, g, h, i):\n" + "    x = 1\n" * 61)
     assert [line.split(": ", 1)[1] for line in _oversized(long, tmp_path)] == ["62 lines, 9 parameters"]
+
+
+def test_no_test_module_imports_another():
+    """Shared code lives in tests/helpers; a test module imports no other test module (nor conftest)."""
+    tests = pathlib.Path(__file__).resolve().parent
+    bad = [f"{path.name} imports {name}" for path in sorted(tests.glob("*.py")) for name in _imports(path)
+           if name.split(".")[0] == "conftest" or name.split(".")[0].startswith("test_")]
+    assert not bad, "\n".join(bad)

@@ -10,8 +10,9 @@ import copy
 
 import pytest
 import torch
+from helpers.models import SIZE
+from helpers.training import NEURONS, TinyModule, events, fit
 from lightning.pytorch.loggers import TensorBoardLogger
-from test_callback import NEURONS, SIZE, TinyModule, events, fit
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ldam.callback import LDAMCallback

@@ -9,7 +9,7 @@ import pytest
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
-pytestmark = pytest.mark.usefixtures("lightning_env")
+pytestmark = [pytest.mark.usefixtures("lightning_env"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

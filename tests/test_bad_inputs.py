@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_callback import FAST, NEURONS, SIZE, TinyModule, loader, make_trainer
+from helpers.models import SIZE
+from helpers.training import FAST, NEURONS, TinyModule, loader, make_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ldam.callback import LDAMCallback
@@ -195,7 +196,7 @@ def test_a_module_called_twice_per_forward_is_refused_naming_its_calls(tmp_path)
 
 
 def test_the_table_holds_at_least_60_distinct_bad_inputs():
-    from test_run_never_ends import MODEL_LIMITS
+    from helpers.limits import MODEL_LIMITS
 
     ids = [getattr(c, "values", c)[0] for c in AT_CONSTRUCTION + BEFORE_THE_FIRST_STEP + MODEL_LIMITS]
     assert len(set(ids)) == len(ids) >= 60

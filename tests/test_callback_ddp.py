@@ -13,10 +13,7 @@ from datetime import timedelta
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import DDPStrategy
-from test_callback import (  # noqa: E402
+from helpers.training import (
     COMPARE_GAP,
     COMPARE_GROUP,
     COMPARE_HEADER,
@@ -31,8 +28,13 @@ from test_callback import (  # noqa: E402
     ldam_tags,
     loader,
 )
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 
 from lightning_ldam.callback import LDAMCallback
+
+pytestmark = pytest.mark.slow  # a benchmark's or a multi-process test: out of the fast subset
 
 ROUND_STEPS = [2, 4]  # 16 samples, 2 ranks x 2 batches of 4 per epoch: steps 2 and 4 end epochs 0 and 1
 

@@ -11,13 +11,13 @@ import errno
 import warnings
 from typing import Dict, List
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.faults import Tabular, tabular_loader
+from helpers.models import SIZE
+from helpers.training import FAST, NEURONS, TinyModule, assert_same, clone_state, events, fit
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from test_callback import FAST, NEURONS, SIZE, TinyModule, assert_same, clone_state, events, fit
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ldam.callback import LDAMCallback
@@ -132,39 +132,15 @@ def test_a_png_directory_that_cannot_be_created_costs_the_rounds_not_the_run(tmp
     assert_same(clone_state(module), _reference(tmp_path))
 
 
-class Tabular(pl.LightningModule):
-    """An MLP on 10 features: no image to render (rendering it once crashed the run)."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def _tabular_loader():
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.rand(16, 10, generator=g), torch.randint(3, (16,), generator=g)),
-                      batch_size=4)
-
-
 def test_a_tabular_model_trains_to_the_end_with_the_callback(tmp_path):
     cb = LDAMCallback("net.2:0-1", every_n_train_steps=2, every_n_epochs=None, disc_weight=0.0, chains=2, steps=3,
                       reservoir_size=16, max_overhead=None)
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        trainer, module = fit(tmp_path, [cb], module=Tabular, train=_tabular_loader(), max_steps=4, logger=logger)
+        trainer, module = fit(tmp_path, [cb], module=Tabular, train=tabular_loader(), max_steps=4, logger=logger)
     assert trainer.global_step == 4
-    ref = fit(tmp_path / "ref", [], module=Tabular, train=_tabular_loader(), max_steps=4)[1]
+    ref = fit(tmp_path / "ref", [], module=Tabular, train=tabular_loader(), max_steps=4)[1]
     assert_same(clone_state(module), clone_state(ref))
     # 10 features are drawn as a 1 x 10 strip per chain: both rounds log their images
     assert cb.stats.rounds == 2 and cb.stats.failed_rounds == 0

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from conftest import make_tiny_net
+from helpers.models import make_tiny_net
+from helpers.training import FAST, NEURONS, VariantLog, clone_state, fit
 from lightning.pytorch.callbacks import StochasticWeightAveraging
-from test_callback import FAST, NEURONS, VariantLog, clone_state, fit
 from torch import nn
 
 from lightning_ldam.weights.ema import refresh_batchnorm
@@ -112,8 +112,8 @@ def test_the_fit_end_round_after_swas_batchnorm_epoch_logs_no_raw(tmp_path, no_f
 
 
 def test_each_average_reports_what_it_holds_and_one_update_is_no_average(tmp_path, no_failed_rounds, caplog):
+    from helpers.training import events
     from lightning.pytorch.loggers import TensorBoardLogger
-    from test_callback import events
 
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     cb = VariantLog(NEURONS, every_n_train_steps=1, every_n_epochs=None, disc_weight=0.0,

@@ -12,24 +12,24 @@ from typing import Any, Dict, List
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import sample_settings
-from lightning.pytorch.callbacks import EMAWeightAveraging
-from lightning.pytorch.loggers import TensorBoardLogger
-from test_callback import (
+from helpers.sampling import sample_settings
+from helpers.training import (
     FAST,
     NEURONS,
     LiveAtBatchEnd,
     TinyModule,
     VariantLog,
-    _live,
     assert_same,
     clone_state,
     events,
     fit,
     ldam_tags,
+    live_state,
     loader,
     make_trainer,
 )
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning_ldam.callback.ldam_callback as callback_module
 import lightning_ldam.engine.rounds as rounds_module
@@ -63,9 +63,9 @@ class HookRounds(LDAMCallback):
         self._count("epoch_end", lambda: super(HookRounds, self).on_train_epoch_end(trainer, pl_module))
 
     def on_validation_end(self, trainer, pl_module):
-        before = _live(pl_module)
+        before = live_state(pl_module)
         self._count("validation_end", lambda: super(HookRounds, self).on_validation_end(trainer, pl_module))
-        self.around_validation.append((before, _live(pl_module)))
+        self.around_validation.append((before, live_state(pl_module)))
 
 
 def _parity_run(root, with_callback: bool):

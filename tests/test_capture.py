@@ -1,7 +1,7 @@
 """Early exit: layers after the deepest target never run; hooks only while sampling, always removed."""
 import pytest
 import torch
-from conftest import INPUT_SHAPE
+from helpers.models import INPUT_SHAPE
 from torch import nn
 
 import lightning_ldam as ldam

@@ -19,7 +19,7 @@ from lightning_ldam.sampling.config import LangevinConfig
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from conftest import sample_settings  # noqa: E402
+from helpers.sampling import sample_settings  # noqa: E402
 
 from lightning_ldam.callback import LDAMCallback  # noqa: E402
 from lightning_ldam.cli import main  # noqa: E402

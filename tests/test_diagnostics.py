@@ -102,8 +102,8 @@ def test_sample_reports_rhat_and_ess_of_the_sampling_phase():
 
 @pytest.mark.usefixtures("lightning_env")
 def test_the_callback_logs_rhat_and_ess_and_warns_once_per_unmixed_layer(tmp_path, recwarn):
+    from helpers.training import events, fit
     from lightning.pytorch.loggers import TensorBoardLogger
-    from test_callback import events, fit
 
     from lightning_ldam import LDAMCallback
 

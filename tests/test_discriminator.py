@@ -169,7 +169,7 @@ def test_the_chains_noise_does_not_depend_on_the_discriminators_training():
     """Common random numbers: D's batch picks have their own generator, so a variant whose D gets 50 warm-up
     updates and one whose (given) D gets none draw the same starts and noise. At λ = 0 D never enters the drift,
     so their samples are identical; at λ > 0 their starting chains still are."""
-    from conftest import INPUT_SHAPE, make_tiny_net
+    from helpers.models import INPUT_SHAPE, make_tiny_net
 
     real = torch.rand(32, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     kw = dict(input_shape=INPUT_SHAPE, chains=3, steps=12, real_data=real, seed=4)

@@ -3,7 +3,8 @@ import logging
 
 import pytest
 import torch
-from conftest import INPUT_SHAPE
+from helpers.models import INPUT_SHAPE
+from helpers.nan_models import NaNChannel
 from torch import nn
 
 import lightning_ldam as ldam
@@ -39,19 +40,6 @@ def test_every_preconditioner_climbs(tiny_net, precondition):
                       precondition=precondition, method="ascent")
     assert torch.isfinite(res.images).all()
     assert res.activations.mean() > res.trace[..., 0].mean()
-
-
-class NaNChannel(nn.Module):
-    """Channel ``bad`` of the output is always NaN; the other channels are finite."""
-
-    def __init__(self, bad: int):
-        super().__init__()
-        self.bad = bad
-
-    def forward(self, x):
-        mask = torch.zeros(x.shape[1], dtype=torch.bool)
-        mask[self.bad] = True
-        return torch.where(mask.view(1, -1, *([1] * (x.dim() - 2))), torch.full_like(x, float("nan")), x)
 
 
 class NaNAbove(nn.Module):

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 import yaml
-from test_callback import events, ldam_tags
+from helpers.training import events, ldam_tags
 
-pytestmark = pytest.mark.usefixtures("lightning_env")
+pytestmark = [pytest.mark.usefixtures("lightning_env"), pytest.mark.slow]
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 

@@ -1,7 +1,7 @@
 """CUDA checks: skipped cleanly on machines without a GPU (CI has none)."""
 import pytest
 import torch
-from conftest import make_tiny_net
+from helpers.models import make_tiny_net
 
 import lightning_ldam as ldam
 

@@ -5,7 +5,7 @@ import os
 import signal
 
 import pytest
-from test_callback import FAST, NEURONS, TinyModule, fit
+from helpers.training import FAST, NEURONS, TinyModule, fit
 from torch import nn
 
 import lightning_ldam as ldam

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import INPUT_SHAPE, make_tiny_net
+from helpers.models import INPUT_SHAPE, make_tiny_net
 
 import lightning_ldam as ldam
 

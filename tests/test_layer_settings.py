@@ -11,8 +11,8 @@ from typing import Dict, List
 
 import pytest
 import torch
-from conftest import INPUT_SHAPE, make_tiny_net
-from test_callback import FAST, fit, loader
+from helpers.models import INPUT_SHAPE, make_tiny_net
+from helpers.training import FAST, fit, loader
 from torch import nn
 
 import lightning_ldam as ldam

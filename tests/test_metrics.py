@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import INPUT_SHAPE, make_tiny_net, neuron_activations
+from helpers.models import INPUT_SHAPE, make_tiny_net, neuron_activations
 from torch import nn
 
 from lightning_ldam.report.metrics import diversity, lift, nearest_real

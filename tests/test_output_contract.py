@@ -1,7 +1,7 @@
 """What sample() returns: shapes, order, box, and activations that match an independent evaluation."""
 import pytest
 import torch
-from conftest import INPUT_SHAPE, make_tiny_net, neuron_activations
+from helpers.models import INPUT_SHAPE, make_tiny_net, neuron_activations
 
 import lightning_ldam as ldam
 

@@ -7,8 +7,8 @@ from typing import Any, Dict, List
 
 import pytest
 import torch
-from conftest import sample_settings
-from test_callback import FAST, NEURONS, fit
+from helpers.sampling import sample_settings
+from helpers.training import FAST, NEURONS, fit
 
 import lightning_ldam.engine.rounds as rounds_module
 from lightning_ldam.callback import LDAMCallback

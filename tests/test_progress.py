@@ -3,7 +3,7 @@ import doctest
 import sys
 
 import pytest
-from conftest import INPUT_SHAPE, make_tiny_net
+from helpers.models import INPUT_SHAPE, make_tiny_net
 
 import lightning_ldam as ldam
 import lightning_ldam.sampling.progress as progress_module

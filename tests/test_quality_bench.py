@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 import lightning_ldam.callback.ldam_callback  # noqa: F401  Lightning sets env vars on import: here, outside the hygiene fixture
 
+pytestmark = pytest.mark.slow  # a benchmark's or a multi-process test: out of the fast subset
+
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 

@@ -19,12 +19,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.limits import MODEL_LIMITS, Brightness, dark_images
+from helpers.models import SIZE
+from helpers.training import FAST, NEURONS, TinyModule, assert_same, clone_state, events, fit
 from lightning.pytorch.loggers import TensorBoardLogger
-from test_callback import FAST, NEURONS, SIZE, TinyModule, assert_same, clone_state, events, fit
-from test_callback_faults import Tabular as FaultsTabular
-from test_callback_faults import _tabular_loader
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from lightning_ldam.callback import LDAMCallback
 
@@ -211,57 +211,6 @@ def test_a_write_that_fills_the_disk_leaves_lightnings_writer_working(full_disk,
     assert steps and steps == sorted(steps) and len(steps) >= cb.stats.rounds
 
 
-# ---- limits of a valid model: a fallback and one warning -------------------------------------------------------------
-class Tabular(FaultsTabular):
-    """The MLP on 10 features; ``norm=True`` puts a BatchNorm without running statistics in it (batch statistics even
-    in eval mode: it refuses a batch of one)."""
-
-    def __init__(self, norm: bool = False):
-        super().__init__()
-        if norm:
-            self.net = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.ReLU(),
-                                     nn.Linear(16, 3))
-
-
-class Brightness(TinyModule):
-    """Bright inputs (mean > 0.4) take another head: uniform-noise chains (mean 0.5) never reach ``head``."""
-
-    def __init__(self):
-        super().__init__(dropout=0.0)
-        self.head = nn.Linear(4 * SIZE * SIZE, 5)
-        self.bright = nn.Linear(4 * SIZE * SIZE, 5)
-
-    def forward(self, x):
-        h = self.features(x).flatten(1)
-        return self.bright(h) if x.mean() > 0.4 else self.head(h)
-
-
-def _dark_images():
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(0.3 * torch.rand(16, 1, SIZE, SIZE, generator=g), torch.arange(16)),
-                      batch_size=4)
-
-
-class RefusesProbes(TinyModule):
-    """Refuses any batch of another size than its training batches' 4."""
-
-    def forward(self, x):
-        if x.shape[0] != 4:
-            raise RuntimeError(f"this model takes batches of 4, got {x.shape[0]}")
-        return super().forward(x)
-
-
-#: (id, module factory, loader factory, LDAMCallback overrides, the one warning's phrase). Every argument the user
-#: set is fine: each limit is the model's. The run completes, bitwise as without the callback, with one warning.
-MODEL_LIMITS = [
-    ("tabular-at-default-lambda", Tabular, _tabular_loader, dict(neurons="net.2:0-1"), "not images"),
-    ("batch-statistics-refuse-one", lambda: Tabular(norm=True), _tabular_loader,
-     dict(neurons="net.3:0", chains=1, disc_weight=0.0), None),
-    ("branch-noise-never-reaches", Brightness, _dark_images, dict(neurons="head:0-1"), "never reach ['head']"),
-    ("model-refuses-the-probe-batch", RefusesProbes, None, dict(), "limit of the model"),
-]
-
-
 @pytest.mark.parametrize("case, module, data, overrides, phrase", MODEL_LIMITS)
 def test_a_limit_of_the_model_is_a_fallback_with_one_warning_never_an_error(tmp_path, case, module, data, overrides,
                                                                              phrase):
@@ -284,7 +233,7 @@ def test_a_limit_of_the_model_is_a_fallback_with_one_warning_never_an_error(tmp_
 
 def test_the_data_start_fallback_is_kept_in_the_state(tmp_path):
     cb = LDAMCallback("head:0", **EVERY_2, **FAST)
-    fit(tmp_path, [cb], module=Brightness, train=_dark_images(), max_steps=2)
+    fit(tmp_path, [cb], module=Brightness, train=dark_images(), max_steps=2)
     assert cb.state_dict()["fallbacks"] == {"init": "data"}
     fresh = LDAMCallback("head:0", **EVERY_2, **FAST)
     fresh.load_state_dict(cb.state_dict())
@@ -358,7 +307,7 @@ def test_a_compiled_model_compiles_the_same_graphs_and_trains_bitwise_the_same(t
         else:
             pl.seed_everything(0, verbose=False)
             module = TinyModule(dropout=0.0)
-            from test_callback import loader, make_trainer
+            from helpers.training import loader, make_trainer
             trainer = make_trainer(tmp_path / str(len(runs)), callbacks)
             trainer.fit(torch.compile(module, backend=backend), loader())
         assert trainer.global_step == 4

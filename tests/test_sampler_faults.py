@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from conftest import INPUT_SHAPE, make_tiny_net
+from helpers.models import INPUT_SHAPE, make_tiny_net
 from torch import nn
 
 import lightning_ldam as ldam
@@ -171,7 +171,7 @@ def test_chains_starting_in_a_nan_region_restart_from_fresh_states_not_their_sta
 
 
 def test_restarts_leave_the_healthy_chains_bitwise_unchanged():
-    from test_dynamics import NaNChannel
+    from helpers.nan_models import NaNChannel
 
     conv = nn.Conv2d(1, 3, 3, padding=1)
     sick = ldam.sample(nn.Sequential(conv, nn.Tanh(), NaNChannel(bad=1)), "2:0-2", input_shape=INPUT_SHAPE,
@@ -186,7 +186,7 @@ def test_restarts_leave_the_healthy_chains_bitwise_unchanged():
 
 @pytest.mark.parametrize("method", ["mala", "hmc"])
 def test_exact_methods_reject_nonfinite_proposals_and_leave_the_healthy_neurons_alone(method):
-    from test_dynamics import NaNChannel
+    from helpers.nan_models import NaNChannel
 
     conv = nn.Conv2d(1, 3, 3, padding=1)
     kw = dict(input_shape=INPUT_SHAPE, chains=3, steps=40, method=method)

@@ -1,7 +1,7 @@
 """Speed options of ``ldam.sample`` (bf16 autocast, channels_last): same answers, model left as found."""
 import pytest
 import torch
-from conftest import INPUT_SHAPE, make_tiny_net
+from helpers.models import INPUT_SHAPE, make_tiny_net
 
 import lightning_ldam as ldam
 
@@ -91,7 +91,7 @@ def test_the_graph_form_of_the_step_gives_the_eager_samples(graph_form_on_cpu, k
 
 
 def test_the_graph_form_resets_nonfinite_chains(graph_form_on_cpu):
-    from test_dynamics import NaNChannel
+    from helpers.nan_models import NaNChannel
     from torch import nn
 
     net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), NaNChannel(bad=1))

@@ -1,7 +1,7 @@
 """Neuron addressing: spec parsing, wrapper prefixes, list_targets."""
 import pytest
 import torch
-from conftest import INPUT_SHAPE, CompiledLike, Wrapper, make_tiny_net
+from helpers.models import INPUT_SHAPE, CompiledLike, Wrapper, make_tiny_net
 from torch import nn
 
 import lightning_ldam as ldam

@@ -18,15 +18,15 @@ import urllib.request
 from typing import Any, Dict, List
 
 import pytest
+from helpers.training import NEURONS, PAD, TILE, fit
 from lightning.pytorch.loggers import TensorBoardLogger
-from test_callback import NEURONS, PAD, TILE, fit
 
 from lightning_ldam.callback import LDAMCallback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 from tensorboard_screenshot import tensorboard_server  # noqa: E402  (the README screenshot tool's server)
 
-pytestmark = pytest.mark.usefixtures("lightning_env")
+pytestmark = [pytest.mark.usefixtures("lightning_env"), pytest.mark.slow]
 
 #: Bypass any http(s)_proxy from the environment: the server is on localhost.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from conftest import INPUT_SHAPE, make_tiny_net
+from helpers.models import INPUT_SHAPE, make_tiny_net
 from torch import nn
 
 import lightning_ldam as ldam

@@ -1,0 +1,1 @@
+"""Shared helpers of the test suite: models, data, fits and readers; no test module imports another."""
