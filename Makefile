@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install install-dev quality screenshot clean
+.PHONY: demo test test-lowest-lightning install install-dev quality screenshot clean
+
+# The lowest Lightning pyproject.toml allows ("lightning>=X.Y"): the averager matrix runs on it too.
+LOWEST_LIGHTNING := $(shell sed -n 's/.*"lightning>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +28,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+	$(MAKE) test-lowest-lightning
+
+# lightning==LOWEST.* beside the venv's own (no dependencies: the venv has them), first on the path
+test-lowest-lightning: $(VENV)/.installed-dev
+	rm -rf .lowest-lightning
+	$(PY) -m pip install -q --no-deps --target .lowest-lightning "lightning==$(LOWEST_LIGHTNING).*"
+	PYTHONPATH=.lowest-lightning $(PY) -m pytest -q -p no:cacheprovider tests/test_lightning_averagers.py
 
 quality: $(VENV)/.installed
 	$(PY) benchmarks/quality.py
@@ -34,4 +44,4 @@ screenshot: $(VENV)/.installed
 	$(PY) examples/tensorboard_screenshot.py --logdir runs/demo --out examples/tensorboard_demo.png
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .lowest-lightning
