@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_ldam.callback.ldam_callback as callback_module
 from lightning_ldam.callback import LDAMCallback
+from lightning_ldam.report.tags import known_tag
 
 SIZE = 12
 
@@ -409,6 +410,8 @@ def test_tensorboard_tags_counts_steps_and_sizes(tmp_path, no_failed_rounds):
     layers = {"features.0": 3, "classifier.2": 1}
     expected_images = {f"ldam/{v}/{layer}" for v in ("raw", "ema", "compare") for layer in layers}
     assert ldam_tags(acc, "images") == expected_images
+    logged = ldam_tags(acc, "images") | ldam_tags(acc, "scalars") | ldam_tags(acc, "tensors")
+    assert logged and all(known_tag(t) for t in logged), sorted(t for t in logged if not known_tag(t))
     expected_scalars = {f"ldam/{v}/{layer}/{s}" for v in ("raw", "ema") for layer in layers
                         for s in ("activation", "diversity", "nearest_real", "lift", "disc_score")} | {
         # realism needs >= 4 samples of a layer: features.0 has 3 neurons x 2 chains, classifier.2 only 2 samples

@@ -1,33 +1,14 @@
 """The TensorBoard tag layout, in one place: what the callback and the CLI log for a set of variants.
 
-``summarize`` turns ``{variant: SampleResult}`` into image grids and scalars keyed by tag;
-``write_tensorboard`` writes them with a ``SummaryWriter``. Tags (a documented contract; ``{layer}`` is the layer
-path, or its alias):
-
-* images ``ldam/{variant}/{layer}``: one row per neuron, one column per chain;
-* images ``ldam/compare/{layer}``: per neuron a group of lines, one per variant (its first chains, its mean
-  over all chains, |its mean − the first variant's mean|, and, with real inputs, the neuron's transfer with raw),
-  under a header band naming the columns;
-* scalars ``ldam/{variant}/{layer}/...``: ``activation`` (mean), ``lift`` (median over the layer's neurons, against
-  the real inputs), ``realism`` (texture-feature Fréchet distance to the real inputs over that of real ones,
-  :func:`lightning_ldam.report.realism.realism`: ≈ 1 real, higher less real; images only, >= 4 samples and 8 real
-  inputs), ``nearest_real`` (pixel L2 to the nearest real input over the real inputs' own spacing), ``diversity`` (chain
-  spread over the real inputs' spread), ``disc_score`` (mean D(x), with a discriminator), ``acceptance`` (MALA, HMC);
-* scalars ``ldam/divergence/{variant}/{layer}`` (averaged variant vs raw) and ``ldam/drift/{variant}/{layer}`` (this
-  round vs the previous one): :func:`lightning_ldam.report.metrics.divergence` (paired chains), mean over the layer's
-  neurons;
-* scalars ``ldam/transfer/{variant}/{layer}`` (averaged variant vs raw: how strongly each one's unit responds to the
-  other's samples, relative to its own, both ways averaged) and ``ldam/retention/{variant}/{layer}`` (this round's
-  unit on the previous round's samples): :func:`lightning_ldam.report.metrics.transfer`, median over the layer's
-  neurons;
-* scalars ``ldam/health/{layer}/dead|undriven|saturated``: counts over the layer's neurons, raw weights
-  (:func:`lightning_ldam.report.metrics.health`);
-* scalar ``ldam/nonfinite_resets``.
+``summarize`` turns ``{variant: SampleResult}`` into image grids and scalars keyed by tag; ``write_tensorboard``
+writes them with a ``SummaryWriter``. :data:`TAGS` lists every tag (a documented contract, from which the docs' tag
+page is generated; ``{layer}`` is the layer path, or its alias).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+import re
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -38,7 +19,69 @@ from lightning_ldam.report.render import compare_grid, neuron_grid
 from lightning_ldam.sampling.result import SampleResult, mean_pairwise_distance, reference
 
 __all__ = ["summarize", "write_tensorboard", "unhealthy_units", "unmixed_layers", "metrics_table", "Labeller",
-           "RHAT_BOUND"]
+           "RHAT_BOUND", "Tag", "TAGS", "known_tag"]
+
+
+class Tag(NamedTuple):
+    """One tag of the layout: its pattern (``{variant}``, ``{layer}``, ``{kind}`` stand for a name), what it is
+    (``image``, ``scalar`` or ``text``) and what it shows."""
+
+    pattern: str
+    kind: str
+    shows: str
+
+
+_PER_LAYER = "ldam/{variant}/{layer}"
+#: Every tag the callback and ``lightning-ldam compare`` write.
+TAGS: Tuple[Tag, ...] = (
+    Tag(_PER_LAYER, "image", "one row per neuron, one column per chain (the variant's samples)"),
+    Tag("ldam/compare/{layer}", "image", "per neuron a group of lines, one per variant: its first chains, its mean "
+                                         "over all chains, |its mean - the first variant's mean| and, with real "
+                                         "inputs, the neuron's transfer with raw; a header band names the columns"),
+    Tag(_PER_LAYER + "/activation", "scalar", "mean activation of the layer's neurons over their chains"),
+    Tag(_PER_LAYER + "/lift", "scalar", "median lift over the layer's neurons: (sample activation - real mean) / "
+                                        "(real max - real mean); 1 = as strong as the best real input"),
+    Tag(_PER_LAYER + "/realism", "scalar", "texture-feature Frechet distance to the real inputs over that of real "
+                                           "ones (about 1 real, higher less real; images, >= 4 samples, 8 real "
+                                           "inputs)"),
+    Tag(_PER_LAYER + "/nearest_real", "scalar", "pixel L2 to the nearest real input over the real inputs' own "
+                                                "spacing"),
+    Tag(_PER_LAYER + "/diversity", "scalar", "the chains' spread over the real inputs' spread"),
+    Tag(_PER_LAYER + "/disc_score", "scalar", "mean D(x) of the samples (with a discriminator)"),
+    Tag(_PER_LAYER + "/acceptance", "scalar", "share of proposals accepted (mala) or transitions (hmc)"),
+    Tag(_PER_LAYER + "/rhat", "scalar", "median split R-hat over the layer's neurons (about 1: mixed; above 1.1: "
+                                        "not mixed)"),
+    Tag(_PER_LAYER + "/ess", "scalar", "median bulk effective sample size over the layer's neurons"),
+    Tag("ldam/{variant}/averaged", "scalar", "updates or snapshots an averaged variant holds"),
+    Tag("ldam/divergence/{variant}/{layer}", "scalar", "paired-chain distance of an averaged variant to raw, over "
+                                                       "the chains' own spread (mean over the layer's neurons)"),
+    Tag("ldam/transfer/{variant}/{layer}", "scalar", "how strongly each of raw's and the variant's units responds "
+                                                     "to the other's samples, relative to its own (median)"),
+    Tag("ldam/drift/{variant}/{layer}", "scalar", "paired-chain distance of this round to the previous one"),
+    Tag("ldam/retention/{variant}/{layer}", "scalar", "this round's units on the previous round's samples, relative "
+                                                      "to their own (median)"),
+    Tag("ldam/health/{layer}/{kind}", "scalar", "how many of the layer's neurons are dead, undriven or saturated "
+                                                "(raw weights)"),
+    Tag("ldam/nonfinite_resets", "scalar", "chain states that turned NaN/Inf and restarted, in this round"),
+    Tag("ldam/failed_rounds", "scalar", "rounds that failed so far (each a warning; training goes on)"),
+    Tag("ldam/skipped_rounds", "scalar", "due rounds the overhead budget skipped so far (with a budget)"),
+    Tag("ldam/skipped_batches", "scalar", "training batches the reservoir could not keep so far"),
+    Tag("ldam/nonfinite_inputs", "scalar", "training input rows with NaN/Inf not kept so far"),
+    Tag("ldam/settings", "text", "the round's resolved sampler settings, once per fit"),
+)
+_TAG_RES = [re.compile("^" + re.escape(t.pattern).replace(r"\{layer\}", "[^/]+").replace(r"\{variant\}", "[^/]+")
+                       .replace(r"\{kind\}", "(dead|undriven|saturated)") + "$") for t in TAGS]
+
+
+def known_tag(tag: str) -> bool:
+    """Whether ``tag`` is one of :data:`TAGS` (a layer path may hold dots, an alias no slash).
+
+    Example::
+
+        >>> known_tag("ldam/ema/net.fc/lift"), known_tag("ldam/compare/net.fc"), known_tag("ldam/ema/net.fc/speed")
+        (True, True, False)
+    """
+    return any(r.match(tag) for r in _TAG_RES)
 
 #: ``(layer path, index) -> row label`` (or ``None`` for the default ``"index"``).
 Labeller = Callable[[str, int], Optional[str]]
