@@ -41,7 +41,7 @@ quality: $(VENV)/.installed
 
 # The README's TensorBoard screenshot, from the demo's logs (needs Debian's chromium package).
 screenshot: $(VENV)/.installed
-	$(PY) examples/tensorboard_screenshot.py --logdir runs/demo --out examples/tensorboard_demo.png
+	$(PY) examples/tensorboard_screenshot.py --logdir runs/demo --out docs/images/tensorboard_demo.png
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .lowest-lightning

@@ -2,7 +2,7 @@
 
 The README screenshot was made by training the demo, then running this script on its logs::
 
-    make demo && python examples/tensorboard_screenshot.py --logdir runs/demo --out examples/tensorboard_demo.png
+    make demo && python examples/tensorboard_screenshot.py --logdir runs/demo --out docs/images/tensorboard_demo.png
 
 It starts ``tensorboard`` on a free localhost port (``--samples_per_plugin images=1000`` so every step's
 image is kept), waits until the server serves image tags matching ``--tag-filter``, then has headless

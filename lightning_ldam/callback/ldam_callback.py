@@ -95,7 +95,7 @@ class LDAMCallbackLogic:
 
     def __init__(self, neurons: NeuronSpec, *, schedule: Optional[ScheduleConfig] = None,
                  data: Optional[DataConfig] = None, weights: Optional[WeightsConfig] = None,
-                 rounds: Optional[RoundConfig] = None, output: Optional[OutputConfig] = None, **options):
+                 rounds: Optional[RoundConfig] = None, output: Optional[OutputConfig] = None, **options: Any):
         sections = dict(schedule=schedule, data=data, weights=weights, rounds=rounds, output=output)
         self.settings = CallbackSettings.build(neurons, sections, options)
         # the options the user set: only these may be named by an error of the first-batch trial
@@ -570,9 +570,11 @@ class LDAMCallback(LDAMCallbackLogic, Callback):
             ``["conv1:0-3", "fc:all"]``, ``"fc:top8"`` or, with per-layer settings,
             ``{"conv1": {"units": "top4", "disc_weight": 0.0}}`` (see :mod:`lightning_ldam.sampling.targets`). Rules are
             resolved at the first round (on the raw weights and the reservoir) and fixed from then on.
-        schedule, data, weights, rounds, output: the options as typed sections
-            (:class:`~lightning_ldam.callback.settings.ScheduleConfig`, ``DataConfig``, ``WeightsConfig``,
-            ``RoundConfig``, ``OutputConfig``); absent ones take every default.
+        schedule: when rounds run (:class:`~lightning_ldam.callback.settings.ScheduleConfig`).
+        data: the network's inputs and the real inputs kept (``DataConfig``).
+        weights: the averaged variants (``WeightsConfig``).
+        rounds: what a round samples (``RoundConfig``).
+        output: how rounds are shown (``OutputConfig``). A section not given takes every default.
         **options: any option by name, over the sections:
 
             - when: ``every_n_epochs`` (1; ``None``/0: off), ``every_n_train_steps`` (off), ``on_fit_end`` (``True``:

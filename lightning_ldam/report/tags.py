@@ -34,40 +34,73 @@ class Tag(NamedTuple):
 _PER_LAYER = "ldam/{variant}/{layer}"
 #: Every tag the callback and ``lightning-ldam compare`` write.
 TAGS: Tuple[Tag, ...] = (
-    Tag(_PER_LAYER, "image", "one row per neuron, one column per chain (the variant's samples)"),
-    Tag("ldam/compare/{layer}", "image", "per neuron a group of lines, one per variant: its first chains, its mean "
-                                         "over all chains, |its mean - the first variant's mean| and, with real "
-                                         "inputs, the neuron's transfer with raw; a header band names the columns"),
-    Tag(_PER_LAYER + "/activation", "scalar", "mean activation of the layer's neurons over their chains"),
-    Tag(_PER_LAYER + "/lift", "scalar", "median lift over the layer's neurons: (sample activation - real mean) / "
-                                        "(real max - real mean); 1 = as strong as the best real input"),
-    Tag(_PER_LAYER + "/realism", "scalar", "texture-feature Frechet distance to the real inputs over that of real "
-                                           "ones (about 1 real, higher less real; images, >= 4 samples, 8 real "
-                                           "inputs)"),
-    Tag(_PER_LAYER + "/nearest_real", "scalar", "pixel L2 to the nearest real input over the real inputs' own "
-                                                "spacing"),
-    Tag(_PER_LAYER + "/diversity", "scalar", "the chains' spread over the real inputs' spread"),
-    Tag(_PER_LAYER + "/disc_score", "scalar", "mean D(x) of the samples (with a discriminator)"),
-    Tag(_PER_LAYER + "/acceptance", "scalar", "share of proposals accepted (mala) or transitions (hmc)"),
-    Tag(_PER_LAYER + "/rhat", "scalar", "median split R-hat over the layer's neurons (about 1: mixed; above 1.1: "
-                                        "not mixed)"),
-    Tag(_PER_LAYER + "/ess", "scalar", "median bulk effective sample size over the layer's neurons"),
-    Tag("ldam/{variant}/averaged", "scalar", "updates or snapshots an averaged variant holds"),
-    Tag("ldam/divergence/{variant}/{layer}", "scalar", "paired-chain distance of an averaged variant to raw, over "
-                                                       "the chains' own spread (mean over the layer's neurons)"),
-    Tag("ldam/transfer/{variant}/{layer}", "scalar", "how strongly each of raw's and the variant's units responds "
-                                                     "to the other's samples, relative to its own (median)"),
-    Tag("ldam/drift/{variant}/{layer}", "scalar", "paired-chain distance of this round to the previous one"),
-    Tag("ldam/retention/{variant}/{layer}", "scalar", "this round's units on the previous round's samples, relative "
-                                                      "to their own (median)"),
-    Tag("ldam/health/{layer}/{kind}", "scalar", "how many of the layer's neurons are dead, undriven or saturated "
-                                                "(raw weights)"),
-    Tag("ldam/nonfinite_resets", "scalar", "chain states that turned NaN/Inf and restarted, in this round"),
-    Tag("ldam/failed_rounds", "scalar", "rounds that failed so far (each a warning; training goes on)"),
-    Tag("ldam/skipped_rounds", "scalar", "due rounds the overhead budget skipped so far (with a budget)"),
-    Tag("ldam/skipped_batches", "scalar", "training batches the reservoir could not keep so far"),
-    Tag("ldam/nonfinite_inputs", "scalar", "training input rows with NaN/Inf not kept so far"),
-    Tag("ldam/settings", "text", "the round's resolved sampler settings, once per fit"),
+    Tag(_PER_LAYER, "image",
+        "one row per neuron of that layer, one column per chain; variant: raw, ema, swa (avg: another average)"),
+    Tag("ldam/compare/{layer}", "image",
+        "per neuron a group of lines, one per variant (raw first): its first chains (the same starts and noise in "
+        "every line, so the columns pair up), its mean over all chains, |its mean - raw's mean| (white: half the "
+        "value range) and, with real inputs, the neuron's transfer with raw as a number on each averaged line (-: "
+        "the unit is undriven); a header band names the columns, the left margin the neuron (labels=). At most 350 "
+        "px wide (TensorBoard's card): a wider sheet shows fewer chains, down to 2, then smaller tiles"),
+    Tag(_PER_LAYER + "/activation", "scalar", "mean final activation of the layer's neurons"),
+    Tag(_PER_LAYER + "/lift", "scalar",
+        "median over the layer's neurons of (the samples' mean activation - the real mean) / (the real max - the "
+        "real mean), on the reservoir's real inputs read through this variant's weights: 1 = as strong as the best "
+        "real input, 0 = an average one"),
+    Tag(_PER_LAYER + "/realism", "scalar",
+        "how real the samples look as texture and structure: the Frechet distance of their texture features to "
+        "half the reservoir over that of reservoir images from the other half, square-rooted (about 1: as real as "
+        "real images; blur, class means and noise read well above 1). Images only (>= 4 samples, >= 8 real inputs)"),
+    Tag(_PER_LAYER + "/nearest_real", "scalar",
+        "pixel space: the mean L2 distance from each sample to its nearest reservoir image over the same among "
+        "reservoir images (about 1: as close, 0: copies). It rewards flat averages: read it as how far from the "
+        "data's pixels, not as realism"),
+    Tag(_PER_LAYER + "/diversity", "scalar",
+        "the mean pairwise L2 distance between a neuron's chains over the same among reservoir images (without "
+        "real inputs: the distance itself); not logged with one chain"),
+    Tag(_PER_LAYER + "/disc_score", "scalar",
+        "mean D(x) of the samples under the variant's own discriminator (with one); about 0.5 once D is at "
+        "equilibrium, so it says little across variants"),
+    Tag(_PER_LAYER + "/acceptance", "scalar", "mala's (hmc's: per transition) acceptance rate after burn-in"),
+    Tag(_PER_LAYER + "/rhat", "scalar",
+        "median over the layer's neurons of the rank-normalised split R-hat over the sampling phase, the worst of "
+        "the activation's and of 4 fixed random projections of the image: about 1 mixed, above 1.1 not (a layer "
+        "with a neuron above 1.1 gets one warning per fit)"),
+    Tag(_PER_LAYER + "/ess", "scalar",
+        "median over the layer's neurons of the bulk effective sample size of the same quantities (all of a "
+        "neuron's chains together)"),
+    Tag("ldam/{variant}/averaged", "scalar",
+        "per averaged variant: the updates (EMA) or snapshots (SWA) its average holds; sampled from 2 on"),
+    Tag("ldam/divergence/{variant}/{layer}", "scalar",
+        "per averaged variant: the mean L2 distance between a neuron's raw and averaged samples, chain by chain (the "
+        "same starts and noise), over the chains' own mean pairwise distance; mean over the layer's neurons. 0: the "
+        "same samples, about 1: as different as two chains. Once the pairing is lost it reads about 1 or more "
+        "whatever the concept: transfer tells concepts apart better"),
+    Tag("ldam/transfer/{variant}/{layer}", "scalar",
+        "per averaged variant: how strongly each one's unit responds to the other's samples relative to its own "
+        "(lift on the other's / lift on its own, both ways averaged), median over the layer's driven neurons. 1: "
+        "the units respond to each other's samples as to their own (the same concept), 0: no more than to an "
+        "average real input"),
+    Tag("ldam/drift/{variant}/{layer}", "scalar",
+        "the divergence measure between this round's and the previous round's samples of one variant (from a "
+        "fit's second round on); with persistent chains, how far a chain moved in one round (re-drawn chains read "
+        "about 1 or more)"),
+    Tag("ldam/retention/{variant}/{layer}", "scalar",
+        "the transfer ratio of this round's unit on the previous round's samples of the variant: does the unit, as "
+        "trained now, still respond to what it responded to? (from a fit's second round on; not under DDP)"),
+    Tag("ldam/health/{layer}/{kind}", "scalar",
+        "raw weights: dead (constant over the reservoir's real inputs), undriven (live, but the samples reach a "
+        "lift under 0.5) or saturated (NaN/Inf activations, or samples beyond 1000 x the real range) neurons"),
+    Tag("ldam/nonfinite_resets", "scalar", "chains restarted after NaN/Inf this round"),
+    Tag("ldam/failed_rounds", "scalar", "rounds that failed so far (each also a warning naming the cause)"),
+    Tag("ldam/skipped_rounds", "scalar",
+        "rounds skipped so far to stay under max_overhead (absent with max_overhead=None)"),
+    Tag("ldam/skipped_batches", "scalar",
+        "training batches not kept for LDAM so far (unreadable, or of another per-sample shape than the "
+        "reservoir's)"),
+    Tag("ldam/nonfinite_inputs", "scalar", "training input rows skipped so far because they held NaN/Inf"),
+    Tag("ldam/settings", "text",
+        "once per fit, at its first round: the variants and the resolved sampler settings as a table"),
 )
 _TAG_RES = [re.compile("^" + re.escape(t.pattern).replace(r"\{layer\}", "[^/]+").replace(r"\{variant\}", "[^/]+")
                        .replace(r"\{kind\}", "(dead|undriven|saturated)") + "$") for t in TAGS]

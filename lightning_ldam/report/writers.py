@@ -96,7 +96,7 @@ def write_round(loggers: Iterable, images: Mapping[str, torch.Tensor], scalars: 
         Whether PNG files were written.
 
     Raises:
-        The first write error, once every logger has been tried.
+        Exception: the first write error, once every logger has been tried.
     """
     wrote_images, errors = False, []
     for logger in loggers:

@@ -157,7 +157,7 @@ class ActivationReader:
     """
 
     def __init__(self, model: nn.Module, neurons: Sequence[Neuron], chains: int, spatial: Spatial = "mean",
-                 device=None):
+                 device: Optional[torch.device] = None):
         self.model = model
         self.spatial = spatial
         self.layers: List[str] = list(dict.fromkeys(layer for layer, _ in neurons))

@@ -25,7 +25,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -217,9 +217,10 @@ def _input_shape_hint(input_shape) -> str:
     return hint
 
 
-def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int], real_data=None,
+def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
+           real_data: Union[torch.Tensor, Iterable, None] = None,
            discriminator: Optional[nn.Module] = None, progress: Union[bool, float, Progress] = False,
-           config: Optional[SamplerConfig] = None, **settings) -> SampleResult:
+           config: Optional[SamplerConfig] = None, **settings: Any) -> SampleResult:
     """Sample maximally activating inputs for ``neurons`` with Langevin dynamics (LDAM).
 
     With the defaults (``method="langevin"``) the returned images are the states, after ``steps`` steps, of

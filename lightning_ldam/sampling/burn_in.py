@@ -24,6 +24,7 @@ from lightning_ldam.sampling.config import (
 from lightning_ldam.sampling.law import Law, roughness_grad, row_rms
 from lightning_ldam.sampling.objective import Objective, Terms
 from lightning_ldam.sampling.state import ChainState
+from lightning_ldam.sampling.steppers import LangevinStepper
 
 __all__ = ["BurnIn", "StepSize", "MetricWindow", "TARGET_LIFT"]
 
@@ -128,7 +129,9 @@ class BurnIn:
     """The adapting steps and the constants they fix.
 
     Args:
-        state, law, objective: the chains, their law and what they climb.
+        state: the chains.
+        law: their law.
+        objective: what they climb.
         real_acts: ``(mean, max)`` per neuron over real inputs, for ``adapt_disc`` (``None``: ``w_k`` stays 1).
         step: the exact methods' step size.
         window: the diagonal metric's window, or ``None``.
@@ -142,7 +145,7 @@ class BurnIn:
 
     def __init__(self, state: ChainState, law: Law, objective: Objective,
                  real_acts: Optional[Sequence[torch.Tensor]], step: StepSize, window: Optional[MetricWindow],
-                 stepper):
+                 stepper: LangevinStepper):
         self.state, self.law, self.objective, self.real_acts = state, law, objective, real_acts
         self.step, self.window, self.stepper = step, window, stepper
         n, dev = state.n, state.u.device

@@ -11,7 +11,7 @@ into it (:func:`fold`), which keeps the law on the box.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,8 @@ class Law:
         smoothness: ``[n]`` γ_k, the weight of E_s (``None`` without the prior).
     """
 
-    def __init__(self, per_neuron: Mapping[str, Sequence[float]], chains: int, view, images: bool, device):
+    def __init__(self, per_neuron: Mapping[str, Sequence[float]], chains: int, view: Tuple[int, ...], images: bool,
+                 device: torch.device):
         self.chains, self.view = chains, view
         self.temperature = torch.tensor([float(v) for v in per_neuron["temperature"]], device=device)
         self.temperature_row = self.per_row(self.temperature)

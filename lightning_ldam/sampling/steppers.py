@@ -13,7 +13,7 @@ three is graph-safe (HMC's runs eagerly).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -21,6 +21,9 @@ from lightning_ldam.sampling.config import HMC_JITTER, HMC_STEP_FRACTION
 from lightning_ldam.sampling.law import Law, fold, log_fold_density, reflect, row_rms
 from lightning_ldam.sampling.objective import Objective, Terms
 from lightning_ldam.sampling.state import ChainState
+
+if TYPE_CHECKING:
+    from lightning_ldam.sampling.burn_in import StepSize
 
 __all__ = ["LangevinStepper", "MalaStepper", "HmcStepper", "AscentStepper", "STEPPERS"]
 
@@ -35,7 +38,7 @@ class LangevinStepper:
         step: the step size (:class:`~lightning_ldam.sampling.burn_in.StepSize`: ``sigma``, a number or per row).
     """
 
-    def __init__(self, state: ChainState, law: Law, objective: Objective, step):
+    def __init__(self, state: ChainState, law: Law, objective: Objective, step: "StepSize"):
         self.state, self.law, self.objective, self.step_size = state, law, objective, step
 
     def start(self) -> None:
@@ -152,7 +155,7 @@ class AscentStepper(LangevinStepper):
     """Noisy gradient ascent (``method="ascent"``): each drift term RMS-normalised per chain (``precondition="rms"``),
     optionally pSGLD-preconditioned, ε and the noise annealed; the box clamps. An optimiser, not a sampler."""
 
-    def __init__(self, state: ChainState, law: Law, objective: Objective, step):
+    def __init__(self, state: ChainState, law: Law, objective: Objective, step: "StepSize"):
         super().__init__(state, law, objective, step)
         self.second_moment = torch.zeros_like(state.u) if state.cfg.precondition == "psgld" else None
 

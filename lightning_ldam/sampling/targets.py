@@ -543,7 +543,8 @@ def first_tensor(output) -> Optional[torch.Tensor]:
 
 
 @torch.no_grad()
-def list_targets(model: nn.Module, input_shape: Sequence[int], device=None) -> List[LayerInfo]:
+def list_targets(model: nn.Module, input_shape: Sequence[int],
+                 device: Union[str, torch.device, None] = None) -> List[LayerInfo]:
     """List every module whose output can be targeted, with its channel/unit count.
 
     Runs one dry forward on zeros of shape ``(1, *input_shape)`` in eval mode; the model's
