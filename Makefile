@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-lowest-lightning install install-dev quality screenshot clean
+.PHONY: demo test test-lowest-lightning docs install install-dev quality screenshot clean
 
 # The lowest Lightning pyproject.toml allows ("lightning>=X.Y"): the averager matrix runs on it too.
 LOWEST_LIGHTNING := $(shell sed -n 's/.*"lightning>=\([0-9.]*\),.*/\1/p' pyproject.toml)
@@ -27,8 +27,13 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
+	$(MAKE) docs
 	$(PY) -m pytest
 	$(MAKE) test-lowest-lightning
+
+# The docs site (docs/, mkdocs.yml), warnings as errors, offline; open build/site/index.html
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 # lightning==LOWEST.* beside the venv's own (no dependencies: the venv has them), first on the path
 test-lowest-lightning: $(VENV)/.installed-dev

@@ -581,7 +581,7 @@ def _without(argv: Sequence[str], option: str) -> List[str]:
 
 def write_readme(text: str, path: str = README) -> None:
     """Put ``text`` between the study's markers in benchmarks/README.md (appending the section the first time)."""
-    write_section(text, MARKER, "Averaging study (issue #12)", path)
+    write_section(text, MARKER, "Averaging study", path)
 
 
 def _ints(text: str) -> Tuple[int, ...]:

@@ -101,7 +101,7 @@ MUTANTS = [
     Mutant("shared-module-read", "a module called twice per forward is read at its first call", "sampling/api.py",
            "    repeated = {p: n for p, n in calls.items() if n > 1}", "    repeated = {}",
            ("tests/test_bad_inputs.py",)),
-    # issue #21: two that no test caught before
+    # the sampler's laws at the walls and the state a call returns
     Mutant("fold-to-clamp", "a step that leaves the box is clamped onto the wall instead of reflected", "sampling/state.py",
            "y = fold(y) if reflect else y.clamp_(0.0, 1.0)", "y = y.clamp_(0.0, 1.0)",
            ("tests/test_sampling_laws.py",)),

@@ -32,8 +32,7 @@ Metrics (lightning_ldam.report.metrics, all against the held-out images):
   texture features to half of them over that of as many images of the other half, square-rooted (≈ 1 real,
   higher less real; blur, class means and noise read well above 1);
 - nearest-real: mean L2 distance from a sample to its nearest held-out image / the same for held-out images
-  (nearest other held-out image): the pixel measure, which reads class means below real digits (tables recorded
-  before issue #20 call it "realism");
+  (nearest other held-out image): the pixel measure, which reads class means below real digits (decision 0013);
 - diversity: mean pairwise L2 distance between a neuron's chains / the same among held-out images of
   that class;
 - R-hat, ESS: median over the logits of the activation's rank-normalised split R-hat and bulk ESS over the sampling
@@ -68,7 +67,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -95,6 +94,8 @@ CASES = {
     "shapes": ("QUALITY_SHAPES", "Quality (procedural textured shapes, 32 px; held out)"),
     "resnet128": ("QUALITY_RESNET128", "Quality (ResNet-18 on 128-px photo patches; held out)"),
 }
+#: ``--case all``: the summary table's README marker and heading, without and with ``--quick``
+SUITE = {False: ("QUALITY_SUITE", "The whole suite"), True: ("QUALITY_SUITE_QUICK", "The whole suite at --quick")}
 #: ``--resample``: sampling seeds of one network seed are seed, seed + RESAMPLE_STRIDE, ...
 RESAMPLE_STRIDE = 1000
 #: the same for a class-logit case run with several ``--seeds`` (or ``--resample``)
@@ -404,6 +405,10 @@ def run_logits(benches: List[Bench], args, lambdas, extra, argv) -> str:
                    f"{s.get('rhat', math.nan):.2f} | {s.get('ess', math.nan):.1f} | {secs:.1f} | "
                    f"{secs / benches[0].target_classes:.1f} | {secs.disc_share:.0%} |\n"
                    for lam, seed, s, secs in rows)
+    default_rows = [row for row in rows if row[0] == DEFAULT_DISC_WEIGHT]
+    if default_rows and not several:
+        judge_own = benches[0].accuracy.get("judge", math.nan)
+        getattr(args, "suite", []).append(SuiteRow(args.case, default_rows[0][2], judge_own, default_rows[0][3]))
     what = {"mnist": "10 class logits", "rgb": "10 class logits of the RGB CNN (3×32×32 coloured digits, normalised "
             "inputs)", "photo32": "8 class logits of the RGB CNN on 32-px photo patches (normalised inputs)",
             "photo64": "8 class logits of the RGB CNN on 64-px photo patches (normalised inputs)",
@@ -433,6 +438,9 @@ def run_layers(benches: List[Bench], args, lambdas, extra, argv) -> str:
     body = "".join(f"| `{t.path}` | {t.type_name} | {len(spec[t.path])} | "
                    + " | ".join(f"{s[t.path][0]:.2f} | {s[t.path][1]:.2f}" for s in scores) + " |\n"
                    for t in layers)
+    if lambdas == [DEFAULT_DISC_WEIGHT]:
+        lifts = {"layer_lifts": [scores[0][t.path][0] for t in layers]}
+        getattr(args, "suite", []).append(SuiteRow(args.case, lifts, math.nan, times[0]))
     net = "MNIST CNN" if args.case == "mnist-layers" else "RGB CNN (normalised inputs)"
     calls = ", ".join(f"{secs:.1f} at λ {lam:g}" for lam, secs in zip(lambdas, times))
     what = f"{sum(map(len, spec.values()))} neurons of the {net}, all layers in one call,"
@@ -440,6 +448,41 @@ def run_layers(benches: List[Bench], args, lambdas, extra, argv) -> str:
 
 
 LAYER_CASES = ("mnist-layers", "rgb-layers")
+#: cases whose defaults were tuned on (the others are held out)
+TUNED = ("mnist", "mnist-layers", "rgb", "rgb-layers")
+
+
+class SuiteRow(NamedTuple):
+    """One case's default-λ result, for the suite's summary table."""
+
+    case: str
+    scores: Dict[str, object]
+    judge_own: float
+    secs: CallTime
+
+
+def suite_table(rows: List[SuiteRow], args, argv: List[str], wall: float) -> str:
+    """The suite's summary: per class-logit case, the default-λ scores against the bars; per layer case, the
+    median lift per layer."""
+    head = ("| case | role | judge agreement | bar (0.9 × judge's own) | realism | diversity | median lift | "
+            "D updates' share | s / call |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    body, layer_lines = "", []
+    for r in rows:
+        role = "tuned" if r.case in TUNED else "held out"
+        if "layer_lifts" in r.scores:
+            lifts = " / ".join(f"{v:.2f}" for v in r.scores["layer_lifts"])
+            layer_lines.append(f"{r.case} ({role}) {lifts}")
+            continue
+        s = r.scores
+        body += (f"| {r.case} | {role} | {s['judge_agreement']:.3f} | {0.9 * r.judge_own:.3f} | {s['realism']:.2f} | "
+                 f"{s['diversity']:.2f} | {s['median_lift']:.2f} | {r.secs.disc_share:.0%} | {r.secs:.1f} |\n")
+    command = " ".join(["python benchmarks/quality.py"] + [shlex.quote(a) for a in argv])
+    layers = f" Median lift per layer, first layer to logits: {'; '.join(layer_lines)}." if layer_lines else ""
+    options = "".join(f" --set {kv}" for kv in args.set or [])
+    return (head + body + f"\nDefault λ, {args.chains} chains per neuron{options and ',' + options}"
+            f"{', half the training epochs' if getattr(args, 'halve_epochs', False) else ''}.{layers} Suite wall "
+            f"time {wall:.0f} s, training included; torch {torch.__version__}, {torch.get_num_threads()} CPU threads. "
+            f"Command: `{command}`\n")
 
 
 def family_of(case: str) -> str:
@@ -564,14 +607,22 @@ def main(argv=None):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    args.suite = []
     for case in (CASES if args.case == "all" else [args.case]):
         one = argparse.Namespace(**{**vars(args), "case": case})
         text = run(one, argv)
         print(text, flush=True)
-        if args.write:
+        # A quick suite's per-case tables are not the full-setting tables of the case markers: only its summary
+        # is written.
+        if args.write and not (args.quick and args.case == "all"):
             write_section(text, *(SEED_TABLES if len(args.seeds) > 1 or args.resample > 1 else CASES)[case])
     if args.case == "all":
-        print(f"suite wall time: {time.perf_counter() - t0:.0f} s ({len(CASES)} cases, training included)")
+        wall = time.perf_counter() - t0
+        print(f"suite wall time: {wall:.0f} s ({len(CASES)} cases, training included)")
+        table = suite_table(args.suite, args, sys.argv[1:] if argv is None else list(argv), wall)
+        print(table, flush=True)
+        if args.write:
+            write_section(table, *SUITE[args.quick])
 
 
 if __name__ == "__main__":

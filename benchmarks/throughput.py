@@ -19,7 +19,7 @@ Sections (``--only`` picks some):
 * ``methods``: per-step cost of ``method="langevin"`` (default), ``"mala"``, ``"hmc"`` and ``"ascent"`` at λ = 0
   and at the default λ, and the discriminator's share of the default-λ step (1 − λ=0 step / default step); and the
   activation's bulk ESS per second of one whole default-λ call (512 steps; 128 with ``--quick``), summed over
-  the neurons (``SampleResult.ess_activation``): mixing per wall second, the figure issue #21 targets. On these
+  the neurons (``SampleResult.ess_activation``): mixing per wall second. On these
   untrained networks it says how methods compare, not what a trained network's chains do (``mixing.py`` does).
 * ``options``: fp32 vs bf16 autocast vs channels_last vs both (and, on CUDA, ``cuda_graph`` alone and with
   both), for each model of ``main``; λ = 0, plus the default λ for fp32 and ``cuda_graph``.
