@@ -27,6 +27,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(MAKE) docs
 	$(PY) -m pytest
 	$(MAKE) test-lowest-lightning

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -127,6 +127,7 @@ def check_normalize(normalize, channels: int) -> Optional[Tuple[torch.Tensor, to
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a stateless model)."""
+    t: torch.Tensor
     for t in model.parameters():
         return t.device
     for t in model.buffers():
@@ -144,8 +145,8 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 def check_fraction(name: str, value, *, one: bool = True) -> float:
     """A number in [0, 1] (``one=False``: in [0, 1))."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not (0.0 <= value <= 1.0 if one else
-                                                                       0.0 <= value < 1.0):
+    if isinstance(value, bool) or not isinstance(value, Real) or not (
+            0.0 <= cast(float, value) <= 1.0 if one else 0.0 <= cast(float, value) < 1.0):  # a Real compares
         raise LDAMArgumentError(name, f"expected a {'number' if one else 'float'} in [0, 1{']' if one else ')'}, "
                                       f"got {shown(value)}")
     return float(value)

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -292,9 +292,9 @@ def _targets(args) -> int:
                              "reservoir to read it from")
         shape = tuple(real.shape[1:])
     net = _submodule(build_model(args.model, args.init_args, ckpt), args.module)
-    rows = [(t.path, t.type_name, "x".join(map(str, t.output_shape[1:])), str(t.units),
-             "" if t.tokens is None else str(t.tokens)) for t in list_targets(net, shape)]
-    head = ("path", "type", "output (per sample)", "units", "tokens")
+    rows: List[Tuple[str, ...]] = [(t.path, t.type_name, "x".join(map(str, t.output_shape[1:])), str(t.units),
+                                    "" if t.tokens is None else str(t.tokens)) for t in list_targets(net, shape)]
+    head: Tuple[str, ...] = ("path", "type", "output (per sample)", "units", "tokens")
     if not any(r[4] for r in rows):
         rows, head = [r[:4] for r in rows], head[:4]
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
@@ -604,7 +604,7 @@ def _write_comparison(args, ckpts, results, real, labeller=None) -> int:
         pngs.append(path)
     print(f"wrote {len(images)} images and {len(scalars)} scalars for {', '.join(results)} at step {step} "
           f"to {args.out}")
-    for path in pngs + _write_metrics(args.out, scalars, reference(results)):
+    for path in pngs + _write_metrics(args.out, scalars, cast(str, reference(results))):  # results is not empty
         print(f"wrote {path}")
     print(f"view with: tensorboard --logdir {args.out}")
     return 0
@@ -620,8 +620,8 @@ def _write_metrics(out: str, scalars: Dict[str, float], ref: str = "raw") -> Lis
 
     rows = metrics_table(scalars, ref)
     head = ["layer", "variant", *TABLE_COLUMNS]
-    cells = [[r["layer"], r["variant"]] + ["" if r[c] is None else f"{r[c]:.4g}" for c in TABLE_COLUMNS]
-             for r in rows]
+    cells = [[cast(str, r["layer"]), cast(str, r["variant"])]
+             + ["" if r[c] is None else f"{r[c]:.4g}" for c in TABLE_COLUMNS] for r in rows]
     shown = [0, 1] + [i + 2 for i, c in enumerate(TABLE_COLUMNS) if any(r[c] is not None for r in rows)]
     md = ["| " + " | ".join(head[i] for i in shown) + " |", "|" + "---|" * 2 + "---:|" * (len(shown) - 2)]
     md += ["| " + " | ".join(line[i] or "—" for i in shown) + " |" for line in cells]

@@ -86,6 +86,17 @@ def test_the_returned_config_is_resolved_and_samples_the_same_again():
     assert (plain.discriminator.disc_weight, plain.langevin.smoothness) == (0.0, 0.0)  # no data: no D, no prior
 
 
+@pytest.mark.parametrize("method, extra", [("langevin", {}), ("mala", {"target_accept": None}),
+                                           ("ascent", {"noise": 0})])
+def test_whole_number_step_settings_sample_as_their_floats(method, extra):
+    kw = dict(input_shape=(1, 8, 8), chains=2, seed=2, steps=6, method=method, real_data=_real(), disc_warmup=1)
+    as_int = ldam.sample(_net(), "3:0", step_size=1, burn_in_boost=2, **kw, **extra)
+    as_float = ldam.sample(_net(), "3:0", step_size=1.0, burn_in_boost=2.0, **kw,
+                           **{k: (float(v) if isinstance(v, int) else v) for k, v in extra.items()})
+    assert isinstance(as_int.sampler_config.langevin.step_size, float)
+    assert torch.equal(as_int.images, as_float.images)
+
+
 def test_the_callback_takes_every_sampler_setting_but_its_own_arguments():
     assert SAMPLER_EXTRA_KWARGS == frozenset(SamplerConfig.setting_names()) - CALLBACK_OWN_SETTINGS | {"progress"}
     assert {"chains", "seed", "value_range", "normalize"} <= CALLBACK_OWN_SETTINGS  # the callback's own arguments

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -82,6 +82,9 @@ class LDAMCallbackLogic:
 
     _rank_zero_info: Callable[[str], None] = staticmethod(log.info)
     _rank_zero_warn: Callable[[str], None] = staticmethod(log.warning)
+
+    if TYPE_CHECKING:  # given by the Callback base each subclass adds
+        def _generate_state_key(self, **kwargs: Any) -> str: ...
 
     def _info(self, message: str) -> None:
         """A rank-zero info line that starts on its own line, never at the end of a progress bar's."""
@@ -156,13 +159,14 @@ class LDAMCallbackLogic:
         if stage != "fit" and not (stage == "validate" and self.settings.schedule.during_validation):
             return
         check_on_setup(type(trainer.strategy).__name__, self.network(pl_module), self.settings)
-        self._averagers = [cb for cb in trainer.callbacks if is_averager(cb)] \
-            if self.settings.weights.averaging == "auto" else []
+        # Trainer.callbacks is set by Lightning's callback connector: its class does not declare it
+        self._averagers = ([cb for cb in trainer.callbacks if is_averager(cb)]  # type: ignore[attr-defined]
+                           if self.settings.weights.averaging == "auto" else [])
         # trainer.log_dir broadcasts under DDP: read it here, where every rank runs, never in rank-0-only code.
         self._png_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "ldam")
         # Lightning's WeightAveraging copies the averaged weights into the model in its on_train_end: an
         # averager listed before this callback leaves no raw weights for the fit-end round.
-        order = {id(cb): i for i, cb in enumerate(trainer.callbacks)}
+        order = {id(cb): i for i, cb in enumerate(trainer.callbacks)}  # type: ignore[attr-defined]
         self._fit.raw_gone_at_end = any(order.get(id(cb), -1) < order.get(id(self), -1) for cb in self._averagers)
         # said here, where the order is known, not at fit end
         if self._fit.raw_gone_at_end and self.settings.schedule.on_fit_end:
@@ -262,6 +266,7 @@ class LDAMCallbackLogic:
 
     def _update_ema(self, pl_module: nn.Module, step: int) -> None:
         try:
+            assert self._ema is not None  # called with an own EMA only
             self._ema.update(self.network(pl_module), step)
             self._run.last_ema_step = step
         except Exception as err:  # the 'ema' variant keeps its last weights; training goes on
@@ -364,6 +369,7 @@ class LDAMCallbackLogic:
             if self._budget is not None:
                 self._budget.add_sampling(seconds)
                 if done:
+                    assert plan is not None  # planned before the round was done
                     self._budget.record_round(seconds, len(plan.variants), plan.steps)
         if done:
             run.rounds, self._fit.rounds = run.rounds + 1, self._fit.rounds + 1

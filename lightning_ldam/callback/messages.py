@@ -7,7 +7,7 @@ No Lightning import: the rank-zero ``info``/``warn`` functions are given.
 from __future__ import annotations
 
 import errno
-from typing import Callable, Dict, Hashable, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Hashable, List, Mapping, Optional, Tuple, cast
 
 from lightning_ldam.sampling.result import SampleResult
 
@@ -109,8 +109,8 @@ class RoundReporter:
     def done(self, step: int, results: Mapping[str, SampleResult], seconds: float) -> None:
         first = next(iter(results.values()))
         n, c = first.activations.shape
-        if first.config["steps"] > 0:
-            self._per_step = seconds / (len(results) * first.config["steps"])
+        if cast(int, first.config["steps"]) > 0:
+            self._per_step = seconds / (len(results) * cast(int, first.config["steps"]))
         self.info(f"LDAMCallback: step {step}: {n} neurons x {c} chains x {first.config['steps']} steps for "
                   f"{', '.join(results)} in {seconds:.1f}s")
         for name, res in results.items():

@@ -10,7 +10,7 @@ redraw starts another.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, Optional
 
 from lightning_ldam.sampling.progress import is_terminal
 
@@ -27,7 +27,7 @@ def _active_bars() -> list:
 
 #: ``id(bar) -> bar.last_print_t`` when a newline last ended that bar's line: a bar that has not redrawn since needs
 #: no second newline (a round's messages follow each other while training, and so the bar, waits).
-_ENDED: Dict[int, float] = {}
+_ENDED: Dict[int, Optional[float]] = {}
 
 
 @contextmanager

@@ -176,6 +176,7 @@ class Reservoir:
 
     def _skip(self) -> int:
         """Positions to the next kept input (1 = the very next one), given the current ``_w``."""
+        assert self._w is not None  # set once the reservoir is full, before the first skip
         if self._w >= 1.0:
             return 1
         return int(math.floor(math.log(self._uniform()) / math.log1p(-self._w))) + 1

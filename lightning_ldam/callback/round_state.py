@@ -6,7 +6,7 @@ no other state. :class:`CallbackStats` is the public, read-only view (``LDAMCall
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 from lightning_ldam.callback.round_size import RoundSize
 
@@ -55,7 +55,7 @@ class RunState:
         for name in self.SAVED:
             setattr(self, name, state[name])
         self.fallbacks = dict(self.fallbacks)
-        self.neurons = [tuple(n) for n in self.neurons]
+        self.neurons = [cast(Tuple[str, int], tuple(n)) for n in self.neurons]  # saved as lists
 
 
 @dataclass

@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import torch
 
@@ -151,13 +151,13 @@ class CallbackSettings:
                 hint = f"did you mean {close[0]}? " if close else ""
                 raise LDAMArgumentError(name, f"not an LDAMCallback option; {hint}accepted: {sorted(OPTION_SECTIONS)} "
                                               f"(sampler settings go in sampler_kwargs)")
-        parts = {}
+        parts: Dict[str, Any] = {}
         for name, kind in CALLBACK_SECTIONS.items():
             base = sections.get(name) or kind()
             if not isinstance(base, kind):
                 raise LDAMArgumentError(name, f"expected a {kind.__name__}, got {V.shown(base)}")
             own = {k: v for k, v in options.items() if OPTION_SECTIONS[k] == name}
-            parts[name] = dataclasses.replace(base, **own) if own else base
+            parts[name] = dataclasses.replace(cast(Any, base), **own) if own else base  # a section dataclass
         return cls(neurons, **parts)
 
     def options(self) -> Dict[str, Any]:

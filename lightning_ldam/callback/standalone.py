@@ -24,7 +24,9 @@ from lightning_ldam.callback.ldam_callback import LDAMCallbackLogic
 __all__ = ["LDAMCallback"]
 
 
-class LDAMCallback(LDAMCallbackLogic, Callback):
+# The shared hooks are annotated with lightning.pytorch's Trainer and LightningModule; pytorch_lightning's Callback
+# declares its own (a distinct class hierarchy with the same interface), which mypy reads as incompatible.
+class LDAMCallback(LDAMCallbackLogic, Callback):  # type: ignore[misc]
     __doc__ = _LightningLDAMCallback.__doc__
 
     _rank_zero_info = staticmethod(_rank_zero.rank_zero_info)

@@ -14,7 +14,7 @@ states, are the same for every variant of a round. This module imports no Lightn
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 
@@ -93,7 +93,7 @@ class PersistentChains:
             log.info("LDAM: variant %r ended with non-finite chains; its next round starts afresh", name)
             self.states.pop(name, None)
             return
-        self.states[name], self.shards[name] = images.clone(), tuple(shard)
+        self.states[name], self.shards[name] = images.clone(), cast(Tuple[int, int], tuple(shard))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"redraw": self.redraw, "states": dict(self.states),

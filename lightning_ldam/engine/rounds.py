@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
 
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.sampling.activations import chain_activations, unit_activations
+from lightning_ldam.sampling.activations import Spatial, chain_activations, unit_activations
 from lightning_ldam.sampling.api import WARM_DISC_STEPS, sample
 from lightning_ldam.sampling.config import SamplerConfig, SpeedOptions
 from lightning_ldam.sampling.discriminator import finite_weights, restore_discriminator
@@ -107,7 +107,7 @@ class RoundPlan:
         return self.config.inputs.normalize
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> Optional[torch.device]:
         return self.config.speed.device
 
     def with_settings(self, **settings) -> "RoundPlan":
@@ -291,7 +291,8 @@ def sample_variants(plan: RoundPlan, neurons: Optional[NeuronSpec] = None, *, pr
             progress=progress.labelled(f"LDAM {variant.name}") if isinstance(progress, Progress) else progress)
         if plan.real is not None:  # the scale of lift and of the health counts: this variant's units on real inputs
             res.real_activations = unit_activations(net, res.neurons, plan.real[:REAL_FOR_METRICS],
-                                                    spatial=res.config["spatial"], normalize=plan.normalize)
+                                                    spatial=cast(Spatial, res.config["spatial"]),
+                                                    normalize=plan.normalize)
             nets[variant.name] = net
         out[variant.name] = res
     _read_across(out, nets, plan.normalize, previous)
@@ -305,7 +306,7 @@ def _read_across(results: Dict[str, SampleResult], nets: Dict[str, nn.Module], n
     variant's previous chains on its current units (only variants measured on real inputs, i.e. in ``nets``)."""
     def read(target: str, images: torch.Tensor) -> torch.Tensor:
         res = results[target]
-        return chain_activations(nets[target], res.neurons, images, spatial=res.config["spatial"],
+        return chain_activations(nets[target], res.neurons, images, spatial=cast(Spatial, res.config["spatial"]),
                                  normalize=normalize)
 
     ref = reference(nets)  # raw; between two checkpoints, the first

@@ -355,6 +355,7 @@ def _paint_group(sheet: _Sheet, cols: _Columns, y: int, tiles: Sequence[Optional
     """One neuron's lines from ``y`` down: the label, each line's name, the chains, means, differences and
     scores."""
     chains, means, diffs = tiles
+    assert chains is not None and means is not None  # every line has them (the first one no differences)
     label, names, label_w, scores, score_slot = texts
     h = chains.shape[-2]
     for v, text in enumerate(scores or []):

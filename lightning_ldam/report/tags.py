@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, cast
 
 import torch
 
@@ -199,6 +199,7 @@ def _variant_scalars(prefix: str, res: SampleResult, rows: List[int], real: Opti
     if res.acceptance_rate is not None:
         out[f"{prefix}/acceptance"] = res.acceptance_rate[rows].mean().item()
     if res.rhat is not None:
+        assert res.ess is not None  # measured with R-hat
         out[f"{prefix}/rhat"] = float(res.rhat[rows].median())
         out[f"{prefix}/ess"] = float(res.ess[rows].median())
     return out
@@ -220,6 +221,7 @@ def unmixed_layers(results: Mapping[str, SampleResult]) -> Dict[str, Tuple[int, 
             rhat = res.rhat[rows]
             bad = int((~(rhat <= RHAT_BOUND)).sum())  # NaN counts as not mixed
             if bad and bad > out.get(layer, (0,))[0]:
+                assert res.ess is not None  # measured with R-hat
                 out[layer] = (bad, len(rows), float(rhat.median()), float(res.ess[rows].median()))
     return out
 
@@ -235,7 +237,7 @@ def _pair_scalars(results: Mapping[str, SampleResult], previous: Optional[Mappin
     from its previous round."""
     out: Dict[str, float] = {}
     ref = reference(results)
-    raw = results.get(ref) if len(results) > 1 else None
+    raw = results.get(cast(str, ref)) if len(results) > 1 else None  # a reference among two or more
     for variant, res in results.items():
         if raw is not None and variant != ref:
             _put(out, f"ldam/divergence/{variant}/{layer}", _nanmean(divergence(raw.images[rows], res.images[rows])))
@@ -254,8 +256,9 @@ def _pair_scalars(results: Mapping[str, SampleResult], previous: Optional[Mappin
 def _both_ways(results: Mapping[str, SampleResult], variant: str, rows: List[int]) -> Optional[torch.Tensor]:
     """``[len(rows)]`` per-neuron transfer of ``variant`` with raw, both ways averaged (``None``: not measured)."""
     ref = reference(results)
+    assert ref is not None  # ``variant`` is one of the results
     both = [_transfer(results[variant], ref, rows), _transfer(results[ref], variant, rows)]
-    return None if any(t is None for t in both) else (both[0] + both[1]) / 2
+    return None if any(t is None for t in both) else (cast(torch.Tensor, both[0]) + cast(torch.Tensor, both[1])) / 2
 
 
 def _transfer_scores(results: Mapping[str, SampleResult], rows: List[int]) -> Optional[List[List[Optional[float]]]]:
@@ -267,7 +270,8 @@ def _transfer_scores(results: Mapping[str, SampleResult], rows: List[int]) -> Op
     per_variant = {v: _both_ways(results, v, rows) for v in results if v != ref}
     if any(t is None for t in per_variant.values()):
         return None
-    return [[None if v == ref else float(per_variant[v][i]) for v in results] for i in range(len(rows))]
+    return [[None if v == ref else float(cast(torch.Tensor, per_variant[v])[i]) for v in results]
+            for i in range(len(rows))]
 
 
 def _transfer(res: SampleResult, source: str, rows: List[int]) -> Optional[torch.Tensor]:

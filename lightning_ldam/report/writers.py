@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional, cast
 
 import torch
 
@@ -71,7 +71,7 @@ def check_room(directory: Optional[str], images: Mapping[str, torch.Tensor], sca
 def settings_text(config: Mapping[str, object], variants: Iterable[str]) -> str:
     """A round's resolved sampler settings as a Markdown table (TensorBoard's text plugin renders it)."""
     rows = [f"| {key} | {value} |" for key, value in config.items() if key not in ("layer_settings",)]
-    layers = config.get("layer_settings") or {}
+    layers = cast(Mapping[str, object], config.get("layer_settings") or {})
     rows += [f"| {layer} | {values} |" for layer, values in dict(layers).items()]
     return "\n".join([f"variants: {', '.join(variants)}", "", "| setting | value |", "|---|---|", *rows])
 

@@ -7,7 +7,7 @@ target never run), and hooks are always removed in ``finally``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -243,7 +243,7 @@ def unit_activations(model: nn.Module, layer_neurons: Sequence[Neuron], x: torch
     index = {layer: torch.tensor([neurons[j][1] for j in columns[layer]], device=device) for layer in layers}
     norm = None
     if normalize is not None:
-        mean, std = V.check_normalize(normalize, x.shape[1])
+        mean, std = cast(Tuple[torch.Tensor, torch.Tensor], V.check_normalize(normalize, x.shape[1]))  # not None
         view = (1, -1) + (1,) * (x.dim() - 2)
         norm = (mean.to(device).view(view), std.to(device).view(view))
     result = torch.empty((x.shape[0], len(neurons)))

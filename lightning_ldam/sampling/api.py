@@ -25,7 +25,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -134,7 +134,7 @@ def _resolve(model: nn.Module, request: NeuronRequest, to_model: "_ModelInput", 
     shapes, layouts = _layer_shapes(model, list(dict.fromkeys(aliases.values())), to_model, real)
     units = {}
     for path, shape in shapes.items():
-        mode = settings.get(path, {}).get("spatial", spatial)
+        mode = cast(str, settings.get(path, {}).get("spatial", spatial))  # checked when the spec was parsed
         reading = resolve_reading(mode, layouts.get(path, False), shape, path)
         if reading != mode:  # the layer's layout, found here, is part of how every later read takes its units
             settings.setdefault(path, {})["spatial"] = reading
@@ -143,7 +143,7 @@ def _resolve(model: nn.Module, request: NeuronRequest, to_model: "_ModelInput", 
                                 if isinstance(r.units, UnitPick) and r.units.rule == "top"))
     means = None
     if ranked and real is not None:  # without real data resolve_neurons says that "topK" needs it
-        modes = {path: settings.get(path, {}).get("spatial", spatial) for path in ranked}
+        modes = {path: cast(str, settings.get(path, {}).get("spatial", spatial)) for path in ranked}
         means = _unit_means(model, {path: units[path] for path in ranked}, real[:TOP_REAL_IMAGES], modes,
                             to_model.norm)
     return resolve_neurons(request, units, aliases, means=means, seed=chains.seed), settings
@@ -302,6 +302,7 @@ def _resolved_config(requested: SamplerConfig, shape: Tuple[int, ...], request: 
     own = request.layer_settings()  # the spec's per-layer settings, by the layer paths it writes
     has_source = has_data or discriminator is not None
     disc_cfg = requested.discriminator.resolved(has_source=has_source, given=discriminator is not None)
+    assert disc_cfg.disc_weight is not None  # resolved() fills it in
     given_weight = requested.discriminator.disc_weight  # as given: the message quotes it
     _check_disc_source(disc_cfg.disc_weight if given_weight is None else given_weight, own, has_source)
     if requested.langevin.smoothness and len(shape) != 3:
@@ -377,6 +378,7 @@ class _LayerLaw:
         spatial = cfg.chains.spatial
         self.settings = settings
         disc_weight, law = cfg.discriminator.disc_weight, cfg.langevin
+        assert disc_weight is not None, "_LayerLaw takes a resolved config"
         self.uses_disc = _uses_disc(disc_weight, settings)
         layers = list(dict.fromkeys(layer for layer, _ in neurons))
         modes = {layer: settings.get(layer, {}).get("spatial", spatial) for layer in layers}
@@ -452,6 +454,7 @@ class _ModelInput:
 
     def __init__(self, cfg: SamplerConfig, shape: Tuple[int, ...], dtype: torch.dtype):
         (lo, hi), speed = cfg.inputs.value_range, cfg.speed
+        assert speed.device is not None, "sample() sets the device"
         self.lo, self.span, self.shape, self.dtype, self.device = lo, hi - lo, shape, dtype, speed.device
         self.channels_last = speed.channels_last and len(shape) == 3  # a layout of 4-D (image) batches only
         self.autocast_dtype, self.cuda_graph = speed.autocast_dtype, speed.cuda_graph
@@ -508,6 +511,7 @@ class _Run:
                                         f"{tuple(init.shape)}")
             return ((images.reshape(batch, *self.shape) - lo) / (hi - lo)).clamp_(0.0, 1.0).contiguous()
         if init == "data":
+            assert self.real is not None  # init="data" is refused without real data
             idx = torch.randint(self.real.shape[0], (batch,), generator=self.chain_gen, device=self.device)
             return self.real[idx.to(self.real.device)].clone()
         return torch.rand((batch, *self.shape), generator=self.chain_gen, device=self.device)
@@ -564,9 +568,10 @@ class _Run:
             acceptance_rate=_cpu(chains.acceptance_rate()),
             step_sizes=_cpu(chains.step_sizes()),
             metric=_cpu(chains.metric_diagonal()),
-            **_mixing(chains, n, c),
-            scales=chains.law.scale.cpu() if fixed else None,
-            disc_weights=chains.law.disc_weights.cpu() if fixed and disc is not None and self.uses_disc else None,
+            **cast(Dict[str, Any], _mixing(chains, n, c)),
+            scales=cast(torch.Tensor, chains.law.scale).cpu() if fixed else None,  # fixed at burn-in's search end
+            disc_weights=(cast(torch.Tensor, chains.law.disc_weights).cpu()
+                          if fixed and disc is not None and self.uses_disc else None),
             sampler_config=self.config, config=self._config_record(keeper))
 
     def _config_record(self, keeper: _DiscriminatorKeeper) -> Dict[str, object]:
@@ -592,6 +597,7 @@ def _mixing(chains: LangevinChains, n: int, c: int) -> Dict[str, Optional[torch.
     if draws < MIN_DRAWS:
         return none
     acts = state.trace[-draws:].detach().float().cpu().t().reshape(n, c, draws)
+    assert state.proj_trace is not None  # kept while there are draws
     proj = state.proj_trace.detach().float().cpu().permute(1, 2, 0).reshape(n, c, -1, draws).transpose(1, 2)
     finite = torch.isfinite(acts).all() and torch.isfinite(proj).all()
     if not finite:
@@ -611,12 +617,17 @@ class _DiscriminatorKeeper:
     breaks while training is rebuilt at the end of burn-in and of the call (logged, like the chains' resets).
     """
 
+    module: Optional[nn.Module]
+    trainer: Optional[DiscriminatorTrainer]
+    flags: Optional[Tuple[List[Tuple[nn.Parameter, bool]], bool]]
+
     def __init__(self, run: _Run, given: Optional[nn.Module], u0: torch.Tensor):
         self.run, self.module, self.trainer, self.rebuilt, self.flags = run, None, None, False, None
         self.every = run.disc_cfg.disc_every
         if not run.uses_disc and given is None:
             return
         warmup = run.disc_cfg.disc_warmup
+        assert warmup is not None, "_Run takes a resolved config"
         if given is not None and not finite_weights(given):
             if run.real is None:
                 raise LDAMArgumentError("discriminator", "expected finite weights, got a discriminator with NaN/Inf "
@@ -676,6 +687,7 @@ class _DiscriminatorKeeper:
         if self.flags is not None:
             for p, flag in self.flags[0]:
                 p.requires_grad_(flag)
+            assert self.module is not None  # flags are kept for the D in use
             self.module.train(self.flags[1])
             self.flags = None
 
@@ -706,6 +718,7 @@ def _cpu(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfig, cuda_graph, device,
           progress) -> float:
     """Run every step (one phase after the other); returns the mean synchronised seconds per step after the first."""
+    assert cfg.burn_in is not None, "_loop takes a resolved config"
     phases = chains.phases()
     generators = (chains.state.gen, chains.state.restart_gen)
     graphed = {name: _GraphedStep(step, generators, device) for name, step in phases.items()} if cuda_graph else None
@@ -723,6 +736,7 @@ def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfi
                 chains.fix_metric()
             if cfg.method != "ascent" and t == cfg.burn_in:
                 if disc.ensure_finite(chains.u):  # D is frozen from here on: one check, one sync
+                    assert disc.module is not None  # rebuilt
                     chains.replace_discriminator(disc.module)
                 chains.freeze()
             if graphed is not None:
@@ -782,7 +796,7 @@ class _GraphedStep:
         self.step, self.device = step, device
         self.generators = (generators,) if isinstance(generators, torch.Generator) else tuple(generators)
         self.calls = 0
-        self.graph = None
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.stream = torch.cuda.Stream(device)
 
     def __call__(self) -> None:
@@ -822,8 +836,8 @@ def _progress_tracker(progress: Union[bool, float, Progress], total: int):
     if progress is False:
         return None
     if not isinstance(progress, Progress):
-        # True or seconds: a bar on a terminal only, as before Progress existed; plain lines are asked for by
-        # passing a Progress (a log file would otherwise get lines from every call that once showed nothing)
+        # True or seconds: a bar on a terminal only; plain lines are asked for by passing a Progress (a log file
+        # would otherwise get a line from every call)
         if not is_terminal():
             return None
         progress = Progress(delay=0.0 if progress is True else float(progress), terminal=True)

@@ -9,7 +9,7 @@ unit's lift, MALA's step σ_k adapts by dual averaging (:class:`StepSize`) and a
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union, cast
 
 import torch
 
@@ -24,7 +24,7 @@ from lightning_ldam.sampling.config import (
 from lightning_ldam.sampling.law import Law, roughness_grad, row_rms
 from lightning_ldam.sampling.objective import Objective, Terms
 from lightning_ldam.sampling.state import ChainState
-from lightning_ldam.sampling.steppers import LangevinStepper
+from lightning_ldam.sampling.steppers import LangevinStepper, MalaStepper
 
 __all__ = ["BurnIn", "StepSize", "MetricWindow", "TARGET_LIFT"]
 
@@ -40,8 +40,9 @@ class StepSize:
 
     def __init__(self, cfg: LangevinConfig, state: ChainState):
         self.cfg, self.state = cfg, state
+        assert cfg.burn_in is not None and cfg.step_size is not None, "StepSize takes a resolved config"
         self.adapts = cfg.method in EXACT_METHODS and cfg.target_accept is not None and cfg.burn_in > cfg.search_steps
-        self.sigma: object = cfg.step_size
+        self.sigma: Union[float, torch.Tensor] = cfg.step_size
         if self.adapts:
             n, dev = state.n, state.u.device
             self.log_sigma = torch.full((n,), math.log(cfg.step_size), device=dev)
@@ -60,10 +61,11 @@ class StepSize:
         """``h̄ ← (1 − r)·h̄ + r·(δ − ᾱ_k)``, ``log σ = μ − (√m/γ)·h̄``, ``log σ̄ ← (1 − m^−κ)·log σ̄ + m^−κ·log σ``."""
         state = self.state
         prob = log_alpha.clamp(max=0.0).exp()
-        self.h_bar.lerp_(self.cfg.target_accept - state.per_neuron(prob), state.at("da_rate", t))
+        self.h_bar.lerp_(cast(float, self.cfg.target_accept) - state.per_neuron(prob), state.at("da_rate", t))
         torch.mul(self.h_bar, -state.at("da_shrink", t), out=self.log_sigma).add_(self.mu)
         self.log_sigma.clamp_(max=math.log(0.5))  # a step that crosses the box in one move says nothing
         self.log_sigma_bar.lerp_(self.log_sigma, state.at("da_average", t))
+        assert isinstance(self.sigma, torch.Tensor)  # per row while it adapts
         self.sigma.copy_(state.per_row(self.log_sigma.exp()))
 
     def restart(self) -> None:
@@ -71,12 +73,14 @@ class StepSize:
         if self.adapts:
             self.h_bar.zero_()
             self.log_sigma_bar.copy_(self.log_sigma)
+            assert isinstance(self.mu, torch.Tensor)  # per neuron under a diagonal metric, the only one restarted
             torch.add(self.log_sigma, 0.5 * math.log(10.0), out=self.mu)
 
     def settle(self) -> None:
         """The averaged iterate, as Stan ends its warm-up."""
         if self.adapts:
             self.log_sigma.copy_(self.log_sigma_bar)
+            assert isinstance(self.sigma, torch.Tensor)  # per row while it adapts
             self.sigma.copy_(self.state.per_row(self.log_sigma.exp()))
 
 
@@ -101,6 +105,7 @@ class MetricWindow:
         window's steps, over the smallest pixel's (that at least ``METRIC_FLOOR`` × the mean), at least 1 and at most
         :meth:`cap`. MALA's dual averaging starts anew from the current step."""
         state, cfg = self.state, self.state.cfg
+        assert cfg.metric_end is not None, "a metric window is kept under metric='diagonal' only"
         count = state.chains * (cfg.metric_end - cfg.search_steps)
         first, second = (m.view(state.n, state.chains, -1).sum(1) / count for m in self.moments)
         var = (second - first.square()).clamp_min_(0.0).nan_to_num_(0.0)
@@ -109,6 +114,7 @@ class MetricWindow:
         ref = torch.maximum(var.min(1, keepdim=True).values, METRIC_FLOOR * var.mean(1, keepdim=True))
         m = torch.where(ref > 0, var / ref.clamp_min(1e-30), torch.ones_like(var))
         m = torch.minimum(m.clamp_min_(1.0), self.cap().view(-1, 1))
+        assert state.mass is not None and state.mass_sqrt is not None  # kept under a diagonal metric
         state.mass.copy_(m.repeat_interleave(state.chains, 0).view_as(state.mass))
         torch.sqrt(state.mass, out=state.mass_sqrt)
         self.step.restart()
@@ -121,8 +127,11 @@ class MetricWindow:
         top = torch.full((self.state.n,), 1.0 / METRIC_FLOOR, device=self.state.u.device)
         if not self.law.has_smoothness:
             return top
+        assert self.law.kappa_unit is not None  # kept with the smoothness prior
         curvature = 8.0 * self.law.kappa_unit * PRIOR_WEIGHT_MAX * sigma * sigma
-        return torch.where(curvature > 0, METRIC_STABILITY / curvature.clamp_min(1e-30), top).clamp(1.0, top[0])
+        capped = torch.where(curvature > 0, METRIC_STABILITY / curvature.clamp_min(1e-30), top)
+        # a 0-d tensor bound beside a number: torch takes it, its stubs' overloads do not
+        return capped.clamp(1.0, top[0])  # type: ignore[call-overload]
 
 
 class BurnIn:
@@ -166,6 +175,7 @@ class BurnIn:
             drift.addcmul_(terms.g_disc, share.view(state.view))
         drift.div_(PIXEL_SCALE)
         if law.has_smoothness:
+            assert law.search_smoothness is not None  # kept with the smoothness prior
             if isinstance(law.search_smoothness, float):
                 drift.sub_(roughness_grad(state.u), alpha=law.search_smoothness)
             else:
@@ -173,6 +183,7 @@ class BurnIn:
         before = None if state.held is None else state.u.clone()
         state.move(drift, t, terms.acts)
         if before is not None:  # continued chains keep their states; their gradients still count in c_k
+            assert state.held is not None
             torch.where(state.held, before, state.u, out=state.u)
         state.tick(t)
 
@@ -199,6 +210,7 @@ class BurnIn:
         self.track_scales(cur, state.at("track", t), act=False)  # D still trains: follow its gradient scale
         self.law.set_priors(self.ms_disc, self.weight)
         acts = cur.acts.clone()  # the move overwrites cur with the accepted proposals
+        assert isinstance(self.stepper, MalaStepper)  # the exact methods' steppers
         log_alpha = self.stepper.move(cur, self.step.sigma)
         self._accumulate(t)
         self.step.dual_average(log_alpha, t)
@@ -230,6 +242,7 @@ class BurnIn:
         mean, top = self.real_acts
         spread = (top - mean).clamp_min(1e-12)
         progress = (self.state.per_neuron(acts) - (mean + TARGET_LIFT * spread)) / spread
+        assert self.state.cfg.burn_in is not None, "ChainState takes a resolved config"
         rate = 8.0 / max(self.state.cfg.burn_in, 1)  # w can cross [0, 4] within the adapting half of burn-in
         self.weight.add_(progress.nan_to_num(0.0).clamp(-1.0, 1.0), alpha=rate).clamp_(0.0, PRIOR_WEIGHT_MAX)
 

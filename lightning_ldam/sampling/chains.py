@@ -12,7 +12,7 @@ What each method samples is stated in :mod:`lightning_ldam.sampling.config`.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, cast
 
 import torch
 
@@ -49,7 +49,7 @@ class LangevinChains:
         cfg, neurons, u0 = state.cfg, state.n, state.u
         self.cfg, self.objective, self.state = cfg, objective, state
         law = law or {"disc_weight": [0.0] * neurons, "temperature": [cfg.temperature] * neurons,
-                      "smoothness": [cfg.smoothness] * neurons}
+                      "smoothness": [cast(float, cfg.smoothness)] * neurons}
         images = u0.dim() == 4 and cfg.method != "ascent"
         self.law = Law(law, self.state.chains, self.state.view, images, u0.device)
         self.step_size = StepSize(cfg, self.state)
@@ -108,7 +108,8 @@ class LangevinChains:
         if cfg.method not in EXACT_METHODS:
             return None
         # HMC: a transition every leapfrog_steps steps, the last one cut short at the end
-        proposals = -(-cfg.sampling_steps // cfg.leapfrog_steps) if cfg.method == "hmc" else cfg.sampling_steps
+        proposals = (-(-cfg.sampling_steps // cast(int, cfg.leapfrog_steps)) if cfg.method == "hmc"
+                     else cfg.sampling_steps)
         return self.state.per_neuron(self.state.accepted) / max(proposals, 1)
 
     def metric_diagonal(self) -> Optional[torch.Tensor]:
@@ -116,4 +117,5 @@ class LangevinChains:
         state = self.state
         if not state.diag:
             return None
+        assert state.mass is not None  # kept under a diagonal metric
         return state.mass.view(state.n, state.chains, *state.mass.shape[1:])[:, 0].clone()

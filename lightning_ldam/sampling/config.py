@@ -28,9 +28,8 @@ Four methods (``method=``):
   and transition), each started with fresh momenta and ended by a Metropolis test on the float32 Hamiltonian. A
   coordinate that leaves the box is reflected and its momentum flipped, which keeps the leapfrog reversible and
   volume-preserving. One sampling step is one leapfrog (one gradient), so ``steps`` costs the same under every
-  method; the trace holds the accepted state at each step. On the MNIST CNN at 2048 sampling gradients it reads
-  R-hat 2.78 against MALA's 3.48 and 1.16x MALA's ESS per second (benchmarks/README.md "HMC"). Eager only (no
-  ``cuda_graph``).
+  method; the trace holds the accepted state at each step. Per gradient it mixes better than MALA, not better than
+  ULA (docs/decisions/0015-hmc.md). Eager only (no ``cuda_graph``).
 - ``metric="diagonal"`` (any Langevin method; default ``"identity"``; under ``"hmc"`` the momenta's covariance
   is M⁻¹): a diagonal mass matrix M, so the step is
   ``u ← fold(u + (ε/2)·M·∇ᵤ log p(u) + √ε·M^½·ξ)`` (MALA: the same proposal, its densities with per-pixel std
@@ -69,15 +68,14 @@ each neuron's input-gradient scale; at its end the law's constants are fixed:
 - On images, a smoothness prior ``−γ_k·E_s(u)``, ``E_s = ½·Σ (u_i − u_j)²`` over adjacent pixels,
   ``γ_k = κ · w_k / PIXEL_SCALE`` (``smoothness`` = κ; by default on with the discriminator, off at λ = 0). Without
   it the law at λ > 0 still favours single-pixel speckle (a ReLU network's input gradient changes sign from pixel
-  to pixel, and a cold law pins each pixel to the wall its gradient points at): realism 1.59 on MNIST against
-  1.32 with κ = 1.5 (benchmarks/README.md).
+  to pixel, and a cold law pins each pixel to the wall its gradient points at; docs/decisions/0008-langevin-sampler.md).
 """
 from __future__ import annotations
 
 import difflib
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union, cast
 
 import torch
 
@@ -100,8 +98,8 @@ METRIC_WINDOW = 0.6
 #: chains did not move in the window still moves afterwards).
 METRIC_FLOOR = 0.01
 #: ``metric="diagonal"``: the largest ``ε·m_i·8·γ_k`` allowed, the step times the smoothness prior's largest
-#: curvature (a checkerboard's): above ~2 an unadjusted step diverges along it. Uncapped, ULA's chains on the MNIST
-#: CNN reached R-hat 1.25 but as speckle (realism 9.6; MALA shrank its step to 0.0001, 10-20x, to move there at all).
+#: curvature (a checkerboard's): above ~2 an unadjusted step diverges along it; uncapped, chains mix as speckle
+#: (docs/decisions/0014-mixing-and-persistent-chains.md).
 METRIC_STABILITY = 0.5
 PRECONDITIONERS = ("rms", "psgld", "none")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -110,26 +108,23 @@ INITS = ("noise", "data")
 SPATIAL = UNIT_READINGS
 #: Per-pixel length (fraction of the box) that one unit of ``log p`` buys at T = 1: sets ``c_k`` (see above).
 PIXEL_SCALE = 0.01
-#: λ used when ``real_data`` is given and ``disc_weight`` is not, whatever the image's channels. Measured with each
-#: value swapped on two one-channel and two colour cases of benchmarks/quality.py (benchmarks/README.md, "One set of
-#: defaults"): 2.25, once MNIST's, read the colour cases' judge agreement lower (photo patches 0.59 / 0.70 against
-#: 0.77 / 0.84) and 1.0 was no worse on the one-channel ones.
+#: λ used when ``real_data`` is given and ``disc_weight`` is not, whatever the image's channels
+#: (docs/decisions/0017-one-set-of-defaults.md).
 DEFAULT_DISC_WEIGHT = 1.0
 #: How far ``adapt_disc`` may raise a neuron's prior weight w_k above 1 while its chains sit above
 #: :data:`~lightning_ldam.sampling.chains.TARGET_LIFT`: a unit that beats its best real input easily gets more of D and
-#: the smoothness prior, not a stronger super-stimulus. A cap of 1 read realism worse on both colour cases and changed
-#: nothing on MNIST (benchmarks/README.md, "One set of defaults").
+#: the smoothness prior, not a stronger super-stimulus (docs/decisions/0010-prior-weight-cap.md,
+#: docs/decisions/0017-one-set-of-defaults.md).
 PRIOR_WEIGHT_MAX = 2.0
-#: D updates per burn-in step. 8 improve realism on every case measured but more than double D's share of a call
-#: (MNIST 20% → 49%, coloured digits 30% → 61%), against a 25% target (benchmarks/README.md, "One set of defaults").
+#: D updates per burn-in step: more improve realism but multiply D's share of a call
+#: (docs/decisions/0017-one-set-of-defaults.md).
 DEFAULT_DISC_STEPS = 2
 #: MALA's target acceptance when ``target_accept`` is not given: the optimal rate of a Langevin proposal in high
 #: dimension is 0.574 (Roberts & Rosenthal 1998); Stan's default for its own sampler is close (0.8 for NUTS).
 DEFAULT_TARGET_ACCEPT = 0.574
 #: The methods with a Metropolis test (exact), whose burn-in adapts MALA's step toward ``target_accept``.
 EXACT_METHODS = ("mala", "hmc")
-#: ``"hmc"``: the leapfrog step as a fraction of the MALA step burn-in adapted (measured on the MNIST CNN: 16
-#: leapfrogs at 0.4 accept 0.45, at 0.55 0.27; 8 at 0.3 accept 0.73; benchmarks/README.md "HMC"). Burn-in's
+#: ``"hmc"``: the leapfrog step as a fraction of the MALA step burn-in adapted (docs/decisions/0015-hmc.md). Burn-in's
 #: adapting half is too short for dual averaging over whole trajectories (128 steps: 8 transitions of 16).
 HMC_STEP_FRACTION = 0.4
 #: ``"hmc"``: each chain's leapfrog step is drawn per transition uniformly within ±this fraction of its value.
@@ -219,15 +214,17 @@ class LangevinConfig:
         if isinstance(target, str):
             target = DEFAULT_TARGET_ACCEPT if self.method in EXACT_METHODS else None
         burn_in = (0 if ascent else self.steps // 2) if self.burn_in is None else self.burn_in
-        step_size = (ASCENT_STEP_SIZE if ascent else DEFAULT_STEP_SIZE) if self.step_size is None else self.step_size
+        # float(): an int step (step_size=1) would reach tensor code that expects a Python float
+        default_step = ASCENT_STEP_SIZE if ascent else DEFAULT_STEP_SIZE
+        step_size = default_step if self.step_size is None else float(self.step_size)
         return replace(
             self, temperature=float(self.temperature),
             scale=self.scale if isinstance(self.scale, str) else float(self.scale), burn_in=burn_in,
             step_size=step_size,
-            burn_in_boost=DEFAULT_BURN_IN_BOOST if self.burn_in_boost is None else self.burn_in_boost,
+            burn_in_boost=DEFAULT_BURN_IN_BOOST if self.burn_in_boost is None else float(self.burn_in_boost),
             smoothness=float(smoothness), target_accept=target,
             leapfrog_steps=(self.leapfrog_steps or DEFAULT_LEAPFROG_STEPS) if self.method == "hmc" else None,
-            noise=(DEFAULT_ASCENT_NOISE if self.noise is None else self.noise) if ascent else None,
+            noise=(DEFAULT_ASCENT_NOISE if self.noise is None else float(self.noise)) if ascent else None,
             precondition=(self.precondition or "rms") if ascent else None,
             schedule=(self.schedule or "cosine") if ascent else None)
 
@@ -235,18 +232,20 @@ class LangevinConfig:
     @property
     def search_steps(self) -> int:
         """Burn-in's search steps: ``search``, by default half of burn-in (the rest of burn-in adapts)."""
-        return self.burn_in // 2 if self.search is None else self.search
+        return cast(int, self.burn_in) // 2 if self.search is None else self.search
 
     @property
     def metric_end(self) -> Optional[int]:
         """``metric="diagonal"``: the step at which the metric is fixed (``None`` for the identity)."""
         if self.metric == "identity":
             return None
+        assert self.burn_in is not None, "metric_end is read from a resolved config"
         return self.search_steps + round(METRIC_WINDOW * (self.burn_in - self.search_steps))
 
     @property
     def sampling_steps(self) -> int:
         """Steps after burn-in (the ones whose law is fixed)."""
+        assert self.burn_in is not None, "sampling_steps is read from a resolved config"
         return self.steps - self.burn_in
 
     def factor(self, t: int) -> float:
@@ -258,6 +257,7 @@ class LangevinConfig:
 
     def eps(self, t: int) -> float:
         """ε at step ``t``."""
+        assert self.step_size is not None, "eps is read from a resolved config"
         if self.method == "ascent":
             f = self.factor(t)
             return self.step_size * (ASCENT_FINAL_STEP_FRACTION + (1 - ASCENT_FINAL_STEP_FRACTION) * f)
@@ -266,13 +266,15 @@ class LangevinConfig:
         if t >= search or search <= 1:
             return base
         f = 0.5 * (1 + math.cos(math.pi * t / (search - 1)))
+        assert self.burn_in_boost is not None, "eps is read from a resolved config"
         return base * (1 + (self.burn_in_boost - 1) * f)
 
     def noise_std(self, t: int) -> float:
         """Standard deviation of the noise added at step ``t`` (per pixel, unit box)."""
         if self.method == "ascent":
+            assert self.noise is not None, "noise_std is read from a resolved config"
             return math.sqrt(self.eps(t)) * self.noise * self.factor(t)
-        return self.step_size
+        return cast(float, self.step_size)
 
 
 @dataclass(frozen=True)

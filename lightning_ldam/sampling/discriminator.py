@@ -6,13 +6,13 @@ adds stays well scaled) trained online against real images (label 1) and the cur
 (label 0) with the non-saturating logistic GAN loss. On colour images its head also reads each image's colour
 statistics (the mean colour and the 3×3 covariance of its pixels' colours): a conv stack of a few stride-2 layers
 does not see that a sample's colours drift across the image while a real image's sit on a few flat regions, and
-that one global feature does (RGB realism 1.51 → 1.21 at λ 1.0 on benchmarks/quality.py, benchmarks/README.md).
+that one global feature does (docs/decisions/0009-colour-discriminator.md).
 """
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,8 @@ __all__ = ["Discriminator", "DiscriminatorTrainer", "build_discriminator", "rest
 #: Features the colour statistics are mapped to before D's head.
 STATS_WIDTH = 32
 #: The largest side D looks at: larger images are average-pooled down by a whole factor first (D's cost stays bounded
-#: at 224 px). Smaller images are looked at at full resolution, whatever their channels: halving MNIST's side helped
-#: its realism but cost the coloured digits their judge agreement, and no measure of the images' detail told the two
-#: apart (benchmarks/README.md, "One set of defaults").
+#: at 224 px). Smaller images are looked at at full resolution, whatever their channels
+#: (docs/decisions/0017-one-set-of-defaults.md).
 MAX_SIDE = 64
 
 
@@ -41,8 +40,8 @@ class Discriminator(nn.Module):
     Args:
         in_channels: image channels.
         image_size: ``(H, W)`` of the inputs.
-        width: channels of the first conv (doubling per level, capped at ``8 * width``). 16 costs a quarter of
-            32 and meets every MNIST quality target (benchmarks/README.md); 8 lost realism.
+        width: channels of the first conv (doubling per level, capped at ``8 * width``;
+            docs/decisions/0002-discriminator-width-16.md).
         max_size: largest side D looks at (larger inputs are average-pooled down by a whole factor). Default:
             :data:`MAX_SIDE` (64).
         colour_stats: also read each image's mean colour and colour covariance (default: on for more than one
@@ -86,7 +85,7 @@ class Discriminator(nn.Module):
         z = x * 2 - 1  # unit box -> [-1, 1], centred like a GAN's input
         h = self.features(z).mean(dim=(2, 3))
         if self.stats is not None:
-            h = torch.cat([h, self.stats(colour_statistics(z, self.triu))], 1)
+            h = torch.cat([h, self.stats(colour_statistics(z, cast(torch.Tensor, self.triu)))], 1)  # a buffer
         return self.head(h).squeeze(1)
 
 
@@ -116,8 +115,8 @@ class DiscriminatorTrainer:
         real: real images in the unit box, ``[N, C, H, W]``, on the sampling device.
         generator: private RNG for picking real batches.
         lr: Adam learning rate.
-        batch_size: real and fake images per update (fake: a random subset of the chains). 64 halves the
-            cost of 128 and meets the same MNIST quality targets (benchmarks/README.md).
+        batch_size: real and fake images per update (fake: a random subset of the chains;
+            docs/decisions/0002-discriminator-width-16.md, docs/decisions/0018-d-cost-against-quality.md).
     """
 
     def __init__(self, discriminator: nn.Module, real: torch.Tensor, generator: torch.Generator,

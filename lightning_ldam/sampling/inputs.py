@@ -22,6 +22,7 @@ def extract_input(batch: Any, input_key: InputKey = None) -> torch.Tensor:
     Raises:
         ValueError: the batch cannot be read with ``input_key``.
     """
+    out: Any  # whatever the key reads: checked below
     try:
         if callable(input_key):
             out = input_key(batch)

@@ -11,7 +11,7 @@ into it (:func:`fold`), which keeps the law on the box.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,7 @@ class Law:
         self.kappa_unit = torch.tensor(kappa, device=device) / PIXEL_SCALE if self.has_smoothness else None
         # burn-in's search runs with w_k = 1: a number when every neuron has the same κ (one fused pass), else per row
         self.search_smoothness = None if not self.has_smoothness else (
-            kappa[0] / PIXEL_SCALE if len(set(kappa)) == 1 else self.per_row(self.kappa_unit))
+            kappa[0] / PIXEL_SCALE if len(set(kappa)) == 1 else self.per_row(cast(torch.Tensor, self.kappa_unit)))
         self.scale: Optional[torch.Tensor] = None
         self.inv_scale_row: Optional[torch.Tensor] = None
         self.disc_weights: Optional[torch.Tensor] = None
@@ -121,23 +121,30 @@ class Law:
         self.disc_weights = disc_unit * weight
         self.disc_weight_row = self.per_row(self.disc_weights)
         if self.has_smoothness:
+            assert self.kappa_unit is not None  # kept with the smoothness prior
             self.smoothness = self.kappa_unit * weight
             self.smoothness_row = self.per_row(self.smoothness)
 
     def drift(self, terms: Terms, u: torch.Tensor) -> torch.Tensor:
         """``∇ᵤ log p`` at ``u`` (``terms`` evaluated there)."""
+        assert self.inv_scale_row is not None, "set_scale() fixes c_k first"
         drift = terms.g_act * self.inv_scale_row
         if terms.g_disc is not None:
+            assert self.disc_weight_row is not None, "set_priors() sets λ_k first"
             drift.addcmul_(terms.g_disc, self.disc_weight_row)
         if self.has_smoothness:
+            assert self.smoothness_row is not None, "set_priors() sets γ_k first"
             drift.sub_(roughness_grad(u) * self.smoothness_row)
         return drift
 
     def log_p(self, terms: Terms, u: torch.Tensor) -> torch.Tensor:
         """``log p`` at ``u``, per chain, up to the normalising constant."""
+        assert self.inv_scale_row is not None, "set_scale() fixes c_k first"
         log_p = terms.acts * self.inv_scale_row.view(-1)
         if terms.log_d is not None:
+            assert self.disc_weight_row is not None, "set_priors() sets λ_k first"
             log_p = log_p + terms.log_d * self.disc_weight_row.view(-1)
         if self.has_smoothness:
+            assert self.smoothness_row is not None, "set_priors() sets γ_k first"
             log_p = log_p - self.smoothness_row.view(-1) * roughness(u)
         return log_p

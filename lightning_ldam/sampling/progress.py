@@ -66,6 +66,14 @@ class Progress:
         LDAM: 4/4 steps in 4.0 s
     """
 
+    delay: float
+    every_fraction: float
+    every_seconds: float
+    write: Callable[[str], None]
+    terminal: Optional[bool]
+    clock: Callable[[], float]
+    desc: str
+
     def __init__(self, delay: float = 0.0, write: Optional[Callable[[str], None]] = None,
                  every_fraction: float = 0.1, every_seconds: float = 30.0, terminal: Optional[bool] = None,
                  clock: Callable[[], float] = time.perf_counter, desc: str = "LDAM"):

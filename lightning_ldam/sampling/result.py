@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, cast
 
 import torch
 from torch import nn
@@ -135,6 +135,7 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
     """
     world = len(shards)
     present = [s for s in shards if s is not None]
+    ranks = cast(List[SampleResult], shards)  # round-robin: every rank that ``order`` reads sampled a neuron
     total = sum(len(s.neurons) for s in present)
     order = [(j % world, j // world) for j in range(total)]
 
@@ -143,11 +144,14 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
             return None
         return torch.stack([getattr(shards[r], field_name)[i] for r, i in order])
 
+    def stack_all(field_name: str) -> torch.Tensor:  # a field no result leaves None
+        return cast(torch.Tensor, stack(field_name))
+
     first = present[0]
     return SampleResult(
-        neurons=[shards[r].neurons[i] for r, i in order], images=stack("images"),
-        activations=stack("activations"), trace=stack("trace"), disc_scores=stack("disc_scores"),
-        nonfinite_resets=stack("nonfinite_resets"), value_range=first.value_range, discriminator=None,
+        neurons=[ranks[r].neurons[i] for r, i in order], images=stack_all("images"),
+        activations=stack_all("activations"), trace=stack_all("trace"), disc_scores=stack("disc_scores"),
+        nonfinite_resets=stack_all("nonfinite_resets"), value_range=first.value_range, discriminator=None,
         seconds=max(s.seconds for s in present), step_seconds=max(s.step_seconds for s in present),
         acceptance_rate=stack("acceptance_rate"), step_sizes=stack("step_sizes"), scales=stack("scales"),
         metric=stack("metric"), disc_weights=stack("disc_weights"),
@@ -155,8 +159,8 @@ def merge_shards(shards: List[Optional[SampleResult]]) -> SampleResult:
         ess_activation=stack("ess_activation"),
         sampler_config=first.sampler_config, config=dict(first.config),
         real_activations=None if first.real_activations is None else
-        torch.stack([shards[r].real_activations[:, i] for r, i in order], dim=1),
-        cross_activations={k: torch.stack([shards[r].cross_activations[k][i] for r, i in order])
+        torch.stack([cast(torch.Tensor, ranks[r].real_activations)[:, i] for r, i in order], dim=1),
+        cross_activations={k: torch.stack([ranks[r].cross_activations[k][i] for r, i in order])
                            for k in first.cross_activations if all(k in s.cross_activations for s in present)})
 
 

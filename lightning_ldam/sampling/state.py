@@ -74,6 +74,7 @@ class ChainState:
         self.trace = torch.empty((cfg.steps, batch), device=dev)
         # the mixing diagnostics' second view: a few fixed random projections of each state over the sampling phase
         # (a private generator: the chains' own streams stay as they were)
+        assert cfg.burn_in is not None, "ChainState takes a resolved config"
         self.draws = max(cfg.steps - cfg.burn_in, 0) if cfg.method != "ascent" else 0
         self.projection = _projections(u0[0].numel(), dev) if self.draws else None
         self.proj_trace = torch.empty((self.draws, batch, PROJECTIONS), device=dev) if self.draws else None
@@ -89,6 +90,7 @@ class ChainState:
     # ---- per-step scalars -------------------------------------------------------------------------------------
     def _scalars(self) -> Dict[str, list]:
         cfg = self.cfg
+        assert cfg.burn_in is not None, "ChainState takes a resolved config"
         track = [max(1.0 / (t + 1), 8.0 / max(cfg.burn_in, 1)) for t in range(cfg.steps)]
         da = DUAL_AVERAGING
         # dual averaging's m-th iteration (m = 1 at the adapting half's first step; 0 outside it), started anew where a
@@ -109,6 +111,7 @@ class ChainState:
     def at(self, name: str, t: Optional[int]):
         """Per-step scalar ``name`` at step ``t`` (``None``: the graph form, read at the device counter)."""
         if t is None:
+            assert self.tables is not None and self.counter is not None, "the graph form keeps device tables"
             return self.tables[name].index_select(0, self.counter)
         return self.scalars[name][t]
 
@@ -122,19 +125,24 @@ class ChainState:
 
     def record(self, t: Optional[int], acts: torch.Tensor) -> None:
         """Trace the activations before step ``t`` (and, in the sampling phase, the states' projections)."""
+        assert self.cfg.burn_in is not None, "ChainState takes a resolved config"
         if t is not None:
             self.trace[t] = acts
             if self.draws and t >= self.cfg.burn_in:
+                assert self.projection is not None and self.proj_trace is not None  # kept while there are draws
                 torch.mm(self.u.flatten(1), self.projection, out=self.proj_trace[t - self.cfg.burn_in])
         else:
+            assert self.counter is not None, "the graph form keeps a device counter"
             self.trace.index_copy_(0, self.counter, acts.unsqueeze(0))
             if self.draws:  # burn-in's steps all write slot 0, which the first sampling step then overwrites
+                assert self.projection is not None and self.proj_trace is not None  # kept while there are draws
                 slot = (self.counter - self.cfg.burn_in).clamp_min_(0)
                 self.proj_trace.index_copy_(0, slot, (self.u.flatten(1) @ self.projection).unsqueeze(0))
 
     def tick(self, t: Optional[int]) -> None:
         """End of a step in the graph form: the device counter moves on (eager steps know their ``t``)."""
         if t is None:
+            assert self.counter is not None, "the graph form keeps a device counter"
             self.counter.add_(1)
 
     # ---- moving -----------------------------------------------------------------------------------------------
@@ -145,6 +153,7 @@ class ChainState:
         itself is NaN: it would reset every step). Returns the rows that restarted."""
         noise = torch.randn(self.u.shape, generator=self.gen, device=self.u.device)
         if metric and self.diag:
+            assert self.mass is not None and self.mass_sqrt is not None  # kept under a diagonal metric
             drift = drift * self.mass
             noise = noise * self.mass_sqrt
         y = self.u.add(drift * self.at("half_eps", t))

@@ -83,6 +83,7 @@ class MalaStepper(LangevinStepper):
         torch.where(accept.view(state.view), y, u, out=state.u)
         for old, new in zip(cur, prop):
             if old is not None:
+                assert new is not None  # both evaluated by one objective: the same terms are None
                 torch.where(accept.view((-1,) + (1,) * (old.dim() - 1)), new, old, out=old)
         self.last_accept = accept
         return log_alpha
@@ -90,6 +91,7 @@ class MalaStepper(LangevinStepper):
     def step(self, t: Optional[int]) -> None:
         """A Metropolis-adjusted Langevin step of the fixed law, at the step fixed by burn-in."""
         state = self.state
+        assert self.current is not None, "start() evaluates the objective first"
         state.record(t, self.current.acts)
         self.move(self.current, self.step_size.sigma)
         state.accepted.add_(self.last_accept)
@@ -100,7 +102,14 @@ class HmcStepper(MalaStepper):
     """Hamiltonian transitions of the fixed law, reflected at the walls (exact; eager only). Burn-in runs MALA's
     adapting steps (:meth:`MalaStepper.move`)."""
 
-    def step(self, t: int) -> None:
+    # the transition under way (set at its first leapfrog)
+    leap: torch.Tensor
+    momentum: torch.Tensor
+    h_start: torch.Tensor
+    position: torch.Tensor
+    grad: torch.Tensor
+
+    def step(self, t: Optional[int]) -> None:
         """One leapfrog of a Hamiltonian transition of the fixed law: a transition starts every ``leapfrog_steps``
         steps of the sampling phase with fresh momenta ``p ~ N(0, M⁻¹)`` and ends with the Metropolis test on
         ``H = −log p(u) + ½·pᵀMp`` (the log-densities in float32). Each leapfrog is
@@ -109,6 +118,9 @@ class HmcStepper(MalaStepper):
         so the test is exact). The trace records the current (accepted) state at every step, so the diagnostics
         count gradient evaluations, as MALA's do."""
         state, law, cfg = self.state, self.law, self.state.cfg
+        assert t is not None, "HMC runs eagerly (no graph form)"
+        assert cfg.burn_in is not None and cfg.leapfrog_steps is not None, "ChainState takes a resolved config"
+        assert self.current is not None, "start() evaluates the objective first"
         k = (t - cfg.burn_in) % cfg.leapfrog_steps
         end = k == cfg.leapfrog_steps - 1 or t == cfg.steps - 1
         state.record(t, self.current.acts)
@@ -129,6 +141,7 @@ class HmcStepper(MalaStepper):
             torch.where(accept.view(state.view), x, state.u, out=state.u)
             for old, new in zip(self.current, terms):
                 if old is not None:
+                    assert new is not None  # both evaluated by one objective: the same terms are None
                     torch.where(accept.view((-1,) + (1,) * (old.dim() - 1)), new, old, out=old)
             state.accepted.add_(accept)
 
@@ -139,8 +152,10 @@ class HmcStepper(MalaStepper):
         jitter = torch.rand(state.u.shape[:1], generator=state.gen, device=state.u.device).view(state.view)
         self.leap = self.step_size.sigma * HMC_STEP_FRACTION * (1.0 + HMC_JITTER * (2.0 * jitter - 1.0))
         if state.diag:  # in p' = M^½·p ~ N(0, I) a leapfrog moves u by ε·M^½·p'
+            assert state.mass_sqrt is not None  # kept under a diagonal metric
             self.leap = self.leap * state.mass_sqrt
         self.momentum = torch.randn(state.u.shape, generator=state.gen, device=state.u.device)
+        assert self.current is not None, "start() evaluates the objective first"
         self.h_start = self._kinetic(self.momentum) - self.law.log_p(self.current, state.u)
         self.position = state.u.clone()
         self.grad = self.law.drift(self.current, state.u)

@@ -46,7 +46,7 @@ import difflib
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -320,7 +320,7 @@ def spec_with_settings(neurons: Sequence[Neuron], settings: Mapping[str, Mapping
     """
     if not any(settings.get(layer) for layer, _ in neurons):
         return [(layer, int(index)) for layer, index in neurons]
-    out: Dict[str, Dict[str, object]] = {}
+    out: Dict[str, Dict[str, Any]] = {}
     for layer, index in neurons:
         out.setdefault(layer, {"units": []})["units"].append(int(index))
     for layer, entry in out.items():
@@ -404,7 +404,7 @@ def _parse_items(spec: NeuronSpec) -> List[LayerRequest]:
         return [LayerRequest(layer.strip(), _parse_indices(layer, idx))]
     if (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)
             and (not isinstance(spec[1], str) or ":" not in spec[0])):
-        return [LayerRequest(spec[0].strip(), _parse_indices(spec[0], spec[1]))]
+        return [LayerRequest(spec[0].strip(), _parse_indices(spec[0], cast(IndexSpec, spec[1])))]  # checked there
     if isinstance(spec, Iterable) and not isinstance(spec, (bytes, bytearray)):
         # a set iterates in an order that changes with the process's hash seed: sorted, every process agrees
         spec_list = sorted(spec, key=repr) if isinstance(spec, (set, frozenset)) else list(spec)
@@ -572,7 +572,7 @@ def list_targets(model: nn.Module, input_shape: Sequence[int],
     shape = check_input_shape(input_shape)
     device = model_device(model) if device is None else torch.device(device)
     table = _module_table(model)
-    seen: Dict[str, LayerInfo] = {}
+    seen: Dict[str, Tuple[Tuple[int, ...], str]] = {}  # path -> output shape, module type
     handles = []
 
     def make_hook(path: str):

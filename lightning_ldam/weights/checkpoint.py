@@ -19,7 +19,7 @@ Lightning's averagers copy the averaged weights into the model when ``fit`` ends
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, cast
 
 import torch
 
@@ -61,14 +61,14 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     return ckpt
 
 
-def _ldam_entry(ckpt: Mapping[str, Any]) -> Optional[Tuple[str, Dict[str, Any]]]:
+def _ldam_entry(ckpt: Mapping[str, Any]) -> Optional[Tuple[str, Mapping[str, Any]]]:
     """The first callback state an ``LDAMCallback`` (or a subclass: any state key) wrote: its state says
     ``"format": "lightning_ldam"``."""
     states = [(k, v) for k, v in (ckpt.get("callbacks") or {}).items() if isinstance(k, str) and isinstance(v, Mapping)]
     return next(((key, state) for key, state in states if state.get("format") == STATE_FORMAT), None)
 
 
-def ldam_state(ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+def ldam_state(ckpt: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
     """The ``LDAMCallback`` state saved in ``ckpt`` (``None`` if there is none).
 
     With several ``LDAMCallback`` instances in one trainer the first one (in the checkpoint's order, which is
@@ -182,7 +182,7 @@ def _variants(ckpt: Mapping[str, Any]) -> List[Tuple[str, Dict[str, torch.Tensor
 
     if lightning_avg and _count((ckpt.get("averaging_state") or {}).get("n_averaged")) > 0:
         kinds = [averager_kind(k) for k in callbacks if averager_kind(k) not in (None, "swa")]
-        add(kinds[0] if kinds else "swa", dict(ckpt["state_dict"]))
+        add(cast(str, kinds[0]) if kinds else "swa", dict(ckpt["state_dict"]))  # None filtered out above
 
     for key, state in callbacks.items():
         if averager_kind(key) == "swa" and isinstance(state, Mapping):

@@ -15,7 +15,7 @@ for the first update) on every call.
 from __future__ import annotations
 
 import weakref
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -84,8 +84,11 @@ class EMA(nn.Module):
         if device is not None:
             self.average.to(device)
         self._updates: Optional[int] = None  # Python mirror of n_averaged (read once, never synced again)
-        self._average_lists = None  # the average's tensors: (all, float positions, int positions), split once
-        self._model_cache = None  # (weakref to the model, its modules, the tensor layout last checked)
+        # the average's tensors: (all, float positions, int positions), split once
+        self._average_lists: Optional[Tuple[List[torch.Tensor], List[int], List[int]]] = None
+        # (weakref to the model, its modules, the tensor layout last checked)
+        self._model_cache: Optional[Tuple[weakref.ReferenceType[nn.Module], List[nn.Module],
+                                          Optional[List[Tuple[int, int]]]]] = None
 
     @property
     def n_averaged(self) -> torch.Tensor:
@@ -200,9 +203,10 @@ def refresh_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 
         tensor([1.])
     """
     V.check_positive("batch_size", batch_size, integer=True)
-    norm = None
+    norm: Optional[Tuple[torch.Tensor, ...]] = None
     if normalize is not None:
-        mean, std = V.check_normalize(normalize, inputs.shape[1] if inputs.dim() > 1 else 1)
+        mean, std = cast(Tuple[torch.Tensor, torch.Tensor],  # not None: normalize is given
+                         V.check_normalize(normalize, inputs.shape[1] if inputs.dim() > 1 else 1))
         view = (1, -1) + (1,) * (inputs.dim() - 2) if inputs.dim() > 1 else (-1,)  # channels on dim 1
         norm = (mean.view(view), std.view(view))
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]

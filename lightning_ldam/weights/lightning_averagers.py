@@ -132,6 +132,7 @@ def find_variants(network: Callable[[nn.Module], nn.Module], pl_module: nn.Modul
                         f"averages {MIN_AVERAGED}")
     for cb in averagers:
         name = averager_kind(cb)
+        assert name is not None  # ``averagers`` holds averaging callbacks only
         module, count, buffers = _averaged(cb)
         if module is None or count < MIN_AVERAGED:
             note(name, f"LDAMCallback: {type(cb).__name__}'s average holds {count} snapshot(s) or update(s), under "
