@@ -180,13 +180,15 @@ def run(mutant: Mutant, timeout: int = 1500) -> Tuple[str, Optional[str], float]
         return ("killed" if killed else "SURVIVED"), test, seconds
 
 
-def table(rows) -> str:
+def table(rows, argv) -> str:
     lines = ["| mutant | the bug | result | first test that fails | s |", "|---|---|---|---|---|"]
     for mutant, (result, test, seconds) in rows:
         where = f"`{test}`" if test else "—"
         lines.append(f"| `{mutant.name}` ({mutant.module}) | {mutant.what} | {result} | {where} | {seconds:.0f} |")
     killed = sum(r == "killed" for _, (r, _, _) in rows)
-    return "\n".join(lines) + f"\n\n{killed} of {len(rows)} mutants killed.\n"
+    command = " ".join(["python benchmarks/mutants.py", *argv])
+    return "\n".join(lines) + (f"\n\n{killed} of {len(rows)} mutants killed. Command: `{command}`; "
+                                f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores.\n")
 
 
 def main(argv=None) -> int:
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
         rows.append((mutant, run(mutant)))
         result, test, seconds = rows[-1][1]
         print(f"{mutant.name}: {result} ({test}, {seconds:.0f} s)", flush=True)
-    text = table(rows)
+    text = table(rows, sys.argv[1:] if argv is None else list(argv))
     print(text)
     if args.write:
         from readme_tables import write_section
