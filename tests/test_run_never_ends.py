@@ -211,6 +211,28 @@ def test_a_write_that_fills_the_disk_leaves_lightnings_writer_working(full_disk,
     assert steps and steps == sorted(steps) and len(steps) >= cb.stats.rounds
 
 
+def test_the_event_file_opened_after_a_failure_sorts_after_the_one_it_replaces(tmp_path, monkeypatch):
+    """TensorBoard reads a run's event files in name order (creation second, then the process's writer counter as a
+    plain number). With the counter at 9, a replacement opened in the same second would be writer 10 and sort first:
+    the steps would read back out of order. Two failures in a row, all three files read back in step order."""
+    from tensorboard.summary.writer import event_file_writer
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_ldam.report.tensorboard_writer import WriteFailed, write_round_to
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_scalar("loss", 0.0, global_step=1)
+    for step in (2, 3):
+        with pytest.raises(WriteFailed):  # a 1-D "image" cannot be encoded: the round's write fails, the writer reopens
+            write_round_to(writer, {"img": torch.zeros(4)}, {"loss": float(step)}, step)
+    writer.add_scalar("loss", 4.0, global_step=4)
+    writer.close()
+    names = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
+    assert [n.rsplit(".", 1)[-1] for n in names] == ["9", "10", "11"]
+    assert _event_scalars(tmp_path, "loss") == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("case, module, data, overrides, phrase", MODEL_LIMITS)
 def test_a_limit_of_the_model_is_a_fallback_with_one_warning_never_an_error(tmp_path, case, module, data, overrides,
                                                                              phrase):

@@ -10,7 +10,7 @@ transaction:
    scalars never depend on the images;
 3. after a failure, close the broken file writer quietly, cut its file back to the last length that was
    flushed whole (the round's partial records go, and the space they took comes back), and let the writer
-   open a fresh event file in the same directory at its next call.
+   open a fresh event file in the same directory at its next call, named to sort after the abandoned one.
 
 Lightning's next write then goes to a working file. Duck-typed over ``torch.utils.tensorboard.SummaryWriter``
 (and tensorboardX's, which has the same attributes); no Lightning import.
@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Mapping
+import re
+import time
+from typing import Callable, Dict, Iterable, Mapping
 
 import torch
 
 __all__ = ["write_round_to", "WriteFailed"]
 
 log = logging.getLogger(__name__)
+#: ``events.out.tfevents.<whole seconds>.<host>.<pid>.<writer counter>``: the seconds, as the name has them.
+_EVENT_FILE_SECONDS = re.compile(r"tfevents\.(\d+)\.")
 
 
 class WriteFailed(OSError):
@@ -87,3 +91,19 @@ def reopen(writer, committed: Mapping[str, int]) -> None:
             log.debug("cutting %s back to %d bytes: %s", path, length, err)
     if hasattr(writer, "all_writers"):
         writer.file_writer = writer.all_writers = None
+    _wait_past(committed)
+
+
+def _wait_past(paths: Iterable[str], clock: Callable[[], float] = time.time,
+               sleep: Callable[[float], None] = time.sleep) -> None:
+    """Wait until the clock's whole second is past the seconds in the names of ``paths`` (at most about one).
+
+    TensorBoard reads a run's event files in name order, and a name is the creation second then the process's writer
+    counter as a plain number: a file opened in the same second as the one it replaces can sort before it (writer 10
+    before writer 9), and TensorBoard would read the steps out of order. A later second sorts after."""
+    seconds = [int(m.group(1)) for m in (_EVENT_FILE_SECONDS.search(os.path.basename(p)) for p in paths) if m]
+    if not seconds:
+        return
+    remaining = max(seconds) + 1 - clock()
+    if 0 < remaining <= 1.0:  # a name from a clock far ahead is not waited for
+        sleep(remaining + 0.01)
