@@ -3,7 +3,8 @@
 Each mutant is one textual replacement in one module. The package and the tests are copied to a scratch folder,
 the mutant is applied there (the checkout is never touched), and pytest runs the mutant's test files with ``-x``;
 a mutant is *killed* when a test fails, and the first failing test is recorded. A mutant that survives its files
-is run against the whole suite before it is reported as surviving.
+is run against the whole suite before it is reported as surviving. First, as a control, each group of test files
+runs the same way on the unmutated copy: a test that fails there would "kill" every mutant it meets.
 
     python benchmarks/mutants.py            # every mutant, prints the table
     python benchmarks/mutants.py --write    # and writes it into benchmarks/README.md (MUTANTS)
@@ -133,6 +134,8 @@ MUTANTS = [
     Mutant("hmc-no-momentum-flip", "HMC reflects a leapfrog's position at a wall but keeps its momentum",
            "sampling/steppers.py", "        torch.where(flip, -p, p, out=p)", "        pass",
            ("tests/test_sampling_laws.py",)),
+    Mutant("reopen-same-second", "the event file opened after a failed write may sort before the one it replaces",
+           "report/tensorboard_writer.py", "    _wait_past(committed)", "    pass", ("tests/test_run_never_ends.py",)),
 ]
 
 
@@ -155,6 +158,20 @@ def _pytest(dest: str, targets: List[str], timeout: int) -> Tuple[bool, Optional
     if done.returncode not in (0, 1) and not failed:
         raise RuntimeError(f"pytest exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return done.returncode != 0, (failed[0] if failed else None), seconds
+
+
+def control(mutants: List[Mutant], timeout: int = 1500) -> None:
+    """Each distinct group of the mutants' test files, run as a mutant's are, on the unmutated copy: all must pass."""
+    groups = list(dict.fromkeys(m.tests for m in mutants))
+    with tempfile.TemporaryDirectory(prefix="ldam-control-") as dest:
+        _copy_tree(dest)
+        for tests in groups:
+            failed, test, seconds = _pytest(dest, list(tests), timeout)
+            print(f"control {' '.join(tests)}: {'FAILED ' + str(test) if failed else 'passed'} ({seconds:.0f} s)",
+                  flush=True)
+            if failed:
+                raise RuntimeError(f"{test} fails without a mutant (run as `pytest -x {' '.join(tests)}`): it would "
+                                   f"count as killing every mutant of that group; fix it first")
 
 
 def run(mutant: Mutant, timeout: int = 1500) -> Tuple[str, Optional[str], float]:
@@ -187,8 +204,9 @@ def table(rows, argv) -> str:
         lines.append(f"| `{mutant.name}` ({mutant.module}) | {mutant.what} | {result} | {where} | {seconds:.0f} |")
     killed = sum(r == "killed" for _, (r, _, _) in rows)
     command = " ".join(["python benchmarks/mutants.py", *argv])
-    return "\n".join(lines) + (f"\n\n{killed} of {len(rows)} mutants killed. Command: `{command}`; "
-                                f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores.\n")
+    return "\n".join(lines) + (f"\n\n{killed} of {len(rows)} mutants killed; every group of test files passed "
+                                f"unmutated first. Command: `{command}`; {time.strftime('%Y-%m-%d')}, "
+                                f"{os.cpu_count()} CPU cores.\n")
 
 
 def main(argv=None) -> int:
@@ -197,6 +215,7 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/README.md")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    control(chosen)
     rows = []
     for mutant in chosen:
         rows.append((mutant, run(mutant)))
