@@ -151,16 +151,16 @@ def test_init_data_accepts_an_iterable_of_batches(tiny_net):
 @pytest.mark.parametrize("steps", [1, 6])
 def test_step_seconds_times_the_steps_inside_the_call(tiny_net, monkeypatch, steps):
     """step_seconds covers the steps after the first (or the only one), none of the setup around them."""
-    import lightning_ldam.sampling.api as sampler_module
+    from lightning_ldam.sampling import loop
 
     ticks = []
-    real = sampler_module._synchronized_clock
+    real = loop.synchronized_clock
 
     def clock(device):
         ticks.append(real(device))
         return ticks[-1]
 
-    monkeypatch.setattr(sampler_module, "_synchronized_clock", clock)
+    monkeypatch.setattr(loop, "synchronized_clock", clock)
     res = ldam.sample(tiny_net, "classifier.2:0-1", input_shape=INPUT_SHAPE, chains=2, steps=steps)
     assert len(ticks) == 2  # once before the first timed step, once after the last
     timed = steps - 1 if steps > 1 else 1

@@ -8,10 +8,10 @@ from helpers.models import INPUT_SHAPE, make_tiny_net
 from torch import nn
 
 import lightning_ldam as ldam
-import lightning_ldam.sampling.api as sampler_module
 import lightning_ldam.sampling.discriminator as disc_module
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.sampling.discriminator import build_discriminator, finite_weights
+from lightning_ldam.sampling import loop
+from lightning_ldam.sampling.discriminator import build_discriminator, check_discriminator, finite_weights
 
 KW = dict(input_shape=INPUT_SHAPE, chains=2, steps=4)
 
@@ -122,7 +122,7 @@ def test_a_discriminator_that_does_not_fit_the_input_is_named(disc, match, with_
 def test_checking_a_discriminator_leaves_it_as_it_was():
     disc = build_discriminator(1, INPUT_SHAPE[1:], seed=0)
     before = {k: v.clone() for k, v in disc.state_dict().items()}  # spectral-norm vectors included
-    sampler_module._check_discriminator(disc, INPUT_SHAPE, torch.device("cpu"))
+    check_discriminator(disc, INPUT_SHAPE, torch.device("cpu"))
     assert disc.training and all(torch.equal(v, disc.state_dict()[k]) for k, v in before.items())
 
 
@@ -210,8 +210,8 @@ def test_the_graph_form_registers_the_restart_generator(monkeypatch):
         def __call__(self):
             self.step(None)
 
-    monkeypatch.setattr(sampler_module, "_graphs_supported", lambda device: True)
-    monkeypatch.setattr(sampler_module, "_GraphedStep", EagerGraphForm)
+    monkeypatch.setattr(loop, "graphs_supported", lambda device: True)
+    monkeypatch.setattr(loop, "GraphedStep", EagerGraphForm)
     dark = _real(16) * 0.4
     res = ldam.sample(_brightness_net(), "1:0", input_shape=INPUT_SHAPE, chains=4, steps=12, real_data=dark,
                       init="data", disc_weight=0.0, cuda_graph=True)
@@ -284,14 +284,14 @@ def poison_mid_run(monkeypatch):
 @pytest.mark.parametrize("method", ["langevin", "mala", "hmc"])
 def test_a_discriminator_broken_in_burn_in_is_rebuilt_before_the_law_is_fixed(poison_mid_run, caplog, method):
     poison_mid_run["at"] = 4 + 2 * 3  # warm-up (4), then 3 burn-in steps of 2 updates each
-    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampling.api"):
+    with caplog.at_level(logging.WARNING, logger="lightning_ldam.sampling.discriminator"):
         res = ldam.sample(make_tiny_net(), "classifier.2:0-1", input_shape=INPUT_SHAPE, chains=3, steps=16,
                           real_data=_real(), disc_warmup=4, method=method, adapt_disc=False)
     _assert_healthy(res)
     assert res.discriminator is not poison_mid_run["first"] and not finite_weights(poison_mid_run["first"])
     # λ_k from the rebuilt D's gradient scale (the broken D's tracked scale had fallen to 0)
     assert torch.isfinite(res.disc_weights).all() and (res.disc_weights > 0).all()
-    warned = [r.getMessage() for r in caplog.records if r.name == "lightning_ldam.sampling.api"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "lightning_ldam.sampling.discriminator"]
     assert any("discriminator's weights turned NaN/Inf while training; rebuilt it (seed 0)" in m and "(4 updates)" in m
                for m in warned)
     assert res.discriminator.training and all(p.requires_grad for p in res.discriminator.parameters())

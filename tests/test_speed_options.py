@@ -70,10 +70,10 @@ class _EagerGraphForm:
 
 @pytest.fixture
 def graph_form_on_cpu(monkeypatch):
-    import lightning_ldam.sampling.api as sampler_module
+    from lightning_ldam.sampling import loop
 
-    monkeypatch.setattr(sampler_module, "_graphs_supported", lambda device: True)
-    monkeypatch.setattr(sampler_module, "_GraphedStep", _EagerGraphForm)
+    monkeypatch.setattr(loop, "graphs_supported", lambda device: True)
+    monkeypatch.setattr(loop, "GraphedStep", _EagerGraphForm)
 
 
 @pytest.mark.parametrize("kw", [{"method": "langevin"}, {"method": "mala"},

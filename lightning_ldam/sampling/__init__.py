@@ -2,7 +2,9 @@
 
 - :mod:`~lightning_ldam.sampling.api`: :func:`sample`, the one entry point;
 - :mod:`~lightning_ldam.sampling.config`: the settings and what each method samples;
-- :mod:`~lightning_ldam.sampling.chains`: the chains' state and the update rule of every method;
+- :mod:`~lightning_ldam.sampling.steppers`: the update rule of every method (:mod:`~lightning_ldam.sampling.law`:
+  the law it samples; :mod:`~lightning_ldam.sampling.burn_in`: the steps that fix it);
+- :mod:`~lightning_ldam.sampling.loop`: the loop over one call's steps;
 - :mod:`~lightning_ldam.sampling.discriminator`: D, the realism prior, and its online training;
 - :mod:`~lightning_ldam.sampling.targets`: neuron specs and layer paths;
 - :mod:`~lightning_ldam.sampling.activations` and :mod:`~lightning_ldam.sampling.unit_axes`: reading a unit;

@@ -22,7 +22,6 @@ import copy
 import itertools
 import logging
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
@@ -33,20 +32,19 @@ from torch import nn
 from lightning_ldam import _validation as V
 from lightning_ldam._modes import kept_modes
 from lightning_ldam.errors import LDAMArgumentError, TargetNotReached
+from lightning_ldam.sampling import loop
 from lightning_ldam.sampling.activations import ActivationReader, probe_outputs, unit_activations
 from lightning_ldam.sampling.chains import LangevinChains
 from lightning_ldam.sampling.config import (
-    FRESH_DISC_WARMUP,
     ChainsConfig,
-    LangevinConfig,
     SamplerConfig,
     default_smoothness,
 )
 from lightning_ldam.sampling.diagnostics import MIN_DRAWS, ess_bulk, split_rhat
-from lightning_ldam.sampling.discriminator import DiscriminatorTrainer, build_discriminator, finite_weights
+from lightning_ldam.sampling.discriminator import DiscriminatorKeeper
 from lightning_ldam.sampling.inputs import extract_input
 from lightning_ldam.sampling.objective import Objective
-from lightning_ldam.sampling.progress import Progress, is_terminal
+from lightning_ldam.sampling.progress import Progress
 from lightning_ldam.sampling.result import SampleResult
 from lightning_ldam.sampling.state import ChainState
 from lightning_ldam.sampling.targets import (
@@ -283,7 +281,7 @@ def sample(model: nn.Module, neurons: NeuronSpec, *, input_shape: Sequence[int],
     real_cpu = _collect_real(real_data, shape, cfg.inputs.value_range) if real_data is not None else None
     model_dev = V.model_device(model)
     device = V.check_device("device", cfg.speed.device) or model_dev
-    if cfg.speed.cuda_graph and not _graphs_supported(device):
+    if cfg.speed.cuda_graph and not loop.graphs_supported(device):
         raise LDAMArgumentError("cuda_graph", f"CUDA graphs need a CUDA device; sampling runs on {device}. "
                                               f"Pass cuda_graph=False (or device='cuda')")
     cfg = replace(cfg, speed=replace(cfg.speed, device=device))
@@ -529,7 +527,7 @@ class _Run:
         cfg, neurons, init, cuda_graph = self.cfg, self.neurons, self.config.chains.init, self.config.speed.cuda_graph
         held = _held_rows(self.config.chains.continued, init, len(neurons), self.chains, self.device)
         u0 = self._initial(init)
-        disc = _DiscriminatorKeeper(self, given_disc, u0)
+        disc = DiscriminatorKeeper(self.disc_cfg, given_disc, u0, self.real, self.seed, self.disc_gen, self.uses_disc)
         reader = ActivationReader(self.net, neurons, self.chains, spatial=self.spatial, device=self.device)
         exact = None if self.to_model.autocast_dtype is None else (lambda u: self.to_model.run_exact(reader, u))
         objective = Objective(lambda u: self.to_model.run(reader, u), disc.module if self.uses_disc else None,
@@ -539,7 +537,7 @@ class _Run:
             with reader.attached():
                 state = ChainState(u0, cfg, len(neurons), self.chain_gen, graph=cuda_graph, held=held)
                 chains = LangevinChains(state, objective, self.law.per_neuron, targets)
-                step_seconds = _loop(chains, disc, cfg, cuda_graph, self.device, progress)
+                step_seconds = loop.run_steps(chains, disc, cfg, cuda_graph, self.device, progress)
                 disc.ensure_finite(chains.u)  # "ascent" trains D to the end: never return a broken one
                 with torch.no_grad():
                     final = self.to_model.run(reader, chains.u)
@@ -548,7 +546,7 @@ class _Run:
             disc.restore()
         return self._result(chains, final, scores, disc, step_seconds, started)
 
-    def _result(self, chains: LangevinChains, final, scores, keeper: _DiscriminatorKeeper, step_seconds,
+    def _result(self, chains: LangevinChains, final, scores, keeper: DiscriminatorKeeper, step_seconds,
                 started) -> SampleResult:
         n, c, cfg, disc = len(self.neurons), self.chains, self.cfg, keeper.module
         lo, hi = self.box
@@ -574,7 +572,7 @@ class _Run:
                           if fixed and disc is not None and self.uses_disc else None),
             sampler_config=self.config, config=self._config_record(keeper))
 
-    def _config_record(self, keeper: _DiscriminatorKeeper) -> Dict[str, object]:
+    def _config_record(self, keeper: DiscriminatorKeeper) -> Dict[str, object]:
         """The settings by name for logs: plain values (tensors by their shape), the call's own facts added."""
         record = self.config.settings()
         init, continued, normalize = record["init"], record["continued"], record["normalize"]
@@ -609,148 +607,8 @@ def _mixing(chains: LangevinChains, n: int, c: int) -> Dict[str, Optional[torch.
             "rhat_activation": rhat_act, "ess_activation": ess_act}
 
 
-class _DiscriminatorKeeper:
-    """The call's D and its trainer: the one given or a fresh one, rebuilt whenever its weights are NaN/Inf.
-
-    A non-finite D scores every image NaN and its gradient drives every chain to NaN; returned, it would spoil the
-    warm start of every later call. So a given one is replaced (with a warning: the caller's argument) and one that
-    breaks while training is rebuilt at the end of burn-in and of the call (logged, like the chains' resets).
-    """
-
-    module: Optional[nn.Module]
-    trainer: Optional[DiscriminatorTrainer]
-    flags: Optional[Tuple[List[Tuple[nn.Parameter, bool]], bool]]
-
-    def __init__(self, run: _Run, given: Optional[nn.Module], u0: torch.Tensor):
-        self.run, self.module, self.trainer, self.rebuilt, self.flags = run, None, None, False, None
-        self.every = run.disc_cfg.disc_every
-        if not run.uses_disc and given is None:
-            return
-        warmup = run.disc_cfg.disc_warmup
-        assert warmup is not None, "_Run takes a resolved config"
-        if given is not None and not finite_weights(given):
-            if run.real is None:
-                raise LDAMArgumentError("discriminator", "expected finite weights, got a discriminator with NaN/Inf "
-                                        "weights and no real_data to train a fresh one; pass real_data=..., or "
-                                        "discriminator=None")
-            warmup = run.disc_cfg.disc_warmup or FRESH_DISC_WARMUP
-            warnings.warn(f"The discriminator given to sample() has NaN/Inf weights; it is left as it is and a fresh "
-                          f"one (seed {run.seed}, {warmup} warm-up updates) is used and returned instead.",
-                          RuntimeWarning, stacklevel=4)
-            given, self.rebuilt = None, True
-        if given is not None:
-            given = given.to(run.device)
-            _check_discriminator(given, run.shape, run.device)
-        self._use(given if given is not None else self._build(), u0, warmup)
-
-    def _build(self) -> nn.Module:
-        run = self.run
-        return build_discriminator(run.shape[0], run.shape[1:], run.seed, run.device)
-
-    def _use(self, disc: nn.Module, u: torch.Tensor, warmup: int) -> None:
-        """Take ``disc`` (on the device) and warm it up on the chain states ``u`` (with real data only)."""
-        run = self.run
-        self.module = disc.to(run.device)
-        if run.real is not None:
-            self.trainer = DiscriminatorTrainer(self.module, run.real, run.disc_gen, lr=run.disc_cfg.disc_lr)
-            for _ in range(warmup):
-                self.trainer.step(u)
-        self.flags = ([(p, p.requires_grad) for p in self.module.parameters()], self.module.training)
-        self.module.requires_grad_(True)
-
-    def ensure_finite(self, u: torch.Tensor) -> bool:
-        """Rebuild D if a weight turned NaN/Inf (one host sync), warmed up on the chain states ``u``; whether it was."""
-        if self.module is None or finite_weights(self.module):
-            return False
-        self.restore()
-        self.rebuilt = True
-        if self.trainer is None:  # an untrained D cannot turn non-finite; were it to, return none rather than it
-            self.module = None
-            return False
-        warmup = self.run.disc_cfg.disc_warmup or FRESH_DISC_WARMUP
-        log.warning("LDAM: the discriminator's weights turned NaN/Inf while training; rebuilt it (seed %d) and warmed "
-                    "it up on the current chains (%d updates)", self.run.seed, warmup)
-        self._use(self._build(), u, warmup)
-        return True
-
-    def train(self, u: torch.Tensor) -> None:
-        """``disc_steps`` updates against the chain states ``u`` (none without real data)."""
-        if self.trainer is not None:
-            for _ in range(self.run.disc_cfg.disc_steps):
-                self.trainer.step(u)
-
-    def scores(self, u: torch.Tensor) -> Optional[torch.Tensor]:
-        return None if self.module is None else torch.sigmoid(self.module.eval()(u)).float()
-
-    def restore(self) -> None:
-        """``requires_grad`` and the mode of the D in use back as they were when it was taken."""
-        if self.flags is not None:
-            for p, flag in self.flags[0]:
-                p.requires_grad_(flag)
-            assert self.module is not None  # flags are kept for the D in use
-            self.module.train(self.flags[1])
-            self.flags = None
-
-
-def _check_discriminator(disc: nn.Module, shape: Tuple[int, ...], device: torch.device) -> None:
-    """Does D fit the input? One forward of two unit-box images, in eval mode without grad (no state changes)."""
-    probe = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0)).to(device)
-    expected = f"a module taking unit-box images [B, {', '.join(map(str, shape))}] and returning logits [B]"
-    training = disc.training
-    try:
-        with torch.no_grad():
-            out = disc.eval()(probe)
-    except Exception as err:
-        raise LDAMArgumentError("discriminator", f"expected {expected}; its forward raised on a batch of shape "
-                                f"{tuple(probe.shape)}: {type(err).__name__}: {err}") from err
-    finally:
-        disc.train(training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
-        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise LDAMArgumentError("discriminator", f"expected {expected}; got {got} for a batch of shape "
-                                f"{tuple(probe.shape)}")
-
-
 def _cpu(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.cpu()
-
-
-def _loop(chains: LangevinChains, disc: _DiscriminatorKeeper, cfg: LangevinConfig, cuda_graph, device,
-          progress) -> float:
-    """Run every step (one phase after the other); returns the mean synchronised seconds per step after the first."""
-    assert cfg.burn_in is not None, "_loop takes a resolved config"
-    phases = chains.phases()
-    generators = (chains.state.gen, chains.state.restart_gen)
-    graphed = {name: _GraphedStep(step, generators, device) for name, step in phases.items()} if cuda_graph else None
-    tracker = _progress_tracker(progress, cfg.steps)
-    timed_from = 1 if cfg.steps > 1 else 0  # step 0 pays one-off costs (allocator, cuDNN algorithm choice)
-    timer = 0.0
-    try:
-        for t in range(cfg.steps):
-            if t == timed_from:
-                timer = _synchronized_clock(device)
-            phase = "sample" if t >= cfg.burn_in else ("search" if t < cfg.search_steps else "adapt")
-            if cfg.method != "ascent" and t == cfg.search_steps:
-                chains.freeze_scales()
-            if t == cfg.metric_end:
-                chains.fix_metric()
-            if cfg.method != "ascent" and t == cfg.burn_in:
-                if disc.ensure_finite(chains.u):  # D is frozen from here on: one check, one sync
-                    assert disc.module is not None  # rebuilt
-                    chains.replace_discriminator(disc.module)
-                chains.freeze()
-            if graphed is not None:
-                graphed[phase]()
-            else:
-                phases[phase](t)
-            if (phase != "sample" or cfg.method == "ascent") and (t + 1) % disc.every == 0:
-                disc.train(chains.u)
-            if tracker is not None:
-                tracker.update(1)
-    finally:
-        if tracker is not None:
-            tracker.close()
-    return (_synchronized_clock(device) - timer) / (cfg.steps - timed_from)
 
 
 @contextmanager
@@ -774,71 +632,3 @@ def _frozen(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Module
                 t.data = data
             for p, flag in flags:
                 p.requires_grad_(flag)
-
-
-def _graphs_supported(device: torch.device) -> bool:
-    # One place for the check, so the CPU tests can run the graph form of the step without a GPU.
-    return device.type == "cuda"
-
-
-class _GraphedStep:
-    """Replays one Langevin step as a CUDA graph: the first steps run eagerly on a side stream (CUDA
-    libraries and the allocator settle), the next one is captured, then every call is one graph launch.
-
-    The step must be graph-safe: fixed shapes, no host sync, state updated in place, per-step scalars read
-    on the device. ``generators`` (one or a sequence: the step's RNGs) are registered with the graph, so replays
-    draw fresh numbers from them.
-    """
-
-    WARMUP = 3
-
-    def __init__(self, step, generators: Union[torch.Generator, Sequence[torch.Generator]], device: torch.device):
-        self.step, self.device = step, device
-        self.generators = (generators,) if isinstance(generators, torch.Generator) else tuple(generators)
-        self.calls = 0
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.stream = torch.cuda.Stream(device)
-
-    def __call__(self) -> None:
-        self.calls += 1
-        if self.graph is not None:
-            self.graph.replay()
-            return
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            if self.calls <= self.WARMUP:
-                self.step(None)
-            else:
-                graph = torch.cuda.CUDAGraph()
-                for generator in self.generators:
-                    graph.register_generator_state(generator)
-                try:
-                    with torch.cuda.graph(graph, stream=self.stream):
-                        self.step(None)
-                except Exception as err:
-                    raise RuntimeError(f"cuda_graph: capturing the Langevin step failed ({type(err).__name__}: "
-                                       f"{err}); sample with cuda_graph=False") from err
-                self.graph = graph
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        if self.graph is not None:
-            self.graph.replay()
-
-
-def _synchronized_clock(device: torch.device) -> float:
-    """``time.perf_counter()`` once the device's queued work is done (GPU kernels run asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def _progress_tracker(progress: Union[bool, float, Progress], total: int):
-    """The tracker of ``total`` steps for ``sample``'s ``progress`` (``None``: nothing shown)."""
-    if progress is False:
-        return None
-    if not isinstance(progress, Progress):
-        # True or seconds: a bar on a terminal only; plain lines are asked for by passing a Progress (a log file
-        # would otherwise get a line from every call)
-        if not is_terminal():
-            return None
-        progress = Progress(delay=0.0 if progress is True else float(progress), terminal=True)
-    return progress.start(total)

@@ -11,16 +11,26 @@ that one global feature does (docs/decisions/0009-colour-discriminator.md).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
-from typing import Dict, Optional, Sequence, cast
+import warnings
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["Discriminator", "DiscriminatorTrainer", "build_discriminator", "restore_discriminator", "finite_weights",
-           "colour_statistics", "MAX_SIDE"]
+from lightning_ldam.errors import LDAMArgumentError
+from lightning_ldam.sampling.config import FRESH_DISC_WARMUP
+
+if TYPE_CHECKING:
+    from lightning_ldam.sampling.config import DiscriminatorConfig
+
+__all__ = ["Discriminator", "DiscriminatorTrainer", "DiscriminatorKeeper", "build_discriminator",
+           "restore_discriminator", "check_discriminator", "finite_weights", "colour_statistics", "MAX_SIDE"]
+
+log = logging.getLogger(__name__)
 
 #: Features the colour statistics are mapped to before D's head.
 STATS_WIDTH = 32
@@ -205,3 +215,125 @@ def finite_weights(module: nn.Module) -> bool:
         return True
     device = tensors[0].device
     return bool(torch.stack([torch.isfinite(t.detach()).all().to(device) for t in tensors]).all())
+
+
+class DiscriminatorKeeper:
+    """One call's D and its trainer: the one given or a fresh one, rebuilt whenever its weights turn NaN/Inf.
+
+    A non-finite D scores every image NaN and its gradient drives every chain to NaN; returned, it would spoil the
+    warm start of every later call. So a given one is replaced (with a warning: the caller's argument) and one that
+    breaks while training is rebuilt at the end of burn-in and of the call (logged, like the chains' resets).
+
+    Args:
+        config: the call's resolved discriminator settings (``disc_warmup`` set).
+        given: the caller's D, or ``None``.
+        u0: ``[B, C, H, W]`` the chains' starts in the unit box (D warms up on them; their device is D's).
+        real: ``[N, C, H, W]`` real images in the unit box, or ``None`` (then D is not trained).
+        seed: the call's seed (a fresh D's weights).
+        generator: D's own RNG (its real batches), apart from the chains' streams.
+        active: whether the law uses D (λ > 0); without it and without a given D there is none.
+
+    Attributes:
+        module: the D in use (``None``: none).
+        trainer: its :class:`DiscriminatorTrainer` (``None`` without real data).
+        rebuilt: whether a NaN/Inf D was replaced.
+        every: train D every this many burn-in steps.
+    """
+
+    module: Optional[nn.Module]
+    trainer: Optional[DiscriminatorTrainer]
+    flags: Optional[Tuple[List[Tuple[nn.Parameter, bool]], bool]]
+
+    def __init__(self, config: "DiscriminatorConfig", given: Optional[nn.Module], u0: torch.Tensor,
+                 real: Optional[torch.Tensor], seed: int, generator: torch.Generator, active: bool):
+        self.config, self.real, self.seed, self.generator = config, real, seed, generator
+        self.shape, self.device = tuple(u0.shape[1:]), u0.device
+        self.module, self.trainer, self.rebuilt, self.flags = None, None, False, None
+        self.every = config.disc_every
+        if not active and given is None:
+            return
+        warmup = config.disc_warmup
+        assert warmup is not None, "DiscriminatorKeeper takes a resolved config"
+        if given is not None and not finite_weights(given):
+            if real is None:
+                raise LDAMArgumentError("discriminator", "expected finite weights, got a discriminator with NaN/Inf "
+                                        "weights and no real_data to train a fresh one; pass real_data=..., or "
+                                        "discriminator=None")
+            warmup = config.disc_warmup or FRESH_DISC_WARMUP
+            warnings.warn(f"The discriminator given to sample() has NaN/Inf weights; it is left as it is and a fresh "
+                          f"one (seed {seed}, {warmup} warm-up updates) is used and returned instead.",
+                          RuntimeWarning, stacklevel=4)
+            given, self.rebuilt = None, True
+        if given is not None:
+            given = given.to(self.device)
+            check_discriminator(given, self.shape, self.device)
+        self._use(given if given is not None else self._build(), u0, warmup)
+
+    def _build(self) -> nn.Module:
+        return build_discriminator(self.shape[0], self.shape[1:], self.seed, self.device)
+
+    def _use(self, disc: nn.Module, u: torch.Tensor, warmup: int) -> None:
+        """Take ``disc`` (on the device) and warm it up on the chain states ``u`` (with real data only)."""
+        self.module = disc.to(self.device)
+        if self.real is not None:
+            self.trainer = DiscriminatorTrainer(self.module, self.real, self.generator, lr=self.config.disc_lr)
+            for _ in range(warmup):
+                self.trainer.step(u)
+        self.flags = ([(p, p.requires_grad) for p in self.module.parameters()], self.module.training)
+        self.module.requires_grad_(True)
+
+    def ensure_finite(self, u: torch.Tensor) -> bool:
+        """Rebuild D if a weight turned NaN/Inf (one host sync), warmed up on the chain states ``u``; whether it was."""
+        if self.module is None or finite_weights(self.module):
+            return False
+        self.restore()
+        self.rebuilt = True
+        if self.trainer is None:  # an untrained D cannot turn non-finite; were it to, return none rather than it
+            self.module = None
+            return False
+        warmup = self.config.disc_warmup or FRESH_DISC_WARMUP
+        log.warning("LDAM: the discriminator's weights turned NaN/Inf while training; rebuilt it (seed %d) and warmed "
+                    "it up on the current chains (%d updates)", self.seed, warmup)
+        self._use(self._build(), u, warmup)
+        return True
+
+    def train(self, u: torch.Tensor) -> None:
+        """``disc_steps`` updates against the chain states ``u`` (none without real data)."""
+        if self.trainer is not None:
+            for _ in range(self.config.disc_steps):
+                self.trainer.step(u)
+
+    def scores(self, u: torch.Tensor) -> Optional[torch.Tensor]:
+        return None if self.module is None else torch.sigmoid(self.module.eval()(u)).float()
+
+    def restore(self) -> None:
+        """``requires_grad`` and the mode of the D in use back as they were when it was taken."""
+        if self.flags is not None:
+            for p, flag in self.flags[0]:
+                p.requires_grad_(flag)
+            assert self.module is not None  # flags are kept for the D in use
+            self.module.train(self.flags[1])
+            self.flags = None
+
+
+def check_discriminator(disc: nn.Module, shape: Tuple[int, ...], device: torch.device) -> None:
+    """Does D fit the input? One forward of two unit-box images, in eval mode without grad (no state changes).
+
+    Raises:
+        LDAMArgumentError: ``discriminator``, naming what it expected and what it got.
+    """
+    probe = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0)).to(device)
+    expected = f"a module taking unit-box images [B, {', '.join(map(str, shape))}] and returning logits [B]"
+    training = disc.training
+    try:
+        with torch.no_grad():
+            out = disc.eval()(probe)
+    except Exception as err:
+        raise LDAMArgumentError("discriminator", f"expected {expected}; its forward raised on a batch of shape "
+                                f"{tuple(probe.shape)}: {type(err).__name__}: {err}") from err
+    finally:
+        disc.train(training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise LDAMArgumentError("discriminator", f"expected {expected}; got {got} for a batch of shape "
+                                f"{tuple(probe.shape)}")
