@@ -31,6 +31,8 @@ class OverheadBudget:
         5.0
         >>> b.record_round(4.0, variants=2, steps=512); b.estimate(variants=2, steps=256)
         2.0
+        >>> b.admits(variants=2, steps=256), b.admits(variants=6, steps=512)  # 2 s fits in 5 s, 12 s does not
+        (True, False)
     """
 
     def __init__(self, fraction: float, clock: Callable[[], float] = time.perf_counter):
@@ -67,6 +69,12 @@ class OverheadBudget:
         if self._per_step is None:
             return None
         return variants * steps * self._per_step
+
+    def admits(self, variants: int, steps: int) -> bool:
+        """The decision: whether a round of ``variants`` × ``steps`` fits now (its estimate within :meth:`allowance`).
+        Before any measurement there is no estimate, and the round runs: its cost is measured, not guessed."""
+        estimate = self.estimate(variants, steps)
+        return estimate is None or estimate <= self.allowance()
 
     def record_round(self, seconds: float, variants: int, steps: int) -> None:
         """A finished round's wall time: the estimate for the next ones."""

@@ -453,8 +453,7 @@ class LDAMCallbackLogic:
         (its cost is measured, not guessed); rank 0 decides and broadcasts, so every rank skips the same rounds."""
         if self._budget is None or self._fit.rounds == 0 or not _fitting(trainer):
             return False
-        estimate = self._budget.estimate(len(plan.variants), plan.steps)
-        skip = trainer.is_global_zero and estimate is not None and estimate > self._budget.allowance()
+        skip = trainer.is_global_zero and not self._budget.admits(len(plan.variants), plan.steps)
         if trainer.world_size > 1:
             skip = bool(trainer.strategy.broadcast(skip, src=0))
         if skip:
