@@ -405,7 +405,7 @@ def test_tensorboard_tags_counts_steps_and_sizes(tmp_path, no_failed_rounds):
     trainer, _ = fit(tmp_path, [cb], max_steps=8, logger=logger)
     # 4 optimizer steps per epoch: rounds after steps 3 and 6, and at the ends of epochs 0 and 1 (steps 4, 8)
     assert cb.round_steps == [3, 4, 6, 8]
-    assert cb._ema is not None and cb._averagers == []  # averaging="auto" without Lightning's: the own EMA
+    assert cb.stats.ema_updates is not None and cb._averagers == []  # averaging="auto" without Lightning's: the own EMA
     acc = events(logger.log_dir)
     layers = {"features.0": 3, "classifier.2": 1}
     expected_images = {f"ldam/{v}/{layer}" for v in ("raw", "ema", "compare") for layer in layers}
@@ -495,7 +495,7 @@ def test_averaging_none_logs_raw_weights_only(tmp_path, no_failed_rounds):
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, averaging=None, disc_weight=0.0,
                       **FAST)
     fit(tmp_path, [cb], max_steps=4, logger=logger)
-    assert cb._ema is None and cb.stats.rounds == 2
+    assert cb.stats.ema_updates is None and cb.stats.rounds == 2
     assert ldam_tags(events(logger.log_dir), "images") == {"ldam/raw/features.0", "ldam/raw/classifier.2"}
 
 
@@ -506,7 +506,7 @@ def test_alongside_ema_weight_averaging(tmp_path, no_failed_rounds):
     # validation after every epoch: EMAWeightAveraging swaps the averaged weights in and out around it
     trainer, module = fit(tmp_path / "with", [averager, cb], val=loader(8, shuffle=False), max_steps=8,
                           limit_val_batches=1, num_sanity_val_steps=0)
-    assert cb._ema is None and cb._averagers == [averager]
+    assert cb.stats.ema_updates is None and cb._averagers == [averager]
     assert len(cb.seen_variants) == cb.stats.rounds == 4
     for r in cb.seen_variants:
         assert set(r["variants"]) == {"raw", "ema"}
@@ -830,7 +830,7 @@ def test_batches_the_default_input_key_cannot_read_are_skipped_with_one_warning(
 def test_callback_is_picklable_after_fit(tmp_path):
     cb = LDAMCallback(NEURONS, every_n_train_steps=2, every_n_epochs=None, disc_weight=0.0, **FAST)
     fit(tmp_path, [cb], max_steps=2)
-    assert cb._ema is not None
+    assert cb.stats.ema_updates is not None
     clone = pickle.loads(pickle.dumps(cb))
     assert_same(clone.state_dict(), cb.state_dict())
 

@@ -77,7 +77,7 @@ def test_each_averager_is_sampled_from_its_own_average(tmp_path, no_failed_round
     averager = make()
     cb = AverageLog(NEURONS, every_n_epochs=1, averager=averager, disc_weight=0.0, **FAST)
     fit(tmp_path, [cb, averager], max_epochs=3, max_steps=-1)
-    assert cb._ema is None and cb._averagers == [averager]
+    assert cb.stats.ema_updates is None and cb._averagers == [averager]
     averaged = [r for r in cb.seen if kind in r["variants"] and "raw" in r["variants"]]
     assert averaged, [set(r["variants"]) for r in cb.seen]
     for r in averaged:
