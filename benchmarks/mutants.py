@@ -103,7 +103,8 @@ MUTANTS = [
            "    repeated = {p: n for p, n in calls.items() if n > 1}", "    repeated = {}",
            ("tests/test_bad_inputs.py",)),
     # the sampler's laws at the walls and the state a call returns
-    Mutant("fold-to-clamp", "a step that leaves the box is clamped onto the wall instead of reflected", "sampling/state.py",
+    Mutant("fold-to-clamp", "a step that leaves the box is clamped onto the wall instead of reflected",
+           "sampling/steppers.py",
            "y = fold(y) if reflect else y.clamp_(0.0, 1.0)", "y = y.clamp_(0.0, 1.0)",
            ("tests/test_sampling_laws.py",)),
     Mutant("burn-in-state-returned", "the chains run every step, but a call returns their state at burn-in's end",
@@ -128,7 +129,7 @@ MUTANTS = [
            "(int(seed) * 1_000_003 + int(round_index) * 7_919 + hash(name) % 9973) % 2 ** 62",
            ("tests/test_persistent_chains.py",)),
     Mutant("metric-noise-unscaled", "a diagonal metric scales the drift but not the noise (M·∇ with √ε·ξ)",
-           "sampling/state.py", "            noise = noise * self.mass_sqrt", "            pass",
+           "sampling/steppers.py", "        noise = noise * state.mass_sqrt", "        pass",
            ("tests/test_sampling_laws.py",),
            also=(("sampling/steppers.py", "            sigma = sigma * state.mass_sqrt", "            pass"),)),
     Mutant("hmc-no-momentum-flip", "HMC reflects a leapfrog's position at a wall but keeps its momentum",

@@ -24,7 +24,7 @@ from lightning_ldam.sampling.config import (
 from lightning_ldam.sampling.law import Law, roughness_grad, row_rms
 from lightning_ldam.sampling.objective import Objective, Terms
 from lightning_ldam.sampling.state import ChainState
-from lightning_ldam.sampling.steppers import LangevinStepper, MalaStepper
+from lightning_ldam.sampling.steppers import LangevinStepper, MalaStepper, langevin_move
 
 __all__ = ["BurnIn", "StepSize", "MetricWindow", "TARGET_LIFT"]
 
@@ -181,7 +181,7 @@ class BurnIn:
             else:
                 drift.sub_(roughness_grad(state.u) * law.search_smoothness)
         before = None if state.held is None else state.u.clone()
-        state.move(drift, t, terms.acts)
+        langevin_move(state, drift, t, terms.acts)
         if before is not None:  # continued chains keep their states; their gradients still count in c_k
             assert state.held is not None
             torch.where(state.held, before, state.u, out=state.u)
@@ -194,7 +194,7 @@ class BurnIn:
         state.record(t, terms.acts)
         self.track_scales(terms, state.at("track", t), act=False)  # D still trains: follow its gradient scale
         self.law.set_priors(self.ms_disc, self.weight)
-        state.move(self.law.drift(terms, state.u), t, terms.acts, metric=True)
+        langevin_move(state, self.law.drift(terms, state.u), t, terms.acts, metric=True)
         self._accumulate(t)
         if terms.g_disc is not None or self.law.has_smoothness:
             self.adapt_weight(terms.acts)

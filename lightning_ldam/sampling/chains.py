@@ -6,7 +6,7 @@ Where each part lives:
 - :mod:`~lightning_ldam.sampling.steppers`: the update rule of each method;
 - :mod:`~lightning_ldam.sampling.burn_in`: the steps that set ``c_k``, ``λ_k``, ``γ_k``, the step size and the
   metric, then stop adapting;
-- :mod:`~lightning_ldam.sampling.state`: the states, the move every method makes, and what is recorded.
+- :mod:`~lightning_ldam.sampling.state`: the states, their per-step scalars, and what is recorded.
 
 What each method samples is stated in :mod:`lightning_ldam.sampling.config`.
 """

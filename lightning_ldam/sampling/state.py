@@ -1,4 +1,6 @@
-"""Where the chains are: their states, what each step records, and the move every method makes.
+"""Where the chains are: their states, their per-step scalars and what each step records.
+
+The move itself is :func:`~lightning_ldam.sampling.steppers.langevin_move`.
 
 The chains of all neurons live in one neuron-major batch (``chains`` consecutive rows per neuron) in the unit box
 ``u ∈ [0, 1]^d``. Every step is written graph-safe: no host sync, state updated in place, per-step scalars read
@@ -13,7 +15,6 @@ from typing import Dict, Optional
 import torch
 
 from lightning_ldam.sampling.config import LangevinConfig
-from lightning_ldam.sampling.law import fold
 
 __all__ = ["ChainState", "RESTART_SEED_OFFSET", "PROJECTIONS", "DUAL_AVERAGING"]
 
@@ -144,25 +145,3 @@ class ChainState:
         if t is None:
             assert self.counter is not None, "the graph form keeps a device counter"
             self.counter.add_(1)
-
-    # ---- moving -----------------------------------------------------------------------------------------------
-    def move(self, drift: torch.Tensor, t: Optional[int], acts: torch.Tensor, reflect: bool = True,
-             metric: bool = False) -> torch.Tensor:
-        """``u ← boundary(u + (ε/2)·drift + noise·ξ)`` (``metric``: ``u + (ε/2)·M·drift + noise·M^½·ξ``); a chain
-        that turns non-finite restarts from a fresh uniform state (not its own start, which may lie where the model
-        itself is NaN: it would reset every step). Returns the rows that restarted."""
-        noise = torch.randn(self.u.shape, generator=self.gen, device=self.u.device)
-        if metric and self.diag:
-            assert self.mass is not None and self.mass_sqrt is not None  # kept under a diagonal metric
-            drift = drift * self.mass
-            noise = noise * self.mass_sqrt
-        y = self.u.add(drift * self.at("half_eps", t))
-        y.add_(noise * self.at("noise", t))
-        # Before the boundary (which would map +-Inf into the box): a row sum is non-finite iff the row is.
-        bad = ~torch.isfinite(y.flatten(1).sum(1) + acts)
-        y = fold(y) if reflect else y.clamp_(0.0, 1.0)
-        # Drawn for every row at every step: choosing the rows would need a host sync (and break CUDA graphs).
-        fresh = torch.rand(y.shape, generator=self.restart_gen, device=y.device)
-        torch.where(bad.view(self.view), fresh, y, out=self.u)
-        self.resets.add_(bad)
-        return bad

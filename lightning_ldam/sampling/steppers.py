@@ -6,8 +6,9 @@
   each ended by a Metropolis test;
 - :class:`AscentStepper` (``"ascent"``): noisy gradient ascent, not a sampler of a fixed law.
 
-The law (:class:`~lightning_ldam.sampling.law.Law`) gives the drift and log-density; the state
-(:class:`~lightning_ldam.sampling.state.ChainState`) the noise, the per-step ε and the fold. Every step of the first
+:func:`langevin_move` is the move the first, the last and burn-in's steps make. The law
+(:class:`~lightning_ldam.sampling.law.Law`) gives the drift and log-density; the state
+(:class:`~lightning_ldam.sampling.state.ChainState`) the states, the RNG and the per-step ε. Every step of the first
 three is graph-safe (HMC's runs eagerly).
 """
 from __future__ import annotations
@@ -25,7 +26,30 @@ from lightning_ldam.sampling.state import ChainState
 if TYPE_CHECKING:
     from lightning_ldam.sampling.burn_in import StepSize
 
-__all__ = ["LangevinStepper", "MalaStepper", "HmcStepper", "AscentStepper", "STEPPERS"]
+__all__ = ["langevin_move", "LangevinStepper", "MalaStepper", "HmcStepper", "AscentStepper", "STEPPERS"]
+
+
+def langevin_move(state: ChainState, drift: torch.Tensor, t: Optional[int], acts: torch.Tensor,
+                  reflect: bool = True, metric: bool = False) -> torch.Tensor:
+    """The move: ``u ← boundary(u + (ε/2)·drift + noise·ξ)`` (``metric``: ``u + (ε/2)·M·drift + noise·M^½·ξ``), with
+    ``ε`` and the noise's std at step ``t`` (:meth:`ChainState.at`) and the boundary the reflecting fold (``reflect``)
+    or a clamp. A chain that turns non-finite restarts from a fresh uniform state (not its own start, which may lie
+    where the model itself is NaN: it would reset every step). Returns the rows that restarted."""
+    noise = torch.randn(state.u.shape, generator=state.gen, device=state.u.device)
+    if metric and state.diag:
+        assert state.mass is not None and state.mass_sqrt is not None  # kept under a diagonal metric
+        drift = drift * state.mass
+        noise = noise * state.mass_sqrt
+    y = state.u.add(drift * state.at("half_eps", t))
+    y.add_(noise * state.at("noise", t))
+    # Before the boundary (which would map +-Inf into the box): a row sum is non-finite iff the row is.
+    bad = ~torch.isfinite(y.flatten(1).sum(1) + acts)
+    y = fold(y) if reflect else y.clamp_(0.0, 1.0)
+    # Drawn for every row at every step: choosing the rows would need a host sync (and break CUDA graphs).
+    fresh = torch.rand(y.shape, generator=state.restart_gen, device=y.device)
+    torch.where(bad.view(state.view), fresh, y, out=state.u)
+    state.resets.add_(bad)
+    return bad
 
 
 class LangevinStepper:
@@ -49,7 +73,7 @@ class LangevinStepper:
         state = self.state
         terms = self.objective(state.u)
         state.record(t, terms.acts)
-        state.move(self.law.drift(terms, state.u), t, terms.acts, metric=True)
+        langevin_move(state, self.law.drift(terms, state.u), t, terms.acts, metric=True)
         state.tick(t)
 
 
@@ -191,7 +215,7 @@ class AscentStepper(LangevinStepper):
         if self.second_moment is not None:
             self.second_moment.mul_(0.99).addcmul_(drift, drift, value=0.01)
             drift = drift / (self.second_moment * state.at("psgld", t)).sqrt().add_(1e-8)
-        bad = state.move(drift, t, terms.acts, reflect=False)
+        bad = langevin_move(state, drift, t, terms.acts, reflect=False)
         if self.second_moment is not None:  # a reset chain must not keep a NaN preconditioner
             self.second_moment.masked_fill_(bad.view(state.view), 0.0)
         state.tick(t)
