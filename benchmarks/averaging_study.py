@@ -34,7 +34,6 @@ import datetime
 import math
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging  # noqa: E402
 from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
-from readme_tables import write_section  # noqa: E402
+from readme_tables import command_line, write_section  # noqa: E402
 
 from lightning_ldam import LDAMCallback  # noqa: E402
 
@@ -534,7 +533,7 @@ def report(study: Study, argv: Sequence[str], figure_path: Optional[str] = None,
     """The README section: command, date, machine, the setup, the two tables, the figure and the finding."""
     s = study.settings
     argv = _without(argv, "--save-records")  # where a copy of the records went is not part of the run
-    command = " ".join(["python benchmarks/averaging_study.py"] + [shlex.quote(a) for a in argv])
+    command = command_line("averaging_study.py", argv)
     cpu = platform.processor() or platform.machine()
     epochs = ", ".join(f"{c} {s.epochs if s.epochs is not None else CASES[c].epochs}" for c in s.cases)
     judges = ", ".join(f"{c} {a:.3f}" for c, a in study.judges.items())

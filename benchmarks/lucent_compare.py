@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from typing import Dict
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality  # noqa: E402
-from readme_tables import write_section  # noqa: E402
+from readme_tables import command_line, write_section  # noqa: E402
 
 from lightning_ldam.report.metrics import diversity, lift, realism  # noqa: E402
 from lightning_ldam.sampling.activations import unit_activations  # noqa: E402
@@ -153,7 +152,7 @@ def main(argv=None):
             "|---|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(f"| {name} | {s['activation_ratio']:.2f} | {s['judge_agreement']:.3f} | {s['realism']:.2f} | "
                    f"{s['diversity']:.2f} | {s['median_lift']:.2f} | {t:.1f} |\n" for name, s, t in rows)
-    command = " ".join(["python benchmarks/lucent_compare.py"] + [shlex.quote(a) for a in argv])
+    command = command_line("lucent_compare.py", argv)
     text = (head + body + f"\n{len(classes)} class logits × {args.chains} images, case `{args.case}`; target held-out "
             f"accuracy {bench.accuracy['target']:.3f}, judge's own {bench.accuracy['judge']:.3f}; torch "
             f"{torch.__version__}, {torch.get_num_threads()} CPU threads. Command: `{command}`\n")

@@ -204,7 +204,9 @@ def table(rows, argv) -> str:
         where = f"`{test}`" if test else "—"
         lines.append(f"| `{mutant.name}` ({mutant.module}) | {mutant.what} | {result} | {where} | {seconds:.0f} |")
     killed = sum(r == "killed" for _, (r, _, _) in rows)
-    command = " ".join(["python benchmarks/mutants.py", *argv])
+    from readme_tables import command_line
+
+    command = command_line("mutants.py", argv)
     return "\n".join(lines) + (f"\n\n{killed} of {len(rows)} mutants killed; every group of test files passed "
                                 f"unmutated first. Command: `{command}`; {time.strftime('%Y-%m-%d')}, "
                                 f"{os.cpu_count()} CPU cores.\n")

@@ -55,7 +55,8 @@ and batches) moves, apart from the networks' (rows per network seed and sampling
 
 Which cases tuned the defaults: ``mnist`` and ``rgb`` (one one-channel and one colour case: λ, D updates per step,
 the prior-weight cap and D's resolution, each swapped alone on both, with ``photo32`` and ``photo32-gray`` read as
-checks); every other case is held out. The table's last column is the share of the call's
+checks), and the layer cases ``mnist-layers`` and ``rgb-layers`` (those same networks, read layer by layer);
+every other case is held out. The table's last column is the share of the call's
 wall time spent in D's updates (:class:`DiscClock`).
 """
 from __future__ import annotations
@@ -63,7 +64,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,7 +74,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mnist_models import JudgeNet, TargetCNN, accuracy, load_mnist_splits, train_classifier  # noqa: E402
-from readme_tables import write_section  # noqa: E402
+from readme_tables import command_line, write_section  # noqa: E402
 
 import lightning_ldam as ldam  # noqa: E402
 from lightning_ldam.report.metrics import diversity, lift, nearest_real, realism  # noqa: E402
@@ -358,14 +358,19 @@ def lam_label(lam: float) -> str:
     return f"{lam:g}{' (default)' if lam == DEFAULT_DISC_WEIGHT else ''}"
 
 
+def _set_options(args) -> str:
+    """The ``--set`` overrides of the run, as they appear in its command."""
+    return "".join(f" --set {kv}" for kv in args.set or [])
+
+
 def footer(args, benches: List[Bench], what: str, argv: List[str], note: str = "") -> str:
     """The line under a table: what was sampled, the networks' accuracies, ``note``, the software, the command."""
-    options = "".join(f" --set {kv}" for kv in args.set or []) + (" --warm-d" if args.warm_d else "")
+    options = _set_options(args) + (" --warm-d" if args.warm_d else "")
     roles = [("target", "target CNN held-out accuracy")] + [("judge", "judge CNN")] * (benches[0].judge is not None)
     nets = ", ".join(f"{name} " + " / ".join(f"{b.accuracy[role]:.3f}" for b in benches) for role, name in roles)
     if len(benches) > 1:
         nets += " (seeds " + " / ".join(str(b.seed) for b in benches) + ")"
-    command = " ".join(["python benchmarks/quality.py"] + [shlex.quote(a) for a in argv])
+    command = command_line("quality.py", argv)
     return (f"\n{what} × {args.chains} chains, library defaults otherwise{options and ' and' + options}; {nets}; "
             f"{note and note + '; '}torch {torch.__version__}, {torch.get_num_threads()} CPU threads. "
             f"Command: `{command}`\n")
@@ -476,9 +481,9 @@ def suite_table(rows: List[SuiteRow], args, argv: List[str], wall: float) -> str
         s = r.scores
         body += (f"| {r.case} | {role} | {s['judge_agreement']:.3f} | {0.9 * r.judge_own:.3f} | {s['realism']:.2f} | "
                  f"{s['diversity']:.2f} | {s['median_lift']:.2f} | {r.secs.disc_share:.0%} | {r.secs:.1f} |\n")
-    command = " ".join(["python benchmarks/quality.py"] + [shlex.quote(a) for a in argv])
+    command = command_line("quality.py", argv)
     layers = f" Median lift per layer, first layer to logits: {'; '.join(layer_lines)}." if layer_lines else ""
-    options = "".join(f" --set {kv}" for kv in args.set or [])
+    options = _set_options(args)
     return (head + body + f"\nDefault λ, {args.chains} chains per neuron{options and ',' + options}"
             f"{', half the training epochs' if getattr(args, 'halve_epochs', False) else ''}.{layers} Suite wall "
             f"time {wall:.0f} s, training included; torch {torch.__version__}, {torch.get_num_threads()} CPU threads. "

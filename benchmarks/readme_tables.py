@@ -4,8 +4,15 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shlex
+from typing import List
 
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
+
+
+def command_line(script: str, argv: List[str]) -> str:
+    """The command that made a table (``python benchmarks/SCRIPT ARGS``, quoted for a shell), as its footer names it."""
+    return " ".join([f"python benchmarks/{script}"] + [shlex.quote(a) for a in argv])
 
 
 def write_section(text: str, marker: str, heading: str, path: str = README) -> None:

@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from mnist_models import TargetCNN  # noqa: E402
 
 import lightning_ldam as ldam  # noqa: E402
+from lightning_ldam.sampling.config import METHODS  # noqa: E402
 
 SECTIONS = ("main", "early", "batching", "lucent", "options", "disc", "methods")
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -276,7 +277,7 @@ def section_methods(args, device):
     for label, model, spec, shape, chains, batch, real in models(args.quick, device):
         if label.startswith("ResNet-50") and args.quick:
             continue
-        for method in ("langevin", "mala", "hmc", "ascent"):
+        for method in METHODS:
             runs = []
             for _ in range(args.repeats):
                 runs.append((bare_loop(model, (batch, *shape), args.steps, device),

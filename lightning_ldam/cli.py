@@ -27,10 +27,10 @@ PROG = "lightning-ldam"
 _IMPORT_NOTE = ("The current working directory is put first on sys.path before importing, so "
                 "'examples.mnist.MNISTClassifier' works from the repository root.")
 #: Library argument names (the start of its error messages) -> the CLI option they come from.
-_OPTION_OF = {"neurons": "--neurons", "input_shape": "--input-shape", "value_range": "--value-range",
-              "normalize": "--mean/--std", "chains": "--chains", "seed": "--seed",
+#: (A sampler setting's option is derived from its name: ``_setting_option``.)
+_OPTION_OF = {"neurons": "--neurons", "input_shape": "--input-shape", "normalize": "--mean/--std",
               "real_data": "--input-shape/--value-range (checkpoint reservoir)", "module": "--module",
-              "device": "--device", "model": "--model"}
+              "model": "--model"}
 
 
 # ---- argument types (argparse turns their ValueError/TypeError into a usage error naming the option) ---------
@@ -402,6 +402,9 @@ def _check_compare_options(args) -> None:
                          f"torch.cuda.is_available() is {torch.cuda.is_available()}); drop --cuda-graph")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: 'cuda' requested but torch.cuda.is_available() is False; use cpu or auto")
+    from lightning_ldam.sampling.config import SamplerConfig
+
+    SamplerConfig().with_settings(**_sampler_settings(args))  # the settings' own checks, before any model is built
     _check_out(args.out)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.models import SIZE
 from helpers.training import (
     COMPARE_GAP,
     COMPARE_GROUP,
@@ -52,8 +53,6 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning_ldam.callback.ldam_callback as callback_module
 from lightning_ldam.callback import LDAMCallback
 from lightning_ldam.report.tags import known_tag
-
-SIZE = 12
 
 
 class StepLog(LDAMCallback):

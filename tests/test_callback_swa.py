@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from helpers.models import make_tiny_net
-from helpers.training import FAST, NEURONS, VariantLog, clone_state, fit
+from helpers.training import FAST, NEURONS, VariantLog, clone_state, fit, params_only
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 from torch import nn
 
@@ -41,10 +41,6 @@ def swa_run(tmp_path, no_failed_rounds):
     return cb, trainer, module
 
 
-def _params(state):
-    return {k: v for k, v in state.items() if "running" not in k and "num_batches" not in k}
-
-
 def test_swa_variant_has_averaged_params_and_refreshed_bn_statistics(swa_run):
     cb, _, _ = swa_run
     during = [r for r in cb.seen_variants if r["epoch"] < 3]
@@ -52,7 +48,7 @@ def test_swa_variant_has_averaged_params_and_refreshed_bn_statistics(swa_run):
     assert [set(r["variants"]) for r in during] == [{"raw"}, {"raw", "swa"}, {"raw", "swa"}]
     for r in during[1:]:
         swa_state, stale = r["variants"]["swa"], clone_state(r["swa_copy"])
-        for k, v in _params(swa_state).items():
+        for k, v in params_only(swa_state).items():
             assert torch.equal(v, stale[k]), k  # parameters: exactly SWA's average
         expected = copy.deepcopy(r["swa_copy"])
         refresh_batchnorm(expected, r["reservoir"])

@@ -20,6 +20,7 @@ from lightning_ldam.sampling.config import LangevinConfig
 pl = pytest.importorskip("lightning.pytorch")
 
 from helpers.sampling import sample_settings  # noqa: E402
+from helpers.training import events  # noqa: E402
 
 from lightning_ldam.callback import LDAMCallback  # noqa: E402
 from lightning_ldam.cli import main  # noqa: E402
@@ -112,14 +113,6 @@ def ckpts(tmp_path_factory):
 def keep_sys_path(monkeypatch):
     """The CLI puts the cwd on sys.path; keep that out of the other tests."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-
-
-def _events(logdir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
-    return acc
 
 
 def _run(capsys, *argv):
@@ -249,7 +242,7 @@ def test_compare_ldam_checkpoint_writes_tensorboard_and_png(ckpts, tmp_path, cap
     assert code == 0, err
     step = load_checkpoint(ckpts["a"])["global_step"]
     assert step == 4
-    acc = _events(out_dir)
+    acc = events(out_dir)
     images, scalars = set(acc.Tags()["images"]), set(acc.Tags()["scalars"])
     for layer in ("conv", "fc"):
         for variant in ("raw", "ema", "compare"):
@@ -281,7 +274,7 @@ def test_compare_defaults_neurons_from_the_callback_and_is_deterministic(ckpts, 
         code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--out", tmp_path / run, *FAST)
         assert code == 0, err
         assert "'conv:0-1' (from the checkpoint's LDAMCallback)" in out
-        vals.append([s.value for s in _events(tmp_path / run).Scalars("ldam/ema/conv/activation")])
+        vals.append([s.value for s in events(tmp_path / run).Scalars("ldam/ema/conv/activation")])
     assert vals[0] == vals[1]
 
 
@@ -291,7 +284,7 @@ def test_compare_lightning_ema_layout(ckpts, tmp_path, capsys):
                           "--out", out_dir, *FAST)
     assert code == 0, err
     assert "λ = 0" in out  # no reservoir: no discriminator
-    acc = _events(out_dir)
+    acc = events(out_dir)
     assert {"ldam/raw/fc", "ldam/ema/fc", "ldam/compare/fc"} <= set(acc.Tags()["images"])
     assert "ldam/raw/fc/realism" not in acc.Tags()["scalars"]
     assert acc.Images("ldam/ema/fc")[0].step == load_checkpoint(ckpts["b"])["global_step"]
@@ -310,7 +303,7 @@ def test_compare_two_checkpoints_names_variants_from_stems(ckpts, tmp_path, caps
     code, out, err = _run(capsys, "compare", ckpts["c2"], ckpts["c4"], *MODEL, "--neurons", "conv:0",
                           "--input-shape", "1,12,12", "--value-range", "0,1", "--out", out_dir, *FAST)
     assert code == 0, err
-    acc = _events(out_dir)
+    acc = events(out_dir)
     images = set(acc.Tags()["images"])
     assert {"ldam/epoch=0-step=2/conv", "ldam/epoch=0-step=4/conv", "ldam/compare/conv"} <= images
     assert acc.Images("ldam/compare/conv")[0].step == 2  # the first checkpoint's global_step
@@ -323,7 +316,7 @@ def test_compare_same_stem_twice_is_made_unique(ckpts, tmp_path, capsys):
     code, out, err = _run(capsys, "compare", ckpts["c"], ckpts["c"], *MODEL, "--neurons", "fc:0", "--input-shape",
                           "1,12,12", "--out", out_dir, *FAST)
     assert code == 0, err
-    images = set(_events(out_dir).Tags()["images"])
+    images = set(events(out_dir).Tags()["images"])
     assert {"ldam/c/fc", "ldam/c-2/fc", "ldam/compare/fc"} <= images
 
 
@@ -332,7 +325,7 @@ def test_compare_with_normalization_and_single_variant(ckpts, tmp_path, capsys):
     code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--neurons", "fc:1", "--mean", "0.5", "--std",
                           "0.25", "--variants", "ema", "--disc-weight", "0", "--out", out_dir, *FAST)
     assert code == 0, err
-    images = set(_events(out_dir).Tags()["images"])
+    images = set(events(out_dir).Tags()["images"])
     assert images == {"ldam/ema/fc"}
     assert (out_dir / "compare_fc.png").is_file()
 
@@ -560,7 +553,7 @@ def test_compare_seed_sets_the_samples(ckpts, tmp_path, capsys):
         assert code == 0, err
         with Image.open(out_dir / "compare_fc.png") as img:
             pixels = np.asarray(img.convert("RGB")).copy()
-        return pixels, [s.value for s in _events(out_dir).Scalars("ldam/ema/fc/activation")]
+        return pixels, [s.value for s in events(out_dir).Scalars("ldam/ema/fc/activation")]
 
     first, again, other = run("s3", 3), run("s3-again", 3), run("s5", 5)
     assert np.array_equal(first[0], again[0]) and first[1] == again[1]
@@ -684,6 +677,17 @@ def test_a_misspelt_model_fails_before_any_checkpoint_is_read(ckpts, tmp_path, c
     assert code == 2 and "--model" in err and loaded == []
 
 
+def test_a_sampler_setting_the_method_refuses_fails_before_any_checkpoint_is_read(ckpts, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import lightning_ldam.cli as cli
+
+    loaded = []
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: loaded.append(a))
+    code, out, err = _run(capsys, "compare", ckpts["a"], *MODEL, "--leapfrog-steps", "4", "--out", tmp_path / "out",
+                          *FAST)
+    assert code == 2 and "--leapfrog-steps" in err and "hmc" in err and loaded == []
+
+
 def test_threads_sets_torchs_threads_and_refuses_zero(ckpts, tmp_path, capsys):
     before = torch.get_num_threads()
     try:
@@ -702,8 +706,8 @@ def test_a_single_plain_checkpoint_is_sampled_as_raw(ckpts, tmp_path, capsys):
                           "--out", out_dir, *FAST)
     assert code == 0, err
     assert "holds no averaged weights" in err and "raw weights alone" in err
-    assert set(_events(out_dir).Tags()["images"]) >= {"ldam/raw/fc"}
-    assert not any(t.startswith(("ldam/ema/", "ldam/swa/")) for t in _events(out_dir).Tags()["images"])
+    assert set(events(out_dir).Tags()["images"]) >= {"ldam/raw/fc"}
+    assert not any(t.startswith(("ldam/ema/", "ldam/swa/")) for t in events(out_dir).Tags()["images"])
 
 
 def test_two_checkpoints_read_across_each_other_with_no_phantom_raw_row(ckpts, tmp_path, capsys):
@@ -713,7 +717,7 @@ def test_two_checkpoints_read_across_each_other_with_no_phantom_raw_row(ckpts, t
     code, out, err = _run(capsys, "compare", ckpts["a"], ckpts["c4"], *MODEL, "--neurons", "conv:0-1",
                           "--out", out_dir, *FAST)
     assert code == 0, err
-    tags = set(_events(out_dir).Tags()["scalars"])
+    tags = set(events(out_dir).Tags()["scalars"])
     assert "ldam/divergence/epoch=0-step=4/conv" in tags
     assert not any(t.startswith("ldam/raw/") for t in tags)
     table = (out_dir / "metrics.md").read_text()

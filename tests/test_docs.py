@@ -1,5 +1,5 @@
 """The documents stay true to their sources: the README's benchmark table is the generated one, every decision record
-is listed and in the site's navigation, and the README stays short."""
+is listed and in the site's navigation, the README stays short, and the package keeps its docstring examples."""
 from __future__ import annotations
 
 import pathlib
@@ -38,3 +38,19 @@ def test_the_readme_is_short_and_has_its_sections():
     assert len(readme.encode()) <= 8 * 1024
     for heading in ("## Install", "## The callback", "## The sampler", "## The CLI", "## Two commands"):
         assert heading in readme
+
+
+#: Modules whose docstrings carry worked examples (``make test`` runs them with ``--doctest-modules``).
+WITH_EXAMPLES = ("lightning_ldam.sampling.discriminator", "lightning_ldam.sampling.config",
+                 "lightning_ldam.sampling.targets", "lightning_ldam.sampling.diagnostics",
+                 "lightning_ldam.report.render", "lightning_ldam.weights.ema")
+
+
+def test_the_package_keeps_its_docstring_examples():
+    """--doctest-modules passes on a module with no examples: this fails if one of these loses them."""
+    import doctest
+    import importlib
+
+    counts = {name: sum(len(t.examples) for t in doctest.DocTestFinder().find(importlib.import_module(name)))
+              for name in WITH_EXAMPLES}
+    assert all(counts.values()), counts

@@ -10,7 +10,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers.training import FAST, NEURONS, clone_state, fit
+from helpers.training import FAST, NEURONS, clone_state, fit, params_only
 from lightning.pytorch import callbacks as lightning_callbacks
 from torch.optim.swa_utils import get_ema_avg_fn
 
@@ -60,10 +60,6 @@ class AverageLog(LDAMCallback):
         return out
 
 
-def _params(state):
-    return {k: v for k, v in state.items() if "running" not in k and "num_batches" not in k}
-
-
 @pytest.mark.parametrize("make, kind", MATRIX)
 def test_each_averager_is_named_for_what_it_averages(make, kind):
     averager = make()
@@ -72,8 +68,8 @@ def test_each_averager_is_named_for_what_it_averages(make, kind):
 
 @pytest.mark.parametrize("make, kind", MATRIX)
 def test_each_averager_is_sampled_from_its_own_average(tmp_path, no_failed_rounds, make, kind):
-    """Every round samples the raw weights and, once the averager holds an average of two or more, that average:
-    its parameters exactly (a parameters-only average gets BatchNorm statistics recomputed on the reservoir)."""
+    """A round that samples the averaged variant beside raw samples the averager's own average: its parameters
+    exactly, not the raw weights; no round samples anything but raw and that variant."""
     averager = make()
     cb = AverageLog(NEURONS, every_n_epochs=1, averager=averager, disc_weight=0.0, **FAST)
     fit(tmp_path, [cb, averager], max_epochs=3, max_steps=-1)
@@ -81,7 +77,7 @@ def test_each_averager_is_sampled_from_its_own_average(tmp_path, no_failed_round
     averaged = [r for r in cb.seen if kind in r["variants"] and "raw" in r["variants"]]
     assert averaged, [set(r["variants"]) for r in cb.seen]
     for r in averaged:
-        sampled, expected = _params(r["variants"][kind]), _params(r["average"])
+        sampled, expected = params_only(r["variants"][kind]), params_only(r["average"])
         assert sampled.keys() == expected.keys()
         assert all(torch.equal(sampled[k], expected[k]) for k in sampled), kind
         assert not torch.equal(sampled["features.0.weight"], r["live"]["features.0.weight"])  # not the raw weights
@@ -96,4 +92,4 @@ def test_swas_batchnorm_epoch_is_sampled_as_swa_alone(tmp_path, no_failed_rounds
     trainer, module = fit(tmp_path, [cb, averager], max_epochs=3, max_steps=-1)
     last = cb.seen[-1]
     assert set(last["variants"]) == {"swa"} and trainer.current_epoch == 4
-    assert all(torch.equal(v, last["live"][k]) for k, v in _params(last["variants"]["swa"]).items())
+    assert all(torch.equal(v, last["live"][k]) for k, v in params_only(last["variants"]["swa"]).items())

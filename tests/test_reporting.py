@@ -1,4 +1,4 @@
-"""RoundReporter: warnings once per cause, failure counts, the up-front estimate from the last round's pace."""
+"""RoundReporter: warnings once per cause, the up-front estimate from the last round's pace."""
 from __future__ import annotations
 
 import errno

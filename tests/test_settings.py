@@ -98,8 +98,11 @@ def test_whole_number_step_settings_sample_as_their_floats(method, extra):
 
 
 def test_the_callback_takes_every_sampler_setting_but_its_own_arguments():
-    assert SAMPLER_EXTRA_KWARGS == frozenset(SamplerConfig.setting_names()) - CALLBACK_OWN_SETTINGS | {"progress"}
+    assert {"method", "step_size", "disc_steps", "leapfrog_steps", "init", "progress"} <= SAMPLER_EXTRA_KWARGS
     assert {"chains", "seed", "value_range", "normalize"} <= CALLBACK_OWN_SETTINGS  # the callback's own arguments
+    assert not SAMPLER_EXTRA_KWARGS & CALLBACK_OWN_SETTINGS
+    with pytest.raises(LDAMArgumentError, match=r"unknown keys \['chains'\]"):  # its own argument, not a sampler's
+        ldam.LDAMCallback("fc:0", sampler_kwargs={"chains": 4})
     with pytest.raises(LDAMArgumentError, match=r"^sampler_kwargs\['leapfrog_steps'\]: only method='hmc'"):
         ldam.LDAMCallback("fc:0", sampler_kwargs={"leapfrog_steps": 4})
 

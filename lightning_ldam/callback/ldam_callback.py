@@ -273,7 +273,7 @@ class LDAMCallbackLogic:
             self._report.once("ema_failed", cause=type(err).__name__, step=step, error=f"{type(err).__name__}: {err}")
 
     def _dry_run(self, pl_module: nn.Module) -> None:
-        """Every argument checked on the first batch, before the first optimizer step (:mod:`callback_settings`).
+        """Every argument checked on the first batch, before the first optimizer step (``callback/settings.py``).
 
         Only an argument the user set can fail the run here. A limit of the model instead gets its fallback and one
         warning: a target that noise-started chains never reach starts chains from data; anything else, a warning,
@@ -542,7 +542,7 @@ class LDAMCallbackLogic:
         states = checkpoint.get("callbacks") or {}
         if self.state_key in states:
             return
-        others = [k for k, v in states.items() if isinstance(v, dict) and v.get("format") == "lightning_ldam"]
+        others = [k for k, v in states.items() if isinstance(v, dict) and v.get("format") == STATE_FORMAT]
         mine = {getattr(cb, "state_key", None) for cb in getattr(trainer, "callbacks", [])}
         others = [k for k in others if k not in mine]
         if others:

@@ -15,7 +15,7 @@ __all__ = ["RunState", "FitState", "CallbackStats"]
 
 @dataclass
 class RunState:
-    """The run's record, saved in the checkpoint and restored on resume.
+    """The run's record; the fields in :attr:`SAVED` are saved in the checkpoint and restored on resume.
 
     Attributes:
         rounds: rounds logged (a resumed run continues the count: persistent chains and redraws follow it).
@@ -42,7 +42,8 @@ class RunState:
     checked: bool = False
     previous: Dict[str, Any] = field(default_factory=dict)
 
-    #: the fields a checkpoint holds (``checked`` is not: a resumed run tries its first batch again)
+    #: the fields a checkpoint holds (not ``checked``: a resumed run tries its first batch again; not ``previous``:
+    #: the last round's images stay out of the checkpoint)
     SAVED = ("rounds", "skipped_rounds", "failed_rounds", "skipped_batches", "last_sampled_step", "last_ema_step",
              "fallbacks", "neurons")
 

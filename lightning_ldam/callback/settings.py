@@ -136,7 +136,7 @@ class CallbackSettings:
         for name, kind in CALLBACK_SECTIONS.items():
             if not isinstance(getattr(self, name), kind):
                 raise LDAMArgumentError(name, f"expected a {kind.__name__}, got {V.shown(getattr(self, name))}")
-        parse_neurons(self.neurons)
+        _ = self.request  # parsed here, once: a bad spec fails at construction
         checked = _checked(self.options())
         for name, kind in CALLBACK_SECTIONS.items():
             object.__setattr__(self, name, kind(**{f.name: checked[f.name] for f in dataclasses.fields(kind)}))
@@ -154,10 +154,9 @@ class CallbackSettings:
         parts: Dict[str, Any] = {}
         for name, kind in CALLBACK_SECTIONS.items():
             base = sections.get(name) or kind()
-            if not isinstance(base, kind):
-                raise LDAMArgumentError(name, f"expected a {kind.__name__}, got {V.shown(base)}")
             own = {k: v for k, v in options.items() if OPTION_SECTIONS[k] == name}
-            parts[name] = dataclasses.replace(cast(Any, base), **own) if own else base  # a section dataclass
+            # a base of another type goes through as it is: __post_init__ refuses it, naming the section
+            parts[name] = dataclasses.replace(cast(Any, base), **own) if own and isinstance(base, kind) else base
         return cls(neurons, **parts)
 
     def options(self) -> Dict[str, Any]:
@@ -181,7 +180,7 @@ class CallbackSettings:
 
     @functools.cached_property
     def request(self) -> NeuronRequest:
-        """``neurons`` parsed (once: it was checked by parsing it when the settings were built)."""
+        """``neurons`` parsed (once, when the settings are built)."""
         return parse_neurons(self.neurons)
 
     def labeller(self) -> Optional[Callable[[str, int], Optional[str]]]:
@@ -301,10 +300,10 @@ def check_sampler_kwargs(kwargs: Optional[Dict[str, Any]], steps: Optional[int],
     return kwargs
 
 
-def check_on_first_batch(network, plan: RoundPlan, settings: CallbackSettings, seen_shape) -> list:
+def check_on_first_batch(network, plan: RoundPlan, settings: CallbackSettings, seen_shape) -> None:
     """The checks that need the model and a batch: ``input_shape`` against the batch, then a two-chain, two-step
     dry run of the round's sampler settings on this network and these real inputs (neuron paths and indices,
-    ``normalize``'s channels, the value box, the sampler keywords). Returns the resolved ``(layer, index)`` pairs.
+    ``normalize``'s channels, the value box, the sampler keywords); raises where one fails.
     """
     given = settings.data.input_shape
     if given is not None and seen_shape is not None and tuple(seen_shape) != tuple(given):
@@ -314,7 +313,7 @@ def check_on_first_batch(network, plan: RoundPlan, settings: CallbackSettings, s
     if settings.data.normalize is not None and plan.real is not None:
         check_pixel_space(plan.real, settings.data.normalize)
     try:
-        return resolve_targets(network, plan, dry_run=True)
+        resolve_targets(network, plan, dry_run=True)
     except LDAMArgumentError as err:
         if err.argument == "real_data":  # the reservoir's inputs are the callback's; the box is the user's
             raise LDAMArgumentError("value_range", f"the training inputs do not fit it: {err.message}") from None

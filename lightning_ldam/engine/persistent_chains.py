@@ -100,7 +100,7 @@ class PersistentChains:
                 "shards": {k: list(v) for k, v in self.shards.items()}}
 
     def load_state_dict(self, state: Optional[Mapping[str, Any]]) -> None:
-        """Restore kept states (a checkpoint without them, or from before chains persisted, starts afresh)."""
+        """Restore kept states (a checkpoint without them starts afresh)."""
         state = state or {}
         states, shards = state.get("states") or {}, state.get("shards") or {}
         self.states = {str(k): v.detach().to("cpu", torch.float32) for k, v in states.items()

@@ -106,10 +106,6 @@ class RoundPlan:
     def normalize(self) -> Any:
         return self.config.inputs.normalize
 
-    @property
-    def device(self) -> Optional[torch.device]:
-        return self.config.speed.device
-
     def with_settings(self, **settings) -> "RoundPlan":
         """A copy with sampler settings changed (by name)."""
         return dataclasses.replace(self, config=self.config.with_settings(**settings))
@@ -205,8 +201,7 @@ def resolve_targets(network: nn.Module, plan: RoundPlan, dry_run: bool = False) 
     steps, one of burn-in for the Langevin methods)."""
     cfg = plan.config
     if dry_run:  # the plan's settings, as short as a Langevin method allows
-        burn_in = {} if cfg.langevin.method == "ascent" else {"burn_in": 1}
-        cfg = cfg.with_settings(chains=2, steps=2, disc_warmup=1, **burn_in)
+        cfg = _two_steps(cfg, chains=2)
     else:  # no discriminator is built: the real inputs only rank units; spatial ranks "topK" units, and init: a
         # target that only real inputs reach needs chains started from them
         cfg = SamplerConfig(chains=dataclasses.replace(cfg.chains, chains=2), inputs=cfg.inputs,
@@ -248,13 +243,18 @@ def _discriminator(variant: Variant, plan: RoundPlan, note: Optional[Note]) -> O
         return None
 
 
+def _two_steps(cfg: SamplerConfig, **settings: Any) -> SamplerConfig:
+    """``cfg`` cut to two steps, one of them burn-in for the Langevin methods, with one warm-up update of a fresh D."""
+    burn_in = {} if cfg.langevin.method == "ascent" else {"burn_in": 1}
+    return cfg.with_settings(steps=2, disc_warmup=1, **burn_in, **settings)
+
+
 def time_a_step(plan: RoundPlan) -> float:
     """Seconds one step of ``plan`` takes for one variant: a two-step call on the first variant with the plan's
     neurons, chains, real inputs and λ; the second step is timed (a burn-in step: D's updates are in it, so the
     estimate errs long). A fresh discriminator is used: the variant's warm one is left as it is."""
     variant = plan.variants[0]
-    burn_in = {} if plan.config.langevin.method == "ascent" else {"burn_in": 1}
-    cfg = plan.config.with_settings(steps=2, disc_warmup=1, **burn_in)
+    cfg = _two_steps(plan.config)
     res = sample(variant.network, plan.neurons, input_shape=plan.input_shape, real_data=plan.real, config=cfg)
     return float(res.step_seconds)
 

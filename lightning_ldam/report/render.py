@@ -346,8 +346,8 @@ class _GroupTexts(NamedTuple):
     label: Optional[str]  # the neuron's row label
     names: Optional[List[str]]  # each line's variant name
     label_w: int  # the label column's width
-    scores: Optional[List[str]] = None  # each line's scores
-    score_slot: Tuple[int, int] = (0, 0)  # the scores' column: x and width
+    scores: Optional[List[str]]  # each line's scores
+    score_slot: Tuple[int, int]  # the scores' column: x and width
 
 
 def _paint_group(sheet: _Sheet, cols: _Columns, y: int, tiles: Sequence[Optional[torch.Tensor]],
@@ -502,8 +502,9 @@ def _compare_sheet(variants: List[torch.Tensor], value_range: Tuple[float, float
     for (x, width), lines in zip(cols.slots, headers or []):
         for k, line in enumerate(lines):
             sheet.text(x, _TEXT_PAD // 2 + k * type_.line, width, type_.line, line, center=True)
+    label_w = type_.margin(labels)
     for i in range(n):
-        texts = _GroupTexts(None if labels is None else labels[i], names, type_.margin(labels),
+        texts = _GroupTexts(None if labels is None else labels[i], names, label_w,
                             None if score_texts is None else score_texts[i], score_slot)
         _paint_group(sheet, cols, top + i * (group + _GAP), [chains[i], means[i], None if diffs is None else diffs[i]],
                      texts)

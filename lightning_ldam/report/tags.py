@@ -13,10 +13,19 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, c
 import torch
 
 from lightning_ldam.errors import LDAMArgumentError
-from lightning_ldam.report.metrics import divergence, health, lift, nearest_real, transfer
-from lightning_ldam.report.realism import measurable, realism
-from lightning_ldam.report.render import compare_grid, neuron_grid
+from lightning_ldam.report.metrics import (
+    EXPLODING_FACTOR,
+    UNDRIVEN_LIFT,
+    divergence,
+    health,
+    lift,
+    nearest_real,
+    transfer,
+)
+from lightning_ldam.report.realism import MIN_IMAGES, measurable, realism
+from lightning_ldam.report.render import CARD_WIDTH, MIN_FIT_CHAINS, compare_grid, neuron_grid
 from lightning_ldam.sampling.result import SampleResult, mean_pairwise_distance, reference
+from lightning_ldam.sampling.state import PROJECTIONS
 
 __all__ = ["summarize", "write_tensorboard", "unhealthy_units", "unmixed_layers", "metrics_table", "Labeller",
            "RHAT_BOUND", "Tag", "TAGS", "known_tag"]
@@ -32,6 +41,8 @@ class Tag(NamedTuple):
 
 
 _PER_LAYER = "ldam/{variant}/{layer}"
+#: Split R-hat above which a neuron's chains count as not mixed (Stan warns from 1.01; 1.1 is the customary bound).
+RHAT_BOUND = 1.1
 #: Every tag the callback and ``lightning-ldam compare`` write.
 TAGS: Tuple[Tag, ...] = (
     Tag(_PER_LAYER, "image",
@@ -40,8 +51,9 @@ TAGS: Tuple[Tag, ...] = (
         "per neuron a group of lines, one per variant (raw first): its first chains (the same starts and noise in "
         "every line, so the columns pair up), its mean over all chains, |its mean - raw's mean| (white: half the "
         "value range) and, with real inputs, the neuron's transfer with raw as a number on each averaged line (-: "
-        "the unit is undriven); a header band names the columns, the left margin the neuron (labels=). At most 350 "
-        "px wide (TensorBoard's card): a wider sheet shows fewer chains, down to 2, then smaller tiles"),
+        "the unit is undriven); a header band names the columns, the left margin the neuron (labels=). At most "
+        f"{CARD_WIDTH} px wide (TensorBoard's card): a wider sheet shows fewer chains, down to {MIN_FIT_CHAINS}, then "
+        "smaller tiles"),
     Tag(_PER_LAYER + "/activation", "scalar", "mean final activation of the layer's neurons"),
     Tag(_PER_LAYER + "/lift", "scalar",
         "median over the layer's neurons of (the samples' mean activation - the real mean) / (the real max - the "
@@ -50,7 +62,8 @@ TAGS: Tuple[Tag, ...] = (
     Tag(_PER_LAYER + "/realism", "scalar",
         "how real the samples look as texture and structure: the Frechet distance of their texture features to "
         "half the reservoir over that of reservoir images from the other half, square-rooted (about 1: as real as "
-        "real images; blur, class means and noise read well above 1). Images only (>= 4 samples, >= 8 real inputs)"),
+        "real images; blur, class means and noise read well above 1). Images only "
+        f"(>= {MIN_IMAGES} samples, >= {2 * MIN_IMAGES} real inputs)"),
     Tag(_PER_LAYER + "/nearest_real", "scalar",
         "pixel space: the mean L2 distance from each sample to its nearest reservoir image over the same among "
         "reservoir images (about 1: as close, 0: copies). It rewards flat averages: read it as how far from the "
@@ -64,8 +77,8 @@ TAGS: Tuple[Tag, ...] = (
     Tag(_PER_LAYER + "/acceptance", "scalar", "mala's (hmc's: per transition) acceptance rate after burn-in"),
     Tag(_PER_LAYER + "/rhat", "scalar",
         "median over the layer's neurons of the rank-normalised split R-hat over the sampling phase, the worst of "
-        "the activation's and of 4 fixed random projections of the image: about 1 mixed, above 1.1 not (a layer "
-        "with a neuron above 1.1 gets one warning per fit)"),
+        f"the activation's and of {PROJECTIONS} fixed random projections of the image: about 1 mixed, above "
+        f"{RHAT_BOUND:g} not (a layer with a neuron above {RHAT_BOUND:g} gets one warning per fit)"),
     Tag(_PER_LAYER + "/ess", "scalar",
         "median over the layer's neurons of the bulk effective sample size of the same quantities (all of a "
         "neuron's chains together)"),
@@ -90,7 +103,8 @@ TAGS: Tuple[Tag, ...] = (
         "trained now, still respond to what it responded to? (from a fit's second round on; not under DDP)"),
     Tag("ldam/health/{layer}/{kind}", "scalar",
         "raw weights: dead (constant over the reservoir's real inputs), undriven (live, but the samples reach a "
-        "lift under 0.5) or saturated (NaN/Inf activations, or samples beyond 1000 x the real range) neurons"),
+        f"lift under {UNDRIVEN_LIFT:g}) or saturated (NaN/Inf activations, or samples beyond {EXPLODING_FACTOR:g} x "
+        "the real range) neurons"),
     Tag("ldam/nonfinite_resets", "scalar", "chains restarted after NaN/Inf this round"),
     Tag("ldam/failed_rounds", "scalar", "rounds that failed so far (each also a warning naming the cause)"),
     Tag("ldam/skipped_rounds", "scalar",
@@ -203,10 +217,6 @@ def _variant_scalars(prefix: str, res: SampleResult, rows: List[int], real: Opti
         out[f"{prefix}/rhat"] = float(res.rhat[rows].median())
         out[f"{prefix}/ess"] = float(res.ess[rows].median())
     return out
-
-
-#: Split R-hat above which a neuron's chains count as not mixed (Stan warns from 1.01; 1.1 is the customary bound).
-RHAT_BOUND = 1.1
 
 
 def unmixed_layers(results: Mapping[str, SampleResult]) -> Dict[str, Tuple[int, int, float, float]]:

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from typing import Callable, Dict, Iterable, Mapping
+from typing import Dict, Iterable, Mapping
 
 import torch
 
@@ -94,8 +94,7 @@ def reopen(writer, committed: Mapping[str, int]) -> None:
     _wait_past(committed)
 
 
-def _wait_past(paths: Iterable[str], clock: Callable[[], float] = time.time,
-               sleep: Callable[[float], None] = time.sleep) -> None:
+def _wait_past(paths: Iterable[str]) -> None:
     """Wait until the clock's whole second is past the seconds in the names of ``paths`` (at most about one).
 
     TensorBoard reads a run's event files in name order, and a name is the creation second then the process's writer
@@ -104,6 +103,6 @@ def _wait_past(paths: Iterable[str], clock: Callable[[], float] = time.time,
     seconds = [int(m.group(1)) for m in (_EVENT_FILE_SECONDS.search(os.path.basename(p)) for p in paths) if m]
     if not seconds:
         return
-    remaining = max(seconds) + 1 - clock()
+    remaining = max(seconds) + 1 - time.time()
     if 0 < remaining <= 1.0:  # a name from a clock far ahead is not waited for
-        sleep(remaining + 0.01)
+        time.sleep(remaining + 0.01)

@@ -148,8 +148,8 @@ class BurnIn:
 
     Attributes:
         weight: ``[n]`` w_k, the adapted multiple of λ and κ (in ``[0, PRIOR_WEIGHT_MAX]``).
-        adapt: the adapting part's step: MALA's (its step size adapting) for the exact methods, else the law's
-            unadjusted step.
+        adapt: the adapting part's step: MALA's (its step size adapting) where the step adapts
+            (:attr:`StepSize.adapts`: an exact method with ``target_accept``), else the law's unadjusted step.
     """
 
     def __init__(self, state: ChainState, law: Law, objective: Objective,

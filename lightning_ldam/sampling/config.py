@@ -20,7 +20,7 @@ Four methods (``method=``):
 - ``"mala"``: the same proposal, accepted or rejected with the exact (reflected) proposal densities
   (Metropolis-adjusted Langevin): the sampling phase leaves p exactly invariant. Each neuron's step √ε_k is
   adapted in burn-in's second half by dual averaging toward ``target_accept`` (0.574 unless given; Stan's scheme,
-  :data:`~lightning_ldam.sampling.chains.DUAL_AVERAGING`) and fixed at its averaged value for the sampling phase. The
+  :data:`~lightning_ldam.sampling.state.DUAL_AVERAGING`) and fixed at its averaged value for the sampling phase. The
   acceptance rate and the steps used are reported.
 - ``"hmc"``: Hamiltonian Monte Carlo with reflection at the walls, exact like MALA. Burn-in runs as MALA's (its
   step σ_k adapted by dual averaging toward ``target_accept``); the sampling phase runs transitions of
@@ -52,7 +52,7 @@ RMS-normalised drifts (so it climbs at the same pace on any layer), a drift step
 which fixes ``c_k`` at its end. The second half runs the law's own steps (under ``"mala"`` Metropolis-adjusted ones,
 each neuron's step adapting toward ``target_accept``) while, with ``adapt_disc``, a
 per-neuron weight w_k on the priors (log D and the smoothness prior), starting at 1, falls while the unit sits below
-a lift of :data:`~lightning_ldam.sampling.chains.TARGET_LIFT` over the real inputs and rises while it sits above, up to
+a lift of :data:`~lightning_ldam.sampling.burn_in.TARGET_LIFT` over the real inputs and rises while it sits above, up to
 :data:`PRIOR_WEIGHT_MAX` (2). D trains on the chains throughout burn-in (:data:`DEFAULT_DISC_STEPS`, 2 updates a
 step), looking at the images at full resolution (up to :data:`~lightning_ldam.sampling.discriminator.MAX_SIDE` px). Over
 burn-in it measures
@@ -112,7 +112,7 @@ PIXEL_SCALE = 0.01
 #: (docs/decisions/0017-one-set-of-defaults.md).
 DEFAULT_DISC_WEIGHT = 1.0
 #: How far ``adapt_disc`` may raise a neuron's prior weight w_k above 1 while its chains sit above
-#: :data:`~lightning_ldam.sampling.chains.TARGET_LIFT`: a unit that beats its best real input easily gets more of D and
+#: :data:`~lightning_ldam.sampling.burn_in.TARGET_LIFT`: a unit that beats its best real input easily gets more of D and
 #: the smoothness prior, not a stronger super-stimulus (docs/decisions/0010-prior-weight-cap.md,
 #: docs/decisions/0017-one-set-of-defaults.md).
 PRIOR_WEIGHT_MAX = 2.0
@@ -293,7 +293,7 @@ class DiscriminatorConfig:
     adapt_disc: bool = _setting(True, "adapt each unit's prior weight in burn-in: lower while it sits below its "
                                       f"target lift over the real inputs, higher above (up to {PRIOR_WEIGHT_MAX:g})")
     disc_lr: float = _setting(1e-3, "D's learning rate (Adam)")
-    disc_every: int = _setting(1, "train D every this many burn-in steps (ascent: every step)")
+    disc_every: int = _setting(1, "train D every this many burn-in steps (ascent: steps of the whole run)")
     disc_steps: int = _setting(DEFAULT_DISC_STEPS, "D updates each time it is trained")
     disc_warmup: Optional[int] = _setting(None, f"D updates before the first step (default {FRESH_DISC_WARMUP} for "
                                                 "a fresh D, 0 for a given one)", "int")
@@ -450,11 +450,6 @@ class SamplerConfig:
         """Every setting by its flat name (the inverse of :meth:`with_settings`)."""
         return {f.name: getattr(getattr(self, section), f.name)
                 for section, kind in SECTIONS.items() for f in fields(kind)}
-
-    def resolved(self, *, images: bool, prior: bool, has_source: bool, given: bool) -> "SamplerConfig":
-        """Every ``None`` filled in (see :meth:`LangevinConfig.resolved` and :meth:`DiscriminatorConfig.resolved`)."""
-        return replace(self, langevin=self.langevin.resolved(images=images, prior=prior),
-                       discriminator=self.discriminator.resolved(has_source=has_source, given=given))
 
 
 def default_smoothness(method: str, images: bool, prior: bool) -> float:

@@ -237,7 +237,6 @@ class DiscriminatorKeeper:
         module: the D in use (``None``: none).
         trainer: its :class:`DiscriminatorTrainer` (``None`` without real data).
         rebuilt: whether a NaN/Inf D was replaced.
-        every: train D every this many burn-in steps.
     """
 
     module: Optional[nn.Module]
@@ -249,7 +248,6 @@ class DiscriminatorKeeper:
         self.config, self.real, self.seed, self.generator = config, real, seed, generator
         self.shape, self.device = tuple(u0.shape[1:]), u0.device
         self.module, self.trainer, self.rebuilt, self.flags = None, None, False, None
-        self.every = config.disc_every
         if not active and given is None:
             return
         warmup = config.disc_warmup
@@ -259,7 +257,7 @@ class DiscriminatorKeeper:
                 raise LDAMArgumentError("discriminator", "expected finite weights, got a discriminator with NaN/Inf "
                                         "weights and no real_data to train a fresh one; pass real_data=..., or "
                                         "discriminator=None")
-            warmup = config.disc_warmup or FRESH_DISC_WARMUP
+            warmup = self._fresh_warmup
             warnings.warn(f"The discriminator given to sample() has NaN/Inf weights; it is left as it is and a fresh "
                           f"one (seed {seed}, {warmup} warm-up updates) is used and returned instead.",
                           RuntimeWarning, stacklevel=4)
@@ -268,6 +266,11 @@ class DiscriminatorKeeper:
             given = given.to(self.device)
             check_discriminator(given, self.shape, self.device)
         self._use(given if given is not None else self._build(), u0, warmup)
+
+    @property
+    def _fresh_warmup(self) -> int:
+        """Warm-up updates of a D built here to replace a broken one (the given setting, else a fresh D's default)."""
+        return self.config.disc_warmup or FRESH_DISC_WARMUP
 
     def _build(self) -> nn.Module:
         return build_discriminator(self.shape[0], self.shape[1:], self.seed, self.device)
@@ -291,7 +294,7 @@ class DiscriminatorKeeper:
         if self.trainer is None:  # an untrained D cannot turn non-finite; were it to, return none rather than it
             self.module = None
             return False
-        warmup = self.config.disc_warmup or FRESH_DISC_WARMUP
+        warmup = self._fresh_warmup
         log.warning("LDAM: the discriminator's weights turned NaN/Inf while training; rebuilt it (seed %d) and warmed "
                     "it up on the current chains (%d updates)", self.seed, warmup)
         self._use(self._build(), u, warmup)

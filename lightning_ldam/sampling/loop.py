@@ -1,8 +1,8 @@
 """The loop over one call's steps: burn-in's phases in order, D's updates, and the CUDA-graph form of a step.
 
 Each step is the method's (:mod:`~lightning_ldam.sampling.chains`); the loop decides which phase runs, when burn-in
-fixes the scales, the metric and the law, and when D trains (every ``disc_every`` steps of burn-in; every step of
-``"ascent"``). It times the steps and drives the progress display.
+fixes the scales, the metric and the law, and when D trains (every ``disc_every`` steps of burn-in; of the whole
+run for ``"ascent"``). It times the steps and drives the progress display.
 
 This module imports no Lightning.
 """
@@ -49,7 +49,7 @@ def run_steps(chains: LangevinChains, disc: DiscriminatorKeeper, cfg: LangevinCo
                 graphed[phase]()
             else:
                 phases[phase](t)
-            if (phase != "sample" or cfg.method == "ascent") and (t + 1) % disc.every == 0:
+            if (phase != "sample" or cfg.method == "ascent") and (t + 1) % disc.config.disc_every == 0:
                 disc.train(chains.u)
             if tracker is not None:
                 tracker.update(1)

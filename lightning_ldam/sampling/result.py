@@ -24,7 +24,7 @@ def mean_pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     """
     n = x.shape[-2]
     if n < 2:
-        return torch.zeros(x.shape[:-2])
+        return x.new_zeros(x.shape[:-2])
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=x.device)
     return torch.cdist(x, x)[..., off_diagonal].mean(-1)
 

@@ -8,8 +8,8 @@
 
 :func:`langevin_move` is the move the first, the last and burn-in's steps make. The law
 (:class:`~lightning_ldam.sampling.law.Law`) gives the drift and log-density; the state
-(:class:`~lightning_ldam.sampling.state.ChainState`) the states, the RNG and the per-step ε. Every step of the first
-three is graph-safe (HMC's runs eagerly).
+(:class:`~lightning_ldam.sampling.state.ChainState`) the states, the RNG and the per-step ε. Every step but HMC's is
+graph-safe (HMC's runs eagerly).
 """
 from __future__ import annotations
 
@@ -103,14 +103,20 @@ class MalaStepper(LangevinStepper):
         log_alpha = (law.log_p(prop, y) - law.log_p(cur, u)
                      + log_fold_density(u, back, sigma) - log_fold_density(y, mean, sigma))
         log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf)
-        accept = torch.rand(log_alpha.shape, generator=state.gen, device=u.device).log_() < log_alpha
-        torch.where(accept.view(state.view), y, u, out=state.u)
+        self.last_accept = self._accept(log_alpha, y, cur, prop)
+        return log_alpha
+
+    def _accept(self, log_alpha: torch.Tensor, proposed: torch.Tensor, cur: Terms, prop: Terms) -> torch.Tensor:
+        """The Metropolis test: each chain moves to ``proposed`` with probability ``min(1, α)`` (a NaN ``log α`` must
+        already read ``-inf``), and ``cur`` takes ``prop``'s terms where it does. Returns the decisions."""
+        state = self.state
+        accept = torch.rand(log_alpha.shape, generator=state.gen, device=proposed.device).log_() < log_alpha
+        torch.where(accept.view(state.view), proposed, state.u, out=state.u)
         for old, new in zip(cur, prop):
             if old is not None:
                 assert new is not None  # both evaluated by one objective: the same terms are None
                 torch.where(accept.view((-1,) + (1,) * (old.dim() - 1)), new, old, out=old)
-        self.last_accept = accept
-        return log_alpha
+        return accept
 
     def step(self, t: Optional[int]) -> None:
         """A Metropolis-adjusted Langevin step of the fixed law, at the step fixed by burn-in."""
@@ -123,8 +129,9 @@ class MalaStepper(LangevinStepper):
 
 
 class HmcStepper(MalaStepper):
-    """Hamiltonian transitions of the fixed law, reflected at the walls (exact; eager only). Burn-in runs MALA's
-    adapting steps (:meth:`MalaStepper.move`)."""
+    """Hamiltonian transitions of the fixed law, reflected at the walls (exact; eager only). Where the step adapts
+    (:attr:`~lightning_ldam.sampling.burn_in.StepSize.adapts`), burn-in's adapting steps are MALA's
+    (:meth:`MalaStepper.move`)."""
 
     # the transition under way (set at its first leapfrog)
     leap: torch.Tensor
@@ -161,13 +168,7 @@ class HmcStepper(MalaStepper):
         if end:
             log_alpha = self.h_start - self._kinetic(p) + law.log_p(terms, x)
             log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf)
-            accept = torch.rand(log_alpha.shape, generator=state.gen, device=x.device).log_() < log_alpha
-            torch.where(accept.view(state.view), x, state.u, out=state.u)
-            for old, new in zip(self.current, terms):
-                if old is not None:
-                    assert new is not None  # both evaluated by one objective: the same terms are None
-                    torch.where(accept.view((-1,) + (1,) * (old.dim() - 1)), new, old, out=old)
-            state.accepted.add_(accept)
+            state.accepted.add_(self._accept(log_alpha, x, self.current, terms))
 
     def _begin_transition(self) -> None:
         state = self.state

@@ -38,6 +38,12 @@ def ema_step(averaged: List[torch.Tensor], current: List[torch.Tensor], floats: 
         torch._foreach_copy_([averaged[i] for i in ints], [current[i] for i in ints])
 
 
+def _positions(tensors) -> Tuple[List[int], List[int]]:
+    """``(float positions, integer positions)`` in ``tensors``: :func:`ema_step` averages the first, copies the rest."""
+    return ([i for i, a in enumerate(tensors) if a.is_floating_point()],
+            [i for i, a in enumerate(tensors) if not a.is_floating_point()])
+
+
 class _EMAUpdate:
     """``multi_avg_fn`` for AveragedModel: :func:`ema_step`; picklable."""
 
@@ -45,9 +51,7 @@ class _EMAUpdate:
         self.decay = decay
 
     def __call__(self, averaged, current, num_averaged) -> None:
-        floats = [i for i, a in enumerate(averaged) if a.is_floating_point()]
-        ints = [i for i, a in enumerate(averaged) if not a.is_floating_point()]
-        ema_step(list(averaged), list(current), floats, ints, self.decay)
+        ema_step(list(averaged), list(current), *_positions(averaged), self.decay)
 
 
 class EMA(nn.Module):
@@ -138,8 +142,7 @@ class EMA(nn.Module):
         """``(tensors, float positions, integer positions)`` of the average, built once."""
         if self._average_lists is None:
             averaged = _tensors_of(list(self.module.modules()))
-            self._average_lists = (averaged, [i for i, a in enumerate(averaged) if a.is_floating_point()],
-                                   [i for i, a in enumerate(averaged) if not a.is_floating_point()])
+            self._average_lists = (averaged, *_positions(averaged))
         return self._average_lists
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):

@@ -119,6 +119,11 @@ def assert_same(a: Any, b: Any, path: str = "") -> None:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
+def params_only(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A state without BatchNorm's statistics and counters: what an average of parameters holds."""
+    return {k: v for k, v in state.items() if "running" not in k and "num_batches" not in k}
+
+
 def events(log_dir) -> EventAccumulator:
     acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
